@@ -1,0 +1,319 @@
+//! Route handlers: parse, check quotas, call the node, shape the answer.
+
+use super::auth::Usage;
+use super::metrics::{directory_size, resident_memory};
+use super::{AppState, Caller, JsonBody, SlowQuery};
+use crate::cluster::info;
+use crate::collection::{Cursor, DEFAULT_COLLECTION};
+use crate::error::{Error, Result};
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use grape_client::{
+    BatchRequest, BatchResponse, ChecksumResponse, CollectionConfig, CollectionList,
+    DeleteResponse, DocumentInput, HealthResponse, InsertResponse, ListResponse, SearchRequest,
+    SearchResponse, ShardStatsResponse, StatsResponse,
+};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+/// The version every node reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Path parameters of data routes: the collection (`default` on the seed's short paths) and,
+/// on document routes, the document id.
+pub struct Target {
+    collection: String,
+    id: Option<String>,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Target {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self> {
+        let Path(mut params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .unwrap_or_else(|_| Path(HashMap::new()));
+        Ok(Target {
+            collection: params
+                .remove("name")
+                .unwrap_or_else(|| DEFAULT_COLLECTION.to_string()),
+            id: params.remove("id"),
+        })
+    }
+}
+
+impl Target {
+    fn id(&self) -> Result<&str> {
+        self.id
+            .as_deref()
+            .ok_or_else(|| Error::Internal("document route without an id".into()))
+    }
+}
+
+fn charge(caller: &Caller, usage: Usage, amount: u64) -> Result<()> {
+    match &caller.0 {
+        Some(key) => key.charge(usage, amount),
+        None => Ok(()),
+    }
+}
+
+pub async fn health(State(state): State<AppState>) -> Json<HealthResponse> {
+    Json(HealthResponse {
+        status: "healthy".into(),
+        node_id: state.node.id().to_string(),
+        version: VERSION.into(),
+    })
+}
+
+pub async fn ready(State(state): State<AppState>) -> Response {
+    if state.node.is_ready() {
+        Json(json!({"status": "ready", "node_id": state.node.id()})).into_response()
+    } else {
+        Error::unavailable("not_ready", "this node has not caught up yet").into_response()
+    }
+}
+
+pub async fn upsert_document(
+    State(state): State<AppState>,
+    target: Target,
+    Extension(caller): Extension<Caller>,
+    JsonBody(document): JsonBody<DocumentInput>,
+) -> Result<(StatusCode, Json<InsertResponse>)> {
+    charge(&caller, Usage::Documents, 1)?;
+    let mut ids = state
+        .node
+        .upsert(&target.collection, vec![document], false)
+        .await?;
+    let id = ids
+        .pop()
+        .ok_or_else(|| Error::Internal("upsert returned no id".into()))?;
+    Ok((StatusCode::CREATED, Json(InsertResponse { id })))
+}
+
+pub async fn upsert_batch(
+    State(state): State<AppState>,
+    target: Target,
+    Extension(caller): Extension<Caller>,
+    JsonBody(batch): JsonBody<BatchRequest>,
+) -> Result<Json<BatchResponse>> {
+    charge(&caller, Usage::Documents, batch.documents.len() as u64)?;
+    let ids = state
+        .node
+        .upsert(&target.collection, batch.documents, true)
+        .await?;
+    Ok(Json(BatchResponse {
+        inserted: ids.len(),
+        ids,
+    }))
+}
+
+pub async fn get_document(State(state): State<AppState>, target: Target) -> Result<Response> {
+    let document = state.node.get(&target.collection, target.id()?).await?;
+    Ok(Json(document).into_response())
+}
+
+pub async fn delete_document(
+    State(state): State<AppState>,
+    target: Target,
+) -> Result<Json<DeleteResponse>> {
+    let id = target.id()?;
+    if state.node.delete(&target.collection, id).await? {
+        Ok(Json(DeleteResponse { deleted: true }))
+    } else {
+        Err(Error::not_found(
+            "document_not_found",
+            format!("document '{id}' does not exist"),
+        ))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// Largest page of `GET .../documents`.
+const MAX_PAGE: usize = 1000;
+
+pub async fn list_documents(
+    State(state): State<AppState>,
+    target: Target,
+    query: std::result::Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ListResponse>> {
+    let Query(query) = query.map_err(|e| Error::invalid("invalid_query", e.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(Error::invalid(
+            "invalid_limit",
+            format!("limit {limit} must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let cursor = query.cursor.as_deref().map(Cursor::decode).transpose()?;
+    let (documents, next) = state.node.list(&target.collection, cursor, limit).await?;
+    Ok(Json(ListResponse {
+        documents,
+        next_cursor: next.map(|c| c.encode()),
+    }))
+}
+
+pub async fn search(
+    State(state): State<AppState>,
+    target: Target,
+    JsonBody(request): JsonBody<SearchRequest>,
+) -> Result<Json<SearchResponse>> {
+    let started = Instant::now();
+    let results = state.node.search(&target.collection, &request).await?;
+    let took = started.elapsed();
+    state.metrics.observe_search(&target.collection, took);
+    let took_ms = took.as_secs_f64() * 1000.0;
+    if took_ms >= state.node.config().performance.slow_query_ms as f64 {
+        state.slow_queries.record(SlowQuery {
+            at: chrono::Utc::now().to_rfc3339(),
+            collection: target.collection.clone(),
+            took_ms,
+            top_k: request.top_k,
+            ef: request.ef,
+            filtered: request.filter.is_some(),
+        });
+    }
+    Ok(Json(SearchResponse { results, took_ms }))
+}
+
+pub async fn list_collections(State(state): State<AppState>) -> Json<CollectionList> {
+    Json(CollectionList {
+        collections: state
+            .node
+            .collections()
+            .iter()
+            .map(|served| info(&served.collection))
+            .collect(),
+    })
+}
+
+pub async fn create_collection(
+    State(state): State<AppState>,
+    JsonBody(config): JsonBody<CollectionConfig>,
+) -> Result<Response> {
+    let info = state.node.create_collection(config).await?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+pub async fn get_collection(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    let served = state.node.collection(&name)?;
+    Ok(Json(info(&served.collection)).into_response())
+}
+
+pub async fn drop_collection(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<DeleteResponse>> {
+    state.node.drop_collection(&name).await?;
+    Ok(Json(DeleteResponse { deleted: true }))
+}
+
+type Distribution = BTreeMap<String, BTreeMap<String, u64>>;
+
+fn distribution(state: &AppState) -> Distribution {
+    let mut out = Distribution::new();
+    for shard in state.node.shard_stats() {
+        out.entry(shard.collection)
+            .or_default()
+            .insert(shard.shard.to_string(), shard.documents);
+    }
+    out
+}
+
+pub async fn stats(State(state): State<AppState>) -> Json<StatsResponse> {
+    let shards = state.node.shard_stats();
+    let node = &state.node;
+    Json(StatsResponse {
+        node_id: node.id().to_string(),
+        version: VERSION.into(),
+        documents: shards.iter().map(|s| s.documents).sum(),
+        collections: node.collections().len(),
+        shard_distribution: distribution(&state),
+        indexing_pending: shards.iter().map(|s| s.pending).sum(),
+        uptime_seconds: node.uptime().as_secs(),
+        disk_usage_bytes: directory_size(node.storage().path()),
+        memory_usage_bytes: resident_memory(),
+    })
+}
+
+pub async fn shard_stats(State(state): State<AppState>) -> Json<ShardStatsResponse> {
+    Json(ShardStatsResponse {
+        node_id: state.node.id().to_string(),
+        shards: state.node.shard_stats(),
+        shard_distribution: distribution(&state),
+    })
+}
+
+pub async fn checksum(State(state): State<AppState>) -> Result<Json<ChecksumResponse>> {
+    Ok(Json(ChecksumResponse {
+        node_id: state.node.id().to_string(),
+        shards: state.node.checksums().await?,
+    }))
+}
+
+pub async fn slow_queries(State(state): State<AppState>) -> Response {
+    Json(json!({
+        "threshold_ms": state.node.config().performance.slow_query_ms,
+        "queries": state.slow_queries.recent(),
+    }))
+    .into_response()
+}
+
+pub async fn cluster_status(State(state): State<AppState>) -> Response {
+    let node = &state.node;
+    Json(json!({
+        "mode": "single-node",
+        "nodes": [{
+            "id": node.id(),
+            "address": node.config().node.listen_address,
+            "ready": node.is_ready(),
+        }],
+        "groups": [],
+    }))
+    .into_response()
+}
+
+pub async fn cluster_leader(State(state): State<AppState>) -> Response {
+    Json(json!({"leader": state.node.id(), "term": 0, "mode": "single-node"})).into_response()
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let metrics = state.metrics.clone();
+    let node = state.node.clone();
+    let text = tokio::task::spawn_blocking(move || metrics.render(&node))
+        .await
+        .unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+pub async fn not_found(method: Method, uri: Uri) -> Error {
+    Error::not_found("not_found", format!("no route for {method} {}", uri.path()))
+}
+
+pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let body = json!({"error": {
+        "code": "method_not_allowed",
+        "message": format!("{method} is not allowed on {}", uri.path()),
+    }});
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}

@@ -1,0 +1,294 @@
+//! Prometheus metrics with the seed guide's names, every series labelled with `node_id`.
+//! Request metrics are counted as requests pass; node figures are read at scrape time.
+
+use crate::cluster::Node;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// Every metric the node exports.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    search_requests: IntCounterVec,
+    search_duration: HistogramVec,
+    documents: IntGaugeVec,
+    index_pending: IntGaugeVec,
+    memory_usage: IntGauge,
+    memory_limit: IntGauge,
+    disk_usage: IntGauge,
+    disk_free: IntGauge,
+    disk_total: IntGauge,
+    disk_reads: IntCounter,
+    disk_writes: IntCounter,
+    raft_log_entries: IntCounter,
+    leader_status: IntGauge,
+    nodes_connected: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Metrics {
+    pub fn new(node_id: &str) -> prometheus::Result<Metrics> {
+        let labels = HashMap::from([("node_id".to_string(), node_id.to_string())]);
+        let registry = Registry::new_custom(None, Some(labels))?;
+        let counter_vec =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+                let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(metric.clone()))?;
+                Ok(metric)
+            };
+        let histogram_vec =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<HistogramVec> {
+                let metric = HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                    labels,
+                )?;
+                registry.register(Box::new(metric.clone()))?;
+                Ok(metric)
+            };
+        let gauge_vec =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntGaugeVec> {
+                let metric = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(metric.clone()))?;
+                Ok(metric)
+            };
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let metric = IntGauge::new(name, help)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let metric = IntCounter::new(name, help)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        // A single node holds no elections; the replicated node counts them here.
+        counter(
+            "grape_raft_election_count_total",
+            "Elections this node started",
+        )?;
+        counter(
+            "grape_raft_leadership_changes_total",
+            "Leadership changes this node observed",
+        )?;
+        let metrics = Metrics {
+            http_requests: counter_vec(
+                "grape_http_requests_total",
+                "HTTP requests answered, by method, route and status",
+                &["method", "path", "status"],
+            )?,
+            http_duration: histogram_vec(
+                "grape_http_request_duration_seconds",
+                "HTTP request latency, by method and route",
+                &["method", "path"],
+            )?,
+            search_requests: counter_vec(
+                "grape_search_requests_total",
+                "Searches answered, by collection",
+                &["collection"],
+            )?,
+            search_duration: histogram_vec(
+                "grape_search_duration_seconds",
+                "Search latency inside the node, by collection",
+                &["collection"],
+            )?,
+            documents: gauge_vec(
+                "grape_db_documents_total",
+                "Live documents this node holds, by collection",
+                &["collection"],
+            )?,
+            index_pending: gauge_vec(
+                "grape_index_pending_documents",
+                "Documents written but not yet in an HNSW graph (searched exactly meanwhile)",
+                &["collection"],
+            )?,
+            memory_usage: gauge("grape_db_memory_usage_bytes", "Resident memory of the node")?,
+            memory_limit: gauge(
+                "grape_db_memory_limit_bytes",
+                "Memory available to the node (cgroup limit, else physical memory)",
+            )?,
+            disk_usage: gauge(
+                "grape_db_disk_usage_bytes",
+                "Bytes under the data directory",
+            )?,
+            disk_free: gauge(
+                "grape_db_disk_free_bytes",
+                "Free bytes on the data directory's filesystem",
+            )?,
+            disk_total: gauge(
+                "grape_db_disk_total_bytes",
+                "Size of the data directory's filesystem",
+            )?,
+            disk_reads: counter(
+                "grape_db_disk_reads_total",
+                "Storage reads (point reads and scans) served",
+            )?,
+            disk_writes: counter(
+                "grape_db_disk_writes_total",
+                "Storage write batches committed",
+            )?,
+            raft_log_entries: counter(
+                "grape_raft_log_entries_total",
+                "Log entries (write commands) applied on this node",
+            )?,
+            leader_status: gauge(
+                "grape_cluster_leader_status",
+                "1 when this node leads the meta group, else 0",
+            )?,
+            nodes_connected: gauge(
+                "grape_cluster_nodes_connected",
+                "Cluster members this node can reach, itself included",
+            )?,
+            registry,
+        };
+        #[cfg(target_os = "linux")]
+        metrics.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(metrics)
+    }
+
+    /// Counts one answered HTTP request.
+    pub fn observe_request(&self, method: &str, path: &str, status: u16, took: Duration) {
+        self.http_requests
+            .with_label_values(&[method, path, status_label(status)])
+            .inc();
+        self.http_duration
+            .with_label_values(&[method, path])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts one completed search.
+    pub fn observe_search(&self, collection: &str, took: Duration) {
+        self.search_requests.with_label_values(&[collection]).inc();
+        self.search_duration
+            .with_label_values(&[collection])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Reads the node's figures and renders every metric as Prometheus text.
+    pub fn render(&self, node: &Node) -> String {
+        self.documents.reset();
+        self.index_pending.reset();
+        for served in node.collections() {
+            let collection = &served.collection;
+            self.documents
+                .with_label_values(&[collection.name()])
+                .set(collection.len() as i64);
+            let pending: u64 = collection
+                .shards()
+                .iter()
+                .map(|s| s.figures().index.pending)
+                .sum();
+            self.index_pending
+                .with_label_values(&[collection.name()])
+                .set(pending as i64);
+        }
+        self.memory_usage.set(resident_memory() as i64);
+        self.memory_limit.set(memory_limit() as i64);
+        let data_dir = node.storage().path();
+        self.disk_usage.set(directory_size(data_dir) as i64);
+        if let Ok(fs) = nix::sys::statvfs::statvfs(data_dir) {
+            let fragment = fs.fragment_size();
+            self.disk_free
+                .set((fs.blocks_available() * fragment) as i64);
+            self.disk_total.set((fs.blocks() * fragment) as i64);
+        }
+        advance(&self.disk_reads, node.storage().reads());
+        advance(&self.disk_writes, node.storage().writes());
+        advance(&self.raft_log_entries, node.applied_total());
+        // A single node leads itself and reaches only itself; the replicated node reports
+        // its Raft groups here.
+        self.leader_status.set(1);
+        self.nodes_connected.set(1);
+
+        let mut out = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(%error, "cannot encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Moves a counter up to a cumulative figure kept elsewhere.
+fn advance(counter: &IntCounter, total: u64) {
+    let current = counter.get();
+    if total > current {
+        counter.inc_by(total - current);
+    }
+}
+
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        201 => "201",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        s if s < 300 => "2xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Resident set size of this process.
+pub(crate) fn resident_memory() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
+
+/// The cgroup memory limit, else physical memory.
+fn memory_limit() -> u64 {
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    cgroup.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .map(|kib| kib * 1024)
+            .unwrap_or(0)
+    })
+}
+
+/// Total size of the files under a directory.
+pub(crate) fn directory_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => directory_size(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}

@@ -1,0 +1,278 @@
+//! The HTTP API (axum): routes, request parsing, errors as JSON, authentication and metrics.
+//! Handlers are thin: they parse, authorize and call the [`Node`].
+
+pub mod auth;
+mod handlers;
+pub mod metrics;
+
+use crate::cluster::Node;
+use crate::error::Error;
+use auth::{ApiKey, KeyStore, Permission};
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, MatchedPath, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use grape_client::{ErrorBody, ErrorDetail};
+use metrics::Metrics;
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub node: Arc<Node>,
+    pub keys: Arc<KeyStore>,
+    pub metrics: Arc<Metrics>,
+    pub slow_queries: Arc<SlowQueryLog>,
+}
+
+/// The slowest recent searches, for `/admin/slow-queries`.
+#[derive(Debug, Default)]
+pub struct SlowQueryLog {
+    entries: Mutex<VecDeque<SlowQuery>>,
+}
+
+/// One search slower than `performance.slow_query_ms`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlowQuery {
+    pub at: String,
+    pub collection: String,
+    pub took_ms: f64,
+    pub top_k: usize,
+    pub ef: Option<usize>,
+    pub filtered: bool,
+}
+
+impl SlowQueryLog {
+    const CAPACITY: usize = 100;
+
+    pub fn record(&self, query: SlowQuery) {
+        let mut entries = self.entries.lock();
+        if entries.len() == Self::CAPACITY {
+            entries.pop_front();
+        }
+        entries.push_back(query);
+    }
+
+    /// Most recent first.
+    pub fn recent(&self) -> Vec<SlowQuery> {
+        self.entries.lock().iter().rev().cloned().collect()
+    }
+}
+
+/// An error answered as `{"error": {"code", "message"}}` with its status.
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(error = %self, "request failed");
+        }
+        let retry_after = match &self {
+            Error::RateLimited { retry_after, .. } => {
+                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+            }
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_string(),
+                message: self.message(),
+            },
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// A JSON body parsed whatever its Content-Type (the seed's curl examples send none), with
+/// errors that name the path of the bad field, and 413 past the body limit.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = Error;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Error::PayloadTooLarge(
+                        "the request body is over the limit (performance.max_request_body_mb)"
+                            .into(),
+                    )
+                } else {
+                    Error::invalid("invalid_body", rejection.body_text())
+                }
+            })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses JSON with the failing field's path in the message.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::invalid(
+            "invalid_json",
+            "the request body is empty; a JSON object is expected",
+        ));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let code = match inner.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                "invalid_json"
+            }
+            _ => "invalid_request",
+        };
+        let message = if path.is_empty() || path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        };
+        Error::invalid(code, message)
+    })?;
+    deserializer.end().map_err(|e| {
+        Error::invalid(
+            "invalid_json",
+            format!("trailing characters after the JSON value: {e}"),
+        )
+    })?;
+    Ok(value)
+}
+
+/// The caller's key, when authentication is on.
+#[derive(Clone)]
+pub struct Caller(pub Option<Arc<ApiKey>>);
+
+async fn authorize(
+    state: AppState,
+    permission: Permission,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    match state.keys.authorize(presented.as_deref(), peer, permission) {
+        Ok(key) => {
+            request.extensions_mut().insert(Caller(key));
+            next.run(request).await
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn record(state: AppState, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let path = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    state.metrics.observe_request(
+        &method,
+        &path,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// Routes of one permission, guarded by it.
+fn guarded(state: &AppState, permission: Permission, routes: Router<AppState>) -> Router<AppState> {
+    let state = state.clone();
+    routes.route_layer(middleware::from_fn(move |request: Request, next: Next| {
+        authorize(state.clone(), permission, request, next)
+    }))
+}
+
+/// Document and search routes, mounted at `/api/v1` (default collection) and at
+/// `/api/v1/collections/{name}`.
+fn data_routes(state: &AppState) -> Router<AppState> {
+    use handlers::*;
+    let writes = Router::new()
+        .route("/documents", post(upsert_document))
+        .route("/documents/batch", post(upsert_batch))
+        .route("/documents/{id}", axum::routing::delete(delete_document));
+    let reads = Router::new()
+        .route("/documents", get(list_documents))
+        .route("/documents/{id}", get(get_document));
+    let searches = Router::new()
+        .route("/search", post(search))
+        .route("/vectors/search", post(search));
+    guarded(state, Permission::DataWrite, writes)
+        .merge(guarded(state, Permission::DataRead, reads))
+        .merge(guarded(state, Permission::SearchExecute, searches))
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    use handlers::*;
+    let body_limit = state.node.config().performance.max_request_body_mb * 1024 * 1024;
+    let collections_read = Router::new()
+        .route("/api/v1/collections", get(list_collections))
+        .route("/api/v1/collections/{name}", get(get_collection));
+    let collections_manage = Router::new()
+        .route("/api/v1/collections", post(create_collection))
+        .route(
+            "/api/v1/collections/{name}",
+            axum::routing::delete(drop_collection),
+        );
+    let admin_read = Router::new()
+        .route("/admin/stats", get(stats))
+        .route("/admin/stats/shards", get(shard_stats))
+        .route("/admin/checksum", get(checksum))
+        .route("/admin/slow-queries", get(slow_queries))
+        .route("/admin/cluster/status", get(cluster_status))
+        .route("/admin/cluster/leader", get(cluster_leader));
+    let metrics_read = Router::new().route("/metrics", get(metrics));
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .nest("/api/v1", data_routes(&state))
+        .nest("/api/v1/collections/{name}", data_routes(&state))
+        .merge(guarded(&state, Permission::DataRead, collections_read))
+        .merge(guarded(&state, Permission::DataManage, collections_manage))
+        .merge(guarded(&state, Permission::ClusterRead, admin_read))
+        .merge(guarded(&state, Permission::MetricsRead, metrics_read))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn({
+            let state = state.clone();
+            move |request: Request, next: Next| record(state.clone(), request, next)
+        }))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// The unauthenticated metrics listener's routes (`monitoring.metrics_port`).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(handlers::metrics))
+        .fallback(handlers::not_found)
+        .with_state(state)
+}

@@ -1,0 +1,512 @@
+//! Collections: a fixed set of shards, routing of documents to shards by a stable hash of the
+//! id, validation of what clients send, and searches merged across shards. The [`Catalog`]
+//! persists collection definitions and opens their shards.
+
+use crate::error::{Error, Result};
+use crate::index::distance;
+use crate::index::worker::IndexWorker;
+use crate::shard::filter::CompiledFilter;
+use crate::shard::{NewDocument, Shard, ShardId};
+use crate::storage::{Changes, Storage};
+use grape_client::{CollectionConfig, Document, DocumentInput, Metric, SearchHit, SearchRequest};
+use rayon::prelude::*;
+use std::sync::Arc;
+use xxhash_rust::xxh3::xxh3_64;
+
+/// The collection the seed guide's `/api/v1/documents` paths use, defined by the node config.
+pub const DEFAULT_COLLECTION: &str = "default";
+/// Longest document id, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// Largest metadata object, serialised, in bytes.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+/// Largest vector dimension.
+pub const MAX_DIMENSION: usize = 65_536;
+/// Largest `top_k` a search may ask for.
+pub const MAX_TOP_K: usize = 10_000;
+/// Largest `ef` a search may ask for.
+pub const MAX_EF: usize = 100_000;
+/// Most shards a collection may have.
+pub const MAX_SHARDS: u32 = 1024;
+
+/// The shard a document id belongs to: xxh3 of the id modulo the shard count. Stable across
+/// releases and platforms (unlike `DefaultHasher`, which the seed guide used).
+pub fn shard_of(id: &str, shard_count: u32) -> ShardId {
+    (xxh3_64(id.as_bytes()) % u64::from(shard_count.max(1))) as ShardId
+}
+
+/// Checks a collection definition; the message names the offending field.
+pub fn validate_collection_config(config: &CollectionConfig) -> Result<()> {
+    let bad = |message: String| Err(Error::invalid("invalid_collection", message));
+    let name = &config.name;
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return bad(format!(
+            "name {name:?} must be 1 to 64 characters of letters, digits, '-' and '_'"
+        ));
+    }
+    if config.dimension == 0 || config.dimension > MAX_DIMENSION {
+        return bad(format!(
+            "dimension {} must be between 1 and {MAX_DIMENSION}",
+            config.dimension
+        ));
+    }
+    if config.shard_count == 0 || config.shard_count > MAX_SHARDS {
+        return bad(format!(
+            "shard_count {} must be between 1 and {MAX_SHARDS}",
+            config.shard_count
+        ));
+    }
+    if config.replication_factor == 0 || config.replication_factor > 7 {
+        return bad(format!(
+            "replication_factor {} must be between 1 and 7",
+            config.replication_factor
+        ));
+    }
+    let hnsw = &config.hnsw;
+    if !(2..=128).contains(&hnsw.m) {
+        return bad(format!("hnsw.m {} must be between 2 and 128", hnsw.m));
+    }
+    if !(1..=10_000).contains(&hnsw.ef_construction) {
+        return bad(format!(
+            "hnsw.ef_construction {} must be between 1 and 10000",
+            hnsw.ef_construction
+        ));
+    }
+    if !(1..=MAX_EF).contains(&hnsw.ef_search) {
+        return bad(format!(
+            "hnsw.ef_search {} must be between 1 and {MAX_EF}",
+            hnsw.ef_search
+        ));
+    }
+    Ok(())
+}
+
+/// Checks one document against a collection and gives it an id if it has none. `position` is
+/// its index in a batch, named in errors.
+pub fn validate_document(
+    config: &CollectionConfig,
+    input: DocumentInput,
+    position: Option<usize>,
+) -> Result<NewDocument> {
+    let at = |message: String| match position {
+        Some(i) => format!("documents[{i}]: {message}"),
+        None => message,
+    };
+    let id = match input.id {
+        Some(id) => {
+            if id.is_empty() {
+                return Err(Error::invalid(
+                    "invalid_id",
+                    at("id must not be empty".into()),
+                ));
+            }
+            if id.len() > MAX_ID_BYTES {
+                return Err(Error::invalid(
+                    "invalid_id",
+                    at(format!(
+                        "id is {} bytes; at most {MAX_ID_BYTES} are allowed",
+                        id.len()
+                    )),
+                ));
+            }
+            id
+        }
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    check_vector(config, &input.vector).map_err(|e| match e {
+        Error::InvalidInput { code, message } => Error::InvalidInput {
+            code,
+            message: at(message),
+        },
+        other => other,
+    })?;
+    let metadata = input.metadata.unwrap_or_default();
+    let size = serde_json::to_vec(&metadata).map(|v| v.len()).unwrap_or(0);
+    if size > MAX_METADATA_BYTES {
+        return Err(Error::invalid(
+            "metadata_too_large",
+            at(format!(
+                "metadata is {size} bytes; at most {MAX_METADATA_BYTES} are allowed"
+            )),
+        ));
+    }
+    Ok(NewDocument {
+        id,
+        vector: input.vector,
+        metadata,
+    })
+}
+
+/// Checks a vector's dimension and values for a collection.
+pub fn check_vector(config: &CollectionConfig, vector: &[f32]) -> Result<()> {
+    if vector.len() != config.dimension {
+        return Err(Error::invalid(
+            "dimension_mismatch",
+            format!(
+                "vector has {} dimensions, collection '{}' expects {}",
+                vector.len(),
+                config.name,
+                config.dimension
+            ),
+        ));
+    }
+    if let Some(i) = vector.iter().position(|x| !x.is_finite()) {
+        return Err(Error::invalid(
+            "invalid_vector",
+            format!("vector[{i}] is not a finite number"),
+        ));
+    }
+    if config.metric == Metric::Cosine && vector.iter().all(|x| *x == 0.0) {
+        return Err(Error::invalid(
+            "invalid_vector",
+            "the zero vector has no direction; cosine similarity is undefined for it",
+        ));
+    }
+    Ok(())
+}
+
+/// A position in a collection's document listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub shard: ShardId,
+    pub after: String,
+}
+
+impl Cursor {
+    /// Opaque text form (hex of `shard:id`).
+    pub fn encode(&self) -> String {
+        format!("{}:{}", self.shard, self.after)
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    pub fn decode(text: &str) -> Result<Cursor> {
+        let bad = || {
+            Error::invalid(
+                "invalid_cursor",
+                format!("cursor {text:?} is not one this server issued"),
+            )
+        };
+        if !text.len().is_multiple_of(2) {
+            return Err(bad());
+        }
+        let bytes = (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(text.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
+            .collect::<Result<Vec<u8>>>()?;
+        let text = String::from_utf8(bytes).map_err(|_| bad())?;
+        let (shard, after) = text.split_once(':').ok_or_else(bad)?;
+        Ok(Cursor {
+            shard: shard.parse().map_err(|_| bad())?,
+            after: after.to_string(),
+        })
+    }
+}
+
+/// A search validated against its collection.
+#[derive(Debug)]
+pub struct PreparedSearch {
+    /// The query in the index's form (unit length for cosine).
+    pub query: Vec<f32>,
+    pub top_k: usize,
+    pub ef: usize,
+    pub filter: Option<CompiledFilter>,
+    pub include_vectors: bool,
+}
+
+/// A collection open on this node.
+#[derive(Debug)]
+pub struct Collection {
+    config: Arc<CollectionConfig>,
+    /// Every shard, by number.
+    shards: Vec<Arc<Shard>>,
+}
+
+impl Collection {
+    pub fn config(&self) -> &CollectionConfig {
+        &self.config
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn shards(&self) -> &[Arc<Shard>] {
+        &self.shards
+    }
+
+    /// The shard holding `id`.
+    pub fn shard_for(&self, id: &str) -> &Arc<Shard> {
+        &self.shards[shard_of(id, self.config.shard_count) as usize]
+    }
+
+    /// Live documents over all shards.
+    pub fn len(&self) -> u64 {
+        self.shards.iter().map(|s| s.len() as u64).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Document>> {
+        self.shard_for(id).get(id)
+    }
+
+    /// One page of documents in (shard, id) order, and the cursor of the next page.
+    pub fn list(
+        &self,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<(Vec<Document>, Option<Cursor>)> {
+        let mut found = Vec::new();
+        let (first, mut after) = match cursor {
+            Some(c) => (c.shard as usize, Some(c.after.clone())),
+            None => (0, None),
+        };
+        for shard in self.shards.iter().skip(first) {
+            let page = shard.list(after.as_deref(), limit - found.len())?;
+            found.extend(page);
+            if found.len() == limit {
+                let last = found.last().map(|d| d.id.clone()).unwrap_or_default();
+                return Ok((
+                    found,
+                    Some(Cursor {
+                        shard: shard.number(),
+                        after: last,
+                    }),
+                ));
+            }
+            after = None;
+        }
+        Ok((found, None))
+    }
+
+    /// Validates a search request against this collection.
+    pub fn prepare_search(&self, request: &SearchRequest) -> Result<PreparedSearch> {
+        if request.top_k == 0 || request.top_k > MAX_TOP_K {
+            return Err(Error::invalid(
+                "invalid_top_k",
+                format!("top_k {} must be between 1 and {MAX_TOP_K}", request.top_k),
+            ));
+        }
+        if let Some(ef) = request.ef
+            && (ef == 0 || ef > MAX_EF)
+        {
+            return Err(Error::invalid(
+                "invalid_ef",
+                format!("ef {ef} must be between 1 and {MAX_EF}"),
+            ));
+        }
+        check_vector(&self.config, &request.vector)?;
+        let filter = request
+            .filter
+            .as_ref()
+            .map(CompiledFilter::new)
+            .transpose()?;
+        let query = distance::prepare(self.config.metric, &request.vector)
+            .ok_or_else(|| Error::invalid("invalid_vector", "the query vector has no direction"))?;
+        Ok(PreparedSearch {
+            query,
+            top_k: request.top_k,
+            ef: request
+                .ef
+                .unwrap_or(self.config.hnsw.ef_search)
+                .max(request.top_k),
+            filter,
+            include_vectors: request.include_vectors,
+        })
+    }
+
+    /// Searches every shard and merges their best `top_k`, best first.
+    pub fn search(&self, search: &PreparedSearch) -> Result<Vec<SearchHit>> {
+        let per_shard = |shard: &Arc<Shard>| {
+            shard.search(
+                &search.query,
+                search.top_k,
+                search.ef,
+                search.filter.as_ref(),
+            )
+        };
+        let mut hits: Vec<_> = if self.shards.len() > 1 {
+            self.shards.par_iter().flat_map_iter(per_shard).collect()
+        } else {
+            self.shards.iter().flat_map(per_shard).collect()
+        };
+        hits.sort_by(|a, b| {
+            a.distance
+                .total_cmp(&b.distance)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        hits.truncate(search.top_k);
+        hits.into_iter()
+            .map(|hit| {
+                let vector = if search.include_vectors {
+                    self.get(&hit.id)?.map(|d| d.vector)
+                } else {
+                    None
+                };
+                Ok(SearchHit {
+                    id: hit.id.to_string(),
+                    score: hit.score,
+                    metadata: (*hit.metadata).clone(),
+                    vector,
+                })
+            })
+            .collect()
+    }
+
+    /// Stops background work (the collection is being dropped).
+    pub fn close(&self) {
+        for shard in &self.shards {
+            shard.close();
+        }
+    }
+}
+
+/// Persists collection definitions and opens collections.
+#[derive(Debug)]
+pub struct Catalog {
+    storage: Arc<Storage>,
+    worker: Arc<IndexWorker>,
+    /// Dead graph entries a shard tolerates before rebuilding (`index.rebuild_threshold`).
+    rebuild_threshold: usize,
+}
+
+impl Catalog {
+    pub fn new(storage: Arc<Storage>, worker: Arc<IndexWorker>, rebuild_threshold: usize) -> Self {
+        Catalog {
+            storage,
+            worker,
+            rebuild_threshold,
+        }
+    }
+
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    /// Opens every stored collection.
+    pub fn load_all(&self) -> Result<Vec<Arc<Collection>>> {
+        self.storage
+            .collection_definitions()?
+            .into_iter()
+            .map(|json| {
+                let config: CollectionConfig = serde_json::from_slice(&json).map_err(|e| {
+                    Error::Internal(format!("stored collection definition is unreadable: {e}"))
+                })?;
+                self.open(config)
+            })
+            .collect()
+    }
+
+    fn open(&self, config: CollectionConfig) -> Result<Arc<Collection>> {
+        let config = Arc::new(config);
+        let shards = (0..config.shard_count)
+            .map(|number| {
+                Shard::open(
+                    Arc::clone(&config),
+                    number,
+                    Arc::clone(&self.storage),
+                    Arc::clone(&self.worker),
+                    self.rebuild_threshold,
+                )
+                .map(Arc::new)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(Collection { config, shards }))
+    }
+
+    /// Stores a new collection's definition durably and opens it.
+    pub fn create(&self, config: CollectionConfig) -> Result<Arc<Collection>> {
+        validate_collection_config(&config)?;
+        let json = serde_json::to_vec(&config)
+            .map_err(|e| Error::Internal(format!("cannot encode collection: {e}")))?;
+        let mut changes = Changes::default();
+        // Clear leftovers of an earlier collection of the same name.
+        changes.delete_collection(&self.storage, &config.name);
+        changes.put_collection(&self.storage, &config.name, &json);
+        self.storage.commit(changes)?;
+        self.open(config)
+    }
+
+    /// Removes a collection, its documents and its shards' state, durably.
+    pub fn drop_collection(&self, collection: &Collection) -> Result<()> {
+        collection.close();
+        let mut changes = Changes::default();
+        changes.delete_collection(&self.storage, collection.name());
+        self.storage.commit(changes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_routing_is_stable_and_spreads_ids() {
+        // Pinned values: changing the hash would move every stored document.
+        assert_eq!(shard_of("doc-1", 16), shard_of("doc-1", 16));
+        let mut counts = [0usize; 4];
+        for i in 0..4000 {
+            counts[shard_of(&format!("id-{i}"), 4) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+        assert_eq!(shard_of("anything", 1), 0);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let cursor = Cursor {
+            shard: 3,
+            after: "a:b/ü".into(),
+        };
+        assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
+        for bad in ["zz", "abc", "", "3a"] {
+            assert_eq!(
+                Cursor::decode(bad).unwrap_err().code(),
+                "invalid_cursor",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn documents_are_checked_against_their_collection() {
+        let config = CollectionConfig::new("docs", 3);
+        let input = |vector: Vec<f32>| DocumentInput {
+            id: None,
+            vector,
+            metadata: None,
+        };
+        let ok = validate_document(&config, input(vec![1.0, 2.0, 3.0]), None).unwrap();
+        assert_eq!(ok.id.len(), 36, "a UUID is assigned");
+        let err = validate_document(&config, input(vec![1.0]), Some(4)).unwrap_err();
+        assert_eq!(err.code(), "dimension_mismatch");
+        assert!(
+            err.message()
+                .starts_with("documents[4]: vector has 1 dimensions"),
+            "{}",
+            err.message()
+        );
+        let err =
+            validate_document(&config, input(vec![1.0, f32::INFINITY, 0.0]), None).unwrap_err();
+        assert_eq!(err.code(), "invalid_vector");
+        let err = validate_document(&config, input(vec![0.0, 0.0, 0.0]), None).unwrap_err();
+        assert_eq!(err.code(), "invalid_vector");
+        let long = DocumentInput {
+            id: Some("x".repeat(MAX_ID_BYTES + 1)),
+            vector: vec![1.0, 2.0, 3.0],
+            metadata: None,
+        };
+        assert_eq!(
+            validate_document(&config, long, None).unwrap_err().code(),
+            "invalid_id"
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! Distance kernels: dot product and squared Euclidean distance, with AVX2+FMA versions chosen
+//! at run time on CPUs that have them, and the graph distance each metric uses.
+//!
+//! hnsw_rs requires non-negative distances (it asserts on them), and its graph heuristics only
+//! ever compare distances, so each metric maps to a non-negative, order-preserving distance:
+//! - `l2`: squared distance;
+//! - `cosine`: `1 - dot` on vectors normalised at insert, clamped at 0;
+//! - `dot`: `-dot` mapped monotonically onto (0, inf).
+
+use grape_client::Metric;
+
+/// A kernel over two equal-length slices.
+pub type Kernel = fn(&[f32], &[f32]) -> f32;
+
+/// The fastest dot-product kernel this CPU runs.
+pub fn dot_kernel() -> Kernel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return |a, b| {
+                // SAFETY: the CPU supports AVX2 and FMA (checked above).
+                unsafe { x86::dot_avx2(a, b) }
+            };
+        }
+    }
+    dot_scalar
+}
+
+/// The fastest squared-L2 kernel this CPU runs.
+pub fn l2_kernel() -> Kernel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return |a, b| {
+                // SAFETY: the CPU supports AVX2 and FMA (checked above).
+                unsafe { x86::l2_avx2(a, b) }
+            };
+        }
+    }
+    l2_scalar
+}
+
+/// Portable dot product (four accumulators so the compiler can vectorise it).
+pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let chunks = n / 8;
+    for i in 0..chunks {
+        for j in 0..8 {
+            acc[j] += a[i * 8 + j] * b[i * 8 + j];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for i in chunks * 8..n {
+        sum += a[i] * b[i];
+    }
+    sum
+}
+
+/// Portable squared Euclidean distance.
+pub fn l2_scalar(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let chunks = n / 8;
+    for i in 0..chunks {
+        for j in 0..8 {
+            let d = a[i * 8 + j] - b[i * 8 + j];
+            acc[j] += d * d;
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for i in chunks * 8..n {
+        let d = a[i] - b[i];
+        sum += d * d;
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let hi = _mm256_extractf128_ps(v, 1);
+        let lo = _mm256_castps256_ps128(v);
+        let s = _mm_add_ps(hi, lo);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        // SAFETY: every load reads 8 floats at offsets below `n`.
+        unsafe {
+            while i + 16 <= n {
+                acc0 =
+                    _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+                acc1 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(i + 8)),
+                    _mm256_loadu_ps(pb.add(i + 8)),
+                    acc1,
+                );
+                i += 16;
+            }
+            if i + 8 <= n {
+                acc0 =
+                    _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+                i += 8;
+            }
+        }
+        let mut sum = hsum(_mm256_add_ps(acc0, acc1));
+        while i < n {
+            sum += a[i] * b[i];
+            i += 1;
+        }
+        sum
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn l2_avx2(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        // SAFETY: every load reads 8 floats at offsets below `n`.
+        unsafe {
+            while i + 16 <= n {
+                let d0 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)));
+                let d1 = _mm256_sub_ps(
+                    _mm256_loadu_ps(pa.add(i + 8)),
+                    _mm256_loadu_ps(pb.add(i + 8)),
+                );
+                acc0 = _mm256_fmadd_ps(d0, d0, acc0);
+                acc1 = _mm256_fmadd_ps(d1, d1, acc1);
+                i += 16;
+            }
+            if i + 8 <= n {
+                let d0 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)));
+                acc0 = _mm256_fmadd_ps(d0, d0, acc0);
+                i += 8;
+            }
+        }
+        let mut sum = hsum(_mm256_add_ps(acc0, acc1));
+        while i < n {
+            let d = a[i] - b[i];
+            sum += d * d;
+            i += 1;
+        }
+        sum
+    }
+}
+
+/// The distance a collection's graph is built with: non-negative, smaller is closer.
+#[derive(Clone, Copy)]
+pub struct GraphDistance {
+    metric: Metric,
+    dot: Kernel,
+    l2: Kernel,
+}
+
+impl Default for GraphDistance {
+    fn default() -> Self {
+        GraphDistance::new(Metric::L2)
+    }
+}
+
+impl std::fmt::Debug for GraphDistance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GraphDistance({})", self.metric.as_str())
+    }
+}
+
+impl GraphDistance {
+    pub fn new(metric: Metric) -> Self {
+        GraphDistance {
+            metric,
+            dot: dot_kernel(),
+            l2: l2_kernel(),
+        }
+    }
+
+    /// Distance between two prepared vectors (see [`prepare`]).
+    #[inline]
+    pub fn distance(&self, a: &[f32], b: &[f32]) -> f32 {
+        match self.metric {
+            Metric::L2 => (self.l2)(a, b),
+            Metric::Cosine => (1.0 - (self.dot)(a, b)).max(0.0),
+            Metric::Dot => {
+                let d = -(self.dot)(a, b);
+                if d >= 0.0 { 1.0 + d } else { 1.0 / (1.0 - d) }
+            }
+        }
+    }
+
+    /// The user-facing score of two prepared vectors: similarity for cosine and dot, Euclidean
+    /// distance for l2.
+    #[inline]
+    pub fn score(&self, a: &[f32], b: &[f32]) -> f32 {
+        match self.metric {
+            Metric::L2 => (self.l2)(a, b).sqrt(),
+            Metric::Cosine | Metric::Dot => (self.dot)(a, b),
+        }
+    }
+}
+
+impl hnsw_rs::prelude::Distance<f32> for GraphDistance {
+    #[inline]
+    fn eval(&self, va: &[f32], vb: &[f32]) -> f32 {
+        self.distance(va, vb)
+    }
+}
+
+/// Turns a vector into the form the index stores: unit length for cosine, unchanged otherwise.
+/// Returns `None` for a zero vector under cosine, which has no direction.
+pub fn prepare(metric: Metric, vector: &[f32]) -> Option<Vec<f32>> {
+    match metric {
+        Metric::Cosine => {
+            let norm = dot_scalar(vector, vector).sqrt();
+            if norm == 0.0 || !norm.is_finite() {
+                return None;
+            }
+            Some(vector.iter().map(|x| x / norm).collect())
+        }
+        Metric::L2 | Metric::Dot => Some(vector.to_vec()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2654435761).max(1);
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn simd_kernels_agree_with_scalar_for_every_length() {
+        for n in [0, 1, 7, 8, 9, 15, 16, 17, 31, 128, 1536] {
+            let a = pseudo_random(n, 1 + n as u32);
+            let b = pseudo_random(n, 99 + n as u32);
+            let tolerance = 1e-4 * (n as f32 + 1.0);
+            assert!(
+                (dot_kernel()(&a, &b) - dot_scalar(&a, &b)).abs() <= tolerance,
+                "dot n={n}"
+            );
+            assert!(
+                (l2_kernel()(&a, &b) - l2_scalar(&a, &b)).abs() <= tolerance,
+                "l2 n={n}"
+            );
+        }
+    }
+
+    #[test]
+    fn graph_distances_are_non_negative_and_order_preserving() {
+        let q = vec![1.0, 2.0, 3.0];
+        let near = vec![10.0, 20.0, 30.0];
+        let far = vec![-10.0, -20.0, -30.0];
+        let d = GraphDistance::new(Metric::Dot);
+        let (dn, df) = (d.distance(&q, &near), d.distance(&q, &far));
+        assert!(dn > 0.0 && df > 0.0);
+        assert!(dn < df, "a larger dot product must be closer");
+        assert_eq!(d.score(&q, &near), 140.0);
+
+        let c = GraphDistance::new(Metric::Cosine);
+        let a = prepare(Metric::Cosine, &[3.0, 4.0]).unwrap();
+        assert!((c.score(&a, &a) - 1.0).abs() < 1e-6);
+        assert!(c.distance(&a, &a) >= 0.0);
+
+        let l2 = GraphDistance::new(Metric::L2);
+        assert_eq!(l2.score(&[0.0, 0.0], &[3.0, 4.0]), 5.0);
+    }
+
+    #[test]
+    fn cosine_rejects_the_zero_vector() {
+        assert!(prepare(Metric::Cosine, &[0.0, 0.0]).is_none());
+        assert!(prepare(Metric::L2, &[0.0, 0.0]).is_some());
+    }
+}

@@ -1,0 +1,556 @@
+//! The vector index of one shard: vectors by dense internal id, an HNSW graph (hnsw_rs) over
+//! them, and exact search over whatever the graph does not hold yet. It knows vectors and
+//! liveness only; documents, metadata and storage live in the layers above.
+//!
+//! ```text
+//!   add(id) ──> pending (id >= indexed_upto) ──index_pending()──> in graph (id < indexed_upto)
+//!                     │                                                 │
+//!   remove(id) ───────┴──────────────> dead (filtered out) <───────────┘
+//!                                            │ dead_in_graph >= rebuild_threshold
+//!                                            └──rebuild()──> a new graph of live ids only
+//! ```
+//!
+//! A search sees every added vector: the graph for ids below the watermark `indexed_upto`, an
+//! exact scan above it. hnsw_rs cannot delete, so removed ids stay in the graph, filtered out,
+//! until a rebuild; an updated document gets a new id.
+
+pub mod distance;
+pub mod worker;
+
+use distance::GraphDistance;
+use grape_client::{HnswParams, Metric};
+use hnsw_rs::prelude::Hnsw;
+use parking_lot::{Mutex, RwLock};
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
+
+/// Internal id of a vector within one shard's index.
+pub type VectorId = usize;
+
+/// A search result inside the index: id and graph distance (smaller is closer).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate {
+    pub id: VectorId,
+    pub distance: f32,
+}
+
+impl Eq for Candidate {}
+
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.distance
+            .total_cmp(&other.distance)
+            .then(self.id.cmp(&other.id))
+    }
+}
+
+type Graph = Hnsw<'static, f32, GraphDistance>;
+
+/// Layers hnsw_rs may use (its maximum).
+const MAX_LAYERS: usize = 16;
+
+/// Vectors appended in id order, and which are still live.
+struct VectorStore {
+    /// `dimension` floats per id, in the prepared form (unit length for cosine).
+    data: Vec<f32>,
+    /// Whether each id is still a current document (false once deleted or replaced).
+    live: Vec<bool>,
+    live_count: usize,
+}
+
+/// The graph and how far it reaches.
+struct GraphState {
+    graph: Arc<Graph>,
+    /// Every live id below this is in `graph`; ids at or above it are searched exactly.
+    indexed_upto: VectorId,
+}
+
+/// Figures for stats and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IndexStats {
+    pub live: u64,
+    pub indexed: u64,
+    pub pending: u64,
+    pub dead_in_graph: u64,
+    pub rebuilds: u64,
+}
+
+/// One shard's vectors and graph.
+pub struct VectorIndex {
+    /// Length of every vector.
+    dimension: usize,
+    /// How vectors compare.
+    metric: Metric,
+    /// Graph parameters.
+    params: HnswParams,
+    /// Non-negative distance of the metric, with the CPU's fastest kernels.
+    distance: GraphDistance,
+    /// All vectors, by id.
+    vectors: RwLock<VectorStore>,
+    /// The current graph and its watermark; swapped whole by a rebuild.
+    graph: RwLock<GraphState>,
+    /// Removed ids that the graph still holds; a rebuild drops them.
+    dead_in_graph: AtomicUsize,
+    /// Dead graph entries tolerated before a rebuild.
+    rebuild_threshold: usize,
+    /// Completed rebuilds.
+    rebuilds: AtomicU64,
+    /// One maintainer (indexing or rebuild) at a time: hnsw_rs inserts are not safe to run
+    /// concurrently with each other without risking lock-order inversions.
+    maintenance: Mutex<()>,
+}
+
+impl std::fmt::Debug for VectorIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VectorIndex")
+            .field("dimension", &self.dimension)
+            .field("metric", &self.metric)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl VectorIndex {
+    pub fn new(
+        dimension: usize,
+        metric: Metric,
+        params: HnswParams,
+        rebuild_threshold: usize,
+    ) -> Self {
+        let distance = GraphDistance::new(metric);
+        VectorIndex {
+            dimension,
+            metric,
+            params,
+            distance,
+            vectors: RwLock::new(VectorStore {
+                data: Vec::new(),
+                live: Vec::new(),
+                live_count: 0,
+            }),
+            graph: RwLock::new(GraphState {
+                graph: Arc::new(new_graph(params, distance, 1024)),
+                indexed_upto: 0,
+            }),
+            dead_in_graph: AtomicUsize::new(0),
+            rebuild_threshold: rebuild_threshold.max(1),
+            rebuilds: AtomicU64::new(0),
+            maintenance: Mutex::new(()),
+        }
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    pub fn distance(&self) -> &GraphDistance {
+        &self.distance
+    }
+
+    /// Appends a prepared vector (see [`distance::prepare`]) and returns its id.
+    pub fn add(&self, vector: &[f32]) -> VectorId {
+        debug_assert_eq!(vector.len(), self.dimension);
+        let mut store = self.vectors.write();
+        let id = store.live.len();
+        store.data.extend_from_slice(vector);
+        store.live.push(true);
+        store.live_count += 1;
+        id
+    }
+
+    /// Marks an id dead; searches stop returning it at once.
+    pub fn remove(&self, id: VectorId) {
+        let mut store = self.vectors.write();
+        if let Some(live) = store.live.get_mut(id)
+            && *live
+        {
+            *live = false;
+            store.live_count -= 1;
+            if id < self.graph.read().indexed_upto {
+                self.dead_in_graph.fetch_add(1, AtomicOrdering::Relaxed);
+            }
+        }
+    }
+
+    /// The prepared vector of a live id.
+    pub fn vector(&self, id: VectorId) -> Option<Vec<f32>> {
+        let store = self.vectors.read();
+        if !store.live.get(id).copied().unwrap_or(false) {
+            return None;
+        }
+        Some(store.data[id * self.dimension..(id + 1) * self.dimension].to_vec())
+    }
+
+    pub fn stats(&self) -> IndexStats {
+        let store = self.vectors.read();
+        let indexed_upto = self.graph.read().indexed_upto;
+        let pending = store.live[indexed_upto.min(store.live.len())..]
+            .iter()
+            .filter(|live| **live)
+            .count();
+        IndexStats {
+            live: store.live_count as u64,
+            indexed: (store.live_count - pending) as u64,
+            pending: pending as u64,
+            dead_in_graph: self.dead_in_graph.load(AtomicOrdering::Relaxed) as u64,
+            rebuilds: self.rebuilds.load(AtomicOrdering::Relaxed),
+        }
+    }
+
+    /// Whether vectors wait to enter the graph, or the graph is due a rebuild.
+    pub fn needs_maintenance(&self) -> bool {
+        let len = self.vectors.read().live.len();
+        self.graph.read().indexed_upto < len || self.needs_rebuild()
+    }
+
+    fn needs_rebuild(&self) -> bool {
+        self.dead_in_graph.load(AtomicOrdering::Relaxed) >= self.rebuild_threshold
+    }
+
+    /// The `k` nearest live vectors to a prepared query among those `accept` lets through,
+    /// nearest first. Searches the graph with breadth `ef` and scans not-yet-indexed vectors
+    /// exactly.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        accept: Option<&(dyn Fn(VectorId) -> bool + Sync)>,
+    ) -> Vec<Candidate> {
+        if k == 0 {
+            return Vec::new();
+        }
+        let (graph, indexed_upto) = {
+            let state = self.graph.read();
+            (Arc::clone(&state.graph), state.indexed_upto)
+        };
+        let store = self.vectors.read();
+        let ef = ef.max(k);
+        let admits = |id: VectorId| {
+            id < indexed_upto
+                && store.live.get(id).copied().unwrap_or(false)
+                && accept.is_none_or(|f| f(id))
+        };
+        let mut results = Vec::with_capacity(k * 2);
+        if indexed_upto > 0 {
+            let mut found = None;
+            if accept.is_none() {
+                // Few dead entries: a plain search, then drop the dead, keeps hnsw_rs's early
+                // exit; fall back to a filtered search when too few survive.
+                let hits = graph.search(query, ef, ef);
+                let survivors: Vec<Candidate> = hits
+                    .iter()
+                    .filter(|n| admits(n.d_id))
+                    .map(|n| Candidate {
+                        id: n.d_id,
+                        distance: n.distance,
+                    })
+                    .collect();
+                let live_in_tail = store.live[indexed_upto..].iter().filter(|l| **l).count();
+                let live_in_graph = store.live_count - live_in_tail;
+                if survivors.len() >= k.min(live_in_graph) {
+                    found = Some(survivors);
+                }
+            }
+            let found = found.unwrap_or_else(|| {
+                let filter = |id: &usize| admits(*id);
+                graph
+                    .search_filter(query, ef, ef, Some(&filter))
+                    .into_iter()
+                    .filter(|n| admits(n.d_id))
+                    .map(|n| Candidate {
+                        id: n.d_id,
+                        distance: n.distance,
+                    })
+                    .collect()
+            });
+            results.extend(found.into_iter().take(k));
+        }
+        let tail = indexed_upto..store.live.len();
+        let exact = self.scan(
+            &store,
+            query,
+            k,
+            tail.filter(|&id| store.live[id] && accept.is_none_or(|f| f(id))),
+        );
+        results.extend(exact);
+        results.sort_unstable();
+        results.dedup_by_key(|c| c.id);
+        results.truncate(k);
+        results
+    }
+
+    /// The `k` nearest among the given live ids, by exact distance.
+    pub fn exact_search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ids: impl Iterator<Item = VectorId>,
+    ) -> Vec<Candidate> {
+        let store = self.vectors.read();
+        let mut found = self.scan(
+            &store,
+            query,
+            k,
+            ids.filter(|&id| store.live.get(id).copied().unwrap_or(false)),
+        );
+        found.sort_unstable();
+        found
+    }
+
+    fn scan(
+        &self,
+        store: &VectorStore,
+        query: &[f32],
+        k: usize,
+        ids: impl Iterator<Item = VectorId>,
+    ) -> Vec<Candidate> {
+        let mut heap = BinaryHeap::with_capacity(k + 1);
+        for id in ids {
+            let vector = &store.data[id * self.dimension..(id + 1) * self.dimension];
+            let candidate = Candidate {
+                id,
+                distance: self.distance.distance(query, vector),
+            };
+            if heap.len() < k {
+                heap.push(candidate);
+            } else if let Some(worst) = heap.peek()
+                && candidate < *worst
+            {
+                heap.pop();
+                heap.push(candidate);
+            }
+        }
+        heap.into_vec()
+    }
+
+    /// Moves up to `max` pending ids into the graph (dead ones are skipped), or rebuilds the
+    /// graph when too many of its entries are dead. Returns how many ids it processed: 0 when
+    /// there was nothing to do or another caller is already maintaining the index.
+    pub fn maintain(&self, max: usize) -> usize {
+        let Some(_maintainer) = self.maintenance.try_lock() else {
+            return 0;
+        };
+        if self.needs_rebuild() {
+            return self.rebuild();
+        }
+        let (graph, start) = {
+            let state = self.graph.read();
+            (Arc::clone(&state.graph), state.indexed_upto)
+        };
+        let (end, batch) = {
+            let store = self.vectors.read();
+            let end = store.live.len().min(start + max);
+            let batch: Vec<(VectorId, Vec<f32>)> = (start..end)
+                .filter(|&id| store.live[id])
+                .map(|id| {
+                    (
+                        id,
+                        store.data[id * self.dimension..(id + 1) * self.dimension].to_vec(),
+                    )
+                })
+                .collect();
+            (end, batch)
+        };
+        for (id, vector) in &batch {
+            graph.insert_slice((vector, *id));
+        }
+        // Lock order everywhere: vectors, then graph. Holding the vectors lock keeps `remove`
+        // out while the watermark moves, so each removal is counted exactly once.
+        let store = self.vectors.read();
+        self.graph.write().indexed_upto = end;
+        // Ids removed while they were being inserted are dead in the graph too.
+        let died = batch.iter().filter(|(id, _)| !store.live[*id]).count();
+        self.dead_in_graph.fetch_add(died, AtomicOrdering::Relaxed);
+        end - start
+    }
+
+    /// Builds a new graph from the live vectors below the watermark and swaps it in. Searches
+    /// keep using the old graph meanwhile; vectors added meanwhile stay pending. Returns the
+    /// number of ids it went through.
+    fn rebuild(&self) -> usize {
+        let watermark = self.graph.read().indexed_upto;
+        let live_below = {
+            let store = self.vectors.read();
+            store.live[..watermark].iter().filter(|l| **l).count()
+        };
+        let graph = new_graph(self.params, self.distance, live_below.max(1024));
+        const CHUNK: usize = 1024;
+        let mut inserted = 0;
+        let mut next = 0;
+        while next < watermark {
+            let end = (next + CHUNK).min(watermark);
+            let chunk: Vec<(VectorId, Vec<f32>)> = {
+                let store = self.vectors.read();
+                (next..end)
+                    .filter(|&id| store.live[id])
+                    .map(|id| {
+                        (
+                            id,
+                            store.data[id * self.dimension..(id + 1) * self.dimension].to_vec(),
+                        )
+                    })
+                    .collect()
+            };
+            for (id, vector) in &chunk {
+                graph.insert_slice((vector, *id));
+            }
+            inserted += chunk.len();
+            next = end;
+        }
+        let store = self.vectors.read();
+        let mut state = self.graph.write();
+        state.graph = Arc::new(graph);
+        state.indexed_upto = watermark;
+        let dead = store.live[..watermark].iter().filter(|l| !**l).count();
+        // Dead ids below the watermark that were never inserted do not count.
+        self.dead_in_graph.store(
+            dead.saturating_sub(watermark - live_below),
+            AtomicOrdering::Relaxed,
+        );
+        self.rebuilds.fetch_add(1, AtomicOrdering::Relaxed);
+        tracing::info!(
+            vectors = inserted,
+            "rebuilt HNSW graph without dead entries"
+        );
+        watermark.max(1)
+    }
+}
+
+fn new_graph(params: HnswParams, distance: GraphDistance, capacity: usize) -> Graph {
+    Hnsw::new(
+        params.m,
+        capacity,
+        MAX_LAYERS,
+        params.ef_construction,
+        distance,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use distance::prepare;
+
+    fn grid(n: usize) -> Vec<Vec<f32>> {
+        (0..n)
+            .map(|i| vec![i as f32, (i % 7) as f32, 1.0])
+            .collect()
+    }
+
+    fn exact_top(
+        vectors: &[Vec<f32>],
+        query: &[f32],
+        k: usize,
+        live: impl Fn(usize) -> bool,
+    ) -> Vec<usize> {
+        let d = GraphDistance::new(Metric::L2);
+        let mut all: Vec<(f32, usize)> = vectors
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| live(*i))
+            .map(|(i, v)| (d.distance(query, v), i))
+            .collect();
+        all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        all.into_iter().take(k).map(|(_, i)| i).collect()
+    }
+
+    fn index_of(vectors: &[Vec<f32>], threshold: usize) -> VectorIndex {
+        let index = VectorIndex::new(3, Metric::L2, HnswParams::default(), threshold);
+        for v in vectors {
+            index.add(v);
+        }
+        index
+    }
+
+    #[test]
+    fn unindexed_vectors_are_found_by_exact_scan() {
+        let vectors = grid(300);
+        let index = index_of(&vectors, 1000);
+        assert_eq!(index.stats().pending, 300);
+        let hits = index.search(&[42.0, 0.0, 1.0], 3, 64, None);
+        let ids: Vec<usize> = hits.iter().map(|c| c.id).collect();
+        assert_eq!(ids, exact_top(&vectors, &[42.0, 0.0, 1.0], 3, |_| true));
+    }
+
+    #[test]
+    fn graph_and_tail_answers_agree_with_brute_force() {
+        let vectors = grid(2000);
+        let index = index_of(&vectors, 10_000);
+        while index.maintain(700) > 0 {}
+        let stats = index.stats();
+        assert_eq!((stats.indexed, stats.pending), (2000, 0));
+        // Half in the graph, half pending.
+        for v in grid(2200).into_iter().skip(2000) {
+            index.add(&v);
+        }
+        let all = grid(2200);
+        let mut agree = 0;
+        for q in [5.0f32, 500.0, 1500.0, 2100.0, 2199.0] {
+            let query = [q, 3.0, 1.0];
+            let got: Vec<usize> = index
+                .search(&query, 5, 128, None)
+                .iter()
+                .map(|c| c.id)
+                .collect();
+            let want = exact_top(&all, &query, 5, |_| true);
+            agree += got.iter().filter(|id| want.contains(id)).count();
+        }
+        assert!(agree >= 24, "recall too low: {agree}/25");
+    }
+
+    #[test]
+    fn removed_vectors_never_come_back_and_a_rebuild_drops_them() {
+        let vectors = grid(1000);
+        let index = index_of(&vectors, 50);
+        while index.maintain(1000) > 0 {}
+        for id in 100..160 {
+            index.remove(id);
+        }
+        let hits = index.search(&[130.0, 4.0, 1.0], 10, 64, None);
+        assert!(hits.iter().all(|c| !(100..160).contains(&c.id)), "{hits:?}");
+        assert_eq!(hits.len(), 10);
+        assert_eq!(index.stats().dead_in_graph, 60);
+        assert!(index.needs_maintenance());
+        index.maintain(1000);
+        let stats = index.stats();
+        assert_eq!(
+            (stats.rebuilds, stats.dead_in_graph, stats.live),
+            (1, 0, 940)
+        );
+        let hits = index.search(&[130.0, 4.0, 1.0], 10, 64, None);
+        assert!(hits.iter().all(|c| !(100..160).contains(&c.id)));
+        assert_eq!(hits[0].id, 160, "{hits:?}");
+    }
+
+    #[test]
+    fn accept_filter_restricts_results() {
+        let vectors = grid(1500);
+        let index = index_of(&vectors, 10_000);
+        while index.maintain(1000) > 0 {}
+        let even = |id: usize| id.is_multiple_of(2);
+        let hits = index.search(&[701.0, 1.0, 1.0], 10, 200, Some(&even));
+        assert_eq!(hits.len(), 10);
+        assert!(hits.iter().all(|c| c.id % 2 == 0));
+        let exact = index.exact_search(&[701.0, 1.0, 1.0], 4, (0..1500).filter(|i| i % 2 == 0));
+        assert_eq!(exact.len(), 4);
+    }
+
+    #[test]
+    fn cosine_index_ranks_by_angle() {
+        let index = VectorIndex::new(2, Metric::Cosine, HnswParams::default(), 100);
+        let a = index.add(&prepare(Metric::Cosine, &[1.0, 0.0]).unwrap());
+        let b = index.add(&prepare(Metric::Cosine, &[0.0, 5.0]).unwrap());
+        let q = prepare(Metric::Cosine, &[10.0, 1.0]).unwrap();
+        let hits = index.search(&q, 2, 16, None);
+        assert_eq!(hits.iter().map(|c| c.id).collect::<Vec<_>>(), vec![a, b]);
+    }
+}
