@@ -64,6 +64,15 @@ impl GrapeClient {
         }
     }
 
+    /// A client over a preconfigured reqwest client (custom TLS roots, proxies, timeouts).
+    pub fn with_http_client(base_url: &str, http: reqwest::Client) -> Self {
+        GrapeClient {
+            http,
+            base: base_url.trim_end_matches('/').to_string(),
+            api_key: None,
+        }
+    }
+
     /// Sends `X-API-Key: key` with every request.
     pub fn with_api_key(mut self, key: &str) -> Self {
         self.api_key = Some(key.to_string());

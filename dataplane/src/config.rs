@@ -529,10 +529,21 @@ impl Config {
             },
         };
         crate::collection::validate_collection_config(&config).map_err(|e| {
-            crate::Error::invalid(
-                "invalid_config",
-                format!("{} (from database.* and index.*)", e.message()),
-            )
+            // Name the configuration key, not the collection field it feeds.
+            let message = e.message();
+            let key = [
+                ("dimension", "database.vector_dimension"),
+                ("shard_count", "database.shard_count"),
+                ("replication_factor", "database.replication_factor"),
+                ("hnsw.m", "index.hnsw_m"),
+                ("hnsw.ef_construction", "index.hnsw_ef_construction"),
+                ("hnsw.ef_search", "index.hnsw_ef_search"),
+            ]
+            .into_iter()
+            .find(|(field, _)| message.starts_with(&format!("{field} ")))
+            .map(|(_, key)| key)
+            .unwrap_or("database");
+            crate::Error::invalid("invalid_config", format!("{key}: {message}"))
         })?;
         Ok(config)
     }
@@ -704,7 +715,9 @@ fn describe(error: figment::Error) -> String {
             } else {
                 format!("{key}: {}", e.kind)
             };
-            if !source.is_empty() {
+            if let Some(file) = e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                message.push_str(&format!(" (from {source} {file})"));
+            } else if !source.is_empty() {
                 message.push_str(&format!(" (from {source})"));
             }
             message

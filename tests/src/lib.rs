@@ -1,1 +1,314 @@
+//! Harness for black-box tests: real `grape` processes on loopback ports with temporary data
+//! directories, driven through the real HTTP client.
+//!
+//! The binary is found through `GRAPE_BIN`, else next to the test executable
+//! (`target/<profile>/grape`); `cargo build --bins` (or the README's test command) builds it.
 
+use grape_client::GrapeClient;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Path of the `grape` binary under test.
+pub fn grape_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("GRAPE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    // target/<profile>/deps/<test> -> target/<profile>/grape
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    let candidate = profile_dir.join("grape");
+    assert!(
+        candidate.exists(),
+        "{} does not exist: build it first with `cargo build --bins` or set GRAPE_BIN",
+        candidate.display()
+    );
+    candidate
+}
+
+/// How to start a node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// Extra environment (`GRAPE__SECTION__KEY` settings).
+    pub env: Vec<(String, String)>,
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
+}
+
+impl NodeOptions {
+    /// A node whose default collection has `dimension` dimensions.
+    pub fn dimension(dimension: usize) -> Self {
+        NodeOptions::default().setting("DATABASE__VECTOR_DIMENSION", &dimension.to_string())
+    }
+
+    /// Adds `GRAPE__<key>=<value>`.
+    pub fn setting(mut self, key: &str, value: &str) -> Self {
+        self.env.push((format!("GRAPE__{key}"), value.to_string()));
+        self
+    }
+
+    /// Adds a command-line argument.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+}
+
+/// A running (or stopped) `grape` process with a data directory that outlives restarts.
+pub struct GrapeNode {
+    /// The data directory; removed when the node is dropped.
+    pub data_dir: tempfile::TempDir,
+    options: NodeOptions,
+    child: Option<Child>,
+    /// Everything the process wrote to stderr, for failure messages.
+    log: Arc<Mutex<Vec<String>>>,
+    /// `http://127.0.0.1:PORT` of the API.
+    pub url: String,
+    /// `http://127.0.0.1:PORT` of the metrics listener, if enabled.
+    pub metrics_url: Option<String>,
+    /// The CA a TLS node's certificate chains to.
+    ca_pem: Option<String>,
+}
+
+impl GrapeNode {
+    /// Starts a node on ephemeral loopback ports and waits until it answers `/ready`.
+    pub async fn start(options: NodeOptions) -> GrapeNode {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut node = GrapeNode {
+            data_dir,
+            options,
+            child: None,
+            log: Arc::new(Mutex::new(Vec::new())),
+            url: String::new(),
+            metrics_url: None,
+            ca_pem: None,
+        };
+        node.launch().await;
+        node
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(grape_binary());
+        command
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .arg("--listen-address")
+            .arg("127.0.0.1:0")
+            .arg("--metrics-port")
+            .arg("0")
+            .args(&self.options.args)
+            .env_remove("RUST_LOG")
+            .envs(self.options.env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// Runs the binary to completion with this node's settings plus `args`; returns the exit
+    /// code and stderr. For start-up failures.
+    pub fn run_to_exit(options: &NodeOptions, args: &[&str]) -> (i32, String) {
+        let output = Command::new(grape_binary())
+            .args(&options.args)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .envs(options.env.iter().cloned())
+            .output()
+            .expect("grape runs");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stderr).into_owned()
+                + &String::from_utf8_lossy(&output.stdout),
+        )
+    }
+
+    async fn launch(&mut self) {
+        let mut child = self.command().spawn().expect("grape starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (addresses, found) = mpsc::channel();
+        let log = Arc::clone(&self.log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                for (marker, kind) in [
+                    ("api listening on ", "api"),
+                    ("metrics listening on ", "metrics"),
+                ] {
+                    if let Some(at) = line.find(marker) {
+                        let rest = &line[at + marker.len()..];
+                        let url = rest
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or("")
+                            .trim_end_matches("/metrics");
+                        let _ = addresses.send((kind, url.to_string()));
+                    }
+                }
+                log.lock().expect("log lock").push(line);
+            }
+        });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut urls = HashMap::new();
+        while !urls.contains_key("api") {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match found.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok((kind, url)) => {
+                    urls.insert(kind, url);
+                }
+                Err(_) => {
+                    if let Some(status) = self
+                        .child
+                        .as_mut()
+                        .and_then(|c| c.try_wait().ok().flatten())
+                    {
+                        panic!(
+                            "grape exited with {status} before listening:\n{}",
+                            self.log_text()
+                        );
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "grape did not start:\n{}",
+                        self.log_text()
+                    );
+                }
+            }
+        }
+        // The metrics line is logged right after the API line.
+        if let Ok((kind, url)) = found.recv_timeout(Duration::from_secs(2)) {
+            urls.insert(kind, url);
+        }
+        self.url = urls.remove("api").unwrap_or_default();
+        self.metrics_url = urls.remove("metrics");
+        self.wait_ready().await;
+    }
+
+    /// Starts a node serving HTTPS with a certificate signed by `ca_pem`.
+    pub async fn start_tls(options: NodeOptions, ca_pem: &str) -> GrapeNode {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut node = GrapeNode {
+            data_dir,
+            options,
+            child: None,
+            log: Arc::new(Mutex::new(Vec::new())),
+            url: String::new(),
+            metrics_url: None,
+            ca_pem: None,
+        };
+        node.ca_pem = Some(ca_pem.to_string());
+        node.launch().await;
+        node
+    }
+
+    async fn wait_ready(&self) {
+        let client = self.client();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(true) = client.ready().await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "grape never became ready:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A client for this node (trusting its CA when it serves TLS).
+    pub fn client(&self) -> GrapeClient {
+        match &self.ca_pem {
+            Some(ca) => {
+                let http = grape_client::reqwest::Client::builder()
+                    .add_root_certificate(
+                        grape_client::reqwest::Certificate::from_pem(ca.as_bytes())
+                            .expect("CA PEM"),
+                    )
+                    .build()
+                    .expect("TLS client");
+                GrapeClient::with_http_client(&self.url, http)
+            }
+            None => GrapeClient::new(&self.url),
+        }
+    }
+
+    /// A client sending `key`.
+    pub fn client_with_key(&self, key: &str) -> GrapeClient {
+        self.client().with_api_key(key)
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the process again on the same data directory (new ports).
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.launch().await;
+    }
+
+    /// The process's stderr so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+}
+
+impl Drop for GrapeNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Writes a file into a fresh temp dir and returns both (keep the dir alive).
+pub fn temp_file(name: &str, contents: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(name);
+    std::fs::write(&path, contents).expect("write temp file");
+    (dir, path)
+}
+
+/// A deterministic pseudo-random vector (xorshift), distinct per seed.
+pub fn vector(seed: u64, dimension: usize) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..dimension)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
+        })
+        .collect()
+}

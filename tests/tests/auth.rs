@@ -1,0 +1,350 @@
+//! API keys and roles against a real node with authentication on: each role's allowed and
+//! denied actions, 401/403/429, and the endpoints that never need a key.
+
+use grape_e2e::{GrapeNode, NodeOptions, temp_file};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const KEYS: &str = r#"
+api_keys:
+  - key: "sk-admin-0001"
+    name: "Admin"
+    permissions: ["admin"]
+  - key: "sk-writer-0001"
+    name: "Writer"
+    permissions: ["writer"]
+  - key: "sk-reader-0001"
+    name: "Reader"
+    permissions: ["reader"]
+  - key: "sk-searcher-0001"
+    name: "Searcher"
+    permissions: ["searcher"]
+  - key: "sk-expired-0001"
+    name: "Expired"
+    permissions: ["admin"]
+    expires_at: "2024-12-31T23:59:59Z"
+  - key: "sk-office-0001"
+    name: "Office only"
+    permissions: ["admin"]
+    ip_whitelist: ["10.0.0.0/8", "172.16.0.0/12"]
+  - key: "sk-local-0001"
+    name: "Loopback only"
+    permissions: ["reader"]
+    ip_whitelist: ["127.0.0.0/8"]
+  - key: "sk-slow-0001"
+    name: "Rate limited"
+    permissions: ["reader"]
+    rate_limits:
+      requests_per_second: 1
+      burst_size: 2
+  - key: "sk-quota-0001"
+    name: "Quota"
+    permissions: ["writer"]
+    quotas:
+      documents_per_day: 3
+      searches_per_day: 2
+    expires_at: null
+"#;
+
+async fn start() -> (GrapeNode, tempfile::TempDir) {
+    let (dir, path) = temp_file("api_keys.yaml", KEYS);
+    let node = GrapeNode::start(
+        NodeOptions::dimension(2)
+            .setting("SECURITY__ENABLE_AUTH", "true")
+            .arg("--api-keys-file")
+            .arg(path.to_string_lossy().into_owned()),
+    )
+    .await;
+    (node, dir)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Action {
+    Upsert,
+    Batch,
+    Get,
+    List,
+    Delete,
+    Search,
+    SearchAlias,
+    ListCollections,
+    CreateCollection,
+    DropCollection,
+    AdminStats,
+    AdminShards,
+    Checksum,
+    ClusterStatus,
+    Metrics,
+}
+
+use Action::*;
+
+const ALL: [Action; 15] = [
+    Upsert,
+    Batch,
+    Get,
+    List,
+    Delete,
+    Search,
+    SearchAlias,
+    ListCollections,
+    CreateCollection,
+    DropCollection,
+    AdminStats,
+    AdminShards,
+    Checksum,
+    ClusterStatus,
+    Metrics,
+];
+
+/// Sends one action with `key` and returns the status.
+async fn perform(node: &GrapeNode, key: Option<&str>, action: Action, tag: &str) -> u16 {
+    let client = match key {
+        Some(key) => node.client_with_key(key),
+        None => node.client(),
+    };
+    let (method, path, body): (Method, String, Option<Value>) = match action {
+        Upsert => (
+            Method::POST,
+            "/api/v1/documents".into(),
+            Some(json!({"id": format!("u-{tag}"), "vector": [1, 2]})),
+        ),
+        Batch => (
+            Method::POST,
+            "/api/v1/documents/batch".into(),
+            Some(json!({"documents": [{"id": format!("b-{tag}"), "vector": [2, 1]}]})),
+        ),
+        Get => (Method::GET, "/api/v1/documents/seed".into(), None),
+        List => (Method::GET, "/api/v1/documents?limit=5".into(), None),
+        Delete => (Method::DELETE, format!("/api/v1/documents/u-{tag}"), None),
+        Search => (
+            Method::POST,
+            "/api/v1/search".into(),
+            Some(json!({"vector": [1, 1], "top_k": 2})),
+        ),
+        SearchAlias => (
+            Method::POST,
+            "/api/v1/vectors/search".into(),
+            Some(json!({"vector": [1, 1]})),
+        ),
+        ListCollections => (Method::GET, "/api/v1/collections".into(), None),
+        CreateCollection => (
+            Method::POST,
+            "/api/v1/collections".into(),
+            Some(json!({"name": format!("c-{tag}"), "dimension": 2})),
+        ),
+        DropCollection => (Method::DELETE, format!("/api/v1/collections/c-{tag}"), None),
+        AdminStats => (Method::GET, "/admin/stats".into(), None),
+        AdminShards => (Method::GET, "/admin/stats/shards".into(), None),
+        Checksum => (Method::GET, "/admin/checksum".into(), None),
+        ClusterStatus => (Method::GET, "/admin/cluster/status".into(), None),
+        Metrics => (Method::GET, "/metrics".into(), None),
+    };
+    let mut request = client.request(method, &path);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn each_role_may_do_exactly_what_the_seed_grants() {
+    let (node, _keys) = start().await;
+    // A document every role can try to read.
+    assert_eq!(
+        perform(&node, Some("sk-admin-0001"), Upsert, "x").await,
+        201
+    );
+    node.client_with_key("sk-admin-0001")
+        .default_collection()
+        .upsert(&grape_client::DocumentInput {
+            id: Some("seed".into()),
+            vector: vec![1.0, 0.0],
+            metadata: None,
+        })
+        .await
+        .unwrap();
+
+    let roles: [(&str, &[Action]); 4] = [
+        ("sk-admin-0001", &ALL),
+        (
+            "sk-writer-0001",
+            &[
+                Upsert,
+                Batch,
+                Get,
+                List,
+                Delete,
+                Search,
+                SearchAlias,
+                ListCollections,
+            ],
+        ),
+        (
+            "sk-reader-0001",
+            &[Get, List, Search, SearchAlias, ListCollections],
+        ),
+        ("sk-searcher-0001", &[Search, SearchAlias]),
+    ];
+    let mut wrong = Vec::new();
+    for (key, allowed) in roles {
+        for action in ALL {
+            let status = perform(&node, Some(key), action, key).await;
+            let expected_allowed = allowed.contains(&action);
+            let ok = if expected_allowed {
+                (200..300).contains(&status)
+            } else {
+                status == 403
+            };
+            if !ok {
+                wrong.push(format!(
+                    "{key} {action:?}: {status} (allowed: {expected_allowed})"
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[tokio::test]
+async fn missing_unknown_and_expired_keys_are_401_and_probes_need_none() {
+    let (node, _keys) = start().await;
+    for action in ALL {
+        assert_eq!(
+            perform(&node, None, action, "anon").await,
+            401,
+            "{action:?} without a key"
+        );
+        assert_eq!(
+            perform(&node, Some("sk-made-up-key"), action, "anon").await,
+            401,
+            "{action:?} unknown key"
+        );
+    }
+    let response = node
+        .client_with_key("sk-expired-0001")
+        .request(Method::GET, "/api/v1/collections")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{body}"
+    );
+
+    // Probes and the internal metrics port need no key.
+    assert!(node.client().health().await.is_ok());
+    assert!(node.client().ready().await.unwrap());
+    let metrics = reqwest::get(format!("{}/metrics", node.metrics_url.as_ref().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(
+        metrics
+            .text()
+            .await
+            .unwrap()
+            .contains("grape_http_requests_total")
+    );
+}
+
+#[tokio::test]
+async fn ip_whitelists_are_enforced_against_the_caller_address() {
+    let (node, _keys) = start().await;
+    // Tests connect from 127.0.0.1.
+    let status = perform(&node, Some("sk-office-0001"), ListCollections, "o").await;
+    assert_eq!(
+        status, 403,
+        "a key limited to 10/8 and 172.16/12 must not work from loopback"
+    );
+    let status = perform(&node, Some("sk-local-0001"), ListCollections, "l").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn rate_limits_and_daily_quotas_answer_429_with_retry_after() {
+    let (node, _keys) = start().await;
+    let slow = node.client_with_key("sk-slow-0001");
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..4 {
+        let response = slow
+            .request(Method::GET, "/api/v1/collections")
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 {
+            retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(
+        &statuses[..2],
+        &[200, 200],
+        "the burst of 2 passes: {statuses:?}"
+    );
+    assert!(statuses[2..].contains(&429), "past the burst: {statuses:?}");
+    let seconds: u64 = retry_after.expect("Retry-After on 429").parse().unwrap();
+    assert!((1..=2).contains(&seconds));
+
+    // documents_per_day: 3; searches_per_day: 2.
+    let quota = node.client_with_key("sk-quota-0001");
+    let docs = quota.default_collection();
+    let doc = |i: u32| grape_client::DocumentInput {
+        id: Some(format!("q{i}")),
+        vector: vec![1.0, i as f32],
+        metadata: None,
+    };
+    docs.upsert_batch(&[doc(1), doc(2)]).await.unwrap();
+    docs.upsert(&doc(3)).await.unwrap();
+    let err = docs.upsert(&doc(4)).await.unwrap_err();
+    assert_eq!(
+        (err.status().map(|s| s.as_u16()), err.code()),
+        (Some(429), Some("quota_exceeded"))
+    );
+    assert!(
+        node.client_with_key("sk-admin-0001")
+            .default_collection()
+            .get("q4")
+            .await
+            .is_err(),
+        "nothing written past the quota"
+    );
+    let search = grape_client::SearchRequest::new(vec![1.0, 1.0], 1);
+    docs.search(&search).await.unwrap();
+    docs.search(&search).await.unwrap();
+    let response = quota
+        .request(Method::POST, "/api/v1/search")
+        .json(&search)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let retry: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=86_400).contains(&retry),
+        "quota resets at UTC midnight: {retry}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_beyond_loopback_refuses_to_start_without_keys() {
+    let options = NodeOptions::dimension(2)
+        .arg("--listen-address")
+        .arg("0.0.0.0:0");
+    let (code, output) = GrapeNode::run_to_exit(&options, &[]);
+    assert_eq!(code, 2, "{output}");
+    assert!(output.contains("security.api_keys_file"), "{output}");
+}
