@@ -1,1 +1,524 @@
-fn main() {}
+//! `grape-bench`: loads a dataset into a Grape node through the HTTP API and measures ingest
+//! throughput, search QPS and latency at several client counts, recall@10 against exact brute
+//! force, and the same index searched in-process (no HTTP), then writes a report.
+//!
+//! By default it starts a node in this process (a temporary data directory, a loopback port)
+//! so that the in-process numbers use the very index the HTTP numbers used. `--url` measures
+//! an external node instead (HTTP numbers only).
+
+mod dataset;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use dataset::Dataset;
+use grape_client::{
+    CollectionConfig, DocumentInput, GrapeClient, HnswParams, Metric, SearchRequest,
+};
+use grape_dataplane::cluster::Node;
+use grape_dataplane::config::Config;
+use grape_dataplane::server::{self, Listeners};
+use serde::Serialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Parser, Serialize)]
+#[command(name = "grape-bench", about = "Grape ingest/search benchmark")]
+struct Args {
+    /// Documents to load (ignored with --fvecs).
+    #[arg(long, default_value_t = 100_000)]
+    count: usize,
+    /// Vector dimension (ignored with --fvecs).
+    #[arg(long, default_value_t = 128)]
+    dim: usize,
+    /// Gaussian clusters the synthetic data is drawn from.
+    #[arg(long, default_value_t = 100)]
+    clusters: usize,
+    /// Standard deviation of points around their cluster centre.
+    #[arg(long, default_value_t = 0.3)]
+    sigma: f32,
+    /// Queries (drawn like the data, never in it).
+    #[arg(long, default_value_t = 1000)]
+    queries: usize,
+    /// Seed of the synthetic data.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Read base vectors from an .fvecs file instead of generating them.
+    #[arg(long)]
+    fvecs: Option<std::path::PathBuf>,
+    /// Read queries from an .fvecs file (with --fvecs; default: the last --queries base vectors).
+    #[arg(long)]
+    query_fvecs: Option<std::path::PathBuf>,
+    /// Collection metric.
+    #[arg(long, default_value = "l2")]
+    metric: String,
+    /// Shards of the benchmark collection.
+    #[arg(long, default_value_t = 2)]
+    shards: u32,
+    /// HNSW links per node.
+    #[arg(long, default_value_t = 16)]
+    m: usize,
+    /// HNSW build breadth.
+    #[arg(long, default_value_t = 200)]
+    ef_construction: usize,
+    /// Search breadth; default: the collection default.
+    #[arg(long)]
+    ef_search: Option<usize>,
+    /// Neighbours per query.
+    #[arg(long, default_value_t = 10)]
+    top_k: usize,
+    /// Documents per batch request.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Concurrent batch loaders.
+    #[arg(long, default_value_t = 4)]
+    loaders: usize,
+    /// Client counts to measure search at.
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    clients: Vec<usize>,
+    /// Seconds each search measurement runs.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Measure an external node at this URL instead of an in-process one.
+    #[arg(long)]
+    url: Option<String>,
+    /// API key for --url.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Write the JSON report here.
+    #[arg(long, default_value = "bench-report.json")]
+    report: std::path::PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct SearchFigures {
+    mode: &'static str,
+    clients: usize,
+    queries: usize,
+    qps: f64,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    recall_at_k: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    args: Args,
+    machine: String,
+    documents: usize,
+    dimension: usize,
+    ef_search: usize,
+    ground_truth_seconds: f64,
+    ingest_seconds: f64,
+    ingest_docs_per_second: f64,
+    index_complete_seconds: f64,
+    search: Vec<SearchFigures>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let metric = match args.metric.as_str() {
+        "l2" => Metric::L2,
+        "cosine" => Metric::Cosine,
+        "dot" => Metric::Dot,
+        other => bail!("--metric {other}: use l2, cosine or dot"),
+    };
+    eprintln!("preparing data...");
+    let data = match &args.fvecs {
+        Some(path) => Dataset::from_fvecs(path, args.query_fvecs.as_deref(), args.queries)?,
+        None => Dataset::clustered(
+            args.count,
+            args.dim,
+            args.clusters,
+            args.sigma,
+            args.queries,
+            args.seed,
+        ),
+    };
+    let started = Instant::now();
+    let truth = data.ground_truth(metric, args.top_k);
+    let ground_truth_seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{} vectors x {} dims, {} queries; exact top-{} in {ground_truth_seconds:.1}s",
+        data.len(),
+        data.dimension,
+        data.queries.len(),
+        args.top_k
+    );
+
+    // The node under test, in its own runtime, as the `grape` binary would run it.
+    let (client, node, _server) = match &args.url {
+        Some(url) => {
+            let mut client = GrapeClient::new(url);
+            if let Some(key) = &args.api_key {
+                client = client.with_api_key(key);
+            }
+            (client, None, None)
+        }
+        None => {
+            let (url, node, server) = EmbeddedNode::start(data.dimension)?;
+            (GrapeClient::new(&url), Some(node), Some(server))
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let collection = CollectionConfig {
+        metric,
+        shard_count: args.shards,
+        hnsw: HnswParams {
+            m: args.m,
+            ef_construction: args.ef_construction,
+            ef_search: args.ef_search.unwrap_or(HnswParams::default().ef_search),
+        },
+        ..CollectionConfig::new("bench", data.dimension)
+    };
+    let ef_search = collection.hnsw.ef_search;
+    let (ingest_seconds, index_complete_seconds) =
+        runtime.block_on(load(&client, &collection, &data, &args))?;
+    let ingest_docs_per_second = data.len() as f64 / ingest_seconds;
+    eprintln!(
+        "ingest: {ingest_docs_per_second:.0} docs/s ({ingest_seconds:.1}s); graph complete after {index_complete_seconds:.1}s"
+    );
+
+    let mut search = Vec::new();
+    for &clients in &args.clients {
+        let figures = runtime.block_on(http_search(&client, &data, &truth, clients, &args))?;
+        eprintln!("{figures:?}");
+        search.push(figures);
+        if let Some(node) = &node {
+            let figures = in_process_search(node, &data, &truth, clients, &args)?;
+            eprintln!("{figures:?}");
+            search.push(figures);
+        }
+    }
+
+    let report = Report {
+        machine: machine(),
+        documents: data.len(),
+        dimension: data.dimension,
+        ef_search,
+        ground_truth_seconds,
+        ingest_seconds,
+        ingest_docs_per_second,
+        index_complete_seconds,
+        search,
+        args: args.clone(),
+    };
+    std::fs::write(&args.report, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", args.report.display()))?;
+    println!("{}", markdown(&report));
+    Ok(())
+}
+
+/// A node served from this process on a loopback port, with a temporary data directory.
+struct EmbeddedNode {
+    _runtime: tokio::runtime::Runtime,
+    _data: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl EmbeddedNode {
+    fn start(dimension: usize) -> anyhow::Result<(String, Arc<Node>, EmbeddedNode)> {
+        let data = tempfile::tempdir()?;
+        let mut config = Config::default();
+        config.node.data_dir = data.path().to_path_buf();
+        config.node.listen_address = "127.0.0.1:0".into();
+        config.monitoring.enable_metrics = false;
+        config.database.vector_dimension = dimension;
+        config.performance.max_batch_size = 10_000;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let listeners = Listeners::bind(&config)?;
+        let url = format!("http://{}", listeners.api.local_addr()?);
+        let node = runtime.block_on(Node::open(config))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = Arc::clone(&node);
+        runtime.spawn(async move {
+            if let Err(error) = server::run(serving, listeners, async {
+                let _ = stopped.await;
+            })
+            .await
+            {
+                eprintln!("server failed: {error:#}");
+            }
+        });
+        Ok((
+            url,
+            node,
+            EmbeddedNode {
+                _runtime: runtime,
+                _data: data,
+                stop: Some(stop),
+            },
+        ))
+    }
+}
+
+impl Drop for EmbeddedNode {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Creates the collection, loads every vector in batches from `loaders` concurrent clients,
+/// and waits until every document is in an HNSW graph. Returns (ingest seconds, seconds until
+/// the graphs were complete), both from the first request.
+async fn load(
+    client: &GrapeClient,
+    collection: &CollectionConfig,
+    data: &Dataset,
+    args: &Args,
+) -> anyhow::Result<(f64, f64)> {
+    let _ = client.delete_collection(&collection.name).await;
+    client.create_collection(collection).await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let batches = data.len().div_ceil(args.batch);
+    let data = Arc::new(data.vectors.clone());
+    for _ in 0..args.loaders.max(1) {
+        let client = client.clone();
+        let next = Arc::clone(&next);
+        let data = Arc::clone(&data);
+        let name = collection.name.clone();
+        let batch = args.batch;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let b = next.fetch_add(1, Ordering::Relaxed);
+                if b >= batches {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let documents: Vec<DocumentInput> = (b * batch..((b + 1) * batch).min(data.len()))
+                    .map(|i| DocumentInput {
+                        id: Some(i.to_string()),
+                        vector: data[i].clone(),
+                        metadata: Some(
+                            serde_json::json!({"i": i})
+                                .as_object()
+                                .cloned()
+                                .unwrap_or_default(),
+                        ),
+                    })
+                    .collect();
+                client.collection(&name).upsert_batch(&documents).await?;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let ingest = started.elapsed().as_secs_f64();
+    loop {
+        let stats = client.shard_stats().await?;
+        let pending: u64 = stats
+            .shards
+            .iter()
+            .filter(|s| s.collection == collection.name)
+            .map(|s| s.pending)
+            .sum();
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((ingest, started.elapsed().as_secs_f64()))
+}
+
+fn recall(found: &[String], truth: &[usize]) -> usize {
+    found
+        .iter()
+        .filter(|id| id.parse::<usize>().is_ok_and(|i| truth.contains(&i)))
+        .count()
+}
+
+/// Runs `clients` concurrent HTTP searchers for `args.seconds`.
+async fn http_search(
+    client: &GrapeClient,
+    data: &Dataset,
+    truth: &[Vec<usize>],
+    clients: usize,
+    args: &Args,
+) -> anyhow::Result<SearchFigures> {
+    let queries = Arc::new(data.queries.clone());
+    let truth = Arc::new(truth.to_vec());
+    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let client = client.clone();
+        let queries = Arc::clone(&queries);
+        let truth = Arc::clone(&truth);
+        let (top_k, ef) = (args.top_k, args.ef_search);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let (mut hits, mut asked) = (0usize, 0usize);
+            let mut q = c * queries.len() / clients.max(1);
+            while Instant::now() < deadline {
+                let request = SearchRequest {
+                    ef,
+                    ..SearchRequest::new(queries[q].clone(), top_k)
+                };
+                let t = Instant::now();
+                let response = client.collection("bench").search(&request).await?;
+                latencies.push(t.elapsed());
+                let ids: Vec<String> = response.results.into_iter().map(|r| r.id).collect();
+                hits += recall(&ids, &truth[q]);
+                asked += truth[q].len();
+                q = (q + 1) % queries.len();
+            }
+            Ok::<_, anyhow::Error>((latencies, hits, asked))
+        }));
+    }
+    let mut latencies = Vec::new();
+    let (mut hits, mut asked) = (0, 0);
+    for task in tasks {
+        let (l, h, a) = task.await??;
+        latencies.extend(l);
+        hits += h;
+        asked += a;
+    }
+    Ok(figures(
+        "http",
+        clients,
+        started.elapsed(),
+        latencies,
+        hits,
+        asked,
+    ))
+}
+
+/// The same searches straight into the node's collection, from `clients` threads.
+fn in_process_search(
+    node: &Arc<Node>,
+    data: &Dataset,
+    truth: &[Vec<usize>],
+    clients: usize,
+    args: &Args,
+) -> anyhow::Result<SearchFigures> {
+    let collection = Arc::clone(&node.collection("bench")?.collection);
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let results = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..clients)
+            .map(|c| {
+                let collection = Arc::clone(&collection);
+                let stop = &stop;
+                scope.spawn(move || -> anyhow::Result<_> {
+                    let mut latencies = Vec::new();
+                    let (mut hits, mut asked) = (0usize, 0usize);
+                    let mut q = c * data.queries.len() / clients.max(1);
+                    while !stop.load(Ordering::Relaxed) {
+                        let request = SearchRequest {
+                            ef: args.ef_search,
+                            ..SearchRequest::new(data.queries[q].clone(), args.top_k)
+                        };
+                        let t = Instant::now();
+                        let prepared = collection.prepare_search(&request)?;
+                        let found = collection.search(&prepared)?;
+                        latencies.push(t.elapsed());
+                        let ids: Vec<String> = found.into_iter().map(|h| h.id).collect();
+                        hits += recall(&ids, &truth[q]);
+                        asked += truth[q].len();
+                        q = (q + 1) % data.queries.len();
+                    }
+                    Ok((latencies, hits, asked))
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs_f64(args.seconds));
+        stop.store(true, Ordering::Relaxed);
+        workers.into_iter().map(|w| w.join()).collect::<Vec<_>>()
+    });
+    let elapsed = started.elapsed();
+    let mut latencies = Vec::new();
+    let (mut hits, mut asked) = (0, 0);
+    for result in results {
+        let (l, h, a) = result.map_err(|_| anyhow::anyhow!("a search thread panicked"))??;
+        latencies.extend(l);
+        hits += h;
+        asked += a;
+    }
+    Ok(figures(
+        "in-process",
+        clients,
+        elapsed,
+        latencies,
+        hits,
+        asked,
+    ))
+}
+
+fn figures(
+    mode: &'static str,
+    clients: usize,
+    elapsed: Duration,
+    mut latencies: Vec<Duration>,
+    hits: usize,
+    asked: usize,
+) -> SearchFigures {
+    latencies.sort();
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
+    SearchFigures {
+        mode,
+        clients,
+        queries: latencies.len(),
+        qps: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: pick(0.50),
+        p95_ms: pick(0.95),
+        p99_ms: pick(0.99),
+        recall_at_k: hits as f64 / asked.max(1) as f64,
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores, {cpu}")
+}
+
+fn markdown(report: &Report) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "Machine: {}\nData: {} x {} ({}), M={}, ef_construction={}, ef_search={}, shards={}\n\n",
+        report.machine,
+        report.documents,
+        report.dimension,
+        report.args.metric,
+        report.args.m,
+        report.args.ef_construction,
+        report.ef_search,
+        report.args.shards
+    ));
+    out.push_str(&format!(
+        "Ingest: {:.0} docs/s acknowledged ({} docs in {:.1} s, batches of {}, {} loaders); graphs complete {:.1} s after the first write\n\n",
+        report.ingest_docs_per_second, report.documents, report.ingest_seconds, report.args.batch, report.args.loaders, report.index_complete_seconds
+    ));
+    out.push_str("| mode | clients | queries | QPS | p50 ms | p95 ms | p99 ms | recall@k |\n|---|---|---|---|---|---|---|---|\n");
+    for s in &report.search {
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.4} |\n",
+            s.mode, s.clients, s.queries, s.qps, s.p50_ms, s.p95_ms, s.p99_ms, s.recall_at_k
+        ));
+    }
+    out
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the system packages Grape builds against (Debian/Ubuntu). Idempotent.
+# RocksDB is linked from Debian's librocksdb-dev instead of being compiled (minutes, not half
+# an hour); bindgen needs libclang.
+set -euo pipefail
+need=()
+dpkg -s librocksdb-dev >/dev/null 2>&1 || need+=(librocksdb-dev)
+dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+command -v clang >/dev/null 2>&1 || need+=(clang)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+fi

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh checkout: system packages, formatting, lints, unit tests and
+# black-box tests against real grape processes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# The black-box tests start the real binary: build it first.
+cargo build --workspace --bins
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
