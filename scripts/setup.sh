@@ -8,6 +8,8 @@ dpkg -s librocksdb-dev >/dev/null 2>&1 || need+=(librocksdb-dev)
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 command -v clang >/dev/null 2>&1 || need+=(clang)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The partition test cuts a node off with iptables rules on loopback addresses (needs root).
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -15,8 +15,10 @@ use grape_client::{
     CollectionConfig, DocumentInput, GrapeClient, HnswParams, Metric, SearchRequest,
 };
 use grape_dataplane::cluster::Node;
+use grape_dataplane::collection::{merge_hits, search_shard};
 use grape_dataplane::config::Config;
 use grape_dataplane::server::{self, Listeners};
+use rayon::prelude::*;
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -226,15 +228,20 @@ impl EmbeddedNode {
         let mut config = Config::default();
         config.node.data_dir = data.path().to_path_buf();
         config.node.listen_address = "127.0.0.1:0".into();
+        config.node.raft_address = "127.0.0.1:0".into();
         config.monitoring.enable_metrics = false;
         config.database.vector_dimension = dimension;
         config.performance.max_batch_size = 10_000;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        let listeners = Listeners::bind(&config)?;
-        let url = format!("http://{}", listeners.api.local_addr()?);
-        let node = runtime.block_on(Node::open(config))?;
+        let mut listeners = Listeners::bind(&config)?;
+        let api = listeners.api.local_addr()?;
+        let url = format!("http://{api}");
+        let raft = listeners.raft.take().context("raft listener")?;
+        let node = runtime
+            .block_on(Node::start(config, raft, api))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = Arc::clone(&node);
         runtime.spawn(async move {
@@ -393,7 +400,8 @@ async fn http_search(
     ))
 }
 
-/// The same searches straight into the node's collection, from `clients` threads.
+/// The same searches straight into the node's shard replicas (no HTTP, no async runtime),
+/// from `clients` threads.
 fn in_process_search(
     node: &Arc<Node>,
     data: &Dataset,
@@ -401,14 +409,23 @@ fn in_process_search(
     clients: usize,
     args: &Args,
 ) -> anyhow::Result<SearchFigures> {
-    let collection = Arc::clone(&node.collection("bench")?.collection);
+    let collection = node.collection("bench")?;
+    let shards: Vec<_> = node
+        .local_groups()
+        .into_iter()
+        .filter(|g| g.collection.uid == collection.uid)
+        .map(|g| Arc::clone(&g.shard))
+        .collect();
+    anyhow::ensure!(
+        shards.len() == collection.config.shard_count as usize,
+        "not every shard is local"
+    );
     let stop = AtomicBool::new(false);
     let started = Instant::now();
     let results = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..clients)
             .map(|c| {
-                let collection = Arc::clone(&collection);
-                let stop = &stop;
+                let (collection, shards, stop) = (&collection, &shards, &stop);
                 scope.spawn(move || -> anyhow::Result<_> {
                     let mut latencies = Vec::new();
                     let (mut hits, mut asked) = (0usize, 0usize);
@@ -420,9 +437,14 @@ fn in_process_search(
                         };
                         let t = Instant::now();
                         let prepared = collection.prepare_search(&request)?;
-                        let found = collection.search(&prepared)?;
+                        let found: Vec<_> = shards
+                            .par_iter()
+                            .flat_map_iter(|shard| search_shard(shard, &prepared))
+                            .collect();
+                        let found = merge_hits(found, args.top_k);
                         latencies.push(t.elapsed());
-                        let ids: Vec<String> = found.into_iter().map(|h| h.id).collect();
+                        let ids: Vec<String> =
+                            found.into_iter().map(|h| h.id.to_string()).collect();
                         hits += recall(&ids, &truth[q]);
                         asked += truth[q].len();
                         q = (q + 1) % data.queries.len();

@@ -274,6 +274,24 @@ impl CollectionClient<'_> {
             .await
     }
 
+    /// `GET .../documents/{id}?consistency=strong|eventual`
+    pub async fn get_with(&self, id: &str, consistency: Consistency) -> Result<Document> {
+        let builder = self
+            .client
+            .request(
+                Method::GET,
+                &format!("{}/documents/{}", self.prefix, encode_path_segment(id)),
+            )
+            .query(&[(
+                "consistency",
+                match consistency {
+                    Consistency::Strong => "strong",
+                    Consistency::Eventual => "eventual",
+                },
+            )]);
+        self.client.call(builder).await
+    }
+
     /// `DELETE .../documents/{id}`
     pub async fn delete(&self, id: &str) -> Result<DeleteResponse> {
         self.client

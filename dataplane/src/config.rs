@@ -38,6 +38,12 @@ pub struct NodeConfig {
     pub listen_address: String,
     /// Node-to-node address (Raft, forwarded writes).
     pub raft_address: String,
+    /// The node-to-node address peers dial, when `raft_address` binds a wildcard
+    /// (`0.0.0.0:9000` -> `grape-1.grape:9000`). Default: `raft_address`, with the host name in
+    /// place of a wildcard address.
+    pub advertise_raft_address: Option<String>,
+    /// The client API address other nodes and tools report. Default: as for the Raft address.
+    pub advertise_api_address: Option<String>,
     /// Where RocksDB keeps this node's data.
     pub data_dir: PathBuf,
 }
@@ -49,6 +55,8 @@ impl Default for NodeConfig {
             role: None,
             listen_address: "127.0.0.1:8080".to_string(),
             raft_address: "127.0.0.1:9000".to_string(),
+            advertise_raft_address: None,
+            advertise_api_address: None,
             data_dir: PathBuf::from("./grape-data"),
         }
     }
@@ -89,8 +97,8 @@ impl Default for ClusterConfig {
         ClusterConfig {
             enabled: false,
             peers: Vec::new(),
-            election_timeout_ms: 1500,
-            heartbeat_interval_ms: 300,
+            election_timeout_ms: 500,
+            heartbeat_interval_ms: 100,
             enable_tls: false,
             tls_config: ClusterTlsConfig::default(),
         }
@@ -113,8 +121,9 @@ pub struct DatabaseConfig {
     pub enable_compression: bool,
     /// Shards of the `default` collection.
     pub shard_count: u32,
-    /// Replicas per shard of the `default` collection.
-    pub replication_factor: u32,
+    /// Replicas per shard of the `default` collection. Default: 3, or the number of members
+    /// when the cluster is smaller (1 for a single node).
+    pub replication_factor: Option<u32>,
     /// RocksDB memtable size.
     pub write_buffer_size_mb: usize,
     /// Seed key: placement is computed, not configured. Accepted and ignored.
@@ -140,7 +149,7 @@ impl Default for DatabaseConfig {
             cache_size_mb: 256,
             enable_compression: true,
             shard_count: 2,
-            replication_factor: 1,
+            replication_factor: None,
             write_buffer_size_mb: 64,
             shard_assignments: None,
             vector_cache_mb: None,
@@ -420,6 +429,22 @@ impl Config {
                 format!("{:?} is not HOST:PORT", self.node.raft_address),
             );
         }
+        for (key, value) in [
+            (
+                "node.advertise_raft_address",
+                &self.node.advertise_raft_address,
+            ),
+            (
+                "node.advertise_api_address",
+                &self.node.advertise_api_address,
+            ),
+        ] {
+            if let Some(address) = value
+                && parse_host_port(address).is_none()
+            {
+                return fail(key, format!("{address:?} is not HOST:PORT"));
+            }
+        }
         if self.node.data_dir.as_os_str().is_empty() {
             return fail("node.data_dir", "must not be empty".into());
         }
@@ -499,6 +524,21 @@ impl Config {
         Ok(())
     }
 
+    /// The other members named by `cluster.peers` (a list naming every member, this node
+    /// included, is fine: the same list can then configure every node). Empty unless
+    /// `cluster.enabled`.
+    pub fn other_peers(&self) -> Vec<PeerConfig> {
+        if !self.cluster.enabled {
+            return Vec::new();
+        }
+        self.cluster
+            .peers
+            .iter()
+            .filter(|p| p.id != self.node.id)
+            .cloned()
+            .collect()
+    }
+
     /// Whether requests need an API key: `security.enable_auth`, or by default whenever the
     /// node listens beyond loopback.
     pub fn auth_enabled(&self) -> bool {
@@ -516,7 +556,10 @@ impl Config {
             dimension: self.database.vector_dimension,
             metric: self.database.metric,
             shard_count: self.database.shard_count,
-            replication_factor: self.database.replication_factor,
+            replication_factor: self
+                .database
+                .replication_factor
+                .unwrap_or_else(|| (1 + self.other_peers().len()).min(3) as u32),
             hnsw: HnswParams {
                 m: self.index.hnsw_m,
                 ef_construction: self.index.hnsw_ef_construction,
@@ -617,6 +660,23 @@ impl Config {
     pub fn data_dir(&self) -> &Path {
         &self.node.data_dir
     }
+}
+
+/// The address others should use for a bound address: wildcard hosts become this machine's
+/// host name.
+pub fn advertised(configured: Option<&str>, bound: SocketAddr) -> String {
+    if let Some(address) = configured {
+        return address.to_string();
+    }
+    if bound.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_string());
+        return join_host_port(&host, bound.port());
+    }
+    bound.to_string()
 }
 
 /// Splits `HOST:PORT` (`[v6]:PORT` too).

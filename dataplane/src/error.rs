@@ -34,6 +34,12 @@ pub enum Error {
     /// The node cannot serve this now (not ready, timed out, storage failing); retry later.
     #[error("{message}")]
     Unavailable { code: &'static str, message: String },
+    /// This node does not lead the group a request needs; `leader` is the one it knows of.
+    #[error("{message}")]
+    NotLeader {
+        message: String,
+        leader: Option<String>,
+    },
     /// RocksDB failed; the write was not acknowledged.
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),
@@ -84,6 +90,7 @@ impl Error {
             Error::PayloadTooLarge(_) => "payload_too_large",
             Error::Unauthorized(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
+            Error::NotLeader { .. } => "not_leader",
             Error::Storage(_) => "storage_error",
             Error::Internal(_) => "internal_error",
         }
@@ -99,7 +106,7 @@ impl Error {
             Error::Conflict { .. } => 409,
             Error::PayloadTooLarge(_) => 413,
             Error::RateLimited { .. } => 429,
-            Error::Unavailable { .. } | Error::Storage(_) => 503,
+            Error::Unavailable { .. } | Error::NotLeader { .. } | Error::Storage(_) => 503,
             Error::Internal(_) => 500,
         }
     }
@@ -108,4 +115,59 @@ impl Error {
     pub fn message(&self) -> String {
         self.to_string()
     }
+}
+
+/// Every error code the node uses, so that a code received from a peer maps back to the same
+/// static string (unknown codes become `remote_error`).
+const CODES: &[&str] = &[
+    "batch_too_large",
+    "capacity_exceeded",
+    "collection_exists",
+    "collection_not_found",
+    "default_collection",
+    "dimension_mismatch",
+    "document_not_found",
+    "empty_batch",
+    "forbidden",
+    "internal_error",
+    "invalid_api_keys",
+    "invalid_body",
+    "invalid_collection",
+    "invalid_config",
+    "invalid_cursor",
+    "invalid_ef",
+    "invalid_filter",
+    "invalid_id",
+    "invalid_json",
+    "invalid_limit",
+    "invalid_query",
+    "invalid_request",
+    "invalid_top_k",
+    "invalid_vector",
+    "invalid_target",
+    "metadata_too_large",
+    "method_not_allowed",
+    "no_leader",
+    "not_found",
+    "not_leader",
+    "not_ready",
+    "payload_too_large",
+    "peer_error",
+    "peer_unreachable",
+    "query_timeout",
+    "quota_exceeded",
+    "rate_limited",
+    "shard_closed",
+    "storage_error",
+    "unauthorized",
+    "unavailable",
+];
+
+/// The static form of a code received as text.
+pub fn known_code(code: &str) -> &'static str {
+    CODES
+        .iter()
+        .find(|known| **known == code)
+        .copied()
+        .unwrap_or("remote_error")
 }

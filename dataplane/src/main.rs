@@ -1,10 +1,8 @@
-//! `grape`: one Grape node.
+//! `grape`: one Grape node, or (`grape dev-cluster`) a local cluster of them.
 
-use anyhow::Context;
 use clap::Parser;
-use grape_dataplane::cluster::Node;
 use grape_dataplane::config::{Config, Overrides};
-use grape_dataplane::server::{self, Listeners};
+use grape_dataplane::server;
 use std::io::IsTerminal;
 
 /// Grape vector database node. With no arguments: a single node on 127.0.0.1:8080 with its
@@ -12,15 +10,27 @@ use std::io::IsTerminal;
 #[derive(Debug, Parser)]
 #[command(name = "grape", version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     overrides: Overrides,
-    /// Print the effective configuration as YAML-compatible JSON and exit.
+    /// Print the effective configuration as JSON and exit.
     #[arg(long)]
     print_config: bool,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Runs a local cluster for development: N nodes on 127.0.0.1, each a child process with
+    /// its own data directory. Ctrl-C stops them all.
+    DevCluster(dev_cluster::Args),
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::DevCluster(args)) = cli.command {
+        return dev_cluster::run(args);
+    }
     let config = match Config::load(&cli.overrides) {
         Ok(config) => config,
         Err(error) => {
@@ -33,7 +43,10 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{},hnsw_rs=warn", config.monitoring.log_level))
+        tracing_subscriber::EnvFilter::new(format!(
+            "{},hnsw_rs=warn,openraft=warn",
+            config.monitoring.log_level
+        ))
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -49,11 +62,10 @@ fn main() -> anyhow::Result<()> {
     if config.performance.num_threads > 0 {
         runtime.worker_threads(config.performance.num_threads);
     }
-    runtime.enable_all().build()?.block_on(async move {
-        let listeners = Listeners::bind(&config)?;
-        let node = Node::open(config).await.context("cannot open the node")?;
-        server::run(node, listeners, shutdown_signal()).await
-    })
+    runtime
+        .enable_all()
+        .build()?
+        .block_on(server::start_and_run(config, shutdown_signal()))
 }
 
 /// Ctrl-C or SIGTERM (what Kubernetes and docker send).
@@ -73,4 +85,104 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     interrupt.await.unwrap_or(());
+}
+
+mod dev_cluster {
+    use std::io::{BufRead, BufReader};
+    use std::path::PathBuf;
+    use std::process::{Command, Stdio};
+
+    #[derive(Debug, clap::Args)]
+    pub struct Args {
+        /// Nodes to run.
+        #[arg(long, default_value_t = 3)]
+        nodes: u16,
+        /// Parent of the nodes' data directories (node-1, node-2, ...).
+        #[arg(long, default_value = "./grape-dev")]
+        data_dir: PathBuf,
+        /// API port of node-1; node-N listens on this + N - 1.
+        #[arg(long, default_value_t = 8080)]
+        api_port: u16,
+        /// Raft port of node-1; node-N listens on this + N - 1.
+        #[arg(long, default_value_t = 9000)]
+        raft_port: u16,
+        /// Metrics port of node-1; node-N listens on this + N - 1.
+        #[arg(long, default_value_t = 9091)]
+        metrics_port: u16,
+        /// A configuration file every node reads (its node and cluster keys are overridden).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    }
+
+    pub fn run(args: Args) -> anyhow::Result<()> {
+        let exe = std::env::current_exe()?;
+        let peers: Vec<String> = (1..=args.nodes)
+            .map(|i| format!("node-{i}=127.0.0.1:{}", args.raft_port + i - 1))
+            .collect();
+        let mut children = Vec::new();
+        for i in 1..=args.nodes {
+            let id = format!("node-{i}");
+            let mut command = Command::new(&exe);
+            if let Some(config) = &args.config {
+                command.arg("--config").arg(config);
+            }
+            command
+                .arg("--node-id")
+                .arg(&id)
+                .arg("--listen-address")
+                .arg(format!("127.0.0.1:{}", args.api_port + i - 1))
+                .arg("--raft-address")
+                .arg(format!("127.0.0.1:{}", args.raft_port + i - 1))
+                .arg("--metrics-port")
+                .arg((args.metrics_port + i - 1).to_string())
+                .arg("--data-dir")
+                .arg(args.data_dir.join(&id))
+                .env("GRAPE__CLUSTER__ENABLED", "true")
+                .env("GRAPE_CLUSTER_PEERS", peers.join(","))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = command.spawn()?;
+            for stream in [
+                child
+                    .stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+                child
+                    .stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let id = id.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                        eprintln!("[{id}] {line}");
+                    }
+                });
+            }
+            eprintln!(
+                "{id}: http://127.0.0.1:{} (raft 127.0.0.1:{}, metrics :{})",
+                args.api_port + i - 1,
+                args.raft_port + i - 1,
+                args.metrics_port + i - 1
+            );
+            children.push(child);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(super::shutdown_signal());
+        for child in &children {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+        }
+        for mut child in children {
+            let _ = child.wait();
+        }
+        Ok(())
+    }
 }

@@ -20,6 +20,8 @@ pub struct Listeners {
     pub api: TcpListener,
     /// The unauthenticated metrics endpoint (`monitoring.metrics_port`), if enabled.
     pub metrics: Option<TcpListener>,
+    /// Node-to-node traffic (`node.raft_address`); taken by [`Node::start`].
+    pub raft: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -37,8 +39,35 @@ impl Listeners {
             })?),
             None => None,
         };
-        Ok(Listeners { api, metrics })
+        let raft = TcpListener::bind(&config.node.raft_address).with_context(|| {
+            format!(
+                "cannot listen on node.raft_address {}",
+                config.node.raft_address
+            )
+        })?;
+        Ok(Listeners {
+            api,
+            metrics,
+            raft: Some(raft),
+        })
     }
+}
+
+/// Binds the configured addresses, starts the node and serves it until `shutdown` completes.
+pub async fn start_and_run(
+    config: crate::config::Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mut listeners = Listeners::bind(&config)?;
+    let raft = listeners
+        .raft
+        .take()
+        .context("the raft listener is bound")?;
+    let api = listeners.api.local_addr()?;
+    let node = Node::start(config, raft, api)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the node: {e}"))?;
+    run(node, listeners, shutdown).await
 }
 
 /// Builds the shared state of the HTTP layer for a node.
@@ -136,5 +165,6 @@ pub async fn run(
     while let Some(result) = tasks.join_next().await {
         result??;
     }
+    node.shutdown().await;
     Ok(())
 }

@@ -1,11 +1,13 @@
-//! RocksDB underneath the shards: one database per node with two column families.
+//! RocksDB underneath the node: one database, four column families.
 //!
-//! - `documents`: `collection \0 shard(u32 BE) id` -> encoded document (vector + metadata).
-//! - `meta`: collection definitions (`collection\0NAME` -> JSON) and each shard's last applied
-//!   command index (`applied\0COLLECTION\0shard(u32 BE)` -> u64 BE).
+//! - `documents`: `namespace \0 id` -> encoded document. A namespace is one shard replica.
+//! - `meta`: `applied\0namespace` -> the shard's applied-state marker (opaque bytes, written in
+//!   the same batch as the documents it covers), and `node\0KEY` -> node-level records.
+//! - `raft_log`: `group \0 index(u64 BE)` -> a Raft log entry.
+//! - `raft_state`: `group \0 KEY` -> vote, last purged log id, committed log id.
 //!
-//! Every write is one atomic `WriteBatch`, fsynced before it returns (configurable for tests),
-//! so an acknowledged write survives `kill -9`.
+//! A write is one atomic `WriteBatch`. Durability comes from the Raft log: [`Storage::sync`]
+//! fsyncs the write-ahead log, and the [`WalSyncer`] shares one fsync among many waiters.
 
 use crate::error::{Error, Result};
 use grape_client::Metadata;
@@ -14,10 +16,13 @@ use rocksdb::{
     IteratorMode, Options, WriteBatch, WriteOptions,
 };
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const DOCUMENTS: &str = "documents";
 const META: &str = "meta";
+const RAFT_LOG: &str = "raft_log";
+const RAFT_STATE: &str = "raft_state";
 
 /// Tuning taken from the `database` configuration section.
 #[derive(Debug, Clone)]
@@ -25,8 +30,6 @@ pub struct StorageOptions {
     pub cache_size_mb: usize,
     pub write_buffer_size_mb: usize,
     pub enable_compression: bool,
-    /// fsync every write before acknowledging it. Only tests of unrelated behaviour turn it off.
-    pub sync_writes: bool,
 }
 
 impl Default for StorageOptions {
@@ -35,7 +38,6 @@ impl Default for StorageOptions {
             cache_size_mb: 256,
             write_buffer_size_mb: 64,
             enable_compression: true,
-            sync_writes: true,
         }
     }
 }
@@ -43,8 +45,6 @@ impl Default for StorageOptions {
 /// The node's RocksDB database.
 pub struct Storage {
     db: DB,
-    /// Whether writes fsync before returning.
-    sync_writes: bool,
     /// Point reads and scans served (the `grape_db_disk_reads_total` metric).
     reads: AtomicU64,
     /// Write batches committed (the `grape_db_disk_writes_total` metric).
@@ -66,46 +66,61 @@ pub struct Changes {
 }
 
 impl Changes {
-    pub fn put_document(
-        &mut self,
-        storage: &Storage,
-        collection: &str,
-        shard: u32,
-        id: &str,
-        value: &[u8],
-    ) {
-        self.batch.put_cf(
-            storage.documents(),
-            document_key(collection, shard, id),
-            value,
+    pub fn put_document(&mut self, storage: &Storage, namespace: &str, id: &str, value: &[u8]) {
+        self.batch
+            .put_cf(storage.cf(DOCUMENTS), document_key(namespace, id), value);
+    }
+
+    pub fn delete_document(&mut self, storage: &Storage, namespace: &str, id: &str) {
+        self.batch
+            .delete_cf(storage.cf(DOCUMENTS), document_key(namespace, id));
+    }
+
+    /// Records what a namespace has applied, atomically with its documents.
+    pub fn set_applied(&mut self, storage: &Storage, namespace: &str, marker: &[u8]) {
+        self.batch
+            .put_cf(storage.cf(META), applied_key(namespace), marker);
+    }
+
+    /// Removes a namespace's documents and applied marker.
+    pub fn clear_namespace(&mut self, storage: &Storage, namespace: &str) {
+        let (from, to) = prefix_range(&prefix(namespace));
+        self.batch.delete_range_cf(storage.cf(DOCUMENTS), from, to);
+        self.batch
+            .delete_cf(storage.cf(META), applied_key(namespace));
+    }
+
+    /// A node-level record (the meta state machine, identity).
+    pub fn put_node_record(&mut self, storage: &Storage, key: &str, value: &[u8]) {
+        self.batch.put_cf(storage.cf(META), node_key(key), value);
+    }
+
+    /// Appends (or overwrites) one Raft log entry.
+    pub fn put_log_entry(&mut self, storage: &Storage, group: &str, index: u64, value: &[u8]) {
+        self.batch
+            .put_cf(storage.cf(RAFT_LOG), log_key(group, index), value);
+    }
+
+    /// Removes a group's log entries with index in `[from, to)`.
+    pub fn delete_log_range(&mut self, storage: &Storage, group: &str, from: u64, to: u64) {
+        self.batch.delete_range_cf(
+            storage.cf(RAFT_LOG),
+            log_key(group, from),
+            log_key(group, to),
         );
     }
 
-    pub fn delete_document(&mut self, storage: &Storage, collection: &str, shard: u32, id: &str) {
+    pub fn put_raft_state(&mut self, storage: &Storage, group: &str, key: &str, value: &[u8]) {
         self.batch
-            .delete_cf(storage.documents(), document_key(collection, shard, id));
+            .put_cf(storage.cf(RAFT_STATE), state_key(group, key), value);
     }
 
-    pub fn set_applied(&mut self, storage: &Storage, collection: &str, shard: u32, index: u64) {
-        self.batch.put_cf(
-            storage.meta(),
-            applied_key(collection, shard),
-            index.to_be_bytes(),
-        );
-    }
-
-    pub fn put_collection(&mut self, storage: &Storage, name: &str, definition: &[u8]) {
+    /// Removes a group's whole Raft state: log, vote, purge and commit marks.
+    pub fn clear_raft_group(&mut self, storage: &Storage, group: &str) {
+        let (from, to) = prefix_range(&prefix(group));
         self.batch
-            .put_cf(storage.meta(), collection_key(name), definition);
-    }
-
-    /// Removes a collection's definition, documents and applied indexes.
-    pub fn delete_collection(&mut self, storage: &Storage, name: &str) {
-        self.batch.delete_cf(storage.meta(), collection_key(name));
-        let (from, to) = prefix_range(&collection_prefix(name));
-        self.batch.delete_range_cf(storage.documents(), from, to);
-        let (from, to) = prefix_range(&applied_prefix(name));
-        self.batch.delete_range_cf(storage.meta(), from, to);
+            .delete_range_cf(storage.cf(RAFT_LOG), from.clone(), to.clone());
+        self.batch.delete_range_cf(storage.cf(RAFT_STATE), from, to);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -127,6 +142,8 @@ impl Storage {
         db_options.create_missing_column_families(true);
         db_options.set_max_background_jobs(2);
         db_options.set_keep_log_file_num(5);
+        // Raft logs are written by many groups; keep total WAL bounded.
+        db_options.set_max_total_wal_size(256 * 1024 * 1024);
         let mut cf_options = Options::default();
         let mut table = BlockBasedOptions::default();
         let cache = Cache::new_lru_cache(options.cache_size_mb.max(1) * 1024 * 1024);
@@ -139,113 +156,163 @@ impl Storage {
         } else {
             DBCompressionType::None
         });
-        let families = [DOCUMENTS, META]
+        let families = [DOCUMENTS, META, RAFT_LOG, RAFT_STATE]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, cf_options.clone()));
         let db = DB::open_cf_descriptors(&db_options, path, families)?;
         Ok(Storage {
             db,
-            sync_writes: options.sync_writes,
             reads: AtomicU64::new(0),
             writes: AtomicU64::new(0),
         })
     }
 
-    fn documents(&self) -> &rocksdb::ColumnFamily {
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         self.db
-            .cf_handle(DOCUMENTS)
-            .expect("the documents column family is created at open")
+            .cf_handle(name)
+            .expect("every column family is created at open")
     }
 
-    fn meta(&self) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(META)
-            .expect("the meta column family is created at open")
-    }
-
-    /// Applies `changes` atomically and durably.
+    /// Applies `changes` atomically. Not fsynced: call [`Storage::sync`] (or go through a
+    /// [`WalSyncer`]) before acknowledging anything that must survive a crash.
     pub fn commit(&self, changes: Changes) -> Result<()> {
         let mut options = WriteOptions::default();
-        options.set_sync(self.sync_writes);
+        options.set_sync(false);
         self.db.write_opt(changes.batch, &options)?;
         self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
+    /// fsyncs the write-ahead log: every earlier commit is durable afterwards.
+    pub fn sync(&self) -> Result<()> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
     /// One stored document's encoded value.
-    pub fn get_document(&self, collection: &str, shard: u32, id: &str) -> Result<Option<Vec<u8>>> {
+    pub fn get_document(&self, namespace: &str, id: &str) -> Result<Option<Vec<u8>>> {
         self.reads.fetch_add(1, Ordering::Relaxed);
         Ok(self
             .db
-            .get_cf(self.documents(), document_key(collection, shard, id))?)
+            .get_cf(self.cf(DOCUMENTS), document_key(namespace, id))?)
     }
 
-    /// Calls `visit(id, value)` for a shard's documents in id order, starting after `after`,
-    /// until it returns false.
-    pub fn scan_shard(
+    /// Calls `visit(id, value)` for a namespace's documents in id order, starting after
+    /// `after`, until it returns false.
+    pub fn scan_documents(
         &self,
-        collection: &str,
-        shard: u32,
+        namespace: &str,
         after: Option<&str>,
-        mut visit: impl FnMut(&str, &[u8]) -> Result<bool>,
+        visit: impl FnMut(&str, &[u8]) -> Result<bool>,
     ) -> Result<()> {
         self.reads.fetch_add(1, Ordering::Relaxed);
-        let prefix = shard_prefix(collection, shard);
-        let start = match after {
-            Some(id) => {
-                let mut key = document_key(collection, shard, id);
-                key.push(0);
-                key
-            }
-            None => prefix.clone(),
-        };
+        let start = start_key(namespace, after);
         let iter = self.db.iterator_cf(
-            self.documents(),
+            self.cf(DOCUMENTS),
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        visit_prefix(iter, &prefix(namespace), namespace, visit)
+    }
+
+    /// A namespace's applied marker, if it has applied anything.
+    pub fn applied(&self, namespace: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(META), applied_key(namespace))?)
+    }
+
+    /// Reads a namespace's documents and applied marker as of one instant, while writes go on.
+    pub fn with_consistent_view<T>(
+        &self,
+        namespace: &str,
+        read: impl FnOnce(
+            Option<Vec<u8>>,
+            &mut dyn FnMut(&mut dyn FnMut(&str, &[u8]) -> Result<bool>) -> Result<()>,
+        ) -> Result<T>,
+    ) -> Result<T> {
+        let snapshot = self.db.snapshot();
+        let marker = snapshot.get_cf(self.cf(META), applied_key(namespace))?;
+        let start = prefix(namespace);
+        let mut scan = |visit: &mut dyn FnMut(&str, &[u8]) -> Result<bool>| {
+            let iter = snapshot.iterator_cf(
+                self.cf(DOCUMENTS),
+                IteratorMode::From(&start, Direction::Forward),
+            );
+            visit_prefix(iter, &start, namespace, |id, value| visit(id, value))
+        };
+        read(marker, &mut scan)
+    }
+
+    /// A node-level record.
+    pub fn node_record(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(META), node_key(key))?)
+    }
+
+    /// A group's log entries with index in `[from, to)`, in order.
+    pub fn log_entries(&self, group: &str, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        let start = log_key(group, from);
+        let group_prefix = prefix(group);
+        let mut found = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(RAFT_LOG),
             IteratorMode::From(&start, Direction::Forward),
         );
         for item in iter {
             let (key, value) = item?;
-            if !key.starts_with(&prefix) {
+            if !key.starts_with(&group_prefix) {
                 break;
             }
-            let id = std::str::from_utf8(&key[prefix.len()..]).map_err(|_| {
-                Error::Internal(format!(
-                    "stored document key in {collection}/{shard} is not UTF-8"
-                ))
-            })?;
-            if !visit(id, &value)? {
+            let index = log_index(&key[group_prefix.len()..])?;
+            if index >= to {
                 break;
             }
-        }
-        Ok(())
-    }
-
-    /// The last command index applied to a shard (0 for none).
-    pub fn applied_index(&self, collection: &str, shard: u32) -> Result<u64> {
-        let value = self
-            .db
-            .get_cf(self.meta(), applied_key(collection, shard))?;
-        Ok(value
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
-    }
-
-    /// Every stored collection definition, as JSON.
-    pub fn collection_definitions(&self) -> Result<Vec<Vec<u8>>> {
-        let prefix = b"collection\0".to_vec();
-        let mut found = Vec::new();
-        let iter = self
-            .db
-            .iterator_cf(self.meta(), IteratorMode::From(&prefix, Direction::Forward));
-        for item in iter {
-            let (key, value) = item?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            found.push(value.to_vec());
+            found.push((index, value.to_vec()));
         }
         Ok(found)
+    }
+
+    /// A group's last log entry.
+    pub fn last_log_entry(&self, group: &str) -> Result<Option<(u64, Vec<u8>)>> {
+        let end = log_key(group, u64::MAX);
+        let group_prefix = prefix(group);
+        let mut iter = self.db.iterator_cf(
+            self.cf(RAFT_LOG),
+            IteratorMode::From(&end, Direction::Reverse),
+        );
+        match iter.next() {
+            Some(item) => {
+                let (key, value) = item?;
+                if !key.starts_with(&group_prefix) {
+                    return Ok(None);
+                }
+                Ok(Some((
+                    log_index(&key[group_prefix.len()..])?,
+                    value.to_vec(),
+                )))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn raft_state(&self, group: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(RAFT_STATE), state_key(group, key))?)
+    }
+
+    /// Groups that have any Raft state on this node.
+    pub fn raft_groups(&self) -> Result<Vec<String>> {
+        let mut groups = Vec::new();
+        let iter = self
+            .db
+            .iterator_cf(self.cf(RAFT_STATE), IteratorMode::Start);
+        for item in iter {
+            let (key, _) = item?;
+            if let Some(end) = key.iter().position(|b| *b == 0) {
+                let group = String::from_utf8_lossy(&key[..end]).into_owned();
+                if groups.last() != Some(&group) {
+                    groups.push(group);
+                }
+            }
+        }
+        groups.dedup();
+        Ok(groups)
     }
 
     /// Point reads and scans served since start.
@@ -264,51 +331,145 @@ impl Storage {
     }
 }
 
-fn collection_prefix(collection: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(collection.len() + 1);
-    key.extend_from_slice(collection.as_bytes());
+fn visit_prefix<'a>(
+    iter: impl Iterator<Item = std::result::Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>> + 'a,
+    prefix: &[u8],
+    namespace: &str,
+    mut visit: impl FnMut(&str, &[u8]) -> Result<bool>,
+) -> Result<()> {
+    for item in iter {
+        let (key, value) = item?;
+        if !key.starts_with(prefix) {
+            break;
+        }
+        let id = std::str::from_utf8(&key[prefix.len()..]).map_err(|_| {
+            Error::Internal(format!("stored document key in {namespace} is not UTF-8"))
+        })?;
+        if !visit(id, &value)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn prefix(namespace: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(namespace.len() + 1);
+    key.extend_from_slice(namespace.as_bytes());
     key.push(0);
     key
 }
 
-fn shard_prefix(collection: &str, shard: u32) -> Vec<u8> {
-    let mut key = collection_prefix(collection);
-    key.extend_from_slice(&shard.to_be_bytes());
-    key
-}
-
-fn document_key(collection: &str, shard: u32, id: &str) -> Vec<u8> {
-    let mut key = shard_prefix(collection, shard);
+fn document_key(namespace: &str, id: &str) -> Vec<u8> {
+    let mut key = prefix(namespace);
     key.extend_from_slice(id.as_bytes());
     key
 }
 
-fn applied_prefix(collection: &str) -> Vec<u8> {
+fn start_key(namespace: &str, after: Option<&str>) -> Vec<u8> {
+    match after {
+        Some(id) => {
+            let mut key = document_key(namespace, id);
+            key.push(0);
+            key
+        }
+        None => prefix(namespace),
+    }
+}
+
+fn applied_key(namespace: &str) -> Vec<u8> {
     let mut key = b"applied\0".to_vec();
-    key.extend_from_slice(collection.as_bytes());
-    key.push(0);
+    key.extend_from_slice(namespace.as_bytes());
     key
 }
 
-fn applied_key(collection: &str, shard: u32) -> Vec<u8> {
-    let mut key = applied_prefix(collection);
-    key.extend_from_slice(&shard.to_be_bytes());
-    key
-}
-
-fn collection_key(name: &str) -> Vec<u8> {
-    let mut key = b"collection\0".to_vec();
+fn node_key(name: &str) -> Vec<u8> {
+    let mut key = b"node\0".to_vec();
     key.extend_from_slice(name.as_bytes());
     key
 }
 
-/// `[prefix, prefix+1)`: every key starting with `prefix` (which never ends in 0xff here).
+fn log_key(group: &str, index: u64) -> Vec<u8> {
+    let mut key = prefix(group);
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn log_index(bytes: &[u8]) -> Result<u64> {
+    <[u8; 8]>::try_from(bytes)
+        .map(u64::from_be_bytes)
+        .map_err(|_| Error::Internal("a Raft log key is malformed".into()))
+}
+
+fn state_key(group: &str, key: &str) -> Vec<u8> {
+    let mut out = prefix(group);
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// `[prefix, prefix+1)`: every key starting with `prefix` (which ends in 0 here).
 fn prefix_range(prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let mut end = prefix.to_vec();
     if let Some(last) = end.last_mut() {
         *last += 1;
     }
     (prefix.to_vec(), end)
+}
+
+/// Shares fsyncs of the write-ahead log among concurrent waiters: each waiter's writes are
+/// committed before it asks, and one fsync covers everyone who asked before it started.
+pub struct WalSyncer {
+    requests: std::sync::mpsc::Sender<Box<dyn FnOnce(Result<()>) + Send>>,
+}
+
+impl std::fmt::Debug for WalSyncer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalSyncer").finish_non_exhaustive()
+    }
+}
+
+impl WalSyncer {
+    pub fn start(storage: Arc<Storage>) -> WalSyncer {
+        let (requests, waiting) = std::sync::mpsc::channel::<Box<dyn FnOnce(Result<()>) + Send>>();
+        std::thread::Builder::new()
+            .name("grape-wal-sync".into())
+            .spawn(move || {
+                while let Ok(first) = waiting.recv() {
+                    let mut group = vec![first];
+                    while let Ok(next) = waiting.try_recv() {
+                        group.push(next);
+                    }
+                    let result = storage.sync();
+                    for done in group {
+                        done(match &result {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(Error::unavailable("storage_error", e.to_string())),
+                        });
+                    }
+                }
+            })
+            .expect("spawning the WAL sync thread");
+        WalSyncer { requests }
+    }
+
+    /// Calls `done` once everything committed before this call is on disk.
+    pub fn after_sync(&self, done: impl FnOnce(Result<()>) + Send + 'static) {
+        if let Err(rejected) = self.requests.send(Box::new(done)) {
+            (rejected.0)(Err(Error::unavailable(
+                "storage_error",
+                "the WAL sync thread stopped",
+            )));
+        }
+    }
+
+    /// Waits until everything committed before this call is on disk.
+    pub async fn sync(&self) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.after_sync(move |result| {
+            let _ = tx.send(result);
+        });
+        rx.await
+            .map_err(|_| Error::unavailable("storage_error", "the WAL sync thread stopped"))?
+    }
 }
 
 /// Encoding version of stored documents.
@@ -351,7 +512,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn documents_round_trip_and_scan_in_order_per_shard() {
+    fn documents_round_trip_and_scan_in_order_per_namespace() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
         let mut metadata = Metadata::new();
@@ -360,32 +521,30 @@ mod tests {
         for id in ["b", "a", "c"] {
             changes.put_document(
                 &storage,
-                "docs",
-                1,
+                "docs/1",
                 id,
                 &encode_document(&[1.0, 2.5], &metadata),
             );
         }
         changes.put_document(
             &storage,
-            "docs",
-            2,
+            "docs/2",
             "z",
             &encode_document(&[0.0, 0.0], &metadata),
         );
         changes.put_document(
             &storage,
-            "docs2",
-            1,
+            "docs/10",
             "x",
             &encode_document(&[0.0, 0.0], &metadata),
         );
-        changes.set_applied(&storage, "docs", 1, 7);
+        changes.set_applied(&storage, "docs/1", b"seven");
         storage.commit(changes).unwrap();
+        storage.sync().unwrap();
 
         let mut seen = Vec::new();
         storage
-            .scan_shard("docs", 1, None, |id, _| {
+            .scan_documents("docs/1", None, |id, _| {
                 seen.push(id.to_string());
                 Ok(true)
             })
@@ -393,23 +552,75 @@ mod tests {
         assert_eq!(seen, ["a", "b", "c"]);
         let mut after = Vec::new();
         storage
-            .scan_shard("docs", 1, Some("a"), |id, _| {
+            .scan_documents("docs/1", Some("a"), |id, _| {
                 after.push(id.to_string());
                 Ok(true)
             })
             .unwrap();
         assert_eq!(after, ["b", "c"]);
-        let value = storage.get_document("docs", 1, "a").unwrap().unwrap();
+        let value = storage.get_document("docs/1", "a").unwrap().unwrap();
         assert_eq!(decode_document(&value).unwrap(), (vec![1.0, 2.5], metadata));
-        assert_eq!(storage.applied_index("docs", 1).unwrap(), 7);
+        assert_eq!(
+            storage.applied("docs/1").unwrap().as_deref(),
+            Some(&b"seven"[..])
+        );
 
-        let mut drop = Changes::default();
-        drop.delete_collection(&storage, "docs");
-        storage.commit(drop).unwrap();
-        assert!(storage.get_document("docs", 1, "a").unwrap().is_none());
-        assert!(storage.get_document("docs", 2, "z").unwrap().is_none());
-        assert!(storage.get_document("docs2", 1, "x").unwrap().is_some());
-        assert_eq!(storage.applied_index("docs", 1).unwrap(), 0);
+        let viewed = storage
+            .with_consistent_view("docs/1", |marker, scan| {
+                let mut ids = Vec::new();
+                scan(&mut |id, _| {
+                    ids.push(id.to_string());
+                    Ok(true)
+                })?;
+                Ok((marker, ids))
+            })
+            .unwrap();
+        assert_eq!(
+            viewed,
+            (
+                Some(b"seven".to_vec()),
+                vec!["a".to_string(), "b".into(), "c".into()]
+            )
+        );
+
+        let mut clear = Changes::default();
+        clear.clear_namespace(&storage, "docs/1");
+        storage.commit(clear).unwrap();
+        assert!(storage.get_document("docs/1", "a").unwrap().is_none());
+        assert!(storage.get_document("docs/2", "z").unwrap().is_some());
+        assert!(storage.get_document("docs/10", "x").unwrap().is_some());
+        assert_eq!(storage.applied("docs/1").unwrap(), None);
+    }
+
+    #[test]
+    fn raft_logs_are_kept_per_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+        let mut changes = Changes::default();
+        for i in 1..=5 {
+            changes.put_log_entry(&storage, "g1", i, format!("g1-{i}").as_bytes());
+            changes.put_log_entry(&storage, "g2", i * 10, format!("g2-{i}").as_bytes());
+        }
+        changes.put_raft_state(&storage, "g1", "vote", b"v");
+        changes.put_raft_state(&storage, "g2", "vote", b"w");
+        storage.commit(changes).unwrap();
+        let range = storage.log_entries("g1", 2, 4).unwrap();
+        assert_eq!(range, vec![(2, b"g1-2".to_vec()), (3, b"g1-3".to_vec())]);
+        assert_eq!(storage.last_log_entry("g1").unwrap().unwrap().0, 5);
+        assert_eq!(storage.last_log_entry("g2").unwrap().unwrap().0, 50);
+        assert_eq!(storage.last_log_entry("g3").unwrap(), None);
+        assert_eq!(storage.raft_groups().unwrap(), ["g1", "g2"]);
+        let mut changes = Changes::default();
+        changes.delete_log_range(&storage, "g1", 4, u64::MAX);
+        changes.clear_raft_group(&storage, "g2");
+        storage.commit(changes).unwrap();
+        assert_eq!(storage.last_log_entry("g1").unwrap().unwrap().0, 3);
+        assert_eq!(storage.last_log_entry("g2").unwrap(), None);
+        assert_eq!(storage.raft_state("g2", "vote").unwrap(), None);
+        assert_eq!(
+            storage.raft_state("g1", "vote").unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub struct NodeOptions {
     pub env: Vec<(String, String)>,
     /// Extra command-line arguments.
     pub args: Vec<String>,
+    /// Loopback address the node binds (default 127.0.0.1).
+    pub ip: Option<String>,
+    /// Fixed node-to-node port (default: any free one; peers need it fixed).
+    pub raft_port: Option<u16>,
 }
 
 impl NodeOptions {
@@ -96,13 +100,16 @@ impl GrapeNode {
 
     fn command(&self) -> Command {
         let mut command = Command::new(grape_binary());
+        let ip = self.options.ip.as_deref().unwrap_or("127.0.0.1");
         command
             .arg("--data-dir")
             .arg(self.data_dir.path())
             .arg("--listen-address")
-            .arg("127.0.0.1:0")
+            .arg(format!("{ip}:0"))
             .arg("--metrics-port")
             .arg("0")
+            .arg("--raft-address")
+            .arg(format!("{ip}:{}", self.options.raft_port.unwrap_or(0)))
             .args(&self.options.args)
             .env_remove("RUST_LOG")
             .envs(self.options.env.iter().cloned())
@@ -130,12 +137,25 @@ impl GrapeNode {
     }
 
     async fn launch(&mut self) {
+        self.spawn_and_find_url().await;
+        self.wait_ready().await;
+    }
+
+    async fn spawn_and_find_url(&mut self) {
         let mut child = self.command().spawn().expect("grape starts");
         let stderr = child.stderr.take().expect("stderr is piped");
         let (addresses, found) = mpsc::channel();
         let log = Arc::clone(&self.log);
+        // GRAPE_E2E_LOGS=DIR keeps every node's log in DIR/<pid>.log for post-mortems.
+        let mut keep = std::env::var("GRAPE_E2E_LOGS")
+            .ok()
+            .and_then(|dir| std::fs::File::create(format!("{dir}/{}.log", child.id())).ok());
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(file) = keep.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(file, "{line}");
+                }
                 for (marker, kind) in [
                     ("api listening on ", "api"),
                     ("metrics listening on ", "metrics"),
@@ -187,7 +207,6 @@ impl GrapeNode {
         }
         self.url = urls.remove("api").unwrap_or_default();
         self.metrics_url = urls.remove("metrics");
-        self.wait_ready().await;
     }
 
     /// Starts a node serving HTTPS with a certificate signed by `ca_pem`.
@@ -207,7 +226,8 @@ impl GrapeNode {
         node
     }
 
-    async fn wait_ready(&self) {
+    /// Waits (up to 60 s) until `/ready` answers 200.
+    pub async fn wait_ready(&self) {
         let client = self.client();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -274,10 +294,36 @@ impl GrapeNode {
         }
     }
 
-    /// Starts the process again on the same data directory (new ports).
+    /// Starts the process again on the same data directory (new API port, same Raft port)
+    /// and waits until it is ready.
     pub async fn restart(&mut self) {
         self.kill9();
         self.launch().await;
+    }
+
+    /// Starts the process again without waiting for readiness (a member of a cluster that has
+    /// no quorum yet cannot be ready).
+    pub async fn restart_unready(&mut self) {
+        self.kill9();
+        self.spawn_and_find_url().await;
+    }
+
+    /// Deletes everything in the data directory (the node must be stopped).
+    pub fn wipe(&mut self) {
+        assert!(self.child.is_none(), "wipe a stopped node");
+        for entry in std::fs::read_dir(self.data_dir.path()).expect("data dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(path).expect("remove");
+            } else {
+                std::fs::remove_file(path).expect("remove");
+            }
+        }
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// The process's stderr so far.
@@ -311,4 +357,124 @@ pub fn vector(seed: u64, dimension: usize) -> Vec<f32> {
             ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
         })
         .collect()
+}
+
+/// Several nodes forming one cluster, each on its own loopback address (`127.A.B.i`, A and B
+/// random per cluster) so that a firewall rule can cut one node off from the others.
+pub struct Cluster {
+    pub nodes: Vec<GrapeNode>,
+    /// `127.A.B`: the cluster's loopback network.
+    pub network: String,
+}
+
+impl Cluster {
+    /// Starts `size` nodes `node-1`..`node-N` that know each other as peers; waits until all are
+    /// ready.
+    pub async fn start(size: usize, options: NodeOptions) -> Cluster {
+        let seed = std::process::id() as u64
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+        let network = format!("127.{}.{}", 10 + seed % 240, (seed / 240) % 250 + 1);
+        let ports: Vec<u16> = (1..=size)
+            .map(|i| {
+                let listener =
+                    std::net::TcpListener::bind(format!("{network}.{i}:0")).expect("free port");
+                listener.local_addr().expect("port").port()
+            })
+            .collect();
+        let peers: Vec<String> = (1..=size)
+            .map(|i| format!("node-{i}={network}.{i}:{}", ports[i - 1]))
+            .collect();
+        let mut nodes = Vec::new();
+        for i in 1..=size {
+            let mut node_options = options.clone();
+            node_options.ip = Some(format!("{network}.{i}"));
+            node_options.raft_port = Some(ports[i - 1]);
+            node_options
+                .env
+                .push(("GRAPE_NODE_ID".into(), format!("node-{i}")));
+            node_options
+                .env
+                .push(("GRAPE__CLUSTER__ENABLED".into(), "true".into()));
+            node_options
+                .env
+                .push(("GRAPE_CLUSTER_PEERS".into(), peers.join(",")));
+            let data_dir = tempfile::tempdir().expect("temp dir");
+            let mut node = GrapeNode {
+                data_dir,
+                options: node_options,
+                child: None,
+                log: Arc::new(Mutex::new(Vec::new())),
+                url: String::new(),
+                metrics_url: None,
+                ca_pem: None,
+            };
+            node.spawn_and_find_url().await;
+            nodes.push(node);
+        }
+        for node in &nodes {
+            node.wait_ready().await;
+        }
+        Cluster { nodes, network }
+    }
+
+    /// Node `node-i` (1-based, as its id).
+    pub fn node(&self, i: usize) -> &GrapeNode {
+        &self.nodes[i - 1]
+    }
+
+    pub fn node_mut(&mut self, i: usize) -> &mut GrapeNode {
+        &mut self.nodes[i - 1]
+    }
+
+    /// The 1-based index of a node id.
+    pub fn index_of(id: &str) -> usize {
+        id.trim_start_matches("node-").parse().expect("node-N")
+    }
+
+    /// Drops all traffic between node `i` and the other nodes (clients still reach it).
+    pub fn isolate(&self, i: usize) {
+        for j in 1..=self.nodes.len() {
+            if j != i {
+                iptables(
+                    "-A",
+                    &format!("{}.{i}", self.network),
+                    &format!("{}.{j}", self.network),
+                );
+                iptables(
+                    "-A",
+                    &format!("{}.{j}", self.network),
+                    &format!("{}.{i}", self.network),
+                );
+            }
+        }
+    }
+
+    /// Undoes [`Cluster::isolate`].
+    pub fn heal(&self, i: usize) {
+        for j in 1..=self.nodes.len() {
+            if j != i {
+                iptables(
+                    "-D",
+                    &format!("{}.{i}", self.network),
+                    &format!("{}.{j}", self.network),
+                );
+                iptables(
+                    "-D",
+                    &format!("{}.{j}", self.network),
+                    &format!("{}.{i}", self.network),
+                );
+            }
+        }
+    }
+}
+
+fn iptables(action: &str, from: &str, to: &str) {
+    let status = Command::new("iptables")
+        .args([action, "OUTPUT", "-s", from, "-d", to, "-j", "DROP"])
+        .status()
+        .expect("iptables runs (scripts/setup.sh installs it; the partition test needs root)");
+    assert!(status.success(), "iptables {action} {from} -> {to} failed");
 }

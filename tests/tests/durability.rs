@@ -183,7 +183,9 @@ async fn a_stored_default_collection_that_disagrees_with_the_config_stops_startu
         .arg("--listen-address")
         .arg("127.0.0.1:0")
         .arg("--metrics-port")
-        .arg("0");
+        .arg("0")
+        .arg("--raft-address")
+        .arg("127.0.0.1:0");
     let (code, output) = GrapeNode::run_to_exit(&options, &[]);
     assert_ne!(code, 0);
     assert!(output.contains("vector_dimension"), "{output}");

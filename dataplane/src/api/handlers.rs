@@ -112,8 +112,26 @@ pub async fn upsert_batch(
     }))
 }
 
-pub async fn get_document(State(state): State<AppState>, target: Target) -> Result<Response> {
-    let document = state.node.get(&target.collection, target.id()?).await?;
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadQuery {
+    consistency: Option<grape_client::Consistency>,
+}
+
+pub async fn get_document(
+    State(state): State<AppState>,
+    target: Target,
+    query: std::result::Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let Query(query) = query.map_err(|e| Error::invalid("invalid_query", e.body_text()))?;
+    let document = state
+        .node
+        .get(
+            &target.collection,
+            target.id()?,
+            query.consistency.unwrap_or_default(),
+        )
+        .await?;
     Ok(Json(document).into_response())
 }
 
@@ -192,7 +210,7 @@ pub async fn list_collections(State(state): State<AppState>) -> Json<CollectionL
             .node
             .collections()
             .iter()
-            .map(|served| info(&served.collection))
+            .map(|collection| info(&state.node, collection))
             .collect(),
     })
 }
@@ -209,8 +227,8 @@ pub async fn get_collection(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response> {
-    let served = state.node.collection(&name)?;
-    Ok(Json(info(&served.collection)).into_response())
+    let collection = state.node.collection(&name)?;
+    Ok(Json(info(&state.node, &collection)).into_response())
 }
 
 pub async fn drop_collection(
@@ -260,7 +278,7 @@ pub async fn shard_stats(State(state): State<AppState>) -> Json<ShardStatsRespon
 pub async fn checksum(State(state): State<AppState>) -> Result<Json<ChecksumResponse>> {
     Ok(Json(ChecksumResponse {
         node_id: state.node.id().to_string(),
-        shards: state.node.checksums().await?,
+        shards: state.node.local_checksums().await?,
     }))
 }
 
@@ -272,22 +290,48 @@ pub async fn slow_queries(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
-pub async fn cluster_status(State(state): State<AppState>) -> Response {
-    let node = &state.node;
-    Json(json!({
-        "mode": "single-node",
-        "nodes": [{
-            "id": node.id(),
-            "address": node.config().node.listen_address,
-            "ready": node.is_ready(),
-        }],
-        "groups": [],
-    }))
-    .into_response()
+pub async fn cluster_status(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(state.node.cluster_status().await)
 }
 
-pub async fn cluster_leader(State(state): State<AppState>) -> Response {
-    Json(json!({"leader": state.node.id(), "term": 0, "mode": "single-node"})).into_response()
+pub async fn cluster_leader(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(state.node.cluster_leader())
+}
+
+pub async fn consensus(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(state.node.consensus())
+}
+
+pub async fn election_history(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({"node_id": state.node.id(), "events": state.node.leader_events()}))
+}
+
+pub async fn sync_status(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(state.node.sync_status())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    target_node: String,
+    /// `meta`, or `collection/shard`; every group `from_node` leads when absent.
+    shard: Option<String>,
+    from_node: Option<String>,
+}
+
+pub async fn transfer_leadership(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<TransferRequest>,
+) -> Result<Json<serde_json::Value>> {
+    let moved = state
+        .node
+        .transfer_leadership(
+            &request.target_node,
+            request.shard.as_deref(),
+            request.from_node.as_deref(),
+        )
+        .await?;
+    Ok(Json(moved))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {

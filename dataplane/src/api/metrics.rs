@@ -27,6 +27,8 @@ pub struct Metrics {
     disk_reads: IntCounter,
     disk_writes: IntCounter,
     raft_log_entries: IntCounter,
+    raft_elections: IntCounter,
+    raft_leadership_changes: IntCounter,
     leader_status: IntGauge,
     nodes_connected: IntGauge,
 }
@@ -76,15 +78,6 @@ impl Metrics {
             registry.register(Box::new(metric.clone()))?;
             Ok(metric)
         };
-        // A single node holds no elections; the replicated node counts them here.
-        counter(
-            "grape_raft_election_count_total",
-            "Elections this node started",
-        )?;
-        counter(
-            "grape_raft_leadership_changes_total",
-            "Leadership changes this node observed",
-        )?;
         let metrics = Metrics {
             http_requests: counter_vec(
                 "grape_http_requests_total",
@@ -143,11 +136,19 @@ impl Metrics {
             )?,
             raft_log_entries: counter(
                 "grape_raft_log_entries_total",
-                "Log entries (write commands) applied on this node",
+                "Raft log entries applied by this node's groups",
+            )?,
+            raft_elections: counter(
+                "grape_raft_election_count_total",
+                "Elections this node started (any group)",
+            )?,
+            raft_leadership_changes: counter(
+                "grape_raft_leadership_changes_total",
+                "Leadership changes this node observed (any group)",
             )?,
             leader_status: gauge(
                 "grape_cluster_leader_status",
-                "1 when this node leads the meta group, else 0",
+                "1 when this node leads the meta group (the cluster leader), else 0",
             )?,
             nodes_connected: gauge(
                 "grape_cluster_nodes_connected",
@@ -184,18 +185,24 @@ impl Metrics {
     pub fn render(&self, node: &Node) -> String {
         self.documents.reset();
         self.index_pending.reset();
-        for served in node.collections() {
-            let collection = &served.collection;
+        let mut documents: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+        for collection in node.collections() {
+            documents.insert(collection.name().to_string(), (0, 0));
+        }
+        for local in node.local_groups() {
+            let figures = local.shard.figures();
+            let entry = documents
+                .entry(local.collection.name().to_string())
+                .or_default();
+            entry.0 += figures.documents;
+            entry.1 += figures.index.pending;
+        }
+        for (collection, (count, pending)) in documents {
             self.documents
-                .with_label_values(&[collection.name()])
-                .set(collection.len() as i64);
-            let pending: u64 = collection
-                .shards()
-                .iter()
-                .map(|s| s.figures().index.pending)
-                .sum();
+                .with_label_values(&[&collection])
+                .set(count as i64);
             self.index_pending
-                .with_label_values(&[collection.name()])
+                .with_label_values(&[&collection])
                 .set(pending as i64);
         }
         self.memory_usage.set(resident_memory() as i64);
@@ -211,10 +218,10 @@ impl Metrics {
         advance(&self.disk_reads, node.storage().reads());
         advance(&self.disk_writes, node.storage().writes());
         advance(&self.raft_log_entries, node.applied_total());
-        // A single node leads itself and reaches only itself; the replicated node reports
-        // its Raft groups here.
-        self.leader_status.set(1);
-        self.nodes_connected.set(1);
+        advance(&self.raft_elections, node.elections());
+        advance(&self.raft_leadership_changes, node.leadership_changes());
+        self.leader_status.set(i64::from(node.is_meta_leader()));
+        self.nodes_connected.set(node.connected_nodes() as i64);
 
         let mut out = Vec::new();
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

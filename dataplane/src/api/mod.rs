@@ -248,7 +248,14 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/checksum", get(checksum))
         .route("/admin/slow-queries", get(slow_queries))
         .route("/admin/cluster/status", get(cluster_status))
-        .route("/admin/cluster/leader", get(cluster_leader));
+        .route("/admin/cluster/leader", get(cluster_leader))
+        .route("/admin/cluster/consensus", get(consensus))
+        .route("/admin/cluster/election-history", get(election_history))
+        .route("/admin/cluster/sync-status", get(sync_status));
+    let admin_write = Router::new().route(
+        "/admin/cluster/transfer-leadership",
+        post(transfer_leadership),
+    );
     let metrics_read = Router::new().route("/metrics", get(metrics));
     Router::new()
         .route("/health", get(health))
@@ -258,6 +265,7 @@ pub fn router(state: AppState) -> Router {
         .merge(guarded(&state, Permission::DataRead, collections_read))
         .merge(guarded(&state, Permission::DataManage, collections_manage))
         .merge(guarded(&state, Permission::ClusterRead, admin_read))
+        .merge(guarded(&state, Permission::ClusterWrite, admin_write))
         .merge(guarded(&state, Permission::MetricsRead, metrics_read))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

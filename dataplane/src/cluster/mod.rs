@@ -1,142 +1,265 @@
-//! The node: which collections it serves and how writes reach their shards. On a single node
-//! every shard's commands go through a [`LocalLog`]; the replicated node puts a Raft group in
-//! its place behind the same methods, so the API layer does not change.
+//! The node in its cluster: a meta Raft group (membership, collections, placement) and one Raft
+//! group per shard replica it holds, all sharing one RocksDB, one WAL syncer and one
+//! connection per peer. A single node is a cluster of one.
+//!
+//! ```text
+//!   start ──> open storage, meta group, local shard groups ──> serve the transport
+//!     ├─ bootstrap: fresh seed node + majority of fresh peers reachable -> initialize meta, once
+//!     ├─ registrar: announce this node's addresses in the meta group
+//!     ├─ reconciler: open replicas the meta group places here; drop replicas it no longer does
+//!     └─ controller (meta leader only): create `default`, form new shard groups
+//! ```
+//!
+//! The API layer calls [`Node`]'s methods; they route each request to the replica or leader
+//! that must serve it, here or on a peer.
 
-pub mod local_log;
+mod admin;
+pub mod log_store;
+pub mod meta;
+pub mod network;
+mod ops;
+pub mod shard_sm;
+mod tasks;
+pub mod transport;
+pub mod types;
 
-use crate::collection::{
-    Catalog, Collection, Cursor, DEFAULT_COLLECTION, validate_collection_config, validate_document,
-};
-use crate::config::Config;
+use crate::collection::{Collection, DEFAULT_COLLECTION};
+use crate::config::{Config, advertised};
 use crate::error::{Error, Result};
 use crate::index::worker::IndexWorker;
-use crate::shard::{ShardCommand, ShardResponse};
-use crate::storage::{Storage, StorageOptions};
-use futures::future::try_join_all;
-use grape_client::{
-    CollectionConfig, CollectionInfo, Document, DocumentInput, SearchHit, SearchRequest,
-    ShardChecksum, ShardStats,
-};
-use local_log::LocalLog;
+use crate::shard::Shard;
+use crate::storage::{Changes, Storage, StorageOptions, WalSyncer};
+use log_store::LogStore;
+use meta::{MetaState, MetaStateMachine};
+use network::{NetworkFactory, Peers, Router};
+use openraft::ServerState;
+use openraft::type_config::async_runtime::WatchReceiver;
 use parking_lot::{Mutex, RwLock};
-use std::collections::BTreeMap;
+use serde::Serialize;
+use shard_sm::ShardStateMachine;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use types::{GroupId, META_GROUP, MetaRaft, NodeAddr, NodeId, RaftMetrics, ShardRaft};
 
-/// A collection this node serves, with the log of each of its shards.
-#[derive(Debug)]
-pub struct ServedCollection {
-    pub collection: Arc<Collection>,
-    /// By shard number.
-    logs: Vec<LocalLog>,
+pub use ops::info;
+
+/// A shard replica held by this node, with its Raft group.
+pub struct LocalGroup {
+    pub group: GroupId,
+    pub collection: Collection,
+    pub shard: Arc<Shard>,
+    pub raft: ShardRaft,
 }
 
-/// One node of Grape.
-#[derive(Debug)]
+impl std::fmt::Debug for LocalGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalGroup")
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
+/// A leadership change this node saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaderEvent {
+    pub at: String,
+    pub group: GroupId,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+}
+
+/// One Grape node.
 pub struct Node {
     /// `node.id`.
-    id: String,
+    id: NodeId,
+    /// Where peers and clients reach this node.
+    addr: NodeAddr,
     /// The configuration the node started with.
     config: Arc<Config>,
-    /// Collection definitions and shard storage.
-    catalog: Catalog,
-    /// Collections by name.
-    collections: RwLock<BTreeMap<String, Arc<ServedCollection>>>,
-    /// Commands applied since start (`grape_raft_log_entries_total`).
-    applied_total: Arc<AtomicU64>,
+    /// The node's RocksDB.
+    storage: Arc<Storage>,
+    /// Shares WAL fsyncs among Raft groups.
+    syncer: Arc<WalSyncer>,
+    /// Builds HNSW graphs in the background.
+    worker: Arc<IndexWorker>,
+    /// Connections to peers, shared by every group.
+    router: Router,
+    /// Raft timing and snapshot settings shared by every group.
+    raft_config: Arc<openraft::Config>,
+    /// The meta group.
+    meta: MetaRaft,
+    /// The meta group's state (this node's copy).
+    meta_state: Arc<RwLock<MetaState>>,
+    /// Notified when the meta state changes.
+    meta_changes: tokio::sync::watch::Receiver<u64>,
+    /// Shard replicas held here.
+    groups: RwLock<BTreeMap<GroupId, Arc<LocalGroup>>>,
+    /// Serialises opening and dropping replicas.
+    group_changes: tokio::sync::Mutex<()>,
+    /// Where shard snapshots are kept.
+    snapshot_dir: PathBuf,
     /// When the node started.
     started: Instant,
-    /// Whether the node serves reads and writes (cleared on shutdown).
-    ready: AtomicBool,
-    /// Serialises collection creation and removal.
-    schema: Mutex<()>,
+    /// Set when shutdown begins: the node stops answering readiness.
+    stopping: AtomicBool,
+    /// Recent leadership changes seen here, newest last.
+    leader_events: Mutex<VecDeque<LeaderEvent>>,
+    /// Elections this node started (`grape_raft_election_count_total`).
+    elections: AtomicU64,
+    /// Leadership changes seen (`grape_raft_leadership_changes_total`).
+    leadership_changes: AtomicU64,
+    /// Entries applied by local groups (`grape_raft_log_entries_total`).
+    applied_entries: AtomicU64,
+    /// Background tasks, stopped at shutdown.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Retained leadership events.
+const LEADER_EVENTS: usize = 200;
+
 impl Node {
-    /// Opens the node's storage, loads its collections and creates the `default` collection on
-    /// first start. A stored `default` that disagrees with the configuration stops start-up.
-    pub async fn open(config: Config) -> Result<Arc<Node>> {
+    /// Opens the node's storage and Raft groups and starts serving node-to-node traffic on
+    /// `raft_listener`. `api` is the bound client API address (advertised to others).
+    pub async fn start(
+        config: Config,
+        raft_listener: std::net::TcpListener,
+        api: SocketAddr,
+    ) -> Result<Arc<Node>> {
         let config = Arc::new(config);
+        let id = config.node.id.clone();
+        let raft_bound = raft_listener
+            .local_addr()
+            .map_err(|e| Error::Internal(format!("raft listener: {e}")))?;
+        let addr = NodeAddr {
+            raft: advertised(config.node.advertise_raft_address.as_deref(), raft_bound),
+            api: advertised(config.node.advertise_api_address.as_deref(), api),
+        };
         let storage_options = StorageOptions {
             cache_size_mb: config.database.cache_size_mb,
             write_buffer_size_mb: config.database.write_buffer_size_mb,
             enable_compression: config.database.enable_compression,
-            sync_writes: true,
         };
         let data_dir = config.node.data_dir.clone();
         let worker_threads = config.index.construction_threads;
-        let rebuild_threshold = config.index.rebuild_threshold;
-        let (catalog, loaded) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let (storage, worker) = tokio::task::spawn_blocking(move || -> Result<_> {
             let storage = Arc::new(Storage::open(&data_dir, &storage_options)?);
             let worker = Arc::new(
                 IndexWorker::new(worker_threads)
                     .map_err(|e| Error::Internal(format!("cannot start index threads: {e}")))?,
             );
-            let catalog = Catalog::new(storage, worker, rebuild_threshold);
-            let loaded = catalog.load_all()?;
-            Ok((catalog, loaded))
+            Ok((storage, worker))
         })
         .await
         .map_err(|e| Error::Internal(format!("opening storage panicked: {e}")))??;
-        let node = Arc::new(Node {
-            id: config.node.id.clone(),
-            config: Arc::clone(&config),
-            catalog,
-            collections: RwLock::new(BTreeMap::new()),
-            applied_total: Arc::new(AtomicU64::new(0)),
-            started: Instant::now(),
-            ready: AtomicBool::new(false),
-            schema: Mutex::new(()),
-        });
-        for collection in loaded {
-            node.serve(collection);
-        }
-        let wanted = config.default_collection()?;
-        let existing = node.collections.read().get(DEFAULT_COLLECTION).cloned();
-        match existing {
-            Some(existing) => {
-                let stored = existing.collection.config();
-                if stored.dimension != wanted.dimension || stored.metric != wanted.metric {
-                    return Err(Error::invalid(
-                        "invalid_config",
-                        format!(
-                            "database.vector_dimension/metric say {} {}, but the stored default \
-                             collection has {} {}; use the stored values or a new data_dir",
-                            wanted.dimension,
-                            wanted.metric.as_str(),
-                            stored.dimension,
-                            stored.metric.as_str()
-                        ),
-                    ));
-                }
-            }
-            None => {
-                node.create_collection(wanted).await?;
-            }
-        }
-        node.ready.store(true, Ordering::Release);
-        Ok(node)
-    }
+        let syncer = Arc::new(WalSyncer::start(Arc::clone(&storage)));
 
-    fn serve(&self, collection: Arc<Collection>) -> Arc<ServedCollection> {
-        let logs = collection
-            .shards()
-            .iter()
-            .map(|shard| LocalLog::start(Arc::clone(shard), Arc::clone(&self.applied_total)))
-            .collect();
-        let served = Arc::new(ServedCollection {
-            collection: Arc::clone(&collection),
-            logs,
+        let peers = Arc::new(Peers::new(
+            transport::peer_http_client(&config, raft_bound)?,
+            config.cluster.enable_tls,
+        ));
+        for peer in config.other_peers() {
+            peers.learn(&peer.id, &peer.address);
+        }
+        peers.learn(&id, &addr.raft);
+        let router = Router { peers };
+        let raft_config = Arc::new(raft_settings(&config)?);
+
+        let meta_sm = MetaStateMachine::open(Arc::clone(&storage)).map_err(storage_error)?;
+        let meta_state = meta_sm.state();
+        let meta_changes = meta_sm.subscribe();
+        let meta = MetaRaft::new(
+            id.clone(),
+            Arc::clone(&raft_config),
+            NetworkFactory::new(router.clone(), META_GROUP.to_string()),
+            LogStore::new(META_GROUP, Arc::clone(&storage), Arc::clone(&syncer)),
+            meta_sm,
+        )
+        .await
+        .map_err(|e| Error::Internal(format!("cannot start the meta group: {e}")))?;
+
+        // A stored `default` collection that disagrees with the configuration stops start-up.
+        let wanted = config.default_collection()?;
+        if let Some(stored) = meta_state.read().collections.get(DEFAULT_COLLECTION) {
+            let stored = &stored.config;
+            if stored.dimension != wanted.dimension || stored.metric != wanted.metric {
+                return Err(Error::invalid(
+                    "invalid_config",
+                    format!(
+                        "database.vector_dimension/metric say {} {}, but the stored default \
+                         collection has {} {}; use the stored values or a new data_dir",
+                        wanted.dimension,
+                        wanted.metric.as_str(),
+                        stored.dimension,
+                        stored.metric.as_str()
+                    ),
+                ));
+            }
+        }
+
+        let node = Arc::new(Node {
+            snapshot_dir: config.node.data_dir.join("snapshots"),
+            id,
+            addr,
+            config,
+            storage,
+            syncer,
+            worker,
+            router,
+            raft_config,
+            meta,
+            meta_state,
+            meta_changes,
+            groups: RwLock::new(BTreeMap::new()),
+            group_changes: tokio::sync::Mutex::new(()),
+            started: Instant::now(),
+            stopping: AtomicBool::new(false),
+            leader_events: Mutex::new(VecDeque::new()),
+            elections: AtomicU64::new(0),
+            leadership_changes: AtomicU64::new(0),
+            applied_entries: AtomicU64::new(0),
+            tasks: Mutex::new(Vec::new()),
         });
-        self.collections
-            .write()
-            .insert(collection.name().to_string(), Arc::clone(&served));
-        served
+        node.watch_group(META_GROUP.to_string(), node.meta.metrics());
+        // Replicas this node held before it stopped.
+        let held: Vec<(GroupId, Collection)> = {
+            let state = node.meta_state.read();
+            state
+                .groups_of(&node.id)
+                .filter_map(|(group, record)| {
+                    state
+                        .collections
+                        .get(&record.collection)
+                        .map(|c| (group.clone(), c.clone()))
+                })
+                .collect()
+        };
+        for (group, collection) in held {
+            node.open_group(&group, &collection).await?;
+        }
+        let server = transport::serve(Arc::clone(&node), raft_listener)?;
+        node.tasks.lock().push(server);
+        tasks::spawn_all(&node);
+        Ok(node)
     }
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    pub fn addr(&self) -> &NodeAddr {
+        &self.addr
     }
 
     pub fn config(&self) -> &Config {
@@ -144,257 +267,267 @@ impl Node {
     }
 
     pub fn storage(&self) -> &Arc<Storage> {
-        self.catalog.storage()
+        &self.storage
     }
 
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
 
-    /// Whether this node has caught up and serves requests.
+    /// Log entries applied by this node's groups since start.
+    pub fn applied_total(&self) -> u64 {
+        self.applied_entries.load(Ordering::Relaxed)
+    }
+
+    /// Elections this node started since start.
+    pub fn elections(&self) -> u64 {
+        self.elections.load(Ordering::Relaxed)
+    }
+
+    /// Leadership changes this node saw since start.
+    pub fn leadership_changes(&self) -> u64 {
+        self.leadership_changes.load(Ordering::Relaxed)
+    }
+
+    /// Members this node can reach, itself included.
+    pub fn connected_nodes(&self) -> usize {
+        let members = self.meta_state.read().members();
+        1 + members
+            .iter()
+            .filter(|m| {
+                **m != self.id && self.router.peers.answered_within(m, Duration::from_secs(3))
+            })
+            .count()
+    }
+
+    /// The meta group's current metrics.
+    pub fn meta_metrics(&self) -> RaftMetrics {
+        self.meta.metrics().borrow_watched().clone()
+    }
+
+    /// Whether this node leads the meta group.
+    pub fn is_meta_leader(&self) -> bool {
+        self.meta_metrics().current_leader.as_deref() == Some(self.id.as_str())
+    }
+
+    /// A copy of the meta state.
+    pub fn meta_state(&self) -> MetaState {
+        self.meta_state.read().clone()
+    }
+
+    /// The local replica of a group.
+    pub fn local_group(&self, group: &str) -> Option<Arc<LocalGroup>> {
+        self.groups.read().get(group).cloned()
+    }
+
+    /// Every local replica.
+    pub fn local_groups(&self) -> Vec<Arc<LocalGroup>> {
+        self.groups.read().values().cloned().collect()
+    }
+
+    /// Whether this node has caught up: the meta group and every replica placed here have a
+    /// leader and have applied everything the leader reported committed, and the `default`
+    /// collection exists.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        if self.stopping.load(Ordering::Acquire) {
+            return false;
+        }
+        if !caught_up(&self.meta_metrics()) {
+            return false;
+        }
+        let state = self.meta_state.read();
+        if !state.collections.contains_key(DEFAULT_COLLECTION) {
+            return false;
+        }
+        let groups = self.groups.read();
+        state.groups_of(&self.id).all(|(group, record)| {
+            record.initialized
+                && groups
+                    .get(group)
+                    .is_some_and(|local| caught_up(&local.raft.metrics().borrow_watched()))
+        })
     }
 
     /// Stops answering readiness (shutdown has begun).
     pub fn set_unready(&self) {
-        self.ready.store(false, Ordering::Release);
+        self.stopping.store(true, Ordering::Release);
     }
 
-    /// Commands applied since start.
-    pub fn applied_total(&self) -> u64 {
-        self.applied_total.load(Ordering::Relaxed)
+    /// Stops answering readiness, then stops every Raft group.
+    pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+        for group in self.local_groups() {
+            let _ = group.raft.shutdown().await;
+        }
+        let _ = self.meta.shutdown().await;
+        let _ = self.syncer.sync().await;
     }
 
-    /// A served collection, or 404.
-    pub fn collection(&self, name: &str) -> Result<Arc<ServedCollection>> {
-        self.collections.read().get(name).cloned().ok_or_else(|| {
-            Error::not_found(
-                "collection_not_found",
-                format!("collection '{name}' does not exist"),
-            )
+    /// Opens the local replica of `group` (idempotent).
+    async fn open_group(
+        self: &Arc<Self>,
+        group: &str,
+        collection: &Collection,
+    ) -> Result<Arc<LocalGroup>> {
+        let _changing = self.group_changes.lock().await;
+        if let Some(existing) = self.local_group(group) {
+            return Ok(existing);
+        }
+        let config = Arc::new(collection.config.clone());
+        let storage = Arc::clone(&self.storage);
+        let worker = Arc::clone(&self.worker);
+        let namespace = group.to_string();
+        let rebuild_threshold = self.config.index.rebuild_threshold;
+        let shard = tokio::task::spawn_blocking(move || {
+            Shard::open(config, &namespace, storage, worker, rebuild_threshold)
         })
-    }
-
-    /// Every served collection, by name.
-    pub fn collections(&self) -> Vec<Arc<ServedCollection>> {
-        self.collections.read().values().cloned().collect()
-    }
-
-    /// Live documents over every collection.
-    pub fn document_count(&self) -> u64 {
-        self.collections().iter().map(|c| c.collection.len()).sum()
-    }
-
-    /// Creates a collection; 409 if the name is taken.
-    pub async fn create_collection(&self, config: CollectionConfig) -> Result<CollectionInfo> {
-        validate_collection_config(&config)?;
-        let _schema = self.schema.lock();
-        if self.collections.read().contains_key(&config.name) {
-            return Err(Error::conflict(
-                "collection_exists",
-                format!("collection '{}' already exists", config.name),
-            ));
-        }
-        let collection = self.catalog.create(config)?;
-        let served = self.serve(collection);
-        Ok(info(&served.collection))
-    }
-
-    /// Drops a collection and its documents. The `default` collection stays.
-    pub async fn drop_collection(&self, name: &str) -> Result<()> {
-        if name == DEFAULT_COLLECTION {
-            return Err(Error::conflict(
-                "default_collection",
-                "the default collection is defined by the node configuration and cannot be dropped",
-            ));
-        }
-        let _schema = self.schema.lock();
-        let served = self.collections.write().remove(name).ok_or_else(|| {
-            Error::not_found(
-                "collection_not_found",
-                format!("collection '{name}' does not exist"),
-            )
-        })?;
-        self.catalog.drop_collection(&served.collection)
-    }
-
-    /// Validates every document, then writes them, grouped by shard, and returns their ids in
-    /// input order. `batch` names positions in errors. Nothing is written if any is invalid.
-    pub async fn upsert(
-        &self,
-        name: &str,
-        inputs: Vec<DocumentInput>,
-        batch: bool,
-    ) -> Result<Vec<String>> {
-        let served = self.collection(name)?;
-        let collection = &served.collection;
-        if batch {
-            if inputs.is_empty() {
-                return Err(Error::invalid("empty_batch", "documents must not be empty"));
-            }
-            let max = self.config.performance.max_batch_size;
-            if inputs.len() > max {
-                return Err(Error::invalid(
-                    "batch_too_large",
-                    format!(
-                        "batch has {} documents; at most {max} are allowed (performance.max_batch_size)",
-                        inputs.len()
-                    ),
-                ));
-            }
-        }
-        let documents = inputs
-            .into_iter()
-            .enumerate()
-            .map(|(i, input)| validate_document(collection.config(), input, batch.then_some(i)))
-            .collect::<Result<Vec<_>>>()?;
-        let max_documents = self.config.database.max_documents;
-        let new = documents
-            .iter()
-            .filter(|d| !collection.shard_for(&d.id).contains(&d.id))
-            .count() as u64;
-        if new > 0 && self.document_count() + new > max_documents {
-            return Err(Error::conflict(
-                "capacity_exceeded",
-                format!(
-                    "this node holds its maximum of {max_documents} documents (database.max_documents)"
-                ),
-            ));
-        }
-        let ids: Vec<String> = documents.iter().map(|d| d.id.clone()).collect();
-        let mut by_shard: BTreeMap<u32, Vec<_>> = BTreeMap::new();
-        for document in documents {
-            by_shard
-                .entry(collection.shard_for(&document.id).number())
-                .or_default()
-                .push(document);
-        }
-        try_join_all(by_shard.into_iter().map(|(shard, documents)| {
-            served.logs[shard as usize].propose(ShardCommand::Upsert { documents })
-        }))
-        .await?;
-        Ok(ids)
-    }
-
-    /// Deletes a document; false if it did not exist.
-    pub async fn delete(&self, name: &str, id: &str) -> Result<bool> {
-        let served = self.collection(name)?;
-        let shard = served.collection.shard_for(id).number();
-        let response = served.logs[shard as usize]
-            .propose(ShardCommand::Delete {
-                ids: vec![id.to_string()],
-            })
-            .await?;
-        match response {
-            ShardResponse::Deleted { existed } => Ok(existed.first().copied().unwrap_or(false)),
-            other => Err(Error::Internal(format!("delete answered {other:?}"))),
-        }
-    }
-
-    /// A document by id, or 404.
-    pub async fn get(&self, name: &str, id: &str) -> Result<Document> {
-        let served = self.collection(name)?;
-        let id_owned = id.to_string();
-        let found = blocking(move || served.collection.get(&id_owned)).await?;
-        found.ok_or_else(|| {
-            Error::not_found(
-                "document_not_found",
-                format!("document '{id}' does not exist"),
-            )
-        })
-    }
-
-    /// One page of a collection's documents.
-    pub async fn list(
-        &self,
-        name: &str,
-        cursor: Option<Cursor>,
-        limit: usize,
-    ) -> Result<(Vec<Document>, Option<Cursor>)> {
-        let served = self.collection(name)?;
-        blocking(move || served.collection.list(cursor.as_ref(), limit)).await
-    }
-
-    /// Searches a collection, within `performance.query_timeout_ms`.
-    pub async fn search(&self, name: &str, request: &SearchRequest) -> Result<Vec<SearchHit>> {
-        let served = self.collection(name)?;
-        let prepared = served.collection.prepare_search(request)?;
-        let timeout = Duration::from_millis(self.config.performance.query_timeout_ms);
-        match tokio::time::timeout(
-            timeout,
-            blocking(move || served.collection.search(&prepared)),
+        .await
+        .map_err(|e| Error::Internal(format!("opening {group} panicked: {e}")))??;
+        let shard = Arc::new(shard);
+        let raft = ShardRaft::new(
+            self.id.clone(),
+            Arc::clone(&self.raft_config),
+            NetworkFactory::new(self.router.clone(), group.to_string()),
+            LogStore::new(group, Arc::clone(&self.storage), Arc::clone(&self.syncer)),
+            ShardStateMachine::new(Arc::clone(&shard), &self.snapshot_dir),
         )
         .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(Error::unavailable(
-                "query_timeout",
-                format!(
-                    "the search took longer than {} ms (performance.query_timeout_ms)",
-                    timeout.as_millis()
-                ),
-            )),
-        }
+        .map_err(|e| Error::Internal(format!("cannot start group {group}: {e}")))?;
+        let local = Arc::new(LocalGroup {
+            group: group.to_string(),
+            collection: collection.clone(),
+            shard,
+            raft,
+        });
+        self.groups
+            .write()
+            .insert(group.to_string(), Arc::clone(&local));
+        self.watch_group(group.to_string(), local.raft.metrics());
+        tracing::info!(%group, "opened replica");
+        Ok(local)
     }
 
-    /// Per-shard figures of every collection.
-    pub fn shard_stats(&self) -> Vec<ShardStats> {
-        let mut stats = Vec::new();
-        for served in self.collections() {
-            for shard in served.collection.shards() {
-                let figures = shard.figures();
-                stats.push(ShardStats {
-                    collection: served.collection.name().to_string(),
-                    shard: shard.number(),
-                    documents: figures.documents,
-                    indexed: figures.index.indexed,
-                    pending: figures.index.pending,
-                    tombstones: figures.index.dead_in_graph,
-                    rebuilds: figures.index.rebuilds,
-                    replicas: vec![self.id.clone()],
-                    leader: Some(self.id.clone()),
-                });
-            }
-        }
-        stats
-    }
-
-    /// Per-shard content checksums, computed from storage.
-    pub async fn checksums(&self) -> Result<Vec<ShardChecksum>> {
-        let collections = self.collections();
-        blocking(move || {
-            let mut sums = Vec::new();
-            for served in collections {
-                for shard in served.collection.shards() {
-                    let (documents, sum) = shard.checksum()?;
-                    sums.push(ShardChecksum {
-                        collection: served.collection.name().to_string(),
-                        shard: shard.number(),
-                        documents,
-                        checksum: format!("{sum:016x}"),
-                    });
-                }
-            }
-            Ok(sums)
+    /// Stops a local replica and deletes its documents, log and snapshot.
+    async fn drop_group(&self, group: &str) -> Result<()> {
+        let _changing = self.group_changes.lock().await;
+        let Some(local) = self.groups.write().remove(group) else {
+            return Ok(());
+        };
+        let _ = local.raft.shutdown().await;
+        let storage = Arc::clone(&self.storage);
+        let snapshot = ShardStateMachine::new(Arc::clone(&local.shard), &self.snapshot_dir);
+        let group_name = group.to_string();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            local.shard.destroy()?;
+            let mut changes = Changes::default();
+            changes.clear_raft_group(&storage, &group_name);
+            storage.commit(changes)?;
+            snapshot.remove_file();
+            Ok(())
         })
         .await
+        .map_err(|e| Error::Internal(format!("dropping {group} panicked: {e}")))??;
+        tracing::info!(%group, "dropped replica");
+        Ok(())
+    }
+
+    /// Follows a group's metrics: leadership changes and elections.
+    fn watch_group(
+        self: &Arc<Self>,
+        group: GroupId,
+        mut metrics: openraft::type_config::alias::WatchReceiverOf<types::TypeConfig, RaftMetrics>,
+    ) {
+        let node = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            let mut last_leader: Option<NodeId> = None;
+            let mut last_state = ServerState::Learner;
+            let mut last_applied = metrics
+                .borrow_watched()
+                .last_applied
+                .as_ref()
+                .map(|l| l.index());
+            while metrics.changed().await.is_ok() {
+                let Some(node) = node.upgrade() else { return };
+                let m = metrics.borrow_watched().clone();
+                if m.state == ServerState::Candidate && last_state != ServerState::Candidate {
+                    node.elections.fetch_add(1, Ordering::Relaxed);
+                }
+                last_state = m.state;
+                let applied = m.last_applied.as_ref().map(|l| l.index());
+                if let (Some(now), previous) = (applied, last_applied) {
+                    let before = previous.unwrap_or(0);
+                    if now > before {
+                        node.applied_entries
+                            .fetch_add(now - before, Ordering::Relaxed);
+                    }
+                }
+                last_applied = applied;
+                if m.current_leader != last_leader {
+                    if m.current_leader.is_some() {
+                        node.leadership_changes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    last_leader = m.current_leader.clone();
+                    let mut events = node.leader_events.lock();
+                    if events.len() == LEADER_EVENTS {
+                        events.pop_front();
+                    }
+                    events.push_back(LeaderEvent {
+                        at: chrono::Utc::now().to_rfc3339(),
+                        group: group.clone(),
+                        term: m.current_term,
+                        leader: m.current_leader.clone(),
+                    });
+                }
+                if m.state == ServerState::Shutdown {
+                    return;
+                }
+            }
+        });
+        self.tasks.lock().push(task);
+    }
+
+    /// Leadership changes seen here, newest first.
+    pub fn leader_events(&self) -> Vec<LeaderEvent> {
+        self.leader_events.lock().iter().rev().cloned().collect()
     }
 }
 
-/// A collection's public description.
-pub fn info(collection: &Collection) -> CollectionInfo {
-    CollectionInfo {
-        config: collection.config().clone(),
-        documents: collection.len(),
+/// Whether a group member knows its leader and has applied what the leader committed.
+fn caught_up(metrics: &RaftMetrics) -> bool {
+    if metrics.current_leader.is_none() {
+        return false;
     }
+    let applied = metrics.last_applied.as_ref().map(|l| l.index());
+    let committed = metrics.cluster_committed.as_ref().map(|l| l.index());
+    applied >= committed
 }
 
-/// Runs blocking work (RocksDB reads, searches) off the async workers.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::Internal(format!("a worker panicked: {e}")))?
+fn storage_error(e: std::io::Error) -> Error {
+    Error::unavailable("storage_error", e.to_string())
+}
+
+/// openraft settings from the `cluster` section.
+fn raft_settings(config: &Config) -> Result<openraft::Config> {
+    let settings = openraft::Config {
+        cluster_name: "grape".into(),
+        heartbeat_interval: config.cluster.heartbeat_interval_ms,
+        election_timeout_min: config.cluster.election_timeout_ms,
+        election_timeout_max: config.cluster.election_timeout_ms * 3 / 2,
+        install_snapshot_timeout: 60_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        max_payload_entries: 64,
+        // A node whose data directory was wiped comes back under the same id with an empty
+        // log: its leaders must re-seed it instead of treating the reverted log as a bug.
+        // (A Raft member that loses acknowledged entries weakens the quorum guarantee, as any
+        // lost replica does: DESIGN.md's promise holds while a majority of replicas survive.)
+        allow_log_reversion: Some(true),
+        ..Default::default()
+    };
+    settings
+        .validate()
+        .map_err(|e| Error::invalid("invalid_config", format!("cluster timing: {e}")))
 }

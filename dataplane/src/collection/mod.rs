@@ -1,15 +1,13 @@
 //! Collections: a fixed set of shards, routing of documents to shards by a stable hash of the
-//! id, validation of what clients send, and searches merged across shards. The [`Catalog`]
-//! persists collection definitions and opens their shards.
+//! id, validation of what clients send, and merging of per-shard search results. Which node
+//! holds which shard replica is the cluster layer's business.
 
 use crate::error::{Error, Result};
 use crate::index::distance;
-use crate::index::worker::IndexWorker;
 use crate::shard::filter::CompiledFilter;
-use crate::shard::{NewDocument, Shard, ShardId};
-use crate::storage::{Changes, Storage};
-use grape_client::{CollectionConfig, Document, DocumentInput, Metric, SearchHit, SearchRequest};
-use rayon::prelude::*;
+use crate::shard::{NewDocument, Shard, ShardHit, ShardId};
+use grape_client::{CollectionConfig, DocumentInput, Metric, SearchHit, SearchRequest};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -219,72 +217,34 @@ pub struct PreparedSearch {
     pub include_vectors: bool,
 }
 
-/// A collection open on this node.
-#[derive(Debug)]
+/// A collection: its fixed settings and the incarnation that distinguishes it from earlier
+/// collections of the same name. Routes ids to shards and names each shard's replica group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Collection {
-    config: Arc<CollectionConfig>,
-    /// Every shard, by number.
-    shards: Vec<Arc<Shard>>,
+    pub config: CollectionConfig,
+    /// Unique per creation (the meta log index of its creation): a dropped and re-created
+    /// collection never shares a shard group or storage namespace with its predecessor.
+    pub uid: u64,
 }
 
 impl Collection {
-    pub fn config(&self) -> &CollectionConfig {
-        &self.config
-    }
-
     pub fn name(&self) -> &str {
         &self.config.name
     }
 
-    pub fn shards(&self) -> &[Arc<Shard>] {
-        &self.shards
-    }
-
     /// The shard holding `id`.
-    pub fn shard_for(&self, id: &str) -> &Arc<Shard> {
-        &self.shards[shard_of(id, self.config.shard_count) as usize]
+    pub fn shard_for(&self, id: &str) -> ShardId {
+        shard_of(id, self.config.shard_count)
     }
 
-    /// Live documents over all shards.
-    pub fn len(&self) -> u64 {
-        self.shards.iter().map(|s| s.len() as u64).sum()
+    /// Every shard number.
+    pub fn shard_ids(&self) -> impl Iterator<Item = ShardId> + use<> {
+        0..self.config.shard_count
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn get(&self, id: &str) -> Result<Option<Document>> {
-        self.shard_for(id).get(id)
-    }
-
-    /// One page of documents in (shard, id) order, and the cursor of the next page.
-    pub fn list(
-        &self,
-        cursor: Option<&Cursor>,
-        limit: usize,
-    ) -> Result<(Vec<Document>, Option<Cursor>)> {
-        let mut found = Vec::new();
-        let (first, mut after) = match cursor {
-            Some(c) => (c.shard as usize, Some(c.after.clone())),
-            None => (0, None),
-        };
-        for shard in self.shards.iter().skip(first) {
-            let page = shard.list(after.as_deref(), limit - found.len())?;
-            found.extend(page);
-            if found.len() == limit {
-                let last = found.last().map(|d| d.id.clone()).unwrap_or_default();
-                return Ok((
-                    found,
-                    Some(Cursor {
-                        shard: shard.number(),
-                        after: last,
-                    }),
-                ));
-            }
-            after = None;
-        }
-        Ok((found, None))
+    /// Name of one shard's replica group; also its storage namespace.
+    pub fn group(&self, shard: ShardId) -> String {
+        format!("{}/{shard}@{}", self.config.name, self.uid)
     }
 
     /// Validates a search request against this collection.
@@ -322,125 +282,43 @@ impl Collection {
             include_vectors: request.include_vectors,
         })
     }
-
-    /// Searches every shard and merges their best `top_k`, best first.
-    pub fn search(&self, search: &PreparedSearch) -> Result<Vec<SearchHit>> {
-        let per_shard = |shard: &Arc<Shard>| {
-            shard.search(
-                &search.query,
-                search.top_k,
-                search.ef,
-                search.filter.as_ref(),
-            )
-        };
-        let mut hits: Vec<_> = if self.shards.len() > 1 {
-            self.shards.par_iter().flat_map_iter(per_shard).collect()
-        } else {
-            self.shards.iter().flat_map(per_shard).collect()
-        };
-        hits.sort_by(|a, b| {
-            a.distance
-                .total_cmp(&b.distance)
-                .then_with(|| a.id.cmp(&b.id))
-        });
-        hits.truncate(search.top_k);
-        hits.into_iter()
-            .map(|hit| {
-                let vector = if search.include_vectors {
-                    self.get(&hit.id)?.map(|d| d.vector)
-                } else {
-                    None
-                };
-                Ok(SearchHit {
-                    id: hit.id.to_string(),
-                    score: hit.score,
-                    metadata: (*hit.metadata).clone(),
-                    vector,
-                })
-            })
-            .collect()
-    }
-
-    /// Stops background work (the collection is being dropped).
-    pub fn close(&self) {
-        for shard in &self.shards {
-            shard.close();
-        }
-    }
 }
 
-/// Persists collection definitions and opens collections.
-#[derive(Debug)]
-pub struct Catalog {
-    storage: Arc<Storage>,
-    worker: Arc<IndexWorker>,
-    /// Dead graph entries a shard tolerates before rebuilding (`index.rebuild_threshold`).
-    rebuild_threshold: usize,
+/// Parses a group name made by [`Collection::group`] into (collection, shard, uid).
+pub fn parse_group(group: &str) -> Option<(&str, ShardId, u64)> {
+    let (name, rest) = group.rsplit_once('/')?;
+    let (shard, uid) = rest.split_once('@')?;
+    Some((name, shard.parse().ok()?, uid.parse().ok()?))
 }
 
-impl Catalog {
-    pub fn new(storage: Arc<Storage>, worker: Arc<IndexWorker>, rebuild_threshold: usize) -> Self {
-        Catalog {
-            storage,
-            worker,
-            rebuild_threshold,
-        }
-    }
+/// Searches one shard replica.
+pub fn search_shard(shard: &Shard, search: &PreparedSearch) -> Vec<ShardHit> {
+    shard.search(
+        &search.query,
+        search.top_k,
+        search.ef,
+        search.filter.as_ref(),
+    )
+}
 
-    pub fn storage(&self) -> &Arc<Storage> {
-        &self.storage
-    }
+/// Merges per-shard results into the best `top_k`, best first.
+pub fn merge_hits(mut hits: Vec<ShardHit>, top_k: usize) -> Vec<ShardHit> {
+    hits.sort_by(|a, b| {
+        a.distance
+            .total_cmp(&b.distance)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    hits.truncate(top_k);
+    hits
+}
 
-    /// Opens every stored collection.
-    pub fn load_all(&self) -> Result<Vec<Arc<Collection>>> {
-        self.storage
-            .collection_definitions()?
-            .into_iter()
-            .map(|json| {
-                let config: CollectionConfig = serde_json::from_slice(&json).map_err(|e| {
-                    Error::Internal(format!("stored collection definition is unreadable: {e}"))
-                })?;
-                self.open(config)
-            })
-            .collect()
-    }
-
-    fn open(&self, config: CollectionConfig) -> Result<Arc<Collection>> {
-        let config = Arc::new(config);
-        let shards = (0..config.shard_count)
-            .map(|number| {
-                Shard::open(
-                    Arc::clone(&config),
-                    number,
-                    Arc::clone(&self.storage),
-                    Arc::clone(&self.worker),
-                    self.rebuild_threshold,
-                )
-                .map(Arc::new)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Arc::new(Collection { config, shards }))
-    }
-
-    /// Stores a new collection's definition durably and opens it.
-    pub fn create(&self, config: CollectionConfig) -> Result<Arc<Collection>> {
-        validate_collection_config(&config)?;
-        let json = serde_json::to_vec(&config)
-            .map_err(|e| Error::Internal(format!("cannot encode collection: {e}")))?;
-        let mut changes = Changes::default();
-        // Clear leftovers of an earlier collection of the same name.
-        changes.delete_collection(&self.storage, &config.name);
-        changes.put_collection(&self.storage, &config.name, &json);
-        self.storage.commit(changes)?;
-        self.open(config)
-    }
-
-    /// Removes a collection, its documents and its shards' state, durably.
-    pub fn drop_collection(&self, collection: &Collection) -> Result<()> {
-        collection.close();
-        let mut changes = Changes::default();
-        changes.delete_collection(&self.storage, collection.name());
-        self.storage.commit(changes)
+/// A shard hit as the API returns it.
+pub fn to_search_hit(hit: ShardHit, vector: Option<Vec<f32>>) -> SearchHit {
+    SearchHit {
+        id: hit.id.to_string(),
+        score: hit.score,
+        metadata: Arc::unwrap_or_clone(hit.metadata),
+        vector,
     }
 }
 
@@ -458,6 +336,15 @@ mod tests {
         }
         assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
         assert_eq!(shard_of("anything", 1), 0);
+        let collection = Collection {
+            config: CollectionConfig::new("my-docs_2", 4),
+            uid: 17,
+        };
+        assert_eq!(
+            parse_group(&collection.group(3)),
+            Some(("my-docs_2", 3, 17))
+        );
+        assert_eq!(parse_group("meta"), None);
     }
 
     #[test]

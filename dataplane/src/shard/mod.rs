@@ -1,13 +1,15 @@
 //! A shard: the documents whose ids hash to it, their vector index, and their RocksDB rows.
 //!
-//! A shard is a deterministic state machine. Writes reach it only as numbered commands through
-//! [`Shard::apply`], in order: the single-node log today, a Raft group's log in a cluster. Given
-//! the same commands, every replica holds the same documents and answers the same way.
+//! A shard is a deterministic state machine. Writes reach it only as commands from its Raft
+//! group's log, applied in log order through [`Shard::apply`]. Given the same commands, every
+//! replica holds the same documents and answers the same way. The shard knows nothing of Raft:
+//! the caller hands it an opaque "applied" marker that is stored atomically with the effect of
+//! the commands, and a snapshot is the documents plus that marker.
 //!
 //! ```text
-//!   command i ──apply──> RocksDB batch (documents + applied=i, fsynced)
-//!                         └──> in memory: document table + vector index (pending)
-//!                                                         └── index worker ──> HNSW graph
+//!   commands ──apply(marker)──> RocksDB batch (documents + marker)
+//!                                └──> in memory: document table + vector index (pending)
+//!                                                          └── index worker ──> HNSW graph
 //! ```
 
 pub mod filter;
@@ -22,7 +24,6 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use xxhash_rust::xxh3::xxh3_64;
 
 /// Number of a shard within its collection.
@@ -79,17 +80,21 @@ struct Entry {
     metadata: Arc<Metadata>,
 }
 
-/// Documents by vector id and by document id.
-#[derive(Debug, Default)]
-struct DocumentTable {
+/// What a shard holds in memory: documents by vector id and by id, and their vector index.
+/// Replaced whole when a snapshot is installed.
+struct ShardState {
     /// Indexed by vector id; `None` once deleted or replaced.
     entries: Vec<Option<Entry>>,
     /// Current vector id of each live document.
     by_id: HashMap<Arc<str>, VectorId>,
+    /// Vectors and the HNSW graph, ids aligned with `entries`.
+    index: Arc<VectorIndex>,
+    /// Background graph maintenance of `index`.
+    maintenance: Arc<Maintenance>,
 }
 
 /// One search result from a shard.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShardHit {
     pub id: Arc<str>,
     pub metadata: Arc<Metadata>,
@@ -103,7 +108,6 @@ pub struct ShardHit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardFigures {
     pub documents: u64,
-    pub applied_index: u64,
     pub index: IndexStats,
 }
 
@@ -111,130 +115,97 @@ pub struct ShardFigures {
 /// sets are where graph search loses recall, and scanning them is cheap.
 const EXACT_FILTER_LIMIT: usize = 10_000;
 
-/// One shard of a collection.
+/// One replica of one shard of a collection.
 pub struct Shard {
-    /// Collection name, part of every storage key.
-    collection: String,
-    /// This shard's number.
-    number: ShardId,
+    /// Storage namespace of this replica's documents (unique per collection incarnation and
+    /// shard).
+    namespace: String,
     /// The collection's fixed settings.
     config: Arc<CollectionConfig>,
     /// Durable state.
     storage: Arc<Storage>,
-    /// In-memory documents, consistent with `index` ids.
-    table: RwLock<DocumentTable>,
-    /// Vectors and the HNSW graph.
-    index: Arc<VectorIndex>,
-    /// Background graph maintenance of `index`.
-    maintenance: Arc<Maintenance>,
-    /// Pool running that maintenance.
+    /// In-memory documents and index.
+    state: RwLock<ShardState>,
+    /// Pool running graph maintenance.
     worker: Arc<IndexWorker>,
-    /// Index of the last command applied.
-    applied: AtomicU64,
-    /// Serialises `apply`: existence checks and memory updates assume one applier.
+    /// Dead graph entries tolerated before a rebuild.
+    rebuild_threshold: usize,
+    /// The applied-state marker stored with the last applied commands (opaque to the shard).
+    applied: Mutex<Option<Vec<u8>>>,
+    /// Serialises `apply` and `restore`: existence checks and memory updates assume one writer.
     applying: Mutex<()>,
 }
 
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shard")
-            .field("collection", &self.collection)
-            .field("number", &self.number)
+            .field("namespace", &self.namespace)
             .finish()
     }
 }
 
 impl Shard {
-    /// Opens a shard, loading its documents from storage into memory and queueing them for
-    /// indexing.
+    /// Opens a shard replica, loading its documents from storage into memory and queueing
+    /// them for indexing.
     pub fn open(
         config: Arc<CollectionConfig>,
-        number: ShardId,
+        namespace: &str,
         storage: Arc<Storage>,
         worker: Arc<IndexWorker>,
         rebuild_threshold: usize,
     ) -> Result<Shard> {
-        let index = Arc::new(VectorIndex::new(
-            config.dimension,
-            config.metric,
-            config.hnsw,
-            rebuild_threshold,
-        ));
-        let mut table = DocumentTable::default();
-        storage.scan_shard(&config.name, number, None, |id, value| {
-            let (vector, metadata) = decode_document(value)?;
-            let prepared = distance::prepare(config.metric, &vector).ok_or_else(|| {
-                Error::Internal(format!(
-                    "stored document {id:?} has no direction under cosine"
-                ))
-            })?;
-            let vid = index.add(&prepared);
-            let id: Arc<str> = Arc::from(id);
-            table.entries.push(Some(Entry {
-                id: Arc::clone(&id),
-                metadata: Arc::new(metadata),
-            }));
-            table.by_id.insert(id, vid);
-            Ok(true)
-        })?;
-        let applied = storage.applied_index(&config.name, number)?;
+        let state = load_state(&config, namespace, &storage, rebuild_threshold)?;
+        let applied = storage.applied(namespace)?;
         let shard = Shard {
-            collection: config.name.clone(),
-            number,
+            namespace: namespace.to_string(),
             config,
             storage,
-            table: RwLock::new(table),
-            index,
-            maintenance: Arc::new(Maintenance::default()),
+            state: RwLock::new(state),
             worker,
-            applied: AtomicU64::new(applied),
+            rebuild_threshold,
+            applied: Mutex::new(applied),
             applying: Mutex::new(()),
         };
-        shard.worker.schedule(&shard.index, &shard.maintenance);
+        shard.schedule_indexing();
         Ok(shard)
     }
 
-    pub fn number(&self) -> ShardId {
-        self.number
+    fn schedule_indexing(&self) {
+        let state = self.state.read();
+        self.worker.schedule(&state.index, &state.maintenance);
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
     }
 
     pub fn config(&self) -> &CollectionConfig {
         &self.config
     }
 
-    /// Index of the last applied command.
-    pub fn applied_index(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
+    /// The marker stored with the last applied commands, if any.
+    pub fn applied_marker(&self) -> Option<Vec<u8>> {
+        self.applied.lock().clone()
     }
 
-    /// Applies numbered commands in order: one durable RocksDB batch, then memory. Indexes
-    /// must follow the last applied one. On a storage error nothing is applied.
-    pub fn apply(&self, entries: &[(u64, &ShardCommand)]) -> Result<Vec<ShardResponse>> {
-        let Some(&(last, _)) = entries.last() else {
-            return Ok(Vec::new());
-        };
+    /// Applies commands in order: one RocksDB batch holding their effect and `marker`, then
+    /// memory. On a storage error nothing is applied. The batch is not fsynced: the caller's
+    /// log is the durable record.
+    pub fn apply(&self, commands: &[&ShardCommand], marker: &[u8]) -> Result<Vec<ShardResponse>> {
         let _applying = self.applying.lock();
-        let previous = self.applied_index();
-        if entries[0].0 <= previous {
-            return Err(Error::Internal(format!(
-                "shard {}/{}: command {} applied after {previous}",
-                self.collection, self.number, entries[0].0
-            )));
-        }
         let mut changes = Changes::default();
-        let mut responses = Vec::with_capacity(entries.len());
+        let mut responses = Vec::with_capacity(commands.len());
         {
+            let state = self.state.read();
             // Whether ids exist after the earlier commands of this same batch.
-            let table = self.table.read();
             let mut overlay: HashMap<&str, bool> = HashMap::new();
-            for (_, command) in entries {
+            for command in commands {
                 match command {
                     ShardCommand::Upsert { documents } => {
                         for doc in documents {
                             changes.put_document(
                                 &self.storage,
-                                &self.collection,
-                                self.number,
+                                &self.namespace,
                                 &doc.id,
                                 &encode_document(&doc.vector, &doc.metadata),
                             );
@@ -250,15 +221,10 @@ impl Shard {
                             let exists = overlay
                                 .get(id.as_str())
                                 .copied()
-                                .unwrap_or_else(|| table.by_id.contains_key(id.as_str()));
+                                .unwrap_or_else(|| state.by_id.contains_key(id.as_str()));
                             existed.push(exists);
                             if exists {
-                                changes.delete_document(
-                                    &self.storage,
-                                    &self.collection,
-                                    self.number,
-                                    id,
-                                );
+                                changes.delete_document(&self.storage, &self.namespace, id);
                             }
                             overlay.insert(id, false);
                         }
@@ -267,61 +233,58 @@ impl Shard {
                 }
             }
         }
-        changes.set_applied(&self.storage, &self.collection, self.number, last);
+        changes.set_applied(&self.storage, &self.namespace, marker);
         self.storage.commit(changes)?;
 
-        let mut table = self.table.write();
-        for (_, command) in entries {
+        let mut state = self.state.write();
+        for command in commands {
             match command {
                 ShardCommand::Upsert { documents } => {
                     for doc in documents {
-                        self.put_in_memory(&mut table, doc);
+                        put_in_memory(
+                            &self.config,
+                            &mut state,
+                            doc.id.as_str(),
+                            &doc.vector,
+                            doc.metadata.clone(),
+                        );
                     }
                 }
                 ShardCommand::Delete { ids } => {
                     for id in ids {
-                        if let Some(vid) = table.by_id.remove(id.as_str()) {
-                            table.entries[vid] = None;
-                            self.index.remove(vid);
+                        if let Some(vid) = state.by_id.remove(id.as_str()) {
+                            state.entries[vid] = None;
+                            state.index.remove(vid);
                         }
                     }
                 }
             }
         }
-        drop(table);
-        self.applied.store(last, Ordering::Release);
-        self.worker.schedule(&self.index, &self.maintenance);
+        self.worker.schedule(&state.index, &state.maintenance);
+        drop(state);
+        *self.applied.lock() = Some(marker.to_vec());
         Ok(responses)
     }
 
-    fn put_in_memory(&self, table: &mut DocumentTable, doc: &NewDocument) {
-        // Validated before the command was numbered; a zero cosine vector never gets here.
-        let Some(prepared) = distance::prepare(self.config.metric, &doc.vector) else {
-            tracing::error!(id = %doc.id, "skipping a document without direction under cosine");
-            return;
-        };
-        if let Some(old) = table.by_id.get(doc.id.as_str()).copied() {
-            table.entries[old] = None;
-            self.index.remove(old);
-        }
-        let vid = self.index.add(&prepared);
-        debug_assert_eq!(vid, table.entries.len());
-        let id: Arc<str> = Arc::from(doc.id.as_str());
-        table.entries.push(Some(Entry {
-            id: Arc::clone(&id),
-            metadata: Arc::new(doc.metadata.clone()),
-        }));
-        table.by_id.insert(id, vid);
+    /// Records a new applied marker without changing documents (entries that carry no
+    /// command, such as Raft membership changes).
+    pub fn mark_applied(&self, marker: &[u8]) -> Result<()> {
+        let _applying = self.applying.lock();
+        let mut changes = Changes::default();
+        changes.set_applied(&self.storage, &self.namespace, marker);
+        self.storage.commit(changes)?;
+        *self.applied.lock() = Some(marker.to_vec());
+        Ok(())
     }
 
     /// Whether a document exists.
     pub fn contains(&self, id: &str) -> bool {
-        self.table.read().by_id.contains_key(id)
+        self.state.read().by_id.contains_key(id)
     }
 
     /// Live documents.
     pub fn len(&self) -> usize {
-        self.table.read().by_id.len()
+        self.state.read().by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -330,10 +293,7 @@ impl Shard {
 
     /// A stored document, as written.
     pub fn get(&self, id: &str) -> Result<Option<Document>> {
-        let Some(value) = self
-            .storage
-            .get_document(&self.collection, self.number, id)?
-        else {
+        let Some(value) = self.storage.get_document(&self.namespace, id)? else {
             return Ok(None);
         };
         let (vector, metadata) = decode_document(&value)?;
@@ -351,7 +311,7 @@ impl Shard {
             return Ok(found);
         }
         self.storage
-            .scan_shard(&self.collection, self.number, after, |id, value| {
+            .scan_documents(&self.namespace, after, |id, value| {
                 let (vector, metadata) = decode_document(value)?;
                 found.push(Document {
                     id: id.to_string(),
@@ -371,18 +331,18 @@ impl Shard {
         ef: usize,
         filter: Option<&CompiledFilter>,
     ) -> Vec<ShardHit> {
-        let table = self.table.read();
+        let state = self.state.read();
         let candidates = match filter {
-            None => self.index.search(query, k, ef, None),
+            None => state.index.search(query, k, ef, None),
             Some(filter) => {
-                let matching: Vec<bool> = table
+                let matching: Vec<bool> = state
                     .entries
                     .iter()
                     .map(|e| e.as_ref().is_some_and(|e| filter.matches(&e.metadata)))
                     .collect();
                 let count = matching.iter().filter(|m| **m).count();
-                if count <= EXACT_FILTER_LIMIT || count * 10 <= table.by_id.len() {
-                    self.index.exact_search(
+                if count <= EXACT_FILTER_LIMIT || count * 10 <= state.by_id.len() {
+                    state.index.exact_search(
                         query,
                         k,
                         matching
@@ -394,38 +354,12 @@ impl Shard {
                 } else {
                     let accept = |id: VectorId| matching.get(id).copied().unwrap_or(false);
                     // A filter that rejects most entries needs a wider search to find k.
-                    let ef = (ef * table.by_id.len() / count.max(1)).clamp(ef, 4 * ef.max(k));
-                    self.index.search(query, k, ef, Some(&accept))
+                    let ef = (ef * state.by_id.len() / count.max(1)).clamp(ef, 4 * ef.max(k));
+                    state.index.search(query, k, ef, Some(&accept))
                 }
             }
         };
-        self.hits(&table, query, candidates)
-    }
-
-    fn hits(
-        &self,
-        table: &DocumentTable,
-        query: &[f32],
-        candidates: Vec<Candidate>,
-    ) -> Vec<ShardHit> {
-        let metric = self.index.distance();
-        candidates
-            .into_iter()
-            .filter_map(|c| {
-                let entry = table.entries.get(c.id)?.as_ref()?;
-                let score = self
-                    .index
-                    .vector(c.id)
-                    .map(|v| metric.score(query, &v))
-                    .unwrap_or(f32::NAN);
-                Some(ShardHit {
-                    id: Arc::clone(&entry.id),
-                    metadata: Arc::clone(&entry.metadata),
-                    distance: c.distance,
-                    score,
-                })
-            })
-            .collect()
+        hits(&state, query, candidates)
     }
 
     /// Count and order-independent hash of every stored document, read from storage.
@@ -433,12 +367,8 @@ impl Shard {
         let mut count = 0u64;
         let mut sum = 0u64;
         self.storage
-            .scan_shard(&self.collection, self.number, None, |id, value| {
-                let mut bytes = Vec::with_capacity(id.len() + 1 + value.len());
-                bytes.extend_from_slice(id.as_bytes());
-                bytes.push(0);
-                bytes.extend_from_slice(value);
-                sum = sum.wrapping_add(xxh3_64(&bytes));
+            .scan_documents(&self.namespace, None, |id, value| {
+                sum = sum.wrapping_add(document_hash(id, value));
                 count += 1;
                 Ok(true)
             })?;
@@ -446,17 +376,175 @@ impl Shard {
     }
 
     pub fn figures(&self) -> ShardFigures {
+        let state = self.state.read();
         ShardFigures {
-            documents: self.len() as u64,
-            applied_index: self.applied_index(),
-            index: self.index.stats(),
+            documents: state.by_id.len() as u64,
+            index: state.index.stats(),
         }
     }
 
-    /// Stops background work on this shard (its collection is being dropped).
-    pub fn close(&self) {
-        self.maintenance.close();
+    /// A consistent copy of this replica: its applied marker and every document, encoded.
+    pub fn snapshot(&self) -> Result<(Option<Vec<u8>>, Vec<u8>)> {
+        self.storage
+            .with_consistent_view(&self.namespace, |marker, scan| {
+                let mut data = Vec::new();
+                scan(&mut |id, value| {
+                    data.extend_from_slice(&(id.len() as u32).to_le_bytes());
+                    data.extend_from_slice(id.as_bytes());
+                    data.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                    data.extend_from_slice(value);
+                    Ok(true)
+                })?;
+                Ok((marker, data))
+            })
     }
+
+    /// Replaces this replica's content with a [`Shard::snapshot`] taken elsewhere.
+    pub fn restore(&self, marker: &[u8], data: &[u8]) -> Result<()> {
+        let corrupt = || Error::Internal(format!("snapshot of {} is corrupt", self.namespace));
+        // Check the whole snapshot before touching anything.
+        let mut records = Vec::new();
+        let mut at = 0usize;
+        while at < data.len() {
+            let id = take_field(data, &mut at).ok_or_else(corrupt)?;
+            let value = take_field(data, &mut at).ok_or_else(corrupt)?;
+            let id = std::str::from_utf8(id).map_err(|_| corrupt())?;
+            decode_document(value)?;
+            records.push((id, value));
+        }
+        let _applying = self.applying.lock();
+        let mut changes = Changes::default();
+        changes.clear_namespace(&self.storage, &self.namespace);
+        self.storage.commit(changes)?;
+        let mut changes = Changes::default();
+        let mut pending = 0usize;
+        for (id, value) in records {
+            changes.put_document(&self.storage, &self.namespace, id, value);
+            pending += value.len();
+            if pending > 16 * 1024 * 1024 {
+                self.storage.commit(std::mem::take(&mut changes))?;
+                pending = 0;
+            }
+        }
+        changes.set_applied(&self.storage, &self.namespace, marker);
+        self.storage.commit(changes)?;
+        let fresh = load_state(
+            &self.config,
+            &self.namespace,
+            &self.storage,
+            self.rebuild_threshold,
+        )?;
+        let mut state = self.state.write();
+        state.maintenance.close();
+        *state = fresh;
+        self.worker.schedule(&state.index, &state.maintenance);
+        drop(state);
+        *self.applied.lock() = Some(marker.to_vec());
+        Ok(())
+    }
+
+    /// Stops background work and removes this replica's documents from storage.
+    pub fn destroy(&self) -> Result<()> {
+        let _applying = self.applying.lock();
+        self.state.read().maintenance.close();
+        let mut changes = Changes::default();
+        changes.clear_namespace(&self.storage, &self.namespace);
+        self.storage.commit(changes)
+    }
+
+    /// Stops background work on this replica.
+    pub fn close(&self) {
+        self.state.read().maintenance.close();
+    }
+}
+
+/// The hash one document contributes to its shard's checksum.
+fn document_hash(id: &str, value: &[u8]) -> u64 {
+    let mut bytes = Vec::with_capacity(id.len() + 1 + value.len());
+    bytes.extend_from_slice(id.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(value);
+    xxh3_64(&bytes)
+}
+
+fn take_field<'a>(data: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+    let len = u32::from_le_bytes(data.get(*at..*at + 4)?.try_into().ok()?) as usize;
+    let field = data.get(*at + 4..*at + 4 + len)?;
+    *at += 4 + len;
+    Some(field)
+}
+
+/// Reads a namespace's documents from storage into a fresh in-memory state.
+fn load_state(
+    config: &CollectionConfig,
+    namespace: &str,
+    storage: &Storage,
+    rebuild_threshold: usize,
+) -> Result<ShardState> {
+    let mut state = ShardState {
+        entries: Vec::new(),
+        by_id: HashMap::new(),
+        index: Arc::new(VectorIndex::new(
+            config.dimension,
+            config.metric,
+            config.hnsw,
+            rebuild_threshold,
+        )),
+        maintenance: Arc::new(Maintenance::default()),
+    };
+    storage.scan_documents(namespace, None, |id, value| {
+        let (vector, metadata) = decode_document(value)?;
+        put_in_memory(config, &mut state, id, &vector, metadata);
+        Ok(true)
+    })?;
+    Ok(state)
+}
+
+fn put_in_memory(
+    config: &CollectionConfig,
+    state: &mut ShardState,
+    id: &str,
+    vector: &[f32],
+    metadata: Metadata,
+) {
+    // Validated before the command was logged; a zero cosine vector never gets here.
+    let Some(prepared) = distance::prepare(config.metric, vector) else {
+        tracing::error!(%id, "skipping a document without direction under cosine");
+        return;
+    };
+    if let Some(old) = state.by_id.get(id).copied() {
+        state.entries[old] = None;
+        state.index.remove(old);
+    }
+    let vid = state.index.add(&prepared);
+    debug_assert_eq!(vid, state.entries.len());
+    let id: Arc<str> = Arc::from(id);
+    state.entries.push(Some(Entry {
+        id: Arc::clone(&id),
+        metadata: Arc::new(metadata),
+    }));
+    state.by_id.insert(id, vid);
+}
+
+fn hits(state: &ShardState, query: &[f32], candidates: Vec<Candidate>) -> Vec<ShardHit> {
+    let metric = state.index.distance();
+    candidates
+        .into_iter()
+        .filter_map(|c| {
+            let entry = state.entries.get(c.id)?.as_ref()?;
+            let score = state
+                .index
+                .vector(c.id)
+                .map(|v| metric.score(query, &v))
+                .unwrap_or(f32::NAN);
+            Some(ShardHit {
+                id: Arc::clone(&entry.id),
+                metadata: Arc::clone(&entry.metadata),
+                distance: c.distance,
+                score,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -474,25 +562,29 @@ mod tests {
         }
     }
 
-    fn open(dir: &std::path::Path) -> Shard {
-        let storage = Arc::new(Storage::open(dir, &StorageOptions::default()).unwrap());
+    fn open_in(storage: &Arc<Storage>, namespace: &str) -> Shard {
         let mut config = CollectionConfig::new("docs", 2);
         config.metric = Metric::L2;
         Shard::open(
             Arc::new(config),
-            0,
-            storage,
+            namespace,
+            Arc::clone(storage),
             Arc::new(IndexWorker::new(1).unwrap()),
             10,
         )
         .unwrap()
     }
 
+    fn storage(dir: &std::path::Path) -> Arc<Storage> {
+        Arc::new(Storage::open(dir, &StorageOptions::default()).unwrap())
+    }
+
     #[test]
     fn commands_apply_in_order_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let shard = open(dir.path());
+            let storage = storage(dir.path());
+            let shard = open_in(&storage, "docs/0");
             let upsert = ShardCommand::Upsert {
                 documents: vec![
                     doc("a", vec![0.0, 0.0], json!({"k": 1})),
@@ -503,7 +595,7 @@ mod tests {
             let delete = ShardCommand::Delete {
                 ids: vec!["b".into(), "nope".into(), "b".into()],
             };
-            let responses = shard.apply(&[(1, &upsert), (2, &delete)]).unwrap();
+            let responses = shard.apply(&[&upsert, &delete], b"m2").unwrap();
             assert_eq!(
                 responses,
                 vec![
@@ -514,10 +606,11 @@ mod tests {
                 ]
             );
             assert_eq!(shard.len(), 1);
-            assert_eq!(shard.applied_index(), 2);
+            storage.sync().unwrap();
         }
-        let shard = open(dir.path());
-        assert_eq!(shard.applied_index(), 2);
+        let storage = storage(dir.path());
+        let shard = open_in(&storage, "docs/0");
+        assert_eq!(shard.applied_marker().as_deref(), Some(&b"m2"[..]));
         assert_eq!(shard.len(), 1);
         let a = shard.get("a").unwrap().unwrap();
         assert_eq!(a.vector, vec![5.0, 5.0]);
@@ -527,12 +620,14 @@ mod tests {
         assert_eq!(hits.len(), 1);
         assert_eq!(&*hits[0].id, "a");
         assert_eq!(hits[0].score, 0.0);
+        // Another namespace in the same storage is independent.
+        assert!(open_in(&storage, "docs/1").is_empty());
     }
 
     #[test]
     fn selective_filters_are_answered_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let shard = open(dir.path());
+        let shard = open_in(&storage(dir.path()), "docs/0");
         let documents = (0..500)
             .map(|i| {
                 doc(
@@ -543,7 +638,7 @@ mod tests {
             })
             .collect();
         shard
-            .apply(&[(1, &ShardCommand::Upsert { documents })])
+            .apply(&[&ShardCommand::Upsert { documents }], b"1")
             .unwrap();
         let filter: grape_client::Filter = serde_json::from_value(json!({
             "must": [{"key": "even", "match": false}, {"key": "i", "range": {"gte": 100}}]
@@ -558,41 +653,88 @@ mod tests {
     #[test]
     fn checksums_depend_on_content_not_on_write_order() {
         let a = tempfile::tempdir().unwrap();
-        let b = tempfile::tempdir().unwrap();
-        let (sa, sb) = (open(a.path()), open(b.path()));
+        let (sa, sb) = {
+            let storage = storage(a.path());
+            (open_in(&storage, "x/0"), open_in(&storage, "y/0"))
+        };
         let d1 = doc("x", vec![1.0, 2.0], json!({"t": "x"}));
         let d2 = doc("y", vec![3.0, 4.0], json!({}));
-        sa.apply(&[(
-            1,
-            &ShardCommand::Upsert {
+        sa.apply(
+            &[&ShardCommand::Upsert {
                 documents: vec![d1.clone(), d2.clone()],
-            },
-        )])
+            }],
+            b"1",
+        )
         .unwrap();
-        sb.apply(&[(
-            1,
-            &ShardCommand::Upsert {
+        sb.apply(
+            &[&ShardCommand::Upsert {
                 documents: vec![d2],
-            },
-        )])
+            }],
+            b"1",
+        )
         .unwrap();
-        sb.apply(&[(
-            2,
-            &ShardCommand::Upsert {
+        sb.apply(
+            &[&ShardCommand::Upsert {
                 documents: vec![d1.clone()],
-            },
-        )])
+            }],
+            b"2",
+        )
         .unwrap();
         assert_eq!(sa.checksum().unwrap(), sb.checksum().unwrap());
         let mut changed = d1;
         changed.metadata.insert("t".into(), json!("changed"));
-        sb.apply(&[(
-            3,
-            &ShardCommand::Upsert {
+        sb.apply(
+            &[&ShardCommand::Upsert {
                 documents: vec![changed],
-            },
-        )])
+            }],
+            b"3",
+        )
         .unwrap();
         assert_ne!(sa.checksum().unwrap(), sb.checksum().unwrap());
+    }
+
+    #[test]
+    fn a_snapshot_restores_an_identical_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(dir.path());
+        let source = open_in(&storage, "s/0");
+        let documents = (0..300)
+            .map(|i| doc(&format!("d{i}"), vec![i as f32, 1.0], json!({"i": i})))
+            .collect();
+        source
+            .apply(&[&ShardCommand::Upsert { documents }], b"at-7")
+            .unwrap();
+        source
+            .apply(
+                &[&ShardCommand::Delete {
+                    ids: vec!["d5".into()],
+                }],
+                b"at-8",
+            )
+            .unwrap();
+        let (marker, data) = source.snapshot().unwrap();
+        assert_eq!(marker.as_deref(), Some(&b"at-8"[..]));
+
+        let target = open_in(&storage, "t/0");
+        target
+            .apply(
+                &[&ShardCommand::Upsert {
+                    documents: vec![doc("stale", vec![0.0, 0.0], json!({}))],
+                }],
+                b"old",
+            )
+            .unwrap();
+        target.restore(b"at-8", &data).unwrap();
+        assert_eq!(target.len(), 299);
+        assert!(!target.contains("stale") && !target.contains("d5"));
+        assert_eq!(target.checksum().unwrap(), source.checksum().unwrap());
+        assert_eq!(target.applied_marker().as_deref(), Some(&b"at-8"[..]));
+        let hits = target.search(&[42.0, 1.0], 1, 16, None);
+        assert_eq!(&*hits[0].id, "d42");
+        assert!(
+            target.restore(b"x", &data[..data.len() - 3]).is_err(),
+            "a truncated snapshot is refused"
+        );
+        assert_eq!(target.len(), 299, "and leaves the replica as it was");
     }
 }

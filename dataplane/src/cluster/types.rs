@@ -1,0 +1,94 @@
+//! The Raft type configuration and the short names the rest of the cluster layer uses.
+
+use super::meta::{MetaCommand, MetaResponse};
+use crate::shard::{ShardCommand, ShardResponse};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A node's identity: `node.id` (the pod name on Kubernetes).
+pub type NodeId = String;
+
+/// A Raft group's name: [`META_GROUP`], or a shard's group from `Collection::group`.
+pub type GroupId = String;
+
+/// The group holding membership, collections and placement.
+pub const META_GROUP: &str = "meta";
+
+/// Where a node can be reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddr {
+    /// Node-to-node transport (`node.raft_address` as others reach it).
+    pub raft: String,
+    /// Client API (`node.listen_address` as clients reach it).
+    pub api: String,
+}
+
+/// A command in some group's log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    Meta(MetaCommand),
+    Shard(ShardCommand),
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Request::Meta(command) => write!(f, "meta {command:?}"),
+            Request::Shard(ShardCommand::Upsert { documents }) => {
+                write!(f, "upsert of {} documents", documents.len())
+            }
+            Request::Shard(ShardCommand::Delete { ids }) => {
+                write!(f, "delete of {} ids", ids.len())
+            }
+        }
+    }
+}
+
+/// What applying a command returned.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub enum Response {
+    /// Entries without a command (blank, membership).
+    #[default]
+    None,
+    Meta(MetaResponse),
+    Shard(ShardResponse),
+}
+
+openraft::declare_raft_types!(
+    /// Every Grape Raft group, meta and shard alike, uses these types.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = NodeAddr,
+);
+
+/// Snapshots travel whole, in memory.
+pub type SnapshotData = std::io::Cursor<Vec<u8>>;
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
+pub type MetaRaft = openraft::Raft<TypeConfig, super::meta::MetaStateMachine>;
+pub type ShardRaft = openraft::Raft<TypeConfig, super::shard_sm::ShardStateMachine>;
+
+/// What a state machine stores as its applied marker: the last applied log id and membership.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AppliedState {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// Encodes a value for the log, snapshots and the wire (MessagePack with field names, which
+/// carries `serde_json::Value` metadata and tolerates added optional fields).
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(value).expect("MessagePack encoding of Grape types cannot fail")
+}
+
+/// Decodes [`encode`]'s output.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
+}

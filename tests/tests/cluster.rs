@@ -1,0 +1,564 @@
+//! Three real nodes replicating through Raft: no acknowledged write is lost across kills,
+//! restarts, a wiped node and a partition; failover happens within seconds; leadership moves on
+//! demand.
+
+use grape_client::{Consistency, DocumentInput, GrapeClient, SearchRequest};
+use grape_e2e::{Cluster, NodeOptions, vector};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const DIMENSION: usize = 8;
+
+fn options() -> NodeOptions {
+    NodeOptions::dimension(DIMENSION)
+}
+
+fn doc(id: &str, seed: u64) -> DocumentInput {
+    DocumentInput {
+        id: Some(id.to_string()),
+        vector: vector(seed, DIMENSION),
+        metadata: json!({"seed": seed}).as_object().cloned(),
+    }
+}
+
+/// Waits until every running node reports the same per-shard checksums (replicas converged).
+async fn converged(cluster: &Cluster) -> Vec<grape_client::ShardChecksum> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut sums = Vec::new();
+        for node in cluster.nodes.iter().filter(|n| n.is_running()) {
+            if let Ok(answer) = node.client().checksum().await {
+                sums.push(answer.shards);
+            }
+        }
+        let running = cluster.nodes.iter().filter(|n| n.is_running()).count();
+        if sums.len() == running && sums.windows(2).all(|w| w[0] == w[1]) && !sums[0].is_empty() {
+            return sums.remove(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not converge: {sums:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Writers that keep upserting through every running node and log each acknowledged id.
+struct Writers {
+    acked: Arc<Mutex<BTreeMap<String, u64>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    fn start(urls: Arc<Mutex<Vec<String>>>, count: usize) -> Writers {
+        let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..count as u64)
+            .map(|w| {
+                let (acked, stop, urls) =
+                    (Arc::clone(&acked), Arc::clone(&stop), Arc::clone(&urls));
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let url = {
+                            let urls = urls.lock().unwrap();
+                            urls[(n as usize + w as usize) % urls.len()].clone()
+                        };
+                        let client = GrapeClient::new(&url);
+                        let seed = w * 10_000_000 + n;
+                        let id = format!("w{w}-{n}");
+                        if n.is_multiple_of(4) {
+                            let batch: Vec<DocumentInput> = (0..10)
+                                .map(|i| doc(&format!("{id}-{i}"), seed * 100 + i))
+                                .collect();
+                            if client
+                                .default_collection()
+                                .upsert_batch(&batch)
+                                .await
+                                .is_ok()
+                            {
+                                let mut log = acked.lock().unwrap();
+                                for (i, d) in batch.iter().enumerate() {
+                                    log.insert(d.id.clone().unwrap(), seed * 100 + i as u64);
+                                }
+                            }
+                        } else if client
+                            .default_collection()
+                            .upsert(&doc(&id, seed))
+                            .await
+                            .is_ok()
+                        {
+                            acked.lock().unwrap().insert(id, seed);
+                        }
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        Writers { acked, stop, tasks }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn stop(self) -> BTreeMap<String, u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
+    }
+}
+
+/// Every acknowledged document, read with `strong` consistency from every running node.
+async fn assert_all_present(cluster: &Cluster, acked: &BTreeMap<String, u64>) {
+    for node in cluster.nodes.iter().filter(|n| n.is_running()) {
+        let client = node.client();
+        let docs = client.default_collection();
+        let mut missing = Vec::new();
+        for (id, seed) in acked {
+            match docs.get_with(id, Consistency::Strong).await {
+                Ok(found) => assert_eq!(
+                    found.vector,
+                    vector(*seed, DIMENSION),
+                    "{id} on {}",
+                    node.url
+                ),
+                Err(e) => missing.push(format!("{id}: {e}")),
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "{} of {} acknowledged documents missing on {}: {:?}",
+            missing.len(),
+            acked.len(),
+            node.url,
+            &missing[..missing.len().min(5)]
+        );
+    }
+}
+
+fn urls_of(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .nodes
+        .iter()
+        .filter(|n| n.is_running())
+        .map(|n| n.url.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_replicate_every_write_and_report_their_state() {
+    let cluster = Cluster::start(3, options()).await;
+    // Writes through every node; reads of each through every node.
+    for i in 1..=3 {
+        let batch: Vec<DocumentInput> = (0..20)
+            .map(|j| doc(&format!("n{i}-{j}"), i * 100 + j))
+            .collect();
+        cluster
+            .node(i as usize)
+            .client()
+            .default_collection()
+            .upsert_batch(&batch)
+            .await
+            .unwrap();
+    }
+    for reader in 1..=3 {
+        let client = cluster.node(reader).client();
+        for i in 1..=3u64 {
+            for j in 0..20 {
+                let found = client
+                    .default_collection()
+                    .get_with(&format!("n{i}-{j}"), Consistency::Strong)
+                    .await
+                    .unwrap();
+                assert_eq!(found.vector, vector(i * 100 + j, DIMENSION));
+            }
+        }
+        let hits = client
+            .default_collection()
+            .search(&SearchRequest {
+                consistency: Some(Consistency::Strong),
+                ..SearchRequest::new(vector(205, DIMENSION), 1)
+            })
+            .await
+            .unwrap();
+        assert_eq!(hits.results[0].id, "n2-5");
+    }
+    let sums = converged(&cluster).await;
+    assert_eq!(sums.iter().map(|s| s.documents).sum::<u64>(), 60);
+    // Replication factor 3: every node holds every shard.
+    for node in &cluster.nodes {
+        let stats = node.client().stats().await.unwrap();
+        assert_eq!(stats.documents, 60, "{}", node.url);
+    }
+
+    let admin = cluster.node(2).client();
+    let leader = admin.get_json("/admin/cluster/leader").await.unwrap();
+    let leader_id = leader["leader"].as_str().unwrap().to_string();
+    assert!(leader_id.starts_with("node-"));
+    assert!(leader["term"].as_u64().unwrap() >= 1);
+    let status = admin.get_json("/admin/cluster/status").await.unwrap();
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
+    assert!(
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["ready"] == true)
+    );
+    let groups = status["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 3, "meta and two shard groups: {groups:?}");
+    for group in groups {
+        assert!(group["leader"].is_string(), "{group}");
+        let members = group["members"].as_array().unwrap();
+        assert_eq!(members.len(), 3, "{group}");
+        for member in members {
+            assert!(
+                member["commit_index"].is_u64() && member["applied_index"].is_u64(),
+                "{member}"
+            );
+        }
+    }
+    let consensus = admin.get_json("/admin/cluster/consensus").await.unwrap();
+    assert!(
+        consensus["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["voters"].as_array().unwrap().len() == 3)
+    );
+    let history = admin
+        .get_json("/admin/cluster/election-history")
+        .await
+        .unwrap();
+    assert!(!history["events"].as_array().unwrap().is_empty());
+    let sync = admin.get_json("/admin/cluster/sync-status").await.unwrap();
+    assert_eq!(sync["ready"], true);
+    let shards = admin.shard_stats().await.unwrap();
+    assert!(
+        shards
+            .shards
+            .iter()
+            .all(|s| s.replicas.len() == 3 && s.leader.is_some())
+    );
+
+    let metrics = cluster
+        .node(Cluster::index_of(&leader_id))
+        .client()
+        .metrics_text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "grape_cluster_leader_status{{node_id=\"{leader_id}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "grape_cluster_nodes_connected{{node_id=\"{leader_id}\"}} 3"
+    )));
+    for name in [
+        "grape_raft_log_entries_total",
+        "grape_raft_election_count_total",
+        "grape_raft_leadership_changes_total",
+    ] {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap();
+        assert!(
+            !line.ends_with(" 0") || name == "grape_raft_election_count_total",
+            "{line}"
+        );
+    }
+}
+
+/// Kills a node and measures how long until writes to every shard and searches succeed again
+/// through the survivors.
+async fn kill_and_time_recovery(cluster: &mut Cluster, victim: usize) -> Duration {
+    let survivors: Vec<String> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| *i + 1 != victim && n.is_running())
+        .map(|(_, n)| n.url.clone())
+        .collect();
+    cluster.node_mut(victim).kill9();
+    let killed = Instant::now();
+    // 16 probe ids spread over both shards.
+    let mut pending: Vec<String> = (0..16).map(|i| format!("probe-{i}")).collect();
+    let mut searched = false;
+    let mut round = 0u64;
+    while !pending.is_empty() || !searched {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no recovery in 30 s: {pending:?}"
+        );
+        let client = GrapeClient::new(&survivors[round as usize % survivors.len()]);
+        round += 1;
+        let mut still = Vec::new();
+        for id in pending {
+            if client
+                .default_collection()
+                .upsert(&doc(&id, round))
+                .await
+                .is_err()
+            {
+                still.push(id);
+            }
+        }
+        pending = still;
+        if !searched {
+            searched = client
+                .default_collection()
+                .search(&SearchRequest::new(vector(1, DIMENSION), 3))
+                .await
+                .is_ok();
+        }
+    }
+    killed.elapsed()
+}
+
+async fn leader_of(cluster: &Cluster, group: &str) -> usize {
+    let node = cluster.nodes.iter().find(|n| n.is_running()).unwrap();
+    let status = node
+        .client()
+        .get_json("/admin/cluster/status")
+        .await
+        .unwrap();
+    let leader = status["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == group)
+        .and_then(|g| g["leader"].as_str())
+        .unwrap_or_else(|| panic!("{group} has no leader: {status}"))
+        .to_string();
+    Cluster::index_of(&leader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_and_searches_resume_within_five_seconds_of_a_leader_kill() {
+    let mut cluster = Cluster::start(3, options()).await;
+    let urls = Arc::new(Mutex::new(urls_of(&cluster)));
+    let writers = Writers::start(Arc::clone(&urls), 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut recoveries = Vec::new();
+    for group in ["meta", "default/0", "meta", "default/1"] {
+        let victim = leader_of(&cluster, group).await;
+        let took = kill_and_time_recovery(&mut cluster, victim).await;
+        recoveries.push((group, took));
+        cluster.node_mut(victim).restart_unready().await;
+        *urls.lock().unwrap() = urls_of(&cluster);
+        for node in &cluster.nodes {
+            node.wait_ready().await;
+        }
+    }
+    let acked = writers.stop().await;
+    for (group, took) in &recoveries {
+        assert!(
+            *took < Duration::from_secs(5),
+            "after killing the leader of {group}: {took:?}"
+        );
+    }
+    eprintln!("recovery after leader kills: {recoveries:?}");
+    assert!(acked.len() > 50);
+    assert_all_present(&cluster, &acked).await;
+    converged(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_acknowledged_write_is_lost_across_kills_restarts_and_a_wiped_node() {
+    let mut cluster = Cluster::start(3, options()).await;
+    let urls = Arc::new(Mutex::new(urls_of(&cluster)));
+    let writers = Writers::start(Arc::clone(&urls), 3);
+    for (round, victim) in [1usize, 2, 3, 1].into_iter().enumerate() {
+        eprintln!(
+            "round {round}: killing node-{victim}; {} writes acknowledged so far",
+            writers.count()
+        );
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        cluster.node_mut(victim).kill9();
+        *urls.lock().unwrap() = urls_of(&cluster);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        if round == 2 {
+            // The node comes back with an empty data directory and the same id.
+            cluster.node_mut(victim).wipe();
+        }
+        cluster.node_mut(victim).restart_unready().await;
+        cluster.node(victim).wait_ready().await;
+        *urls.lock().unwrap() = urls_of(&cluster);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    eprintln!("stopping writers");
+    let acked = writers.stop().await;
+    eprintln!("{} writes acknowledged; checking every node", acked.len());
+    assert!(
+        acked.len() > 100,
+        "writers made too little progress: {}",
+        acked.len()
+    );
+    assert_all_present(&cluster, &acked).await;
+    let sums = converged(&cluster).await;
+    let stored: u64 = sums.iter().map(|s| s.documents).sum();
+    assert!(stored >= acked.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_off_node_acknowledges_nothing_and_converges_after_healing() {
+    let cluster = Cluster::start(3, options()).await;
+    let before: Vec<DocumentInput> = (0..30).map(|i| doc(&format!("before-{i}"), i)).collect();
+    cluster
+        .node(1)
+        .client()
+        .default_collection()
+        .upsert_batch(&before)
+        .await
+        .unwrap();
+    converged(&cluster).await;
+
+    cluster.isolate(3);
+    // Writes through the isolated node are not acknowledged.
+    let isolated = cluster.node(3).client();
+    let started = Instant::now();
+    let refused = isolated
+        .default_collection()
+        .upsert(&doc("cut-off-1", 1))
+        .await;
+    assert!(refused.is_err(), "the isolated node acknowledged a write");
+    assert_eq!(refused.unwrap_err().status().map(|s| s.as_u16()), Some(503));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // The majority keeps serving.
+    let during: Vec<DocumentInput> = (0..30)
+        .map(|i| doc(&format!("during-{i}"), 100 + i))
+        .collect();
+    let majority = cluster.node(1).client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while majority
+        .default_collection()
+        .upsert_batch(&during)
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the majority stopped taking writes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let hits = majority
+        .default_collection()
+        .search(&SearchRequest {
+            consistency: Some(Consistency::Strong),
+            ..SearchRequest::new(vector(105, DIMENSION), 1)
+        })
+        .await
+        .unwrap();
+    assert_eq!(hits.results[0].id, "during-5");
+    // A strong read on the isolated side cannot be served.
+    assert!(
+        isolated
+            .default_collection()
+            .get_with("during-5", Consistency::Strong)
+            .await
+            .is_err()
+    );
+
+    cluster.heal(3);
+    let sums = converged(&cluster).await;
+    assert_eq!(
+        sums.iter().map(|s| s.documents).sum::<u64>(),
+        60,
+        "{sums:?}"
+    );
+    let found = isolated
+        .default_collection()
+        .get_with("during-7", Consistency::Eventual)
+        .await;
+    assert!(found.is_ok());
+    assert!(
+        isolated
+            .default_collection()
+            .get("cut-off-1")
+            .await
+            .is_err(),
+        "an unacknowledged write must not appear"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transfer_leadership_moves_every_group_the_leader_leads_without_losing_writes() {
+    let cluster = Cluster::start(3, options()).await;
+    let urls = Arc::new(Mutex::new(urls_of(&cluster)));
+    let writers = Writers::start(Arc::clone(&urls), 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let old = leader_of(&cluster, "meta").await;
+    let target = if old == 2 { 3 } else { 2 };
+    let target_id = format!("node-{target}");
+    let answer: Value = cluster
+        .node(1)
+        .client()
+        .post_json(
+            "/admin/cluster/transfer-leadership",
+            &json!({"target_node": target_id}),
+        )
+        .await
+        .unwrap();
+    assert!(
+        answer["moved"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g == "meta"),
+        "{answer}"
+    );
+    assert_eq!(leader_of(&cluster, "meta").await, target);
+    // One shard group, named explicitly.
+    let shard_target = if leader_of(&cluster, "default/0").await == 1 {
+        3
+    } else {
+        1
+    };
+    cluster
+        .node(2)
+        .client()
+        .post_json(
+            "/admin/cluster/transfer-leadership",
+            &json!({"target_node": format!("node-{shard_target}"), "shard": "default/0"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(leader_of(&cluster, "default/0").await, shard_target);
+    let bad = cluster
+        .node(1)
+        .client()
+        .post_json(
+            "/admin/cluster/transfer-leadership",
+            &json!({"target_node": "node-9"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(bad.status().map(|s| s.as_u16()), Some(400));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked = writers.stop().await;
+    assert!(acked.len() > 20);
+    assert_all_present(&cluster, &acked).await;
+    converged(&cluster).await;
+}
+
+#[tokio::test]
+async fn writers_log_is_not_empty_helper_sanity() {
+    // The helpers above must be able to fail: a missing id is reported.
+    let cluster = Cluster::start(1, options()).await;
+    let mut fake = BTreeMap::new();
+    fake.insert("never-written".to_string(), 1);
+    let result = tokio::spawn(async move { assert_all_present(&cluster, &fake).await }).await;
+    assert!(
+        result.is_err(),
+        "assert_all_present must fail for a document that was never written"
+    );
+}
