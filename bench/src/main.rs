@@ -81,9 +81,13 @@ struct Args {
     /// Seconds each search measurement runs.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
-    /// Measure an external node at this URL instead of an in-process one.
-    #[arg(long)]
-    url: Option<String>,
+    /// Measure external nodes at these URLs (comma-separated; load is spread over them)
+    /// instead of an in-process node.
+    #[arg(long, value_delimiter = ',')]
+    url: Vec<String>,
+    /// Replicas per shard of the benchmark collection.
+    #[arg(long, default_value_t = 1)]
+    replication_factor: u32,
     /// API key for --url.
     #[arg(long)]
     api_key: Option<String>,
@@ -150,18 +154,19 @@ fn main() -> anyhow::Result<()> {
     );
 
     // The node under test, in its own runtime, as the `grape` binary would run it.
-    let (client, node, _server) = match &args.url {
-        Some(url) => {
-            let mut client = GrapeClient::new(url);
-            if let Some(key) = &args.api_key {
-                client = client.with_api_key(key);
-            }
-            (client, None, None)
-        }
-        None => {
-            let (url, node, server) = EmbeddedNode::start(data.dimension)?;
-            (GrapeClient::new(&url), Some(node), Some(server))
-        }
+    let (clients, node, _server) = if args.url.is_empty() {
+        let (url, node, server) = EmbeddedNode::start(data.dimension)?;
+        (vec![GrapeClient::new(&url)], Some(node), Some(server))
+    } else {
+        let clients = args
+            .url
+            .iter()
+            .map(|url| match &args.api_key {
+                Some(key) => GrapeClient::new(url).with_api_key(key),
+                None => GrapeClient::new(url),
+            })
+            .collect();
+        (clients, None, None)
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -170,6 +175,7 @@ fn main() -> anyhow::Result<()> {
     let collection = CollectionConfig {
         metric,
         shard_count: args.shards,
+        replication_factor: args.replication_factor,
         hnsw: HnswParams {
             m: args.m,
             ef_construction: args.ef_construction,
@@ -179,15 +185,16 @@ fn main() -> anyhow::Result<()> {
     };
     let ef_search = collection.hnsw.ef_search;
     let (ingest_seconds, index_complete_seconds) =
-        runtime.block_on(load(&client, &collection, &data, &args))?;
+        runtime.block_on(load(&clients, &collection, &data, &args))?;
     let ingest_docs_per_second = data.len() as f64 / ingest_seconds;
     eprintln!(
         "ingest: {ingest_docs_per_second:.0} docs/s ({ingest_seconds:.1}s); graph complete after {index_complete_seconds:.1}s"
     );
 
+    let nodes = clients;
     let mut search = Vec::new();
     for &clients in &args.clients {
-        let figures = runtime.block_on(http_search(&client, &data, &truth, clients, &args))?;
+        let figures = runtime.block_on(http_search(&nodes, &data, &truth, clients, &args))?;
         eprintln!("{figures:?}");
         search.push(figures);
         if let Some(node) = &node {
@@ -277,11 +284,12 @@ impl Drop for EmbeddedNode {
 /// and waits until every document is in an HNSW graph. Returns (ingest seconds, seconds until
 /// the graphs were complete), both from the first request.
 async fn load(
-    client: &GrapeClient,
+    clients: &[GrapeClient],
     collection: &CollectionConfig,
     data: &Dataset,
     args: &Args,
 ) -> anyhow::Result<(f64, f64)> {
+    let client = &clients[0];
     let _ = client.delete_collection(&collection.name).await;
     client.create_collection(collection).await?;
     let next = Arc::new(AtomicUsize::new(0));
@@ -289,8 +297,8 @@ async fn load(
     let mut tasks = Vec::new();
     let batches = data.len().div_ceil(args.batch);
     let data = Arc::new(data.vectors.clone());
-    for _ in 0..args.loaders.max(1) {
-        let client = client.clone();
+    for loader in 0..args.loaders.max(1) {
+        let client = clients[loader % clients.len()].clone();
         let next = Arc::clone(&next);
         let data = Arc::clone(&data);
         let name = collection.name.clone();
@@ -346,7 +354,7 @@ fn recall(found: &[String], truth: &[usize]) -> usize {
 
 /// Runs `clients` concurrent HTTP searchers for `args.seconds`.
 async fn http_search(
-    client: &GrapeClient,
+    nodes: &[GrapeClient],
     data: &Dataset,
     truth: &[Vec<usize>],
     clients: usize,
@@ -358,7 +366,7 @@ async fn http_search(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let client = client.clone();
+        let client = nodes[c % nodes.len()].clone();
         let queries = Arc::clone(&queries);
         let truth = Arc::clone(&truth);
         let (top_k, ef) = (args.top_k, args.ef_search);
@@ -521,15 +529,17 @@ fn machine() -> String {
 fn markdown(report: &Report) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "Machine: {}\nData: {} x {} ({}), M={}, ef_construction={}, ef_search={}, shards={}\n\n",
+        "Machine: {}\nNodes: {}\nData: {} x {} ({}), M={}, ef_construction={}, ef_search={}, shards={}, replication factor {}\n\n",
         report.machine,
+        if report.args.url.is_empty() { "1 (in-process)".to_string() } else { report.args.url.join(", ") },
         report.documents,
         report.dimension,
         report.args.metric,
         report.args.m,
         report.args.ef_construction,
         report.ef_search,
-        report.args.shards
+        report.args.shards,
+        report.args.replication_factor
     ));
     out.push_str(&format!(
         "Ingest: {:.0} docs/s acknowledged ({} docs in {:.1} s, batches of {}, {} loaders); graphs complete {:.1} s after the first write\n\n",

@@ -4,10 +4,12 @@
 //! The binary is found through `GRAPE_BIN`, else next to the test executable
 //! (`target/<profile>/grape`); `cargo build --bins` (or the README's test command) builds it.
 
+pub mod load;
+
 use grape_client::GrapeClient;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -19,18 +21,23 @@ pub fn grape_binary() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("the test binary has a path");
-    // target/<profile>/deps/<test> -> target/<profile>/grape
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("tests run from target/<profile>/deps");
-    let candidate = profile_dir.join("grape");
-    assert!(
-        candidate.exists(),
-        "{} does not exist: build it first with `cargo build --bins` or set GRAPE_BIN",
-        candidate.display()
-    );
-    candidate
+    // Tests run from target/<profile>/deps, binaries from target/<profile>.
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("grape"))
+        .collect();
+    candidates
+        .iter()
+        .find(|c| c.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "no grape binary at {:?}: build it first with `cargo build --bins` or set GRAPE_BIN",
+                candidates
+            )
+        })
 }
 
 /// How to start a node.
@@ -371,12 +378,22 @@ impl Cluster {
     /// Starts `size` nodes `node-1`..`node-N` that know each other as peers; waits until all are
     /// ready.
     pub async fn start(size: usize, options: NodeOptions) -> Cluster {
+        Cluster::start_on(&Cluster::new_network(), size, options).await
+    }
+
+    /// A fresh random loopback network `127.A.B` for a cluster.
+    pub fn new_network() -> String {
         let seed = std::process::id() as u64
             ^ std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(0);
-        let network = format!("127.{}.{}", 10 + seed % 240, (seed / 240) % 250 + 1);
+        format!("127.{}.{}", 10 + seed % 240, (seed / 240) % 250 + 1)
+    }
+
+    /// [`Cluster::start`] on a given network: node `i` binds `{network}.{i}`.
+    pub async fn start_on(network: &str, size: usize, options: NodeOptions) -> Cluster {
+        let network = network.to_string();
         let ports: Vec<u16> = (1..=size)
             .map(|i| {
                 let listener =

@@ -2,154 +2,32 @@
 //! restarts, a wiped node and a partition; failover happens within seconds; leadership moves on
 //! demand.
 
-use grape_client::{Consistency, DocumentInput, GrapeClient, SearchRequest};
+use grape_client::{Consistency, DocumentInput, SearchRequest};
+use grape_e2e::load::{self, DIMENSION, Writers, doc, urls_of};
 use grape_e2e::{Cluster, NodeOptions, vector};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const DIMENSION: usize = 8;
 
 fn options() -> NodeOptions {
     NodeOptions::dimension(DIMENSION)
 }
 
-fn doc(id: &str, seed: u64) -> DocumentInput {
-    DocumentInput {
-        id: Some(id.to_string()),
-        vector: vector(seed, DIMENSION),
-        metadata: json!({"seed": seed}).as_object().cloned(),
-    }
-}
-
-/// Waits until every running node reports the same per-shard checksums (replicas converged).
 async fn converged(cluster: &Cluster) -> Vec<grape_client::ShardChecksum> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut sums = Vec::new();
-        for node in cluster.nodes.iter().filter(|n| n.is_running()) {
-            if let Ok(answer) = node.client().checksum().await {
-                sums.push(answer.shards);
-            }
-        }
-        let running = cluster.nodes.iter().filter(|n| n.is_running()).count();
-        if sums.len() == running && sums.windows(2).all(|w| w[0] == w[1]) && !sums[0].is_empty() {
-            return sums.remove(0);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replicas did not converge: {sums:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    load::converged(cluster, Duration::from_secs(60))
+        .await
+        .unwrap()
 }
 
-/// Writers that keep upserting through every running node and log each acknowledged id.
-struct Writers {
-    acked: Arc<Mutex<BTreeMap<String, u64>>>,
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Writers {
-    fn start(urls: Arc<Mutex<Vec<String>>>, count: usize) -> Writers {
-        let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let tasks = (0..count as u64)
-            .map(|w| {
-                let (acked, stop, urls) =
-                    (Arc::clone(&acked), Arc::clone(&stop), Arc::clone(&urls));
-                tokio::spawn(async move {
-                    let mut n = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let url = {
-                            let urls = urls.lock().unwrap();
-                            urls[(n as usize + w as usize) % urls.len()].clone()
-                        };
-                        let client = GrapeClient::new(&url);
-                        let seed = w * 10_000_000 + n;
-                        let id = format!("w{w}-{n}");
-                        if n.is_multiple_of(4) {
-                            let batch: Vec<DocumentInput> = (0..10)
-                                .map(|i| doc(&format!("{id}-{i}"), seed * 100 + i))
-                                .collect();
-                            if client
-                                .default_collection()
-                                .upsert_batch(&batch)
-                                .await
-                                .is_ok()
-                            {
-                                let mut log = acked.lock().unwrap();
-                                for (i, d) in batch.iter().enumerate() {
-                                    log.insert(d.id.clone().unwrap(), seed * 100 + i as u64);
-                                }
-                            }
-                        } else if client
-                            .default_collection()
-                            .upsert(&doc(&id, seed))
-                            .await
-                            .is_ok()
-                        {
-                            acked.lock().unwrap().insert(id, seed);
-                        }
-                        n += 1;
-                    }
-                })
-            })
-            .collect();
-        Writers { acked, stop, tasks }
-    }
-
-    fn count(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    async fn stop(self) -> BTreeMap<String, u64> {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
-    }
-}
-
-/// Every acknowledged document, read with `strong` consistency from every running node.
 async fn assert_all_present(cluster: &Cluster, acked: &BTreeMap<String, u64>) {
-    for node in cluster.nodes.iter().filter(|n| n.is_running()) {
-        let client = node.client();
-        let docs = client.default_collection();
-        let mut missing = Vec::new();
-        for (id, seed) in acked {
-            match docs.get_with(id, Consistency::Strong).await {
-                Ok(found) => assert_eq!(
-                    found.vector,
-                    vector(*seed, DIMENSION),
-                    "{id} on {}",
-                    node.url
-                ),
-                Err(e) => missing.push(format!("{id}: {e}")),
-            }
-        }
-        assert!(
-            missing.is_empty(),
-            "{} of {} acknowledged documents missing on {}: {:?}",
-            missing.len(),
-            acked.len(),
-            node.url,
-            &missing[..missing.len().min(5)]
-        );
+    if let Err(problem) = load::check_all_present(cluster, acked).await {
+        panic!("{problem}");
     }
 }
 
-fn urls_of(cluster: &Cluster) -> Vec<String> {
-    cluster
-        .nodes
-        .iter()
-        .filter(|n| n.is_running())
-        .map(|n| n.url.clone())
-        .collect()
+async fn leader_of(cluster: &Cluster, group: &str) -> usize {
+    load::leader_of(cluster, group).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -276,70 +154,6 @@ async fn three_nodes_replicate_every_write_and_report_their_state() {
     }
 }
 
-/// Kills a node and measures how long until writes to every shard and searches succeed again
-/// through the survivors.
-async fn kill_and_time_recovery(cluster: &mut Cluster, victim: usize) -> Duration {
-    let survivors: Vec<String> = cluster
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|(i, n)| *i + 1 != victim && n.is_running())
-        .map(|(_, n)| n.url.clone())
-        .collect();
-    cluster.node_mut(victim).kill9();
-    let killed = Instant::now();
-    // 16 probe ids spread over both shards.
-    let mut pending: Vec<String> = (0..16).map(|i| format!("probe-{i}")).collect();
-    let mut searched = false;
-    let mut round = 0u64;
-    while !pending.is_empty() || !searched {
-        assert!(
-            killed.elapsed() < Duration::from_secs(30),
-            "no recovery in 30 s: {pending:?}"
-        );
-        let client = GrapeClient::new(&survivors[round as usize % survivors.len()]);
-        round += 1;
-        let mut still = Vec::new();
-        for id in pending {
-            if client
-                .default_collection()
-                .upsert(&doc(&id, round))
-                .await
-                .is_err()
-            {
-                still.push(id);
-            }
-        }
-        pending = still;
-        if !searched {
-            searched = client
-                .default_collection()
-                .search(&SearchRequest::new(vector(1, DIMENSION), 3))
-                .await
-                .is_ok();
-        }
-    }
-    killed.elapsed()
-}
-
-async fn leader_of(cluster: &Cluster, group: &str) -> usize {
-    let node = cluster.nodes.iter().find(|n| n.is_running()).unwrap();
-    let status = node
-        .client()
-        .get_json("/admin/cluster/status")
-        .await
-        .unwrap();
-    let leader = status["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["name"] == group)
-        .and_then(|g| g["leader"].as_str())
-        .unwrap_or_else(|| panic!("{group} has no leader: {status}"))
-        .to_string();
-    Cluster::index_of(&leader)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_and_searches_resume_within_five_seconds_of_a_leader_kill() {
     let mut cluster = Cluster::start(3, options()).await;
@@ -350,8 +164,10 @@ async fn writes_and_searches_resume_within_five_seconds_of_a_leader_kill() {
     let mut recoveries = Vec::new();
     for group in ["meta", "default/0", "meta", "default/1"] {
         let victim = leader_of(&cluster, group).await;
-        let took = kill_and_time_recovery(&mut cluster, victim).await;
-        recoveries.push((group, took));
+        let recovery = load::kill_and_time_recovery(&mut cluster, victim)
+            .await
+            .unwrap();
+        recoveries.push((group, recovery));
         cluster.node_mut(victim).restart_unready().await;
         *urls.lock().unwrap() = urls_of(&cluster);
         for node in &cluster.nodes {
@@ -359,10 +175,14 @@ async fn writes_and_searches_resume_within_five_seconds_of_a_leader_kill() {
         }
     }
     let acked = writers.stop().await;
-    for (group, took) in &recoveries {
+    for (group, recovery) in &recoveries {
         assert!(
-            *took < Duration::from_secs(5),
-            "after killing the leader of {group}: {took:?}"
+            recovery.writes < Duration::from_secs(5),
+            "writes after killing the leader of {group}: {recovery:?}"
+        );
+        assert!(
+            recovery.searches < Duration::from_secs(5),
+            "searches after killing the leader of {group}: {recovery:?}"
         );
     }
     eprintln!("recovery after leader kills: {recoveries:?}");
@@ -551,14 +371,10 @@ async fn transfer_leadership_moves_every_group_the_leader_leads_without_losing_w
 }
 
 #[tokio::test]
-async fn writers_log_is_not_empty_helper_sanity() {
-    // The helpers above must be able to fail: a missing id is reported.
+async fn the_presence_check_reports_a_document_that_was_never_written() {
     let cluster = Cluster::start(1, options()).await;
     let mut fake = BTreeMap::new();
     fake.insert("never-written".to_string(), 1);
-    let result = tokio::spawn(async move { assert_all_present(&cluster, &fake).await }).await;
-    assert!(
-        result.is_err(),
-        "assert_all_present must fail for a document that was never written"
-    );
+    let problem = load::check_all_present(&cluster, &fake).await.unwrap_err();
+    assert!(problem.contains("never-written"), "{problem}");
 }

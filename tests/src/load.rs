@@ -1,0 +1,251 @@
+//! Load and checks against a running cluster, shared by the cluster tests and the
+//! `grape-failover` measurement.
+
+use crate::{Cluster, vector};
+use grape_client::{Consistency, DocumentInput, GrapeClient, SearchRequest, ShardChecksum};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Dimension of the documents written here.
+pub const DIMENSION: usize = 8;
+
+/// A document whose vector is derived from `seed`.
+pub fn doc(id: &str, seed: u64) -> DocumentInput {
+    DocumentInput {
+        id: Some(id.to_string()),
+        vector: vector(seed, DIMENSION),
+        metadata: json!({"seed": seed}).as_object().cloned(),
+    }
+}
+
+/// API URLs of the running nodes.
+pub fn urls_of(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .nodes
+        .iter()
+        .filter(|n| n.is_running())
+        .map(|n| n.url.clone())
+        .collect()
+}
+
+/// Writers that keep upserting through every running node and log each acknowledged id with
+/// the seed of its vector.
+pub struct Writers {
+    acked: Arc<Mutex<BTreeMap<String, u64>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    /// `count` writers; `urls` may be changed while they run (nodes killed and restarted).
+    pub fn start(urls: Arc<Mutex<Vec<String>>>, count: usize) -> Writers {
+        let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..count as u64)
+            .map(|w| {
+                let (acked, stop, urls) =
+                    (Arc::clone(&acked), Arc::clone(&stop), Arc::clone(&urls));
+                tokio::spawn(async move {
+                    let mut clients: BTreeMap<String, GrapeClient> = BTreeMap::new();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let url = {
+                            let urls = urls.lock().expect("urls");
+                            urls[(n as usize + w as usize) % urls.len()].clone()
+                        };
+                        let client = clients
+                            .entry(url.clone())
+                            .or_insert_with(|| GrapeClient::new(&url))
+                            .clone();
+                        let seed = w * 10_000_000 + n;
+                        let id = format!("w{w}-{n}");
+                        if n.is_multiple_of(4) {
+                            let batch: Vec<DocumentInput> = (0..10)
+                                .map(|i| doc(&format!("{id}-{i}"), seed * 100 + i))
+                                .collect();
+                            if client
+                                .default_collection()
+                                .upsert_batch(&batch)
+                                .await
+                                .is_ok()
+                            {
+                                let mut log = acked.lock().expect("log");
+                                for (i, d) in batch.iter().enumerate() {
+                                    log.insert(
+                                        d.id.clone().unwrap_or_default(),
+                                        seed * 100 + i as u64,
+                                    );
+                                }
+                            }
+                        } else if client
+                            .default_collection()
+                            .upsert(&doc(&id, seed))
+                            .await
+                            .is_ok()
+                        {
+                            acked.lock().expect("log").insert(id, seed);
+                        }
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        Writers { acked, stop, tasks }
+    }
+
+    /// Writes acknowledged so far.
+    pub fn count(&self) -> usize {
+        self.acked.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    /// Stops the writers and returns every acknowledged id with its seed.
+    pub async fn stop(self) -> BTreeMap<String, u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let log = self.acked.lock().expect("log");
+        log.clone()
+    }
+}
+
+/// Waits until every running node reports the same per-shard checksums; returns them.
+pub async fn converged(cluster: &Cluster, within: Duration) -> Result<Vec<ShardChecksum>, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut sums = Vec::new();
+        for node in cluster.nodes.iter().filter(|n| n.is_running()) {
+            if let Ok(answer) = node.client().checksum().await {
+                sums.push(answer.shards);
+            }
+        }
+        let running = cluster.nodes.iter().filter(|n| n.is_running()).count();
+        if sums.len() == running && sums.windows(2).all(|w| w[0] == w[1]) && !sums[0].is_empty() {
+            return Ok(sums.remove(0));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("replicas did not converge: {sums:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Reads every acknowledged document with `strong` consistency from every running node.
+pub async fn check_all_present(
+    cluster: &Cluster,
+    acked: &BTreeMap<String, u64>,
+) -> Result<(), String> {
+    for node in cluster.nodes.iter().filter(|n| n.is_running()) {
+        let client = node.client();
+        let docs = client.default_collection();
+        let mut problems = Vec::new();
+        for (id, seed) in acked {
+            match docs.get_with(id, Consistency::Strong).await {
+                Ok(found) if found.vector == vector(*seed, DIMENSION) => {}
+                Ok(_) => problems.push(format!("{id}: wrong vector")),
+                Err(e) => problems.push(format!("{id}: {e}")),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(format!(
+                "{} of {} acknowledged documents missing or wrong on {}: {:?}",
+                problems.len(),
+                acked.len(),
+                node.url,
+                &problems[..problems.len().min(5)]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The 1-based index of the node leading `group` (`meta`, `default/0`, ...).
+pub async fn leader_of(cluster: &Cluster, group: &str) -> Result<usize, String> {
+    let node = cluster
+        .nodes
+        .iter()
+        .find(|n| n.is_running())
+        .ok_or("no node is running")?;
+    let status = node
+        .client()
+        .get_json("/admin/cluster/status")
+        .await
+        .map_err(|e| e.to_string())?;
+    let leader = status["groups"]
+        .as_array()
+        .and_then(|groups| groups.iter().find(|g| g["name"] == group))
+        .and_then(|g| g["leader"].as_str())
+        .ok_or_else(|| format!("{group} has no leader: {status}"))?;
+    Ok(Cluster::index_of(leader))
+}
+
+/// How long after a kill writes (to every shard) and searches succeeded again.
+#[derive(Debug, Clone, Copy)]
+pub struct Recovery {
+    pub writes: Duration,
+    pub searches: Duration,
+}
+
+/// Kills node `victim` with SIGKILL and measures, through the survivors, how long until a
+/// write to each of 16 ids (spread over every shard) and a search succeed again.
+pub async fn kill_and_time_recovery(
+    cluster: &mut Cluster,
+    victim: usize,
+) -> Result<Recovery, String> {
+    let survivors: Vec<GrapeClient> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| *i + 1 != victim && n.is_running())
+        .map(|(_, n)| n.client())
+        .collect();
+    cluster.node_mut(victim).kill9();
+    let killed = Instant::now();
+    let writes = async {
+        let mut pending: Vec<String> = (0..16).map(|i| format!("probe-{i}")).collect();
+        let mut round = 0u64;
+        while !pending.is_empty() {
+            if killed.elapsed() > Duration::from_secs(30) {
+                return Err(format!("writes did not resume within 30 s: {pending:?}"));
+            }
+            let client = &survivors[round as usize % survivors.len()];
+            round += 1;
+            let mut still = Vec::new();
+            for id in pending {
+                if client
+                    .default_collection()
+                    .upsert(&doc(&id, round))
+                    .await
+                    .is_err()
+                {
+                    still.push(id);
+                }
+            }
+            pending = still;
+        }
+        Ok(killed.elapsed())
+    };
+    let searches = async {
+        let mut round = 0usize;
+        loop {
+            if killed.elapsed() > Duration::from_secs(30) {
+                return Err("searches did not resume within 30 s".to_string());
+            }
+            let client = &survivors[round % survivors.len()];
+            round += 1;
+            let request = SearchRequest::new(vector(1, DIMENSION), 3);
+            if client.default_collection().search(&request).await.is_ok() {
+                return Ok(killed.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let (writes, searches) = tokio::join!(writes, searches);
+    Ok(Recovery {
+        writes: writes?,
+        searches: searches?,
+    })
+}

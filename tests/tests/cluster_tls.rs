@@ -1,0 +1,81 @@
+//! With `cluster.enable_tls`, node-to-node traffic is TLS with peer verification: the cluster
+//! forms and replicates, and a peer without a certificate from the cluster's CA is refused.
+
+use grape_e2e::load::{self, DIMENSION, doc};
+use grape_e2e::{Cluster, NodeOptions, temp_file};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_talk_over_mutually_verified_tls() {
+    let network = Cluster::new_network();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let ca = Issuer::new(ca_params, ca_key);
+    let node_key = KeyPair::generate().unwrap();
+    let sans: Vec<String> = (1..=3).map(|i| format!("{network}.{i}")).collect();
+    let node_cert = CertificateParams::new(sans)
+        .unwrap()
+        .signed_by(&node_key, &ca)
+        .unwrap();
+    let (_a, ca_path) = temp_file("ca.crt", &ca_cert.pem());
+    let (_b, cert_path) = temp_file("node.crt", &node_cert.pem());
+    let (_c, key_path) = temp_file("node.key", &node_key.serialize_pem());
+
+    let options = NodeOptions::dimension(DIMENSION)
+        .setting("CLUSTER__ENABLE_TLS", "true")
+        .setting("CLUSTER__TLS_CONFIG__VERIFY_PEER", "true")
+        .setting("CLUSTER__TLS_CONFIG__CA_FILE", ca_path.to_str().unwrap())
+        .setting(
+            "CLUSTER__TLS_CONFIG__CERT_FILE",
+            cert_path.to_str().unwrap(),
+        )
+        .setting("CLUSTER__TLS_CONFIG__KEY_FILE", key_path.to_str().unwrap());
+    let cluster = Cluster::start_on(&network, 3, options).await;
+    let batch: Vec<_> = (0..20).map(|i| doc(&format!("t{i}"), i)).collect();
+    cluster
+        .node(2)
+        .client()
+        .default_collection()
+        .upsert_batch(&batch)
+        .await
+        .unwrap();
+    let sums = load::converged(&cluster, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(sums.iter().map(|s| s.documents).sum::<u64>(), 20);
+
+    // The node-to-node port: its address from the cluster status.
+    let status = cluster
+        .node(1)
+        .client()
+        .get_json("/admin/cluster/status")
+        .await
+        .unwrap();
+    let raft = status["nodes"][0]["raft_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Plain HTTP is not spoken there.
+    let plain = reqwest::Client::new()
+        .post(format!("http://{raft}/internal/ping"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    // TLS without a client certificate is refused by peer verification.
+    let anonymous = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_cert.pem().as_bytes()).unwrap())
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+        .post(format!("https://{raft}/internal/ping"))
+        .send()
+        .await;
+    assert!(
+        anonymous.is_err(),
+        "a client without a certificate got through: {anonymous:?}"
+    );
+}
