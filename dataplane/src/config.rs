@@ -90,6 +90,9 @@ pub struct ClusterConfig {
     pub heartbeat_interval_ms: u64,
     pub enable_tls: bool,
     pub tls_config: ClusterTlsConfig,
+    /// Log entries a group appends between snapshots; older entries are then purged, so a
+    /// replica that fell further behind (or was wiped) catches up from a snapshot.
+    pub snapshot_log_entries: u64,
 }
 
 impl Default for ClusterConfig {
@@ -101,6 +104,7 @@ impl Default for ClusterConfig {
             heartbeat_interval_ms: 100,
             enable_tls: false,
             tls_config: ClusterTlsConfig::default(),
+            snapshot_log_entries: 5_000,
         }
     }
 }
@@ -472,6 +476,9 @@ impl Config {
                     self.cluster.election_timeout_ms, self.cluster.heartbeat_interval_ms
                 ),
             );
+        }
+        if self.cluster.snapshot_log_entries == 0 {
+            return fail("cluster.snapshot_log_entries", "must be above 0".into());
         }
         self.default_collection()
             .map_err(|e| ConfigError(e.to_string()))

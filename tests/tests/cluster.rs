@@ -193,7 +193,9 @@ async fn writes_and_searches_resume_within_five_seconds_of_a_leader_kill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_acknowledged_write_is_lost_across_kills_restarts_and_a_wiped_node() {
-    let mut cluster = Cluster::start(3, options()).await;
+    // Frequent snapshots purge the logs, so the wiped node must be re-seeded by snapshot.
+    let mut cluster =
+        Cluster::start(3, options().setting("CLUSTER__SNAPSHOT_LOG_ENTRIES", "40")).await;
     let urls = Arc::new(Mutex::new(urls_of(&cluster)));
     let writers = Writers::start(Arc::clone(&urls), 3);
     for (round, victim) in [1usize, 2, 3, 1].into_iter().enumerate() {
@@ -226,6 +228,18 @@ async fn no_acknowledged_write_is_lost_across_kills_restarts_and_a_wiped_node() 
     let sums = converged(&cluster).await;
     let stored: u64 = sums.iter().map(|s| s.documents).sum();
     assert!(stored >= acked.len() as u64);
+    // The logs were purged behind snapshots: the wiped node can only have caught up from one.
+    let consensus = cluster
+        .node(1)
+        .client()
+        .get_json("/admin/cluster/sync-status")
+        .await
+        .unwrap();
+    for group in consensus["groups"].as_array().unwrap() {
+        if group["name"] != "meta" {
+            assert!(group["purged_index"].as_u64().unwrap_or(0) > 0, "{group}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

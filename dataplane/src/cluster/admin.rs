@@ -186,6 +186,8 @@ impl Node {
                     "leader": g.leader,
                     "commit_index": g.committed_index,
                     "applied_index": g.applied_index,
+                    "snapshot_index": g.snapshot_index,
+                    "purged_index": g.purged_index,
                     "lag": lag,
                     "caught_up": g.leader.is_some() && lag == 0,
                 })

@@ -517,8 +517,10 @@ fn raft_settings(config: &Config) -> Result<openraft::Config> {
         election_timeout_min: config.cluster.election_timeout_ms,
         election_timeout_max: config.cluster.election_timeout_ms * 3 / 2,
         install_snapshot_timeout: 60_000,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5_000),
-        max_in_snapshot_log_to_keep: 1_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+            config.cluster.snapshot_log_entries,
+        ),
+        max_in_snapshot_log_to_keep: (config.cluster.snapshot_log_entries / 5).min(1_000),
         max_payload_entries: 64,
         // A node whose data directory was wiped comes back under the same id with an empty
         // log: its leaders must re-seed it instead of treating the reverted log as a bug.

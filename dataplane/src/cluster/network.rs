@@ -429,6 +429,10 @@ pub struct GroupStatus {
     pub last_log_index: Option<u64>,
     pub committed_index: Option<u64>,
     pub applied_index: Option<u64>,
+    /// Last entry covered by the latest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Last entry purged from the log.
+    pub purged_index: Option<u64>,
     /// On the leader: milliseconds since a quorum last acknowledged it.
     pub millis_since_quorum_ack: Option<u64>,
     /// On the leader: each member's last replicated index.
@@ -448,6 +452,8 @@ impl GroupStatus {
             last_log_index: m.last_log_index,
             committed_index: m.cluster_committed.as_ref().map(|l| l.index()),
             applied_index: m.last_applied.as_ref().map(|l| l.index()),
+            snapshot_index: m.snapshot.as_ref().map(|l| l.index()),
+            purged_index: m.purged.as_ref().map(|l| l.index()),
             #[allow(deprecated)]
             millis_since_quorum_ack: m.millis_since_quorum_ack,
             matched: m
