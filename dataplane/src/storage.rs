@@ -183,6 +183,15 @@ impl Storage {
         Ok(())
     }
 
+    /// Makes everything durable and stops RocksDB's background flushes and compactions, so
+    /// that the process can exit without tearing down threads that are still working.
+    pub fn shutdown(&self) {
+        if let Err(error) = self.db.flush_wal(true) {
+            tracing::error!(%error, "syncing the WAL at shutdown");
+        }
+        self.db.cancel_all_background_work(true);
+    }
+
     /// fsyncs the write-ahead log: every earlier commit is durable afterwards.
     pub fn sync(&self) -> Result<()> {
         self.db.flush_wal(true)?;

@@ -364,6 +364,8 @@ impl Node {
         }
         let _ = self.meta.shutdown().await;
         let _ = self.syncer.sync().await;
+        let storage = Arc::clone(&self.storage);
+        let _ = tokio::task::spawn_blocking(move || storage.shutdown()).await;
     }
 
     /// Opens the local replica of `group` (idempotent).
