@@ -356,6 +356,9 @@ pub struct ShardStats {
     pub shard: u32,
     /// Live documents.
     pub documents: u64,
+    /// Stored bytes of those documents (vectors and metadata, before compression).
+    #[serde(default)]
+    pub bytes: u64,
     /// Documents already in the HNSW graph.
     pub indexed: u64,
     /// Documents written but not yet in the graph (searched exactly meanwhile).

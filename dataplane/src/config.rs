@@ -93,6 +93,8 @@ pub struct ClusterConfig {
     /// Log entries a group appends between snapshots; older entries are then purged, so a
     /// replica that fell further behind (or was wiped) catches up from a snapshot.
     pub snapshot_log_entries: u64,
+    /// Replica moves (rebalance, drain, repair) running at the same time.
+    pub max_concurrent_moves: usize,
 }
 
 impl Default for ClusterConfig {
@@ -105,6 +107,7 @@ impl Default for ClusterConfig {
             enable_tls: false,
             tls_config: ClusterTlsConfig::default(),
             snapshot_log_entries: 5_000,
+            max_concurrent_moves: 2,
         }
     }
 }

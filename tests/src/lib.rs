@@ -372,6 +372,10 @@ pub struct Cluster {
     pub nodes: Vec<GrapeNode>,
     /// `127.A.B`: the cluster's loopback network.
     pub network: String,
+    /// Options every node started with.
+    options: NodeOptions,
+    /// `id=address` of every node started so far.
+    peers: Vec<String>,
 }
 
 impl Cluster {
@@ -404,6 +408,7 @@ impl Cluster {
         let peers: Vec<String> = (1..=size)
             .map(|i| format!("node-{i}={network}.{i}:{}", ports[i - 1]))
             .collect();
+        let base_options = options.clone();
         let mut nodes = Vec::new();
         for i in 1..=size {
             let mut node_options = options.clone();
@@ -434,7 +439,58 @@ impl Cluster {
         for node in &nodes {
             node.wait_ready().await;
         }
-        Cluster { nodes, network }
+        Cluster {
+            nodes,
+            network,
+            options: base_options,
+            peers,
+        }
+    }
+
+    /// Starts one more node (`node-N+1`, on the next address) that knows the others as its
+    /// peers, as the deployment guide's node4.yaml does. It holds nothing and is not ready
+    /// until `add-node` admits it. Returns its index.
+    pub async fn start_extra_node(&mut self) -> usize {
+        let i = self.nodes.len() + 1;
+        let address = format!("{}.{i}", self.network);
+        let port = std::net::TcpListener::bind(format!("{address}:0"))
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        self.peers.push(format!("node-{i}={address}:{port}"));
+        let mut node_options = self.options.clone();
+        node_options.ip = Some(address);
+        node_options.raft_port = Some(port);
+        node_options
+            .env
+            .push(("GRAPE_NODE_ID".into(), format!("node-{i}")));
+        node_options
+            .env
+            .push(("GRAPE__CLUSTER__ENABLED".into(), "true".into()));
+        node_options
+            .env
+            .push(("GRAPE_CLUSTER_PEERS".into(), self.peers.join(",")));
+        let mut node = GrapeNode {
+            data_dir: tempfile::tempdir().expect("temp dir"),
+            options: node_options,
+            child: None,
+            log: Arc::new(Mutex::new(Vec::new())),
+            url: String::new(),
+            metrics_url: None,
+            ca_pem: None,
+        };
+        node.spawn_and_find_url().await;
+        self.nodes.push(node);
+        i
+    }
+
+    /// The node-to-node address of node `i`.
+    pub fn raft_address(&self, i: usize) -> String {
+        let entry = &self.peers[i - 1];
+        entry
+            .split_once('=')
+            .map(|(_, a)| a.to_string())
+            .unwrap_or_default()
     }
 
     /// Node `node-i` (1-based, as its id).

@@ -249,3 +249,111 @@ pub async fn kill_and_time_recovery(
         searches: searches?,
     })
 }
+
+/// Loads `count` documents `base-0..` (metadata `kind: base`) in batches of 1000, spread over
+/// the running nodes.
+pub async fn load_base_documents(cluster: &Cluster, count: u64) -> Result<(), String> {
+    let urls = urls_of(cluster);
+    for (b, start) in (0..count).step_by(1000).enumerate() {
+        let batch: Vec<DocumentInput> = (start..(start + 1000).min(count))
+            .map(|i| {
+                let mut d = doc(&format!("base-{i}"), 1_000_000_000 + i);
+                if let Some(m) = d.metadata.as_mut() {
+                    m.insert("kind".into(), json!("base"));
+                }
+                d
+            })
+            .collect();
+        GrapeClient::new(&urls[b % urls.len()])
+            .default_collection()
+            .upsert_batch(&batch)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Waits until the latest operation reported by `path` (rebalance-status, migration-status,
+/// repair-status) is done; returns it.
+pub async fn wait_operation_done(
+    cluster: &Cluster,
+    path: &str,
+    within: Duration,
+) -> Result<serde_json::Value, String> {
+    let deadline = Instant::now() + within;
+    let mut last = serde_json::Value::Null;
+    loop {
+        for node in cluster.nodes.iter().filter(|n| n.is_running()) {
+            if let Ok(status) = node.client().get_json(path).await {
+                if status["running"].is_null() && status["operations"][0]["state"] == "done" {
+                    return Ok(status["operations"][0].clone());
+                }
+                last = status;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{path} not done within {within:?}: {last}"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Per node id: (replicas held, shard groups led, documents held).
+pub async fn distribution(
+    cluster: &Cluster,
+) -> Result<BTreeMap<String, (usize, usize, u64)>, String> {
+    let node = cluster
+        .nodes
+        .iter()
+        .find(|n| n.is_running())
+        .ok_or("no node is running")?;
+    let status = node
+        .client()
+        .get_json("/admin/cluster/status")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut led: BTreeMap<String, usize> = BTreeMap::new();
+    for group in status["groups"].as_array().into_iter().flatten() {
+        if group["name"] != "meta"
+            && let Some(leader) = group["leader"].as_str()
+        {
+            *led.entry(leader.to_string()).or_default() += 1;
+        }
+    }
+    let mut out = BTreeMap::new();
+    for node in cluster.nodes.iter().filter(|n| n.is_running()) {
+        let shards = node
+            .client()
+            .shard_stats()
+            .await
+            .map_err(|e| e.to_string())?;
+        let documents = shards.shards.iter().map(|s| s.documents).sum();
+        let id = shards.node_id.clone();
+        out.insert(
+            id.clone(),
+            (
+                shards.shards.len(),
+                led.get(&id).copied().unwrap_or(0),
+                documents,
+            ),
+        );
+    }
+    Ok(out)
+}
+
+/// Starts one more node and admits it with `add-node`; waits until it is ready.
+pub async fn grow(cluster: &mut Cluster) -> Result<usize, String> {
+    let i = cluster.start_extra_node().await;
+    let body = json!({"node_id": format!("node-{i}"), "address": cluster.raft_address(i)});
+    let node = cluster
+        .nodes
+        .iter()
+        .find(|n| n.is_running())
+        .ok_or("no node is running")?;
+    node.client()
+        .post_json("/admin/cluster/add-node", &body)
+        .await
+        .map_err(|e| e.to_string())?;
+    cluster.node(i).wait_ready().await;
+    Ok(i)
+}

@@ -3,6 +3,7 @@
 use super::auth::Usage;
 use super::metrics::{directory_size, resident_memory};
 use super::{AppState, Caller, JsonBody, SlowQuery};
+use crate::cluster::elastic::AdminRpc;
 use crate::cluster::info;
 use crate::collection::{Cursor, DEFAULT_COLLECTION};
 use crate::error::{Error, Result};
@@ -332,6 +333,113 @@ pub async fn transfer_leadership(
         )
         .await?;
     Ok(Json(moved))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddNodeRequest {
+    node_id: String,
+    /// The new node's node-to-node address (`HOST:PORT`).
+    address: String,
+    /// The seed's fixed role; accepted, not used (leaders are elected).
+    #[allow(dead_code)]
+    role: Option<String>,
+}
+
+pub async fn add_node(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<AddNodeRequest>,
+) -> Result<Json<serde_json::Value>> {
+    let answer = state
+        .node
+        .admin(AdminRpc::AddNode {
+            id: request.node_id,
+            address: request.address,
+        })
+        .await?;
+    Ok(Json(answer))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveNodeRequest {
+    node_id: String,
+    #[serde(default)]
+    force: bool,
+}
+
+pub async fn remove_node(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<RemoveNodeRequest>,
+) -> Result<Json<serde_json::Value>> {
+    let answer = state
+        .node
+        .admin(AdminRpc::RemoveNode {
+            id: request.node_id,
+            force: request.force,
+        })
+        .await?;
+    Ok(Json(answer))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebalanceRequest {
+    /// `even_distribution` (default) or `leaders_only`.
+    strategy: Option<String>,
+}
+
+pub async fn rebalance(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<RebalanceRequest>,
+) -> Result<Json<serde_json::Value>> {
+    let strategy = request
+        .strategy
+        .unwrap_or_else(|| "even_distribution".to_string());
+    Ok(Json(
+        state.node.admin(AdminRpc::Rebalance { strategy }).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepairRequest {
+    /// The seed's `full_sync`; the only kind.
+    repair_type: Option<String>,
+    /// Nodes gone for good; default: members that do not answer.
+    nodes: Option<Vec<String>>,
+}
+
+pub async fn repair(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<RepairRequest>,
+) -> Result<Json<serde_json::Value>> {
+    if let Some(kind) = &request.repair_type
+        && kind != "full_sync"
+    {
+        return Err(Error::invalid(
+            "invalid_request",
+            format!("unknown repair_type {kind:?}; use \"full_sync\""),
+        ));
+    }
+    let nodes = request.nodes.unwrap_or_default();
+    Ok(Json(state.node.admin(AdminRpc::Repair { nodes }).await?))
+}
+
+pub async fn rebalance_status(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(state.node.operations_status(&["rebalance"]))
+}
+
+pub async fn migration_status(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(
+        state
+            .node
+            .operations_status(&["rebalance", "drain", "repair"]),
+    )
+}
+
+pub async fn repair_status(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(state.node.operations_status(&["repair"]))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {

@@ -251,11 +251,19 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/cluster/leader", get(cluster_leader))
         .route("/admin/cluster/consensus", get(consensus))
         .route("/admin/cluster/election-history", get(election_history))
-        .route("/admin/cluster/sync-status", get(sync_status));
-    let admin_write = Router::new().route(
-        "/admin/cluster/transfer-leadership",
-        post(transfer_leadership),
-    );
+        .route("/admin/cluster/sync-status", get(sync_status))
+        .route("/admin/cluster/rebalance-status", get(rebalance_status))
+        .route("/admin/cluster/migration-status", get(migration_status))
+        .route("/admin/cluster/repair-status", get(repair_status));
+    let admin_write = Router::new()
+        .route(
+            "/admin/cluster/transfer-leadership",
+            post(transfer_leadership),
+        )
+        .route("/admin/cluster/add-node", post(add_node))
+        .route("/admin/cluster/remove-node", post(remove_node))
+        .route("/admin/cluster/rebalance", post(rebalance))
+        .route("/admin/cluster/repair", post(repair));
     let metrics_read = Router::new().route("/metrics", get(metrics));
     Router::new()
         .route("/health", get(health))

@@ -28,6 +28,7 @@ impl Node {
                     collection: local.collection.name().to_string(),
                     shard: record.map(|r| r.shard).unwrap_or_default(),
                     documents: figures.documents,
+                    bytes: figures.bytes,
                     indexed: figures.index.indexed,
                     pending: figures.index.pending,
                     tombstones: figures.index.dead_in_graph,
@@ -69,7 +70,7 @@ impl Node {
 
     /// Every member's own status (this node's directly, others' over the network; `null` for
     /// members that do not answer).
-    async fn member_statuses(&self) -> BTreeMap<NodeId, Option<NodeStatus>> {
+    pub(super) async fn member_statuses(&self) -> BTreeMap<NodeId, Option<NodeStatus>> {
         let members: Vec<NodeId> = self.meta_state.read().members().into_iter().collect();
         let calls = members.iter().map(|member| async move {
             if *member == self.id {
@@ -273,7 +274,7 @@ impl Node {
     }
 
     /// Asks the group's leader to hand over to `target`, and waits (up to 10 s) until it has.
-    async fn transfer_group(&self, group: &str, target: &str) -> Result<()> {
+    pub(super) async fn transfer_group(&self, group: &str, target: &str) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let leader = match self.leader_of(group) {

@@ -31,6 +31,28 @@ use tokio::sync::watch;
 pub enum MetaCommand {
     /// A node announces (or updates) where it listens.
     RegisterNode { id: NodeId, addr: NodeAddr },
+    /// Records a node's place in the cluster's life cycle.
+    SetNodeState { id: NodeId, state: NodeState },
+    /// Forgets a node that has left the cluster.
+    ForgetNode { id: NodeId },
+    /// Starts an operation: its replica moves (run by the meta leader) and the leaders it
+    /// wants afterwards.
+    StartOperation {
+        kind: OperationKind,
+        moves: Vec<(GroupId, Option<NodeId>, NodeId)>,
+        leaders: BTreeMap<GroupId, NodeId>,
+    },
+    /// A move reached a new phase (with progress figures).
+    AdvanceMove {
+        id: u64,
+        phase: MovePhase,
+        progress: Option<MoveProgress>,
+    },
+    /// A move's membership change committed: the group's replicas now include `to`, not
+    /// `from`.
+    CompleteMove { id: u64 },
+    /// An operation finished (or failed).
+    FinishOperation { id: u64, outcome: OperationState },
     /// Creates a collection and places its shards' replicas.
     CreateCollection { config: CollectionConfig },
     /// Drops a collection and its shards.
@@ -47,6 +69,7 @@ pub enum MetaResponse {
     AlreadyExists,
     NotFound,
     Invalid { message: String },
+    Started { id: u64 },
 }
 
 /// Where one shard's replicas live.
@@ -54,10 +77,99 @@ pub enum MetaResponse {
 pub struct GroupRecord {
     pub collection: String,
     pub shard: u32,
-    /// Nodes holding a replica; the first is the preferred leader.
+    /// Nodes holding a voting replica.
     pub replicas: Vec<NodeId>,
+    /// Nodes receiving a copy (moves in progress) before they vote.
+    #[serde(default)]
+    pub learners: Vec<NodeId>,
     /// Whether the group has formed.
     pub initialized: bool,
+    /// The node that should lead, once balanced.
+    #[serde(default)]
+    pub preferred_leader: Option<NodeId>,
+}
+
+/// A node's life cycle in the cluster.
+///
+/// ```text
+///   (add-node) Joining ──caught up──> Active ──remove-node──> Draining ──moved out──> (forgotten)
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Joining,
+    Active,
+    Draining,
+}
+
+/// What an operation is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationKind {
+    /// Even out replicas (`even_distribution`) or only leaders (`leaders_only`).
+    Rebalance { strategy: String },
+    /// Move every replica off a node, then remove it.
+    Drain { node: NodeId, force: bool },
+    /// Re-create replicas of unreachable nodes elsewhere.
+    Repair { nodes: Vec<NodeId> },
+}
+
+/// Where an operation stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationState {
+    Running,
+    Done,
+    Failed { reason: String },
+}
+
+/// A batch of replica moves and the leaders wanted after them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    pub id: u64,
+    pub kind: OperationKind,
+    pub state: OperationState,
+    pub moves: Vec<u64>,
+    pub leaders: BTreeMap<GroupId, NodeId>,
+    /// Meta log index at which it started (orders operations).
+    pub started_at_index: u64,
+}
+
+/// A replica move: add a learner on `to`, let it catch up (snapshot), make it a voter in
+/// place of `from`, then `from` drops its copy.
+///
+/// ```text
+///   Pending -> AddingLearner -> CatchingUp -> Promoting -> Done
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MovePhase {
+    Pending,
+    AddingLearner,
+    CatchingUp,
+    Promoting,
+    Done,
+}
+
+/// Copy progress of a move, as last observed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveProgress {
+    pub documents_total: u64,
+    pub documents_copied: u64,
+    pub bytes_total: u64,
+    pub bytes_copied: u64,
+}
+
+/// One replica move.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveRecord {
+    pub id: u64,
+    pub operation: u64,
+    pub group: GroupId,
+    pub from: Option<NodeId>,
+    pub to: NodeId,
+    pub phase: MovePhase,
+    pub progress: MoveProgress,
 }
 
 /// The replicated cluster description.
@@ -66,8 +178,15 @@ pub struct MetaState {
     pub applied: AppliedState,
     /// Nodes that announced their addresses.
     pub nodes: BTreeMap<NodeId, NodeAddr>,
+    /// Life-cycle state of nodes added or being removed (members not listed are active).
+    #[serde(default)]
+    pub node_states: BTreeMap<NodeId, NodeState>,
     pub collections: BTreeMap<String, Collection>,
     pub groups: BTreeMap<GroupId, GroupRecord>,
+    #[serde(default)]
+    pub operations: BTreeMap<u64, Operation>,
+    #[serde(default)]
+    pub moves: BTreeMap<u64, MoveRecord>,
 }
 
 impl MetaState {
@@ -86,6 +205,42 @@ impl MetaState {
             .filter(move |(_, g)| g.replicas.iter().any(|r| r == node))
     }
 
+    /// Groups of which `node` holds (or is receiving) a copy.
+    pub fn copies_on<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> impl Iterator<Item = (&'a GroupId, &'a GroupRecord)> + 'a {
+        self.groups.iter().filter(move |(_, g)| {
+            g.replicas
+                .iter()
+                .chain(g.learners.iter())
+                .any(|r| r == node)
+        })
+    }
+
+    /// A node's life-cycle state (members are active unless recorded otherwise).
+    pub fn node_state(&self, node: &str) -> NodeState {
+        self.node_states
+            .get(node)
+            .copied()
+            .unwrap_or(NodeState::Active)
+    }
+
+    /// Members that may receive replicas: active ones.
+    pub fn placeable(&self) -> BTreeSet<NodeId> {
+        self.members()
+            .into_iter()
+            .filter(|m| self.node_state(m) == NodeState::Active)
+            .collect()
+    }
+
+    /// The operation still running, if any (one runs at a time).
+    pub fn running_operation(&self) -> Option<&Operation> {
+        self.operations
+            .values()
+            .find(|o| o.state == OperationState::Running)
+    }
+
     fn apply(&mut self, log_id: &LogId, command: MetaCommand) -> MetaResponse {
         match command {
             MetaCommand::RegisterNode { id, addr } => {
@@ -101,7 +256,7 @@ impl MetaState {
                         message: e.message(),
                     };
                 }
-                let members: Vec<NodeId> = self.members().into_iter().collect();
+                let members: Vec<NodeId> = self.placeable().into_iter().collect();
                 if members.is_empty() {
                     return MetaResponse::Invalid {
                         message: "the cluster has no members".into(),
@@ -118,7 +273,9 @@ impl MetaState {
                         GroupRecord {
                             collection: collection.name().to_string(),
                             shard,
+                            preferred_leader: replicas.first().cloned(),
                             replicas,
+                            learners: Vec::new(),
                             initialized: false,
                         },
                     );
@@ -130,6 +287,13 @@ impl MetaState {
             MetaCommand::DropCollection { name } => match self.collections.remove(&name) {
                 Some(_) => {
                     self.groups.retain(|_, g| g.collection != name);
+                    // Moves of the dropped groups have nothing left to do.
+                    let groups = &self.groups;
+                    for record in self.moves.values_mut() {
+                        if !groups.contains_key(&record.group) {
+                            record.phase = MovePhase::Done;
+                        }
+                    }
                     MetaResponse::Done
                 }
                 None => MetaResponse::NotFound,
@@ -137,6 +301,132 @@ impl MetaState {
             MetaCommand::GroupInitialized { group } => match self.groups.get_mut(&group) {
                 Some(record) => {
                     record.initialized = true;
+                    MetaResponse::Done
+                }
+                None => MetaResponse::NotFound,
+            },
+            MetaCommand::SetNodeState { id, state } => {
+                if state == NodeState::Active {
+                    self.node_states.remove(&id);
+                } else {
+                    self.node_states.insert(id, state);
+                }
+                MetaResponse::Done
+            }
+            MetaCommand::ForgetNode { id } => {
+                self.node_states.remove(&id);
+                self.nodes.remove(&id);
+                MetaResponse::Done
+            }
+            MetaCommand::StartOperation {
+                kind,
+                moves,
+                leaders,
+            } => {
+                if self.running_operation().is_some() {
+                    return MetaResponse::Invalid {
+                        message: "another rebalance, drain or repair is running".into(),
+                    };
+                }
+                let id = log_id.index();
+                let mut move_ids = Vec::with_capacity(moves.len());
+                for (i, (group, from, to)) in moves.into_iter().enumerate() {
+                    let move_id = id * 10_000 + i as u64;
+                    self.moves.insert(
+                        move_id,
+                        MoveRecord {
+                            id: move_id,
+                            operation: id,
+                            group,
+                            from,
+                            to,
+                            phase: MovePhase::Pending,
+                            progress: MoveProgress::default(),
+                        },
+                    );
+                    move_ids.push(move_id);
+                }
+                for (group, leader) in &leaders {
+                    if let Some(record) = self.groups.get_mut(group) {
+                        record.preferred_leader = Some(leader.clone());
+                    }
+                }
+                if let OperationKind::Drain { node, .. } = &kind {
+                    self.node_states.insert(node.clone(), NodeState::Draining);
+                }
+                self.operations.insert(
+                    id,
+                    Operation {
+                        id,
+                        kind,
+                        state: OperationState::Running,
+                        moves: move_ids,
+                        leaders,
+                        started_at_index: id,
+                    },
+                );
+                // Keep the history short: the last 20 operations.
+                while self.operations.len() > 20 {
+                    let oldest = *self.operations.keys().next().expect("not empty");
+                    if let Some(done) = self.operations.remove(&oldest) {
+                        for m in done.moves {
+                            self.moves.remove(&m);
+                        }
+                    }
+                }
+                MetaResponse::Started { id }
+            }
+            MetaCommand::AdvanceMove {
+                id,
+                phase,
+                progress,
+            } => match self.moves.get_mut(&id) {
+                Some(record) => {
+                    if phase == MovePhase::AddingLearner
+                        && let Some(group) = self.groups.get_mut(&record.group)
+                        && !group.learners.contains(&record.to)
+                        && !group.replicas.contains(&record.to)
+                    {
+                        group.learners.push(record.to.clone());
+                    }
+                    if record.phase != phase {
+                        tracing::info!(id, group = %record.group, from = ?record.from, to = %record.to, ?phase, "move");
+                    }
+                    record.phase = phase;
+                    if let Some(progress) = progress {
+                        record.progress = progress;
+                    }
+                    MetaResponse::Done
+                }
+                None => MetaResponse::NotFound,
+            },
+            MetaCommand::CompleteMove { id } => match self.moves.get_mut(&id) {
+                Some(record) => {
+                    if let Some(group) = self.groups.get_mut(&record.group) {
+                        group.learners.retain(|l| *l != record.to);
+                        if let Some(from) = &record.from {
+                            group.replicas.retain(|r| r != from);
+                        }
+                        if !group.replicas.contains(&record.to) {
+                            group.replicas.push(record.to.clone());
+                        }
+                    }
+                    record.phase = MovePhase::Done;
+                    record.progress.documents_copied = record.progress.documents_total;
+                    record.progress.bytes_copied = record.progress.bytes_total;
+                    MetaResponse::Done
+                }
+                None => MetaResponse::NotFound,
+            },
+            MetaCommand::FinishOperation { id, outcome } => match self.operations.get_mut(&id) {
+                Some(operation) => {
+                    operation.state = outcome;
+                    if let OperationKind::Drain { node, .. } = &operation.kind
+                        && operation.state != OperationState::Done
+                    {
+                        // A failed drain leaves the node active again.
+                        self.node_states.remove(node);
+                    }
                     MetaResponse::Done
                 }
                 None => MetaResponse::NotFound,

@@ -14,10 +14,12 @@
 //! that must serve it, here or on a peer.
 
 mod admin;
+pub mod elastic;
 pub mod log_store;
 pub mod meta;
 pub mod network;
 mod ops;
+pub mod placement;
 pub mod shard_sm;
 mod tasks;
 pub mod transport;
@@ -325,9 +327,10 @@ impl Node {
         self.groups.read().values().cloned().collect()
     }
 
-    /// Whether this node has caught up: the meta group and every replica placed here have a
-    /// leader and have applied everything the leader reported committed, and the `default`
-    /// collection exists.
+    /// Whether this node has caught up: it is a voting member, the meta group and every
+    /// replica placed here have a leader and have applied everything the leader reported
+    /// committed, and the `default` collection exists. A node started to be added stays
+    /// unready until `add-node` admits it and it has caught up.
     pub fn is_ready(&self) -> bool {
         if self.stopping.load(Ordering::Acquire) {
             return false;
@@ -337,6 +340,12 @@ impl Node {
         }
         let state = self.meta_state.read();
         if !state.collections.contains_key(DEFAULT_COLLECTION) {
+            return false;
+        }
+        // A node admitted by add-node serves once it has caught up and become a voter.
+        if !state.members().contains(&self.id)
+            || state.node_state(&self.id) == meta::NodeState::Joining
+        {
             return false;
         }
         let groups = self.groups.read();

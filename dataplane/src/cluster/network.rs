@@ -437,6 +437,10 @@ pub struct GroupStatus {
     pub millis_since_quorum_ack: Option<u64>,
     /// On the leader: each member's last replicated index.
     pub matched: std::collections::BTreeMap<NodeId, Option<u64>>,
+    /// Documents this member's replica holds (shard groups).
+    pub documents: u64,
+    /// Stored bytes of those documents.
+    pub bytes: u64,
 }
 
 impl GroupStatus {
@@ -465,6 +469,8 @@ impl GroupStatus {
                         .collect()
                 })
                 .unwrap_or_default(),
+            documents: 0,
+            bytes: 0,
         }
     }
 }

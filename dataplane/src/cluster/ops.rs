@@ -778,7 +778,7 @@ impl Node {
     pub(super) async fn drop_orphaned_state(&self) {
         let wanted: Vec<GroupId> = {
             let state = self.meta_state.read();
-            state.groups_of(&self.id).map(|(g, _)| g.clone()).collect()
+            state.copies_on(&self.id).map(|(g, _)| g.clone()).collect()
         };
         let storage = Arc::clone(&self.storage);
         let local: Vec<GroupId> = self

@@ -112,7 +112,7 @@ async fn reconcile(node: Arc<Node>) {
         let (nodes, wanted) = {
             let state = node.meta_state.read();
             let wanted: BTreeMap<_, _> = state
-                .groups_of(&node.id)
+                .copies_on(&node.id)
                 .filter_map(|(group, record)| {
                     state
                         .collections
@@ -162,6 +162,7 @@ async fn control(node: Arc<Node>) {
         if !node.is_meta_leader() {
             continue;
         }
+        node.drive_elastic().await;
         let (has_default, forming) = {
             let state = node.meta_state.read();
             let forming: Vec<_> = state

@@ -50,10 +50,12 @@ impl Node {
         let meta = self.meta_metrics();
         let mut groups = vec![GroupStatus::from_metrics(META_GROUP, &meta)];
         for local in self.local_groups() {
-            groups.push(GroupStatus::from_metrics(
-                &local.group,
-                &local.raft.metrics().borrow_watched(),
-            ));
+            let mut status =
+                GroupStatus::from_metrics(&local.group, &local.raft.metrics().borrow_watched());
+            let figures = local.shard.figures();
+            status.documents = figures.documents;
+            status.bytes = figures.bytes;
+            groups.push(status);
         }
         NodeStatus {
             node_id: self.id.clone(),
@@ -213,6 +215,20 @@ async fn transfer(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     .await
 }
 
+async fn admin(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    answer(body, |rpc: super::elastic::AdminRpc| async move {
+        node.admin_here(rpc).await
+    })
+    .await
+}
+
+async fn membership(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    answer(body, |rpc: super::elastic::MembershipRpc| async move {
+        node.membership_here(rpc).await
+    })
+    .await
+}
+
 async fn checksums(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     answer(body, |(): ()| async move { node.local_checksums().await }).await
 }
@@ -237,6 +253,8 @@ pub(super) fn serve(
         .route("/internal/init-group", post(init_group))
         .route("/internal/transfer", post(transfer))
         .route("/internal/checksums", post(checksums))
+        .route("/internal/admin", post(admin))
+        .route("/internal/membership", post(membership))
         // Snapshots carry whole shards.
         .layer(DefaultBodyLimit::max(4 * 1024 * 1024 * 1024))
         .with_state(Arc::clone(&node));

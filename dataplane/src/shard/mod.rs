@@ -78,6 +78,8 @@ pub enum ShardResponse {
 struct Entry {
     id: Arc<str>,
     metadata: Arc<Metadata>,
+    /// Size of the stored value, for the shard's byte count.
+    size: u32,
 }
 
 /// What a shard holds in memory: documents by vector id and by id, and their vector index.
@@ -91,6 +93,8 @@ struct ShardState {
     index: Arc<VectorIndex>,
     /// Background graph maintenance of `index`.
     maintenance: Arc<Maintenance>,
+    /// Stored bytes of the live documents.
+    bytes: u64,
 }
 
 /// One search result from a shard.
@@ -108,6 +112,8 @@ pub struct ShardHit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardFigures {
     pub documents: u64,
+    /// Stored bytes of the live documents (encoded vector and metadata).
+    pub bytes: u64,
     pub index: IndexStats,
 }
 
@@ -195,6 +201,8 @@ impl Shard {
         let _applying = self.applying.lock();
         let mut changes = Changes::default();
         let mut responses = Vec::with_capacity(commands.len());
+        // Stored size of each upserted document, in order.
+        let mut sizes = Vec::new();
         {
             let state = self.state.read();
             // Whether ids exist after the earlier commands of this same batch.
@@ -203,12 +211,9 @@ impl Shard {
                 match command {
                     ShardCommand::Upsert { documents } => {
                         for doc in documents {
-                            changes.put_document(
-                                &self.storage,
-                                &self.namespace,
-                                &doc.id,
-                                &encode_document(&doc.vector, &doc.metadata),
-                            );
+                            let value = encode_document(&doc.vector, &doc.metadata);
+                            sizes.push(value.len());
+                            changes.put_document(&self.storage, &self.namespace, &doc.id, &value);
                             overlay.insert(&doc.id, true);
                         }
                         responses.push(ShardResponse::Upserted {
@@ -237,23 +242,28 @@ impl Shard {
         self.storage.commit(changes)?;
 
         let mut state = self.state.write();
+        let mut sizes = sizes.into_iter();
         for command in commands {
             match command {
                 ShardCommand::Upsert { documents } => {
                     for doc in documents {
+                        let size = sizes.next().unwrap_or(0);
                         put_in_memory(
                             &self.config,
                             &mut state,
                             doc.id.as_str(),
                             &doc.vector,
                             doc.metadata.clone(),
+                            size,
                         );
                     }
                 }
                 ShardCommand::Delete { ids } => {
                     for id in ids {
                         if let Some(vid) = state.by_id.remove(id.as_str()) {
-                            state.entries[vid] = None;
+                            if let Some(entry) = state.entries[vid].take() {
+                                state.bytes -= u64::from(entry.size);
+                            }
                             state.index.remove(vid);
                         }
                     }
@@ -379,6 +389,7 @@ impl Shard {
         let state = self.state.read();
         ShardFigures {
             documents: state.by_id.len() as u64,
+            bytes: state.bytes,
             index: state.index.stats(),
         }
     }
@@ -491,10 +502,11 @@ fn load_state(
             rebuild_threshold,
         )),
         maintenance: Arc::new(Maintenance::default()),
+        bytes: 0,
     };
     storage.scan_documents(namespace, None, |id, value| {
         let (vector, metadata) = decode_document(value)?;
-        put_in_memory(config, &mut state, id, &vector, metadata);
+        put_in_memory(config, &mut state, id, &vector, metadata, value.len());
         Ok(true)
     })?;
     Ok(state)
@@ -506,6 +518,7 @@ fn put_in_memory(
     id: &str,
     vector: &[f32],
     metadata: Metadata,
+    size: usize,
 ) {
     // Validated before the command was logged; a zero cosine vector never gets here.
     let Some(prepared) = distance::prepare(config.metric, vector) else {
@@ -513,7 +526,9 @@ fn put_in_memory(
         return;
     };
     if let Some(old) = state.by_id.get(id).copied() {
-        state.entries[old] = None;
+        if let Some(entry) = state.entries[old].take() {
+            state.bytes -= u64::from(entry.size);
+        }
         state.index.remove(old);
     }
     let vid = state.index.add(&prepared);
@@ -522,7 +537,9 @@ fn put_in_memory(
     state.entries.push(Some(Entry {
         id: Arc::clone(&id),
         metadata: Arc::new(metadata),
+        size: size as u32,
     }));
+    state.bytes += size as u64;
     state.by_id.insert(id, vid);
 }
 

@@ -1,0 +1,372 @@
+//! Elasticity with real processes: growing from three nodes to five and back, repairing after a
+//! node is gone for good, and a rebalance that survives the death of the node coordinating it.
+
+use grape_client::{GrapeClient, SearchRequest};
+use grape_e2e::load::{self, DIMENSION, Writers, urls_of};
+use grape_e2e::{Cluster, NodeOptions, vector};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn options(shards: u32) -> NodeOptions {
+    NodeOptions::dimension(DIMENSION)
+        .setting("DATABASE__SHARD_COUNT", &shards.to_string())
+        .setting("CLUSTER__MAX_CONCURRENT_MOVES", "8")
+}
+
+async fn load_documents(cluster: &Cluster, count: u64) {
+    load::load_base_documents(cluster, count).await.unwrap();
+}
+
+/// Results of 100 fixed queries over the base documents (wide `ef`: exact on shards of a few
+/// thousand documents; the filter leaves out what the writers add meanwhile).
+async fn answers(client: &GrapeClient) -> Vec<Vec<String>> {
+    let mut all = Vec::new();
+    for q in 0..100u64 {
+        let request = SearchRequest {
+            ef: Some(400),
+            filter: Some(grape_client::Filter {
+                must: vec![grape_client::Condition::matches("kind", "base")],
+                ..Default::default()
+            }),
+            ..SearchRequest::new(vector(7_000_000 + q, DIMENSION), 5)
+        };
+        let response = client.default_collection().search(&request).await.unwrap();
+        all.push(response.results.into_iter().map(|r| r.id).collect());
+    }
+    all
+}
+
+async fn admin(client: &GrapeClient, path: &str, body: Value) -> Value {
+    client
+        .post_json(path, &body)
+        .await
+        .unwrap_or_else(|e| panic!("{path} {body}: {e}"))
+}
+
+async fn wait_done(cluster: &Cluster, path: &str, within: Duration) -> Value {
+    load::wait_operation_done(cluster, path, within)
+        .await
+        .unwrap()
+}
+
+async fn distribution(cluster: &Cluster) -> BTreeMap<String, (usize, usize, u64)> {
+    load::distribution(cluster).await.unwrap()
+}
+
+async fn wait_ready(cluster: &Cluster) {
+    for node in cluster.nodes.iter().filter(|n| n.is_running()) {
+        node.wait_ready().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn growing_to_five_nodes_and_back_to_three_moves_data_without_losing_any() {
+    let mut cluster = Cluster::start(3, options(16)).await;
+    load_documents(&cluster, 50_000).await;
+    let before = answers(&cluster.node(1).client()).await;
+    let urls = Arc::new(Mutex::new(urls_of(&cluster)));
+    let writers = Writers::start(Arc::clone(&urls), 2);
+    let three = distribution(&cluster).await;
+    assert!(
+        three
+            .values()
+            .all(|(replicas, _, docs)| *replicas == 16 && *docs >= 50_000),
+        "{three:?}"
+    );
+
+    // Two new nodes, admitted with add-node: they hold nothing until the rebalance.
+    for _ in 0..2 {
+        let i = cluster.start_extra_node().await;
+        let before_admission = cluster.node(i).client().ready().await.unwrap();
+        assert!(!before_admission, "a node not yet admitted is not ready");
+        let answer = admin(
+            &cluster.node(2).client(),
+            "/admin/cluster/add-node",
+            json!({"node_id": format!("node-{i}"), "address": cluster.raft_address(i), "role": "follower"}),
+        )
+        .await;
+        assert_eq!(answer["state"], "joining");
+        cluster.node(i).wait_ready().await;
+    }
+    let joined = distribution(&cluster).await;
+    assert_eq!(
+        joined["node-4"].0, 0,
+        "a new node holds nothing before a rebalance: {joined:?}"
+    );
+
+    let started = Instant::now();
+    let plan = admin(
+        &cluster.node(1).client(),
+        "/admin/cluster/rebalance",
+        json!({"strategy": "even_distribution"}),
+    )
+    .await;
+    assert!(plan["moves"].as_u64().unwrap() >= 18, "{plan}");
+    let progress = cluster
+        .node(3)
+        .client()
+        .get_json("/admin/cluster/rebalance-status")
+        .await
+        .unwrap();
+    assert!(
+        progress["operations"][0]["moves_total"].as_u64().unwrap() >= 18,
+        "{progress}"
+    );
+    let done = wait_done(
+        &cluster,
+        "/admin/cluster/rebalance-status",
+        Duration::from_secs(300),
+    )
+    .await;
+    eprintln!(
+        "rebalance 3 -> 5 took {:?}: {} moves",
+        started.elapsed(),
+        done["moves_total"]
+    );
+    assert!(
+        done["moves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["phase"] == "done")
+    );
+    *urls.lock().unwrap() = urls_of(&cluster);
+    wait_ready(&cluster).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let five = distribution(&cluster).await;
+    eprintln!(
+        "documents per node (replicas, shards led, documents):\n3 nodes: {three:?}\n5 nodes: {five:?}"
+    );
+    for (node, (replicas, leads, _)) in &five {
+        assert!(
+            (9..=10).contains(replicas),
+            "{node} holds {replicas} replicas: {five:?}"
+        );
+        assert!(
+            (3..=4).contains(leads),
+            "{node} leads {leads} shards: {five:?}"
+        );
+    }
+    let most_before = three.values().map(|d| d.2).max().unwrap();
+    let most_after = five.values().map(|d| d.2).max().unwrap();
+    assert!(
+        most_after < most_before,
+        "documents per node must fall: {most_before} -> {most_after}"
+    );
+    assert_eq!(
+        answers(&cluster.node(5).client()).await,
+        before,
+        "the same queries answer the same after the rebalance"
+    );
+
+    // Back to three: each removal drains the node first.
+    for i in [5usize, 4] {
+        let answer = admin(
+            &cluster.node(1).client(),
+            "/admin/cluster/remove-node",
+            json!({"node_id": format!("node-{i}"), "force": false}),
+        )
+        .await;
+        assert!(answer["moves"].as_u64().unwrap() > 0, "{answer}");
+        let done = wait_done(
+            &cluster,
+            "/admin/cluster/migration-status",
+            Duration::from_secs(300),
+        )
+        .await;
+        assert_eq!(done["kind"]["drain"]["node"], format!("node-{i}"));
+        let gone = distribution(&cluster).await;
+        assert_eq!(
+            gone[&format!("node-{i}")].0,
+            0,
+            "node-{i} was drained: {gone:?}"
+        );
+        cluster.node_mut(i).kill9();
+        *urls.lock().unwrap() = urls_of(&cluster);
+    }
+    // A third removal would break the replication factor.
+    let refused = cluster
+        .node(1)
+        .client()
+        .post_json("/admin/cluster/remove-node", &json!({"node_id": "node-3"}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.status().map(|s| s.as_u16()), refused.code()),
+        (Some(409), Some("would_break_replication"))
+    );
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let acked = writers.stop().await;
+    assert!(acked.len() > 100, "{}", acked.len());
+    load::check_all_present(&cluster, &acked).await.unwrap();
+    let back = distribution(&cluster).await;
+    assert_eq!(back.len(), 3);
+    assert!(
+        back.values().all(|(replicas, _, _)| *replicas == 16),
+        "replication factor 3 everywhere: {back:?}"
+    );
+    load::converged(&cluster, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(answers(&cluster.node(1).client()).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repair_restores_the_replication_factor_after_a_node_is_gone_for_good() {
+    let mut cluster = Cluster::start(4, options(8)).await;
+    load_documents(&cluster, 5_000).await;
+    let lost: Vec<String> = cluster
+        .node(4)
+        .client()
+        .shard_stats()
+        .await
+        .unwrap()
+        .shards
+        .iter()
+        .map(|s| format!("{}/{}", s.collection, s.shard))
+        .collect();
+    assert!(!lost.is_empty());
+    // Searches keep answering throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let searches = Arc::new(AtomicUsize::new(0));
+    let searcher = {
+        let (stop, failures, searches) = (
+            Arc::clone(&stop),
+            Arc::clone(&failures),
+            Arc::clone(&searches),
+        );
+        let client = cluster.node(2).client();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let request = SearchRequest::new(vector(5, DIMENSION), 3);
+                match client.default_collection().search(&request).await {
+                    Ok(r) if r.results.len() == 3 => searches.fetch_add(1, Ordering::Relaxed),
+                    _ => failures.fetch_add(1, Ordering::Relaxed),
+                };
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    cluster.node_mut(4).kill9();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let plan = admin(
+        &cluster.node(1).client(),
+        "/admin/cluster/repair",
+        json!({"repair_type": "full_sync"}),
+    )
+    .await;
+    assert_eq!(
+        plan["moves"].as_u64().unwrap() as usize,
+        lost.len(),
+        "{plan}"
+    );
+    let done = wait_done(
+        &cluster,
+        "/admin/cluster/repair-status",
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(done["kind"]["repair"]["nodes"], json!(["node-4"]));
+    stop.store(true, Ordering::Relaxed);
+    searcher.await.unwrap();
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "searches failed during the repair"
+    );
+    assert!(searches.load(Ordering::Relaxed) > 20);
+
+    let mut replicas_per_shard: BTreeMap<u32, usize> = BTreeMap::new();
+    for i in 1..=3 {
+        let shards = cluster.node(i).client().shard_stats().await.unwrap();
+        for shard in &shards.shards {
+            assert_eq!(shard.replicas.len(), 3, "{shard:?}");
+            assert!(!shard.replicas.iter().any(|r| r == "node-4"), "{shard:?}");
+            *replicas_per_shard.entry(shard.shard).or_default() += 1;
+        }
+    }
+    assert_eq!(replicas_per_shard.len(), 8);
+    assert!(
+        replicas_per_shard.values().all(|n| *n == 3),
+        "three live copies of every shard: {replicas_per_shard:?}"
+    );
+    let mut expected = BTreeMap::new();
+    for i in 0..5_000u64 {
+        expected.insert(format!("base-{i}"), 1_000_000_000 + i);
+    }
+    load::check_all_present(&cluster, &expected).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebalance_resumes_after_its_coordinator_is_killed() {
+    let mut cluster = Cluster::start(3, options(8)).await;
+    load_documents(&cluster, 10_000).await;
+    for _ in 0..2 {
+        load::grow(&mut cluster).await.unwrap();
+    }
+    let urls = Arc::new(Mutex::new(urls_of(&cluster)));
+    let writers = Writers::start(Arc::clone(&urls), 2);
+    admin(
+        &cluster.node(2).client(),
+        "/admin/cluster/rebalance",
+        json!({"strategy": "even_distribution"}),
+    )
+    .await;
+    // Kill the coordinator (the meta leader) once moves are under way.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = cluster
+            .node(2)
+            .client()
+            .get_json("/admin/cluster/rebalance-status")
+            .await
+            .unwrap();
+        let moving = status["operations"][0]["moves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["phase"] == "catching_up" || m["phase"] == "promoting");
+        if moving {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no move started: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let coordinator = load::leader_of(&cluster, "meta").await.unwrap();
+    cluster.node_mut(coordinator).kill9();
+    *urls.lock().unwrap() = urls_of(&cluster);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.node_mut(coordinator).restart_unready().await;
+    *urls.lock().unwrap() = urls_of(&cluster);
+    let done = wait_done(
+        &cluster,
+        "/admin/cluster/rebalance-status",
+        Duration::from_secs(300),
+    )
+    .await;
+    assert!(
+        done["moves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["phase"] == "done"),
+        "{done}"
+    );
+    wait_ready(&cluster).await;
+    let spread = distribution(&cluster).await;
+    // 24 replicas over 5 nodes.
+    assert!(
+        spread
+            .values()
+            .all(|(replicas, _, _)| (4..=5).contains(replicas)),
+        "{spread:?}"
+    );
+    let acked = writers.stop().await;
+    load::check_all_present(&cluster, &acked).await.unwrap();
+}
