@@ -6,8 +6,11 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-# The black-box tests start the real binary: build it first.
+# The black-box tests start the real binary: the release build, as users run it (debug builds
+# of the HNSW graphs make the multi-node tests several times slower).
 cargo build --workspace --bins
+cargo build --release --bin grape
+export GRAPE_BIN="$PWD/target/release/grape"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else

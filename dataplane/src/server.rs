@@ -150,7 +150,13 @@ pub async fn run(
         tasks.spawn(async move { server.serve(app).await });
     }
 
+    let requested = Arc::clone(&node);
     tokio::select! {
+        _ = requested.exit_requested() => {
+            tracing::warn!("stopping at this node's own request");
+            node.set_unready();
+            handle.graceful_shutdown(Some(Duration::from_secs(10)));
+        }
         _ = shutdown => {
             tracing::info!("shutting down: draining requests");
             node.set_unready();

@@ -370,3 +370,63 @@ async fn a_rebalance_resumes_after_its_coordinator_is_killed() {
     let acked = writers.stop().await;
     load::check_all_present(&cluster, &acked).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forced_recovery_brings_back_a_lone_survivor_only_when_asked_explicitly() {
+    let mut cluster = Cluster::start(3, options(2)).await;
+    load_documents(&cluster, 500).await;
+    cluster.node_mut(2).kill9();
+    cluster.node_mut(3).kill9();
+    let survivor = cluster.node(1).client();
+    // No quorum: writes are not acknowledged.
+    assert!(
+        survivor
+            .default_collection()
+            .upsert(&load::doc("lonely", 1))
+            .await
+            .is_err()
+    );
+    let refused = survivor
+        .post_json(
+            "/admin/cluster/force-recovery",
+            &json!({"recovery_mode": "single_node"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status().map(|s| s.as_u16()), Some(400));
+    assert!(
+        refused.to_string().contains("accept_data_loss"),
+        "{refused}"
+    );
+    let answer = survivor
+        .post_json(
+            "/admin/cluster/force-recovery",
+            &json!({"recovery_mode": "single_node", "accept_data_loss": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer["restarting"], true);
+    // The node stops by itself; its supervisor (here, the test) starts it again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.node_mut(1).restart().await;
+    let survivor = cluster.node(1).client();
+    let mut expected = BTreeMap::new();
+    for i in 0..500u64 {
+        expected.insert(format!("base-{i}"), 1_000_000_000 + i);
+    }
+    load::check_all_present(&cluster, &expected).await.unwrap();
+    survivor
+        .default_collection()
+        .upsert(&load::doc("after", 2))
+        .await
+        .unwrap();
+    // A healthy cluster refuses a forced recovery.
+    let healthy = survivor
+        .post_json(
+            "/admin/cluster/force-recovery",
+            &json!({"recovery_mode": "single_node", "accept_data_loss": true}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(healthy.status().map(|s| s.as_u16()), Some(409));
+}

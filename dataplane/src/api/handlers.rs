@@ -426,6 +426,27 @@ pub async fn repair(
     Ok(Json(state.node.admin(AdminRpc::Repair { nodes }).await?))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForceRecoveryRequest {
+    /// Only `single_node`: this node becomes the only member of every group it holds.
+    recovery_mode: String,
+    /// Must be true: acknowledged writes only the lost members had applied are lost.
+    #[serde(default)]
+    accept_data_loss: bool,
+}
+
+pub async fn force_recovery(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<ForceRecoveryRequest>,
+) -> Result<Json<serde_json::Value>> {
+    let answer = state
+        .node
+        .force_recovery(&request.recovery_mode, request.accept_data_loss)
+        .await?;
+    Ok(Json(answer))
+}
+
 pub async fn rebalance_status(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(state.node.operations_status(&["rebalance"]))
 }

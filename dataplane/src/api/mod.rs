@@ -263,7 +263,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/cluster/add-node", post(add_node))
         .route("/admin/cluster/remove-node", post(remove_node))
         .route("/admin/cluster/rebalance", post(rebalance))
-        .route("/admin/cluster/repair", post(repair));
+        .route("/admin/cluster/repair", post(repair))
+        .route("/admin/cluster/force-recovery", post(force_recovery));
     let metrics_read = Router::new().route("/metrics", get(metrics));
     Router::new()
         .route("/health", get(health))

@@ -20,6 +20,7 @@ pub mod meta;
 pub mod network;
 mod ops;
 pub mod placement;
+pub mod recovery;
 pub mod shard_sm;
 mod tasks;
 pub mod transport;
@@ -118,6 +119,8 @@ pub struct Node {
     applied_entries: AtomicU64,
     /// Background tasks, stopped at shutdown.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Wakes the server when the node asks to be restarted (forced recovery).
+    exit: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Node {
@@ -165,6 +168,15 @@ impl Node {
         })
         .await
         .map_err(|e| Error::Internal(format!("opening storage panicked: {e}")))??;
+        if recovery::requested(&config.node.data_dir) {
+            let storage = Arc::clone(&storage);
+            let (dir, id, addr) = (config.node.data_dir.clone(), id.clone(), addr.clone());
+            tokio::task::spawn_blocking(move || {
+                recovery::rewrite_as_single_node(&storage, &dir, &id, &addr)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("forced recovery panicked: {e}")))??;
+        }
         let syncer = Arc::new(WalSyncer::start(Arc::clone(&storage)));
 
         let peers = Arc::new(Peers::new(
@@ -232,6 +244,7 @@ impl Node {
             leadership_changes: AtomicU64::new(0),
             applied_entries: AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
+            exit: Arc::new(tokio::sync::Notify::new()),
         });
         node.watch_group(META_GROUP.to_string(), node.meta.metrics());
         // Replicas this node held before it stopped.
@@ -355,6 +368,20 @@ impl Node {
                     .get(group)
                     .is_some_and(|local| caught_up(&local.raft.metrics().borrow_watched()))
         })
+    }
+
+    /// Asks the server to stop this node shortly (after the current answers are sent).
+    pub fn request_exit(&self) {
+        let exit = Arc::clone(&self.exit);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            exit.notify_one();
+        });
+    }
+
+    /// Completes when the node asked to be stopped.
+    pub async fn exit_requested(&self) {
+        self.exit.notified().await;
     }
 
     /// Stops answering readiness (shutdown has begun).
