@@ -1,0 +1,6 @@
+//! Prints the GrapeCluster CustomResourceDefinition as YAML:
+//! `cargo run -p grape-operator --bin crdgen > crds/grapecluster.yaml`.
+
+fn main() {
+    print!("{}", grape_operator::crd::crd_yaml());
+}

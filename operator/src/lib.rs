@@ -1,0 +1,17 @@
+//! The Grape operator: reconciles a `GrapeCluster` into a StatefulSet of data-plane nodes and
+//! drives scaling, rolling restarts, rebalancing and leadership transfer through the data
+//! plane's admin API.
+//!
+//! ```text
+//!   crd        the custom resource (spec, status)          (pure)
+//!   resources  owned objects rendered from the spec         (pure)
+//!   decide     (spec, observed) -> StatefulSet size, action, status   (pure)
+//!   dataplane  observe the cluster / run an action through grape-client
+//!   controller the kube-runtime shell: watch, apply, finalizer, status, events
+//!   lease      leader election so that two operator replicas never act at once
+//! ```
+
+pub mod crd;
+pub mod dataplane;
+pub mod decide;
+pub mod resources;

@@ -1,0 +1,581 @@
+//! The objects a `GrapeCluster` owns, rendered from its spec: pure functions, no API calls.
+//!
+//! ```text
+//!   GrapeCluster "g" ──owns──> ConfigMap g-config        server.yaml rendered from the spec
+//!                        ├───> Service g-headless        peer DNS g-N.g-headless.NS.svc
+//!                        ├───> Service g                 clients (port 8080)
+//!                        ├───> StatefulSet g             pods g-0..g-(R-1), node.id = pod name
+//!                        ├───> PodDisruptionBudget g     maxUnavailable 1
+//!                        └───> ServiceMonitor g          when spec.monitoring.serviceMonitor
+//! ```
+//!
+//! The StatefulSet uses the `OnDelete` update strategy: the operator itself restarts pods, one
+//! at a time, after moving their leaderships away. Its replica count is not taken from the spec
+//! directly but from the decision (scale-in lowers it only after the drain).
+
+use crate::crd::{GrapeCluster, GrapeClusterSpec};
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// Client API port.
+pub const API_PORT: i32 = 8080;
+/// Node-to-node (Raft) port.
+pub const RAFT_PORT: i32 = 9000;
+/// Prometheus metrics port.
+pub const METRICS_PORT: i32 = 9091;
+/// Where the data volume is mounted.
+pub const DATA_DIR: &str = "/var/lib/grape-vector-db";
+/// Where the rendered configuration is mounted.
+pub const CONFIG_DIR: &str = "/etc/grape-vector-db";
+/// The API-key file inside the API-keys Secret.
+pub const API_KEYS_FILE: &str = "api_keys.yaml";
+/// The key inside the API-keys Secret holding the operator's own (admin) key.
+pub const OPERATOR_KEY: &str = "operator-key";
+/// Pod template annotation: hash of the rendered configuration (a change restarts the pods).
+pub const CONFIG_HASH_ANNOTATION: &str = "grape.io/config-hash";
+/// StatefulSet annotation: how many pods formed the cluster (the fixed bootstrap peer list).
+pub const BOOTSTRAP_ANNOTATION: &str = "grape.io/bootstrap-replicas";
+/// Annotation on the GrapeCluster: make this pod the meta-group leader.
+pub const SWITCHOVER_ANNOTATION: &str = "grape.io/switchover";
+/// Annotation on the GrapeCluster: any new value starts a rebalance.
+pub const REBALANCE_ANNOTATION: &str = "grape.io/rebalance";
+/// The operator's field manager for server-side apply.
+pub const FIELD_MANAGER: &str = "grape-operator";
+
+/// Names of the objects of cluster `name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    pub cluster: String,
+    pub namespace: String,
+}
+
+impl Names {
+    pub fn of(cluster: &GrapeCluster) -> Names {
+        Names {
+            cluster: cluster.metadata.name.clone().unwrap_or_default(),
+            namespace: cluster
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+        }
+    }
+    pub fn config_map(&self) -> String {
+        format!("{}-config", self.cluster)
+    }
+    pub fn headless(&self) -> String {
+        format!("{}-headless", self.cluster)
+    }
+    pub fn client_service(&self) -> String {
+        self.cluster.clone()
+    }
+    pub fn statefulset(&self) -> String {
+        self.cluster.clone()
+    }
+    pub fn pdb(&self) -> String {
+        self.cluster.clone()
+    }
+    /// Pod `ordinal`'s name (also its Grape node id).
+    pub fn pod(&self, ordinal: i32) -> String {
+        format!("{}-{ordinal}", self.cluster)
+    }
+    /// The stable DNS name of pod `pod`.
+    pub fn pod_host(&self, pod: &str) -> String {
+        format!("{pod}.{}.{}.svc", self.headless(), self.namespace)
+    }
+    /// The ordinal of one of this cluster's pods, from its name.
+    pub fn ordinal(&self, pod: &str) -> Option<i32> {
+        pod.strip_prefix(&self.cluster)?
+            .strip_prefix('-')?
+            .parse()
+            .ok()
+    }
+}
+
+/// Labels on every owned object; the selector uses the first two.
+pub fn labels(names: &Names) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "grape".to_string()),
+        (
+            "app.kubernetes.io/instance".to_string(),
+            names.cluster.clone(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "grape-operator".to_string(),
+        ),
+        (
+            "app.kubernetes.io/component".to_string(),
+            "database".to_string(),
+        ),
+    ])
+}
+
+/// The pod selector.
+pub fn selector(names: &Names) -> BTreeMap<String, String> {
+    labels(names)
+        .into_iter()
+        .filter(|(k, _)| k == "app.kubernetes.io/name" || k == "app.kubernetes.io/instance")
+        .collect()
+}
+
+fn meta(cluster: &GrapeCluster, names: &Names, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(names.namespace.clone()),
+        labels: Some(labels(names)),
+        owner_references: cluster.controller_owner_ref(&()).map(|r| vec![r]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The owner reference every owned object carries.
+pub fn owner_reference(cluster: &GrapeCluster) -> Option<OwnerReference> {
+    cluster.controller_owner_ref(&())
+}
+
+/// Everything the operator applies for one cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub config_map: ConfigMap,
+    pub headless: Service,
+    pub client_service: Service,
+    pub statefulset: StatefulSet,
+    pub pdb: PodDisruptionBudget,
+    /// A `monitoring.coreos.com/v1` ServiceMonitor, when asked for.
+    pub service_monitor: Option<Value>,
+}
+
+/// The node configuration (the seed guide's `server.yaml`) every pod runs with. The node id
+/// and the advertised addresses come from the pod's environment.
+pub fn server_config(spec: &GrapeClusterSpec, names: &Names, bootstrap_replicas: i32) -> Value {
+    let peers: Vec<Value> = (0..bootstrap_replicas.max(1))
+        .map(|i| {
+            let pod = names.pod(i);
+            json!({"id": pod, "address": format!("{}:{RAFT_PORT}", names.pod_host(&pod))})
+        })
+        .collect();
+    let tls = spec.security.tls_secret.is_some();
+    let mut cluster = json!({
+        "enabled": true,
+        "peers": peers,
+        "election_timeout_ms": spec.raft.election_timeout_ms,
+        "heartbeat_interval_ms": spec.raft.heartbeat_interval_ms,
+    });
+    let mut security = json!({"enable_tls": tls});
+    if tls {
+        let dir = format!("{CONFIG_DIR}/tls");
+        cluster["enable_tls"] = json!(true);
+        cluster["tls_config"] = json!({
+            "cert_file": format!("{dir}/tls.crt"),
+            "key_file": format!("{dir}/tls.key"),
+            "ca_file": format!("{dir}/ca.crt"),
+            "verify_peer": true,
+        });
+        security["cert_file"] = json!(format!("{dir}/tls.crt"));
+        security["key_file"] = json!(format!("{dir}/tls.key"));
+    }
+    if spec.security.api_keys_secret.is_some() {
+        security["enable_auth"] = json!(true);
+        security["api_keys_file"] = json!(format!("{CONFIG_DIR}/keys/{API_KEYS_FILE}"));
+    }
+    json!({
+        "node": {
+            "listen_address": format!("0.0.0.0:{API_PORT}"),
+            "raft_address": format!("0.0.0.0:{RAFT_PORT}"),
+            "data_dir": DATA_DIR,
+        },
+        "cluster": cluster,
+        "database": {
+            "vector_dimension": spec.database.vector_dimension,
+            "metric": spec.database.metric,
+            "shard_count": spec.database.shard_count,
+            "replication_factor": spec.database.replication_factor,
+        },
+        "index": {
+            "hnsw_m": spec.index.m,
+            "hnsw_ef_construction": spec.index.ef_construction,
+            "hnsw_ef_search": spec.index.ef_search,
+        },
+        "monitoring": {
+            "enable_metrics": true,
+            "metrics_port": METRICS_PORT,
+        },
+        "security": security,
+    })
+}
+
+/// `server.yaml` as text.
+pub fn server_yaml(spec: &GrapeClusterSpec, names: &Names, bootstrap_replicas: i32) -> String {
+    serde_yaml::to_string(&server_config(spec, names, bootstrap_replicas)).unwrap_or_default()
+}
+
+/// A short stable hash of `text` (hex).
+pub fn hash(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn probe(path: &str, scheme: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            scheme: Some(scheme.into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+fn port(name: &str, number: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: number,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+fn service_port(name: &str, number: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port: number,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    }
+}
+
+/// Spreads pods over hosts unless the spec gives its own affinity.
+fn default_affinity(names: &Names) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(selector(names)),
+                            ..LabelSelector::default()
+                        }),
+                        topology_key: "kubernetes.io/hostname".into(),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    }
+}
+
+/// Every object of `cluster`, with the StatefulSet at `statefulset_replicas` pods and the peer
+/// list of the `bootstrap_replicas` pods that formed the cluster.
+pub fn desired(
+    cluster: &GrapeCluster,
+    statefulset_replicas: i32,
+    bootstrap_replicas: i32,
+) -> Desired {
+    let names = Names::of(cluster);
+    let spec = &cluster.spec;
+    let yaml = server_yaml(spec, &names, bootstrap_replicas);
+    let config_hash = hash(&yaml);
+    let tls = spec.security.tls_secret.is_some();
+    let scheme = if tls { "HTTPS" } else { "HTTP" };
+
+    let config_map = ConfigMap {
+        metadata: meta(cluster, &names, names.config_map()),
+        data: Some(BTreeMap::from([("server.yaml".to_string(), yaml)])),
+        ..ConfigMap::default()
+    };
+
+    let headless = Service {
+        metadata: meta(cluster, &names, names.headless()),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            // Peers must resolve each other before they are ready: a joining node is not
+            // ready until it is admitted, and admitting it needs its address.
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector(&names)),
+            ports: Some(vec![
+                service_port("http", API_PORT),
+                service_port("raft", RAFT_PORT),
+                service_port("metrics", METRICS_PORT),
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+
+    let client_service = Service {
+        metadata: meta(cluster, &names, names.client_service()),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector(&names)),
+            // The metrics port is on the headless Service only, so that a ServiceMonitor
+            // scrapes each pod once.
+            ports: Some(vec![service_port("http", API_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+
+    let mut mounts = vec![
+        VolumeMount {
+            name: "data".into(),
+            mount_path: DATA_DIR.into(),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "config".into(),
+            mount_path: format!("{CONFIG_DIR}/server.yaml"),
+            sub_path: Some("server.yaml".into()),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    ];
+    let mut volumes = vec![Volume {
+        name: "config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: names.config_map(),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    if let Some(secret) = &spec.security.api_keys_secret {
+        mounts.push(VolumeMount {
+            name: "api-keys".into(),
+            mount_path: format!("{CONFIG_DIR}/keys"),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "api-keys".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    if let Some(secret) = &spec.security.tls_secret {
+        mounts.push(VolumeMount {
+            name: "tls".into(),
+            mount_path: format!("{CONFIG_DIR}/tls"),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+
+    let host = format!(
+        "$(GRAPE_NODE_ID).{}.{}.svc",
+        names.headless(),
+        names.namespace
+    );
+    let container = Container {
+        name: "grape".into(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: spec.image_pull_policy.clone(),
+        command: Some(vec!["grape".into()]),
+        args: Some(vec!["--config".into(), format!("{CONFIG_DIR}/server.yaml")]),
+        env: Some(vec![
+            EnvVar {
+                name: "GRAPE_NODE_ID".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.name".into(),
+                        ..ObjectFieldSelector::default()
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            },
+            env(
+                "GRAPE__NODE__ADVERTISE_RAFT_ADDRESS",
+                &format!("{host}:{RAFT_PORT}"),
+            ),
+            env(
+                "GRAPE__NODE__ADVERTISE_API_ADDRESS",
+                &format!("{host}:{API_PORT}"),
+            ),
+        ]),
+        ports: Some(vec![
+            port("http", API_PORT),
+            port("raft", RAFT_PORT),
+            port("metrics", METRICS_PORT),
+        ]),
+        resources: spec.resources.clone(),
+        // Graphs are rebuilt from RocksDB on start; /health answers meanwhile.
+        startup_probe: Some(probe("/health", scheme, 2, 150)),
+        liveness_probe: Some(probe("/health", scheme, 10, 6)),
+        // Not ready until admitted to the cluster and caught up.
+        readiness_probe: Some(probe("/ready", scheme, 2, 3)),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+
+    let mut template_annotations =
+        BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), config_hash)]);
+    template_annotations.insert("prometheus.io/scrape".into(), "true".into());
+    template_annotations.insert("prometheus.io/port".into(), METRICS_PORT.to_string());
+
+    let mut storage_request = BTreeMap::new();
+    storage_request.insert("storage".to_string(), Quantity(spec.storage.size.clone()));
+
+    let mut sts_meta = meta(cluster, &names, names.statefulset());
+    sts_meta.annotations = Some(BTreeMap::from([(
+        BOOTSTRAP_ANNOTATION.to_string(),
+        bootstrap_replicas.to_string(),
+    )]));
+    let statefulset = StatefulSet {
+        metadata: sts_meta,
+        spec: StatefulSetSpec {
+            replicas: Some(statefulset_replicas),
+            service_name: Some(names.headless()),
+            pod_management_policy: Some("Parallel".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                ..StatefulSetUpdateStrategy::default()
+            }),
+            // A drained, removed node's volume goes with it: a later scale-out starts fresh.
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_scaled: Some("Delete".into()),
+                    when_deleted: Some("Retain".into()),
+                },
+            ),
+            selector: LabelSelector {
+                match_labels: Some(selector(&names)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(&names)),
+                    annotations: Some(template_annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    termination_grace_period_seconds: Some(60),
+                    security_context: Some(PodSecurityContext {
+                        run_as_user: Some(10001),
+                        run_as_group: Some(10001),
+                        fs_group: Some(10001),
+                        run_as_non_root: Some(true),
+                        ..PodSecurityContext::default()
+                    }),
+                    node_selector: spec.node_selector.clone(),
+                    tolerations: spec.tolerations.clone(),
+                    affinity: Some(
+                        spec.affinity
+                            .clone()
+                            .unwrap_or_else(|| default_affinity(&names)),
+                    ),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some("data".into()),
+                    labels: Some(labels(&names)),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".into()]),
+                    storage_class_name: spec.storage.storage_class_name.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(storage_request),
+                        ..VolumeResourceRequirements::default()
+                    }),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                ..PersistentVolumeClaim::default()
+            }]),
+            ..StatefulSetSpec::default()
+        },
+        ..StatefulSet::default()
+    };
+
+    let pdb = PodDisruptionBudget {
+        metadata: meta(cluster, &names, names.pdb()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector(&names)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    };
+
+    let service_monitor = spec.monitoring.service_monitor.then(|| {
+        let m = meta(cluster, &names, names.cluster.clone());
+        json!({
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "ServiceMonitor",
+            "metadata": serde_json::to_value(&m).unwrap_or_default(),
+            "spec": {
+                "selector": {"matchLabels": selector(&names)},
+                "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}],
+            },
+        })
+    });
+
+    Desired {
+        config_map,
+        headless,
+        client_service,
+        statefulset,
+        pdb,
+        service_monitor,
+    }
+}

@@ -1,0 +1,306 @@
+//! The owned objects rendered for a default and for a fully specified GrapeCluster, and the
+//! checked-in CRD.
+
+use grape_operator::crd::GrapeCluster;
+use grape_operator::resources::{self, BOOTSTRAP_ANNOTATION, CONFIG_HASH_ANNOTATION};
+use serde_json::{Value, json};
+
+fn cluster(spec: Value) -> GrapeCluster {
+    serde_json::from_value(json!({
+        "apiVersion": "grape.io/v1alpha1",
+        "kind": "GrapeCluster",
+        "metadata": {"name": "vectors", "namespace": "search", "uid": "1234-abcd", "generation": 1},
+        "spec": spec,
+    }))
+    .expect("valid GrapeCluster")
+}
+
+fn full_spec() -> Value {
+    json!({
+        "replicas": 5,
+        "image": "registry.example/grape:1.2.3",
+        "imagePullPolicy": "IfNotPresent",
+        "resources": {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "8Gi"}},
+        "storage": {"size": "100Gi", "storageClassName": "fast-ssd"},
+        "database": {"vectorDimension": 768, "metric": "l2", "shardCount": 32, "replicationFactor": 3},
+        "index": {"m": 32, "efConstruction": 400, "efSearch": 256},
+        "raft": {"electionTimeoutMs": 1000, "heartbeatIntervalMs": 200},
+        "security": {"apiKeysSecret": "grape-keys", "tlsSecret": "grape-tls"},
+        "monitoring": {"serviceMonitor": true},
+        "nodeSelector": {"disktype": "ssd"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "grape", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a", "b"]}]}]}}},
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).expect("serializable")
+}
+
+#[test]
+fn default_spec_renders_every_owned_object() {
+    let c = cluster(json!({}));
+    assert_eq!(c.spec.replicas, 3);
+    let d = resources::desired(&c, 3, 3);
+
+    // Every object is owned by the cluster (controller reference) and labelled.
+    for meta in [
+        &d.config_map.metadata,
+        &d.headless.metadata,
+        &d.client_service.metadata,
+        &d.statefulset.metadata,
+        &d.pdb.metadata,
+    ] {
+        let owner = &meta.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(owner.kind, "GrapeCluster");
+        assert_eq!(owner.uid, "1234-abcd");
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(meta.namespace.as_deref(), Some("search"));
+        assert_eq!(
+            meta.labels.as_ref().unwrap()["app.kubernetes.io/instance"],
+            "vectors"
+        );
+    }
+    assert!(d.service_monitor.is_none());
+
+    // ConfigMap: the node configuration, peers = the bootstrap pods by stable DNS name.
+    let yaml = &d.config_map.data.as_ref().unwrap()["server.yaml"];
+    let config: Value = serde_yaml::from_str(yaml).unwrap();
+    assert_eq!(
+        d.config_map.metadata.name.as_deref(),
+        Some("vectors-config")
+    );
+    assert_eq!(config["cluster"]["enabled"], true);
+    assert_eq!(
+        config["cluster"]["peers"],
+        json!([
+            {"id": "vectors-0", "address": "vectors-0.vectors-headless.search.svc:9000"},
+            {"id": "vectors-1", "address": "vectors-1.vectors-headless.search.svc:9000"},
+            {"id": "vectors-2", "address": "vectors-2.vectors-headless.search.svc:9000"},
+        ])
+    );
+    assert_eq!(config["database"]["vector_dimension"], 1536);
+    assert_eq!(config["database"]["metric"], "cosine");
+    assert_eq!(config["database"]["shard_count"], 16);
+    assert_eq!(config["database"]["replication_factor"], 3);
+    assert_eq!(config["cluster"]["election_timeout_ms"], 500);
+    assert_eq!(config["node"]["data_dir"], "/var/lib/grape-vector-db");
+    assert_eq!(config["security"]["enable_tls"], false);
+    assert!(config["security"].get("api_keys_file").is_none());
+
+    // Headless Service: peer DNS, not-ready pods published (joining nodes must be reachable).
+    let headless = to_json(&d.headless);
+    assert_eq!(headless["metadata"]["name"], "vectors-headless");
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
+    let ports: Vec<i64> = headless["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ports, vec![8080, 9000, 9091]);
+
+    // Client Service: the API only, ready pods only.
+    let client = to_json(&d.client_service);
+    assert_eq!(client["metadata"]["name"], "vectors");
+    assert_eq!(client["spec"]["ports"][0]["port"], 8080);
+    assert!(client["spec"].get("publishNotReadyAddresses").is_none());
+
+    // StatefulSet.
+    let sts = to_json(&d.statefulset);
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(sts["spec"]["serviceName"], "vectors-headless");
+    assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel");
+    assert_eq!(sts["spec"]["updateStrategy"]["type"], "OnDelete");
+    assert_eq!(
+        sts["spec"]["persistentVolumeClaimRetentionPolicy"],
+        json!({"whenScaled": "Delete", "whenDeleted": "Retain"})
+    );
+    assert_eq!(sts["metadata"]["annotations"][BOOTSTRAP_ANNOTATION], "3");
+    let pod = &sts["spec"]["template"];
+    assert_eq!(
+        pod["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+            .as_str()
+            .unwrap()
+            .len(),
+        16
+    );
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["image"], "grape-vector-db:latest");
+    assert_eq!(
+        container["args"],
+        json!(["--config", "/etc/grape-vector-db/server.yaml"])
+    );
+    assert_eq!(container["env"][0]["name"], "GRAPE_NODE_ID");
+    assert_eq!(
+        container["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert_eq!(
+        container["env"][1]["value"],
+        "$(GRAPE_NODE_ID).vectors-headless.search.svc:9000"
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(container["startupProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTP");
+    assert_eq!(container["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        container["volumeMounts"][0]["mountPath"],
+        "/var/lib/grape-vector-db"
+    );
+    assert!(container.get("resources").is_none());
+    // Pods spread over hosts by default.
+    assert_eq!(
+        pod["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+            [0]["podAffinityTerm"]["topologyKey"],
+        "kubernetes.io/hostname"
+    );
+    let claim = &sts["spec"]["volumeClaimTemplates"][0];
+    assert_eq!(claim["metadata"]["name"], "data");
+    assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "10Gi");
+    assert!(claim["spec"].get("storageClassName").is_none());
+
+    // PDB: one pod down at a time.
+    let pdb = to_json(&d.pdb);
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        sts["spec"]["selector"]["matchLabels"]
+    );
+}
+
+#[test]
+fn full_spec_renders_resources_security_placement_and_monitoring() {
+    let c = cluster(full_spec());
+    let d = resources::desired(&c, 5, 3);
+    let yaml = &d.config_map.data.as_ref().unwrap()["server.yaml"];
+    let config: Value = serde_yaml::from_str(yaml).unwrap();
+    // Peers stay the three that formed the cluster even at five replicas.
+    assert_eq!(config["cluster"]["peers"].as_array().unwrap().len(), 3);
+    assert_eq!(config["database"]["vector_dimension"], 768);
+    assert_eq!(config["database"]["shard_count"], 32);
+    assert_eq!(config["index"]["hnsw_m"], 32);
+    assert_eq!(config["index"]["hnsw_ef_construction"], 400);
+    assert_eq!(config["index"]["hnsw_ef_search"], 256);
+    assert_eq!(config["cluster"]["heartbeat_interval_ms"], 200);
+    assert_eq!(config["cluster"]["enable_tls"], true);
+    assert_eq!(
+        config["cluster"]["tls_config"]["ca_file"],
+        "/etc/grape-vector-db/tls/ca.crt"
+    );
+    assert_eq!(config["security"]["enable_tls"], true);
+    assert_eq!(config["security"]["enable_auth"], true);
+    assert_eq!(
+        config["security"]["api_keys_file"],
+        "/etc/grape-vector-db/keys/api_keys.yaml"
+    );
+
+    let sts = to_json(&d.statefulset);
+    assert_eq!(sts["spec"]["replicas"], 5);
+    let pod = &sts["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["image"], "registry.example/grape:1.2.3");
+    assert_eq!(container["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(container["resources"]["requests"]["memory"], "8Gi");
+    assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    let mounts: Vec<&str> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert!(mounts.contains(&"/etc/grape-vector-db/keys"));
+    assert!(mounts.contains(&"/etc/grape-vector-db/tls"));
+    let secrets: Vec<&str> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["secret"]["secretName"].as_str())
+        .collect();
+    assert_eq!(secrets, vec!["grape-keys", "grape-tls"]);
+    assert_eq!(pod["nodeSelector"]["disktype"], "ssd");
+    assert_eq!(pod["tolerations"][0]["value"], "grape");
+    // The given affinity replaces the default spreading.
+    assert!(pod["affinity"].get("podAntiAffinity").is_none());
+    assert_eq!(
+        pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            [0]["matchExpressions"][0]["key"],
+        "zone"
+    );
+    let claim = &sts["spec"]["volumeClaimTemplates"][0]["spec"];
+    assert_eq!(claim["storageClassName"], "fast-ssd");
+    assert_eq!(claim["resources"]["requests"]["storage"], "100Gi");
+
+    let monitor = d.service_monitor.expect("ServiceMonitor asked for");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(monitor["metadata"]["ownerReferences"][0]["name"], "vectors");
+}
+
+#[test]
+fn a_config_change_changes_the_pod_template_and_a_replica_change_does_not() {
+    let c = cluster(json!({}));
+    let base = resources::desired(&c, 3, 3);
+    let scaled = resources::desired(&c, 5, 3);
+    assert_eq!(
+        base.statefulset.spec.template, scaled.statefulset.spec.template,
+        "scaling must not restart pods"
+    );
+    let mut changed = c.clone();
+    changed.spec.index.ef_search = 64;
+    let updated = resources::desired(&changed, 3, 3);
+    let hash = |d: &resources::Desired| {
+        d.statefulset
+            .spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()[CONFIG_HASH_ANNOTATION]
+            .clone()
+    };
+    assert_ne!(
+        hash(&base),
+        hash(&updated),
+        "a config change must roll the pods"
+    );
+}
+
+#[test]
+fn checked_in_crd_matches_the_types() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/grapecluster.yaml");
+    let on_disk = std::fs::read_to_string(path).expect("crds/grapecluster.yaml");
+    assert!(
+        on_disk == grape_operator::crd::crd_yaml(),
+        "crds/grapecluster.yaml is stale: run `cargo run -p grape-operator --bin crdgen > crds/grapecluster.yaml`"
+    );
+    let crd: Value = serde_yaml::from_str(&on_disk).unwrap();
+    assert_eq!(crd["spec"]["group"], "grape.io");
+    assert_eq!(crd["spec"]["names"]["shortNames"], json!(["grape"]));
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["name"], "v1alpha1");
+    let columns: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, vec!["Replicas", "Ready", "Leader", "Phase", "Age"]);
+    assert!(version["subresources"]["status"].is_object());
+    assert_eq!(
+        version["subresources"]["scale"]["specReplicasPath"],
+        ".spec.replicas"
+    );
+    let text = on_disk.as_str();
+    for rule in [
+        "self.database.replicationFactor <= self.replicas",
+        "vectorDimension is immutable",
+        "shardCount is immutable",
+    ] {
+        assert!(text.contains(rule), "CRD lacks the rule {rule}");
+    }
+}
