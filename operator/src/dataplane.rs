@@ -109,9 +109,9 @@ impl<'a> DataPlane<'a> {
             Action::Rebalance { strategy } => {
                 ("/admin/cluster/rebalance", json!({"strategy": strategy}))
             }
-            Action::MoveLeadershipsOff { from, to } => (
+            Action::MoveLeadershipsOff { from } => (
                 "/admin/cluster/transfer-leadership",
-                json!({"target_node": to, "from_node": from}),
+                json!({"from_node": from}),
             ),
             Action::Switchover { to } => (
                 "/admin/cluster/transfer-leadership",

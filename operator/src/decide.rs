@@ -16,7 +16,7 @@
 //! an operation (drain, rebalance, repair) or any pod that is a member is not ready.
 
 use crate::crd::{GrapeClusterSpec, GrapeClusterStatus, MemberStatus};
-use crate::resources::{Names, REBALANCE_ANNOTATION, SWITCHOVER_ANNOTATION};
+use crate::resources::{self, Names, REBALANCE_ANNOTATION, SWITCHOVER_ANNOTATION};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use std::collections::BTreeMap;
@@ -24,14 +24,12 @@ use std::time::Duration;
 
 /// How long after an automatic rebalance the operator waits before starting another one when
 /// the cluster is still unbalanced (leaders move on failover; this keeps it from chasing them).
-pub const AUTO_REBALANCE_INTERVAL: Duration = Duration::from_secs(120);
+pub const AUTO_REBALANCE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The StatefulSet as observed.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ObservedStatefulSet {
     pub replicas: i32,
-    /// `status.updateRevision`: the revision pods should run.
-    pub update_revision: Option<String>,
     /// The bootstrap peer count it was created with.
     pub bootstrap_replicas: Option<i32>,
 }
@@ -44,8 +42,8 @@ pub struct ObservedPod {
     pub started: bool,
     /// Its `Ready` condition (the readiness probe on `/ready`).
     pub ready: bool,
-    /// Label `controller-revision-hash`.
-    pub revision: Option<String>,
+    /// Its `grape.io/template-hash` annotation: the pod template it was created from.
+    pub template_hash: Option<String>,
     /// It has a deletion timestamp.
     pub terminating: bool,
 }
@@ -95,8 +93,9 @@ pub enum Action {
     RemoveNode { node: String },
     /// `POST /admin/cluster/rebalance`.
     Rebalance { strategy: String },
-    /// `POST /admin/cluster/transfer-leadership` of every group `from` leads, to `to`.
-    MoveLeadershipsOff { from: String, to: String },
+    /// `POST /admin/cluster/transfer-leadership` with `from_node` alone: every group `from`
+    /// leads goes to another of its voters.
+    MoveLeadershipsOff { from: String },
     /// `POST /admin/cluster/transfer-leadership` of the meta group to `to`.
     Switchover { to: String },
     /// Delete a pod so that the StatefulSet controller recreates it on the new revision.
@@ -124,8 +123,8 @@ impl Action {
                 format!("draining {node} and removing it from the cluster")
             }
             Action::Rebalance { strategy } => format!("rebalancing ({strategy})"),
-            Action::MoveLeadershipsOff { from, to } => {
-                format!("moving leaderships from {from} to {to} before it restarts")
+            Action::MoveLeadershipsOff { from } => {
+                format!("moving every leadership off {from} before it restarts")
             }
             Action::Switchover { to } => format!("switching the leader over to {to}"),
             Action::DeletePod { pod } => format!("restarting {pod} on the new revision"),
@@ -238,14 +237,11 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
         work = Some(Work::Creating);
     } else if let Some(dp) = dp {
         let outdated: Vec<&ObservedPod> = {
-            let revision = observed
-                .statefulset
-                .as_ref()
-                .and_then(|s| s.update_revision.clone());
+            let want = resources::template_hash(spec, names, bootstrap);
             let mut pods: Vec<&ObservedPod> = observed
                 .pods
                 .iter()
-                .filter(|p| revision.is_some() && p.revision != revision && !p.terminating)
+                .filter(|p| p.template_hash.as_deref() != Some(want.as_str()) && !p.terminating)
                 .collect();
             pods.sort_by_key(|p| std::cmp::Reverse(names.ordinal(&p.name).unwrap_or(0)));
             pods
@@ -314,16 +310,14 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
                 && observed.pods.len() as i32 == statefulset_replicas;
             if all_ready {
                 let next = outdated[0].name.clone();
+                // Leaderships go first (each group to another of its voters), unless no other
+                // member could take them (a cluster of one).
                 let leads = dp.members.get(&next).is_some_and(|m| m.leads_any);
-                let heir = dp
-                    .members
-                    .iter()
-                    .filter(|(id, m)| **id != next && m.ready)
-                    .min_by_key(|(id, m)| (m.leaderships, (*id).clone()))
-                    .map(|(id, _)| id.clone());
-                action = Some(match (leads, heir) {
-                    (true, Some(to)) => Action::MoveLeadershipsOff { from: next, to },
-                    _ => Action::DeletePod { pod: next },
+                let others_ready = dp.members.iter().any(|(id, m)| *id != next && m.ready);
+                action = Some(if leads && others_ready {
+                    Action::MoveLeadershipsOff { from: next }
+                } else {
+                    Action::DeletePod { pod: next }
                 });
             }
         } else if let Some(value) = rebalance_asked {

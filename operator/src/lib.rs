@@ -11,7 +11,10 @@
 //!   lease      leader election so that two operator replicas never act at once
 //! ```
 
+pub mod controller;
 pub mod crd;
 pub mod dataplane;
 pub mod decide;
+pub mod lease;
+pub mod metrics;
 pub mod resources;

@@ -48,8 +48,9 @@ pub const CONFIG_DIR: &str = "/etc/grape-vector-db";
 pub const API_KEYS_FILE: &str = "api_keys.yaml";
 /// The key inside the API-keys Secret holding the operator's own (admin) key.
 pub const OPERATOR_KEY: &str = "operator-key";
-/// Pod template annotation: hash of the rendered configuration (a change restarts the pods).
-pub const CONFIG_HASH_ANNOTATION: &str = "grape.io/config-hash";
+/// Pod template annotation: hash of the rest of the pod template, rendered configuration
+/// included. Pods whose annotation differs from the desired one are restarted, one at a time.
+pub const TEMPLATE_HASH_ANNOTATION: &str = "grape.io/template-hash";
 /// StatefulSet annotation: how many pods formed the cluster (the fixed bootstrap peer list).
 pub const BOOTSTRAP_ANNOTATION: &str = "grape.io/bootstrap-replicas";
 /// Annotation on the GrapeCluster: make this pod the meta-group leader.
@@ -179,7 +180,9 @@ pub fn server_config(spec: &GrapeClusterSpec, names: &Names, bootstrap_replicas:
         "election_timeout_ms": spec.raft.election_timeout_ms,
         "heartbeat_interval_ms": spec.raft.heartbeat_interval_ms,
     });
-    let mut security = json!({"enable_tls": tls});
+    // Without an API-keys Secret there are no keys: authentication is off (the node would
+    // otherwise turn it on because it listens beyond loopback, and refuse everything).
+    let mut security = json!({"enable_tls": tls, "enable_auth": false});
     if tls {
         let dir = format!("{CONFIG_DIR}/tls");
         cluster["enable_tls"] = json!(true);
@@ -308,13 +311,12 @@ pub fn desired(
     let names = Names::of(cluster);
     let spec = &cluster.spec;
     let yaml = server_yaml(spec, &names, bootstrap_replicas);
-    let config_hash = hash(&yaml);
     let tls = spec.security.tls_secret.is_some();
     let scheme = if tls { "HTTPS" } else { "HTTP" };
 
     let config_map = ConfigMap {
         metadata: meta(cluster, &names, names.config_map()),
-        data: Some(BTreeMap::from([("server.yaml".to_string(), yaml)])),
+        data: Some(BTreeMap::from([("server.yaml".to_string(), yaml.clone())])),
         ..ConfigMap::default()
     };
 
@@ -461,8 +463,7 @@ pub fn desired(
         ..Container::default()
     };
 
-    let mut template_annotations =
-        BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), config_hash)]);
+    let mut template_annotations = BTreeMap::new();
     template_annotations.insert("prometheus.io/scrape".into(), "true".into());
     template_annotations.insert("prometheus.io/port".into(), METRICS_PORT.to_string());
 
@@ -544,6 +545,22 @@ pub fn desired(
         ..StatefulSet::default()
     };
 
+    // The hash covers the template (the configuration is in it through `yaml`'s hash below).
+    let mut statefulset = statefulset;
+    let template_hash = {
+        let template = serde_json::to_string(&statefulset.spec.template).unwrap_or_default();
+        hash(&format!("{template}\n{yaml}"))
+    };
+    if let Some(annotations) = statefulset
+        .spec
+        .template
+        .metadata
+        .as_mut()
+        .and_then(|m| m.annotations.as_mut())
+    {
+        annotations.insert(TEMPLATE_HASH_ANNOTATION.to_string(), template_hash);
+    }
+
     let pdb = PodDisruptionBudget {
         metadata: meta(cluster, &names, names.pdb()),
         spec: Some(PodDisruptionBudgetSpec {
@@ -578,4 +595,27 @@ pub fn desired(
         pdb,
         service_monitor,
     }
+}
+
+/// The template hash pods of `spec` should carry (see [`TEMPLATE_HASH_ANNOTATION`]).
+pub fn template_hash(spec: &GrapeClusterSpec, names: &Names, bootstrap_replicas: i32) -> String {
+    let mut cluster = GrapeCluster::new(&names.cluster, spec.clone());
+    cluster.metadata.namespace = Some(names.namespace.clone());
+    pod_template_hash(
+        &desired(&cluster, 1, bootstrap_replicas)
+            .statefulset
+            .spec
+            .template,
+    )
+}
+
+/// The template hash annotation of a pod template or pod metadata.
+pub fn pod_template_hash(template: &PodTemplateSpec) -> String {
+    template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(TEMPLATE_HASH_ANNOTATION))
+        .cloned()
+        .unwrap_or_default()
 }

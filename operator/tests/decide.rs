@@ -6,7 +6,7 @@ use grape_operator::decide::{
     Action, Observed, ObservedDataPlane, ObservedMember, ObservedPod, ObservedStatefulSet, Plan,
     condition, decide,
 };
-use grape_operator::resources::{Names, REBALANCE_ANNOTATION, SWITCHOVER_ANNOTATION};
+use grape_operator::resources::{self, Names, REBALANCE_ANNOTATION, SWITCHOVER_ANNOTATION};
 use k8s_openapi::jiff::Timestamp;
 use std::collections::BTreeMap;
 
@@ -27,12 +27,17 @@ fn now() -> Timestamp {
     Timestamp::from_second(1_800_000_000).unwrap()
 }
 
-fn pod(ordinal: i32, ready: bool, revision: &str) -> ObservedPod {
+/// The template hash of the default spec (pods "on the current revision").
+fn current() -> String {
+    resources::template_hash(&spec(3), &names(), 3)
+}
+
+fn pod(ordinal: i32, ready: bool, template_hash: &str) -> ObservedPod {
     ObservedPod {
         name: format!("g-{ordinal}"),
         started: true,
         ready,
-        revision: Some(revision.into()),
+        template_hash: Some(template_hash.into()),
         terminating: false,
     }
 }
@@ -72,10 +77,9 @@ fn settled(n: i32) -> Observed {
         },
         statefulset: Some(ObservedStatefulSet {
             replicas: n,
-            update_revision: Some("rev1".into()),
             bootstrap_replicas: Some(3),
         }),
-        pods: (0..n).map(|o| pod(o, true, "rev1")).collect(),
+        pods: (0..n).map(|o| pod(o, true, &current())).collect(),
         data_plane: Some(data_plane(&members)),
     }
 }
@@ -159,8 +163,8 @@ fn scale_out_raises_the_statefulset_then_adds_started_pods_then_rebalances() {
     // Pods g-3 and g-4 exist; g-3 started (not ready: it is not a member yet), g-4 not started.
     let mut observed = settled(3);
     observed.statefulset.as_mut().unwrap().replicas = 5;
-    observed.pods.push(pod(3, false, "rev1"));
-    let mut g4 = pod(4, false, "rev1");
+    observed.pods.push(pod(3, false, &current()));
+    let mut g4 = pod(4, false, &current());
     g4.started = false;
     observed.pods.push(g4);
     let plan = decide(&spec(5), &names(), &observed, now());
@@ -251,13 +255,13 @@ fn an_automatic_rebalance_waits_its_interval_and_evens_leaders_only_when_replica
             strategy: "leaders_only".into()
         })
     );
-    // One minute later, still unbalanced: not again yet.
+    // Twenty seconds later, still unbalanced: not again yet.
     observed.status = plan.status.clone();
-    let later = Timestamp::from_second(now().as_second() + 60).unwrap();
+    let later = Timestamp::from_second(now().as_second() + 20).unwrap();
     let plan = decide(&spec(3), &names(), &observed, later);
     assert_eq!(plan.action, None);
     assert_eq!(cond(&plan, "Balanced").0, "False");
-    let much_later = Timestamp::from_second(now().as_second() + 180).unwrap();
+    let much_later = Timestamp::from_second(now().as_second() + 40).unwrap();
     let plan = decide(&spec(3), &names(), &observed, much_later);
     assert!(matches!(plan.action, Some(Action::Rebalance { .. })));
 }
@@ -319,16 +323,17 @@ fn scale_in_waits_while_a_member_is_not_ready() {
 #[test]
 fn rolling_update_goes_highest_ordinal_first_moving_leaderships_off_before_deleting() {
     let mut observed = settled(3);
-    observed.statefulset.as_mut().unwrap().update_revision = Some("rev2".into());
-    // g-2 leads 5 shards: move them to the member leading fewest (g-1 with 5 vs g-0 with 5:
-    // ties go by name).
+    // A configuration change: every pod's template hash is now outdated.
+    let mut spec3 = spec(3);
+    spec3.index.ef_search = 64;
+    let next = resources::template_hash(&spec3, &names(), 3);
+    assert_ne!(next, current());
+    let spec = |_: i32| spec3.clone();
+    // g-2 leads 5 shards: move them off first.
     let plan = decide(&spec(3), &names(), &observed, now());
     assert_eq!(
         plan.action,
-        Some(Action::MoveLeadershipsOff {
-            from: "g-2".into(),
-            to: "g-0".into()
-        })
+        Some(Action::MoveLeadershipsOff { from: "g-2".into() })
     );
     assert_eq!(plan.status.phase.as_deref(), Some("Updating"));
     assert_eq!(cond(&plan, "Progressing").1, "RollingUpdate");
@@ -341,7 +346,7 @@ fn rolling_update_goes_highest_ordinal_first_moving_leaderships_off_before_delet
     assert_eq!(plan.action, Some(Action::DeletePod { pod: "g-2".into() }));
 
     // g-2 recreated on rev2 but not ready yet: wait; not Degraded (planned).
-    observed.pods[2] = pod(2, false, "rev2");
+    observed.pods[2] = pod(2, false, &next);
     let plan = decide(&spec(3), &names(), &observed, now());
     assert_eq!(plan.action, None);
     assert_eq!(cond(&plan, "Degraded").0, "False");
@@ -352,10 +357,7 @@ fn rolling_update_goes_highest_ordinal_first_moving_leaderships_off_before_delet
     let plan = decide(&spec(3), &names(), &observed, now());
     assert_eq!(
         plan.action,
-        Some(Action::MoveLeadershipsOff {
-            from: "g-1".into(),
-            to: "g-2".into()
-        })
+        Some(Action::MoveLeadershipsOff { from: "g-1".into() })
     );
 
     // A terminating pod is never picked twice, and nothing moves while it terminates.
@@ -366,9 +368,10 @@ fn rolling_update_goes_highest_ordinal_first_moving_leaderships_off_before_delet
 
 #[test]
 fn a_single_node_cluster_restarts_without_a_transfer() {
-    let mut observed = settled(1);
-    observed.statefulset.as_mut().unwrap().update_revision = Some("rev2".into());
-    let plan = decide(&spec(1), &names(), &observed, now());
+    let observed = settled(1);
+    let mut s = spec(1);
+    s.image = "grape-vector-db:next".into();
+    let plan = decide(&s, &names(), &observed, now());
     assert_eq!(plan.action, Some(Action::DeletePod { pod: "g-0".into() }));
 }
 
@@ -435,8 +438,8 @@ fn rebalance_annotation_starts_one_rebalance_per_value() {
 fn paused_freezes_everything_but_status() {
     let mut s = spec(5);
     s.paused = true;
+    s.image = "grape-vector-db:next".into();
     let mut observed = settled(3);
-    observed.statefulset.as_mut().unwrap().update_revision = Some("rev2".into());
     observed
         .annotations
         .insert(SWITCHOVER_ANNOTATION.into(), "g-2".into());

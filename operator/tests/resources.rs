@@ -2,7 +2,7 @@
 //! checked-in CRD.
 
 use grape_operator::crd::GrapeCluster;
-use grape_operator::resources::{self, BOOTSTRAP_ANNOTATION, CONFIG_HASH_ANNOTATION};
+use grape_operator::resources::{self, BOOTSTRAP_ANNOTATION, TEMPLATE_HASH_ANNOTATION};
 use serde_json::{Value, json};
 
 fn cluster(spec: Value) -> GrapeCluster {
@@ -87,6 +87,7 @@ fn default_spec_renders_every_owned_object() {
     assert_eq!(config["node"]["data_dir"], "/var/lib/grape-vector-db");
     assert_eq!(config["security"]["enable_tls"], false);
     assert!(config["security"].get("api_keys_file").is_none());
+    assert_eq!(config["security"]["enable_auth"], false);
 
     // Headless Service: peer DNS, not-ready pods published (joining nodes must be reachable).
     let headless = to_json(&d.headless);
@@ -120,7 +121,7 @@ fn default_spec_renders_every_owned_object() {
     assert_eq!(sts["metadata"]["annotations"][BOOTSTRAP_ANNOTATION], "3");
     let pod = &sts["spec"]["template"];
     assert_eq!(
-        pod["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+        pod["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION]
             .as_str()
             .unwrap()
             .len(),
@@ -260,7 +261,7 @@ fn a_config_change_changes_the_pod_template_and_a_replica_change_does_not() {
             .unwrap()
             .annotations
             .as_ref()
-            .unwrap()[CONFIG_HASH_ANNOTATION]
+            .unwrap()[TEMPLATE_HASH_ANNOTATION]
             .clone()
     };
     assert_ne!(

@@ -308,6 +308,34 @@ impl GrapeNode {
         self.launch().await;
     }
 
+    /// Starts a node (with its own data directory) without waiting for readiness: a member of
+    /// a cluster that does not exist yet, or a node that waits to be admitted.
+    pub async fn spawn(options: NodeOptions) -> GrapeNode {
+        let mut node = GrapeNode {
+            data_dir: tempfile::tempdir().expect("temp dir"),
+            options,
+            child: None,
+            log: Arc::new(Mutex::new(Vec::new())),
+            url: String::new(),
+            metrics_url: None,
+            ca_pem: None,
+        };
+        node.spawn_and_find_url().await;
+        node
+    }
+
+    /// Replaces the settings used by the next (re)start.
+    pub fn set_options(&mut self, options: NodeOptions) {
+        self.options = options;
+    }
+
+    /// What a pod restart does: SIGTERM, wait for the exit, start again on the same data
+    /// directory; does not wait for readiness.
+    pub async fn restart_terminated(&mut self) {
+        self.terminate();
+        self.spawn_and_find_url().await;
+    }
+
     /// Starts the process again without waiting for readiness (a member of a cluster that has
     /// no quorum yet cannot be ready).
     pub async fn restart_unready(&mut self) {

@@ -2,6 +2,7 @@
 //! `grape-failover` measurement.
 
 use crate::{Cluster, vector};
+use futures::StreamExt;
 use grape_client::{Consistency, DocumentInput, GrapeClient, SearchRequest, ShardChecksum};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -138,23 +139,47 @@ pub async fn check_all_present(
     cluster: &Cluster,
     acked: &BTreeMap<String, u64>,
 ) -> Result<(), String> {
-    for node in cluster.nodes.iter().filter(|n| n.is_running()) {
-        let client = node.client();
-        let docs = client.default_collection();
-        let mut problems = Vec::new();
-        for (id, seed) in acked {
-            match docs.get_with(id, Consistency::Strong).await {
-                Ok(found) if found.vector == vector(*seed, DIMENSION) => {}
-                Ok(_) => problems.push(format!("{id}: wrong vector")),
-                Err(e) => problems.push(format!("{id}: {e}")),
-            }
-        }
+    let clients = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.is_running())
+        .map(|n| n.client())
+        .collect();
+    check_all_present_at(clients, acked).await
+}
+
+/// [`check_all_present`] through each of `clients`.
+pub async fn check_all_present_at(
+    clients: Vec<GrapeClient>,
+    acked: &BTreeMap<String, u64>,
+) -> Result<(), String> {
+    for client in clients {
+        // 16 reads in flight: each strong read is a quorum round.
+        let problems: Vec<String> = futures::stream::iter(acked.iter())
+            .map(|(id, seed)| {
+                let client = client.clone();
+                async move {
+                    match client
+                        .default_collection()
+                        .get_with(id, Consistency::Strong)
+                        .await
+                    {
+                        Ok(found) if found.vector == vector(*seed, DIMENSION) => None,
+                        Ok(_) => Some(format!("{id}: wrong vector")),
+                        Err(e) => Some(format!("{id}: {e}")),
+                    }
+                }
+            })
+            .buffer_unordered(16)
+            .filter_map(|p| async move { p })
+            .collect()
+            .await;
         if !problems.is_empty() {
             return Err(format!(
                 "{} of {} acknowledged documents missing or wrong on {}: {:?}",
                 problems.len(),
                 acked.len(),
-                node.url,
+                client.base_url(),
                 &problems[..problems.len().min(5)]
             ));
         }

@@ -347,7 +347,7 @@ async fn transfer_leadership_moves_every_group_the_leader_leads_without_losing_w
             .as_array()
             .unwrap()
             .iter()
-            .any(|g| g == "meta"),
+            .any(|g| g["group"] == "meta"),
         "{answer}"
     );
     assert_eq!(leader_of(&cluster, "meta").await, target);
@@ -367,6 +367,40 @@ async fn transfer_leadership_moves_every_group_the_leader_leads_without_losing_w
         .await
         .unwrap();
     assert_eq!(leader_of(&cluster, "default/0").await, shard_target);
+    // Every leadership off one node (what the operator does before restarting a pod): each
+    // group goes to another of its voters.
+    let drained = format!("node-{shard_target}");
+    let answer: Value = cluster
+        .node(1)
+        .client()
+        .post_json(
+            "/admin/cluster/transfer-leadership",
+            &json!({"from_node": drained}),
+        )
+        .await
+        .unwrap();
+    assert!(!answer["moved"].as_array().unwrap().is_empty(), "{answer}");
+    let status = cluster
+        .node(1)
+        .client()
+        .get_json("/admin/cluster/status")
+        .await
+        .unwrap();
+    let still_led: Vec<&Value> = status["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["leader"] == drained.as_str())
+        .collect();
+    assert!(still_led.is_empty(), "{drained} still leads {still_led:?}");
+    // Neither a target nor a source.
+    let bad = cluster
+        .node(1)
+        .client()
+        .post_json("/admin/cluster/transfer-leadership", &json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.status().map(|s| s.as_u16()), Some(400));
     let bad = cluster
         .node(1)
         .client()

@@ -314,7 +314,8 @@ pub async fn sync_status(State(state): State<AppState>) -> Json<serde_json::Valu
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransferRequest {
-    target_node: String,
+    /// Where to; without it, every group `from_node` leads goes to another of its voters.
+    target_node: Option<String>,
     /// `meta`, or `collection/shard`; every group `from_node` leads when absent.
     shard: Option<String>,
     from_node: Option<String>,
@@ -327,7 +328,7 @@ pub async fn transfer_leadership(
     let moved = state
         .node
         .transfer_leadership(
-            &request.target_node,
+            request.target_node.as_deref(),
             request.shard.as_deref(),
             request.from_node.as_deref(),
         )

@@ -197,45 +197,90 @@ impl Node {
         json!({"node_id": self.id, "ready": status.ready, "groups": groups})
     }
 
-    /// Moves leadership to `target`: of one group (`shard` = `meta` or `collection/shard`), or,
-    /// without `shard`, of every group led by `from` (default: the meta leader) that `target`
-    /// is a member of. Waits until the moves happened.
+    /// Moves leaderships. With `target`: one group (`shard`), or every group `from` (default:
+    /// the meta leader) leads and `target` holds a replica of. Without `target` (needs `from`):
+    /// every group `from` leads goes to another of its voters, the one leading fewest groups,
+    /// so that `from` leads nothing afterwards (before a restart or a drain).
     pub async fn transfer_leadership(
         &self,
-        target: &str,
+        target: Option<&str>,
         shard: Option<&str>,
         from: Option<&str>,
     ) -> Result<Value> {
         let state = self.meta_state();
-        if !state.members().contains(target) {
+        if let Some(target) = target
+            && !state.members().contains(target)
+        {
             return Err(Error::invalid(
                 "invalid_target",
                 format!("target_node '{target}' is not a member of the cluster"),
             ));
         }
-        let groups: Vec<GroupId> = match shard {
-            Some(name) => vec![self.resolve_group(name)?],
-            None => {
+        if target.is_none() && (from.is_none() || shard.is_some()) {
+            return Err(Error::invalid(
+                "invalid_request",
+                "give target_node, or from_node alone to move every leadership off that node",
+            ));
+        }
+        // (group, target) pairs.
+        let moves: Vec<(GroupId, NodeId)> = match (shard, target) {
+            (Some(name), Some(target)) => vec![(self.resolve_group(name)?, target.to_string())],
+            _ => {
                 let statuses = self.member_statuses().await;
                 let from = from
                     .map(str::to_string)
                     .or_else(|| self.meta_metrics().current_leader)
                     .ok_or_else(|| Error::unavailable("no_leader", "the cluster has no leader"))?;
-                statuses
+                if !state.members().contains(&from) {
+                    return Err(Error::invalid(
+                        "invalid_request",
+                        format!("from_node '{from}' is not a member of the cluster"),
+                    ));
+                }
+                // Groups each reachable member leads now, to spread what moves.
+                let mut leads: BTreeMap<NodeId, usize> = statuses
+                    .iter()
+                    .filter_map(|(id, s)| {
+                        s.as_ref().map(|s| {
+                            (
+                                id.clone(),
+                                s.groups.iter().filter(|g| g.role == "leader").count(),
+                            )
+                        })
+                    })
+                    .collect();
+                let led: Vec<GroupStatus> = statuses
                     .get(&from)
                     .and_then(|s| s.as_ref())
                     .map(|s| {
                         s.groups
                             .iter()
-                            .filter(|g| g.role == "leader" && g.voters.iter().any(|v| v == target))
-                            .map(|g| g.group.clone())
+                            .filter(|g| g.role == "leader")
+                            .cloned()
                             .collect()
                     })
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                let mut moves = Vec::new();
+                for group in led {
+                    let chosen = match target {
+                        Some(t) => group.voters.iter().any(|v| v == t).then(|| t.to_string()),
+                        None => group
+                            .voters
+                            .iter()
+                            .filter(|v| **v != from && leads.contains_key(*v))
+                            .min_by_key(|v| (leads[*v], (*v).clone()))
+                            .cloned(),
+                    };
+                    if let Some(to) = chosen {
+                        *leads.entry(to.clone()).or_default() += 1;
+                        moves.push((group.group.clone(), to));
+                    }
+                }
+                moves
             }
         };
         let mut moved = Vec::new();
-        for group in groups {
+        for (group, target) in moves {
             let replicas: Vec<NodeId> = if group == META_GROUP {
                 state.members().into_iter().collect()
             } else {
@@ -245,14 +290,14 @@ impl Node {
                     .map(|g| g.replicas.clone())
                     .unwrap_or_default()
             };
-            if !replicas.iter().any(|r| r == target) {
+            if !replicas.contains(&target) {
                 return Err(Error::invalid(
                     "invalid_target",
                     format!("'{target}' holds no replica of {}", display_group(&group)),
                 ));
             }
-            self.transfer_group(&group, target).await?;
-            moved.push(display_group(&group));
+            self.transfer_group(&group, &target).await?;
+            moved.push(json!({"group": display_group(&group), "to": target}));
         }
         Ok(json!({"target_node": target, "moved": moved}))
     }

@@ -109,6 +109,9 @@ pub struct Node {
     started: Instant,
     /// Set when shutdown begins: the node stops answering readiness.
     stopping: AtomicBool,
+    /// Set once the node was first ready (fully caught up); afterwards a small apply lag no
+    /// longer makes it unready.
+    was_ready: AtomicBool,
     /// Recent leadership changes seen here, newest last.
     leader_events: Mutex<VecDeque<LeaderEvent>>,
     /// Elections this node started (`grape_raft_election_count_total`).
@@ -239,6 +242,7 @@ impl Node {
             group_changes: tokio::sync::Mutex::new(()),
             started: Instant::now(),
             stopping: AtomicBool::new(false),
+            was_ready: AtomicBool::new(false),
             leader_events: Mutex::new(VecDeque::new()),
             elections: AtomicU64::new(0),
             leadership_changes: AtomicU64::new(0),
@@ -348,7 +352,14 @@ impl Node {
         if self.stopping.load(Ordering::Acquire) {
             return false;
         }
-        if !caught_up(&self.meta_metrics()) {
+        // The first time, every replica must have applied all it knows to be committed; once
+        // ready, a replica a few entries behind (as followers are under load) stays ready.
+        let slack = if self.was_ready.load(Ordering::Acquire) {
+            READY_LAG_ENTRIES
+        } else {
+            0
+        };
+        if !within(&self.meta_metrics(), slack) {
             return false;
         }
         let state = self.meta_state.read();
@@ -362,12 +373,16 @@ impl Node {
             return false;
         }
         let groups = self.groups.read();
-        state.groups_of(&self.id).all(|(group, record)| {
+        let ready = state.groups_of(&self.id).all(|(group, record)| {
             record.initialized
                 && groups
                     .get(group)
-                    .is_some_and(|local| caught_up(&local.raft.metrics().borrow_watched()))
-        })
+                    .is_some_and(|local| within(&local.raft.metrics().borrow_watched(), slack))
+        });
+        if ready {
+            self.was_ready.store(true, Ordering::Release);
+        }
+        ready
     }
 
     /// Asks the server to stop this node shortly (after the current answers are sent).
@@ -534,6 +549,30 @@ impl Node {
 }
 
 /// Whether a group member knows its leader and has applied what the leader committed.
+/// Entries a replica may still have to apply and be ready: under a steady write load a
+/// follower is always a few entries behind the commit index it has heard of, and readiness
+/// must not flap with every batch.
+const READY_LAG_ENTRIES: u64 = 256;
+
+/// A leader is known and the replica is at most `slack` entries behind its commit index.
+fn within(metrics: &RaftMetrics, slack: u64) -> bool {
+    if metrics.current_leader.is_none() {
+        return false;
+    }
+    let applied = metrics
+        .last_applied
+        .as_ref()
+        .map(|l| l.index())
+        .unwrap_or(0);
+    let committed = metrics
+        .cluster_committed
+        .as_ref()
+        .map(|l| l.index())
+        .unwrap_or(0);
+    applied + slack >= committed
+}
+
+/// Applied everything known to be committed (a leader is known).
 fn caught_up(metrics: &RaftMetrics) -> bool {
     if metrics.current_leader.is_none() {
         return false;

@@ -1,0 +1,412 @@
+//! The kube-runtime shell around [`crate::decide`]: watch GrapeClusters (and what they own),
+//! observe the StatefulSet, its pods and the data plane, apply the owned objects with
+//! server-side apply under one field manager, run the decided action, publish an Event for it,
+//! patch the status, and requeue while work is in progress.
+//!
+//! ```text
+//!   watch ─> reconcile ─> finalizer ─┬─ Apply:   observe ─> decide ─> apply objects ─> act ─> status
+//!                                    └─ Cleanup: Event (owned objects go by garbage collection;
+//!                                                volumes are kept: whenDeleted Retain)
+//! ```
+
+use crate::crd::GrapeCluster;
+use crate::dataplane::{DataPlane, ServiceDns};
+use crate::decide::{self, Action as DataAction, Observed, ObservedPod, ObservedStatefulSet};
+use crate::metrics::Metrics;
+use crate::resources::{self, BOOTSTRAP_ANNOTATION, FIELD_MANAGER, Names, OPERATOR_KEY};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The finalizer the operator puts on every GrapeCluster.
+pub const FINALIZER: &str = "grape.io/finalizer";
+
+/// What a reconcile can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    /// Data-plane calls go to pod DNS names; tests replace this.
+    pub data_plane_http: reqwest::Client,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Metrics) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            data_plane_http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .connect_timeout(Duration::from_secs(2))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Runs the controller until the process is asked to stop.
+pub async fn run(client: Client, metrics: Metrics, namespace: Option<String>) {
+    let (clusters, statefulsets, pods) = match &namespace {
+        Some(ns) => (
+            Api::<GrapeCluster>::namespaced(client.clone(), ns),
+            Api::<StatefulSet>::namespaced(client.clone(), ns),
+            Api::<Pod>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::<GrapeCluster>::all(client.clone()),
+            Api::<StatefulSet>::all(client.clone()),
+            Api::<Pod>::all(client.clone()),
+        ),
+    };
+    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=grape-operator");
+    let context = Arc::new(Context::new(client, metrics));
+    Controller::new(clusters, watcher::Config::default())
+        .owns(statefulsets, managed.clone())
+        // Pods belong to the StatefulSet; map them to their cluster by label.
+        .watches(pods, managed, |pod: Pod| {
+            let namespace = pod.namespace()?;
+            let cluster = pod.labels().get("app.kubernetes.io/instance")?.clone();
+            Some(ObjectRef::<GrapeCluster>::new(&cluster).within(&namespace))
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile");
+            }
+        })
+        .await;
+}
+
+/// One reconcile of one GrapeCluster, behind the finalizer.
+pub async fn reconcile(cluster: Arc<GrapeCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let namespace = cluster
+        .namespace()
+        .ok_or_else(|| Error::Invalid("GrapeCluster without a namespace".into()))?;
+    let api: Api<GrapeCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, cluster, |event| async {
+        match event {
+            Finalizer::Apply(cluster) => apply(&cluster, &ctx).await,
+            Finalizer::Cleanup(cluster) => cleanup(&cluster, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .observe_reconcile(started.elapsed(), result.is_ok());
+    result
+}
+
+/// Retry a failed reconcile after a pause.
+pub fn error_policy(cluster: Arc<GrapeCluster>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(cluster = %cluster.name_any(), %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(15))
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+async fn server_side_apply<K>(api: Api<K>, object: &K) -> Result<(), Error>
+where
+    K: Resource + Clone + Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = object
+        .meta()
+        .name
+        .clone()
+        .ok_or_else(|| Error::Invalid("object without a name".into()))?;
+    api.patch(&name, &apply_params(), &Patch::Apply(object))
+        .await?;
+    Ok(())
+}
+
+/// Reads the operator's API key (and the CA) from the cluster's Secrets.
+async fn credentials(
+    cluster: &GrapeCluster,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<(Option<String>, Option<Vec<u8>>), Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let key = match &cluster.spec.security.api_keys_secret {
+        Some(name) => {
+            let secret = secrets.get(name).await?;
+            let value = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(OPERATOR_KEY))
+                .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "Secret {name} has no `{OPERATOR_KEY}` (an admin key for the operator)"
+                    ))
+                })?;
+            Some(value)
+        }
+        None => None,
+    };
+    let ca = match &cluster.spec.security.tls_secret {
+        Some(name) => secrets
+            .get(name)
+            .await?
+            .data
+            .and_then(|d| d.get("ca.crt").map(|v| v.0.clone())),
+        None => None,
+    };
+    Ok((key, ca))
+}
+
+/// Observes, decides, applies, acts, reports.
+async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
+    let names = Names::of(cluster);
+    let namespace = names.namespace.clone();
+    let client = &ctx.client;
+
+    // Observe Kubernetes.
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    let statefulset = sts_api.get_opt(&names.statefulset()).await?;
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let selector = resources::selector(&names)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods = pod_api
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    let observed_pods: Vec<ObservedPod> = pods.items.iter().map(observe_pod).collect();
+    let observed_sts = statefulset.as_ref().map(|s| ObservedStatefulSet {
+        replicas: s.spec.replicas.unwrap_or(1),
+        bootstrap_replicas: s
+            .annotations()
+            .get(BOOTSTRAP_ANNOTATION)
+            .and_then(|v| v.parse().ok()),
+    });
+
+    // Observe the data plane (ready pods first).
+    let mut order: Vec<String> = observed_pods
+        .iter()
+        .filter(|p| p.ready)
+        .map(|p| p.name.clone())
+        .collect();
+    order.extend(
+        observed_pods
+            .iter()
+            .filter(|p| !p.ready && p.started)
+            .map(|p| p.name.clone()),
+    );
+    let (key, ca) = if order.is_empty() {
+        (None, None)
+    } else {
+        credentials(cluster, ctx, &namespace).await?
+    };
+    let endpoints = ServiceDns {
+        names: names.clone(),
+        https: cluster.spec.security.tls_secret.is_some(),
+    };
+    let http = match &ca {
+        Some(pem) => reqwest::Certificate::from_pem(pem)
+            .ok()
+            .and_then(|c| {
+                reqwest::Client::builder()
+                    .add_root_certificate(c)
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .ok()
+            })
+            .unwrap_or_else(|| ctx.data_plane_http.clone()),
+        None => ctx.data_plane_http.clone(),
+    };
+    let data_plane = DataPlane::new(&endpoints, key).with_http(http);
+    let observed_dp = if order.is_empty() {
+        None
+    } else {
+        data_plane.observe(&order).await
+    };
+
+    let observed = Observed {
+        generation: cluster.metadata.generation,
+        annotations: cluster.annotations().clone(),
+        status: cluster.status.clone().unwrap_or_default(),
+        statefulset: observed_sts,
+        pods: observed_pods,
+        data_plane: observed_dp,
+    };
+    let plan = decide::decide(
+        &cluster.spec,
+        &names,
+        &observed,
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+
+    // Apply the owned objects.
+    if plan.apply {
+        let desired =
+            resources::desired(cluster, plan.statefulset_replicas, plan.bootstrap_replicas);
+        server_side_apply(
+            Api::<ConfigMap>::namespaced(client.clone(), &namespace),
+            &desired.config_map,
+        )
+        .await?;
+        let services = Api::<Service>::namespaced(client.clone(), &namespace);
+        server_side_apply(services.clone(), &desired.headless).await?;
+        server_side_apply(services, &desired.client_service).await?;
+        server_side_apply(sts_api, &desired.statefulset).await?;
+        server_side_apply(
+            Api::<PodDisruptionBudget>::namespaced(client.clone(), &namespace),
+            &desired.pdb,
+        )
+        .await?;
+        if let Some(monitor) = &desired.service_monitor {
+            let resource = ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+                "servicemonitors",
+            );
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), &namespace, &resource);
+            if let Err(e) = api
+                .patch(&names.cluster, &apply_params(), &Patch::Apply(monitor))
+                .await
+            {
+                // No Prometheus operator installed: say so, keep going.
+                publish(
+                    ctx,
+                    cluster,
+                    EventType::Warning,
+                    "ServiceMonitorFailed",
+                    &e.to_string(),
+                )
+                .await;
+            }
+        }
+    }
+
+    // Act.
+    if let Some(action) = &plan.action {
+        ctx.metrics.count_action(action.reason());
+        let outcome = match action {
+            DataAction::DeletePod { pod } => pod_api
+                .delete(pod, &DeleteParams::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            other => data_plane
+                .execute(other, &order)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        match outcome {
+            Ok(()) => {
+                publish(
+                    ctx,
+                    cluster,
+                    EventType::Normal,
+                    action.reason(),
+                    &action.describe(),
+                )
+                .await
+            }
+            Err(message) => {
+                publish(ctx, cluster, EventType::Warning, action.reason(), &message).await
+            }
+        }
+    }
+
+    // Report.
+    let api: Api<GrapeCluster> = Api::namespaced(client.clone(), &namespace);
+    api.patch_status(
+        &names.cluster,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": plan.status})),
+    )
+    .await?;
+    ctx.metrics
+        .set_cluster(&namespace, &names.cluster, &plan.status);
+    Ok(Action::requeue(plan.requeue))
+}
+
+async fn cleanup(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
+    let names = Names::of(cluster);
+    publish(
+        ctx,
+        cluster,
+        EventType::Normal,
+        "Deleting",
+        "owned objects are removed by garbage collection; the pods' volumes are kept",
+    )
+    .await;
+    ctx.metrics.forget_cluster(&names.namespace, &names.cluster);
+    Ok(Action::await_change())
+}
+
+async fn publish(
+    ctx: &Context,
+    cluster: &GrapeCluster,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
+        tracing::warn!(error = %e, "publishing an event");
+    }
+}
+
+/// What the kubelet reports of a pod.
+pub fn observe_pod(pod: &Pod) -> ObservedPod {
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let started = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.started == Some(true)));
+    ObservedPod {
+        name: pod.name_any(),
+        started,
+        ready,
+        template_hash: pod
+            .annotations()
+            .get(resources::TEMPLATE_HASH_ANNOTATION)
+            .cloned(),
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+    }
+}

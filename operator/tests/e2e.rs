@@ -1,0 +1,529 @@
+//! The operator's core driving real `grape` processes: a stand-in for the StatefulSet
+//! controller and the kubelet runs one process per pod (with the configuration the operator
+//! renders), and the operator's decisions take the cluster through create 3 -> scale to 5 ->
+//! rolling restart -> switchover -> scale to 3 while a writer runs; no acknowledged write may
+//! be lost and the reported conditions are checked at each step.
+
+use grape_e2e::load::{self, Writers};
+use grape_e2e::{Cluster, GrapeNode, NodeOptions};
+use grape_operator::crd::{GrapeCluster, GrapeClusterStatus};
+use grape_operator::dataplane::{DataPlane, Endpoints};
+use grape_operator::decide::{
+    Action, Observed, ObservedPod, ObservedStatefulSet, Plan, condition, decide,
+};
+use grape_operator::resources::{self, Names, SWITCHOVER_ANNOTATION};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Where each simulated pod answers.
+#[derive(Default)]
+struct LocalEndpoints {
+    api: Mutex<BTreeMap<String, String>>,
+    raft: Mutex<BTreeMap<String, String>>,
+}
+
+impl Endpoints for LocalEndpoints {
+    fn api_url(&self, pod: &str) -> String {
+        self.api
+            .lock()
+            .unwrap()
+            .get(pod)
+            .cloned()
+            .unwrap_or_else(|| "http://127.0.0.1:9".into())
+    }
+    fn raft_address(&self, pod: &str) -> String {
+        self.raft
+            .lock()
+            .unwrap()
+            .get(pod)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+struct Pod {
+    node: GrapeNode,
+    revision: String,
+    _config: tempfile::TempDir,
+    /// The kubelet's view: the startup probe passed once; readiness with failureThreshold 3.
+    started: bool,
+    ready: bool,
+    failures: u32,
+}
+
+/// The StatefulSet controller and kubelet, played with local processes: pod `g-N` is a `grape`
+/// process on `127.A.B.(N+1)` started with the ConfigMap's `server.yaml` of its revision.
+struct StatefulSetSim {
+    network: String,
+    names: Names,
+    raft_ports: BTreeMap<i32, u16>,
+    pods: BTreeMap<i32, Pod>,
+    replicas: i32,
+    bootstrap: i32,
+    /// The pod template's revision and the configuration it runs with.
+    revision: String,
+    server_yaml: String,
+    endpoints: Arc<LocalEndpoints>,
+    /// Client-Service stand-in: URLs of the ready pods, for the writers.
+    ready_urls: Arc<Mutex<Vec<String>>>,
+}
+
+impl StatefulSetSim {
+    fn new(names: Names) -> Self {
+        StatefulSetSim {
+            network: Cluster::new_network(),
+            names,
+            raft_ports: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            replicas: 0,
+            bootstrap: 0,
+            revision: String::new(),
+            server_yaml: String::new(),
+            endpoints: Arc::default(),
+            ready_urls: Arc::default(),
+        }
+    }
+
+    fn address(&mut self, ordinal: i32) -> String {
+        let ip = format!("{}.{}", self.network, ordinal + 1);
+        let port = *self.raft_ports.entry(ordinal).or_insert_with(|| {
+            std::net::TcpListener::bind(format!("{ip}:0"))
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port()
+        });
+        format!("{ip}:{port}")
+    }
+
+    /// Applies the StatefulSet the operator wants: template and size.
+    async fn apply(&mut self, cluster: &GrapeCluster, plan: &Plan) {
+        let desired =
+            resources::desired(cluster, plan.statefulset_replicas, plan.bootstrap_replicas);
+        self.revision = resources::pod_template_hash(&desired.statefulset.spec.template);
+        self.server_yaml = desired.config_map.data.as_ref().unwrap()["server.yaml"].clone();
+        self.bootstrap = plan.bootstrap_replicas;
+        self.replicas = plan.statefulset_replicas;
+        // Scale down: delete the highest ordinals (their volumes go too: whenScaled Delete).
+        let extra: Vec<i32> = self
+            .pods
+            .keys()
+            .copied()
+            .filter(|o| *o >= self.replicas)
+            .collect();
+        for ordinal in extra {
+            let mut pod = self.pods.remove(&ordinal).unwrap();
+            pod.node.terminate();
+            self.endpoints
+                .api
+                .lock()
+                .unwrap()
+                .remove(&self.names.pod(ordinal));
+        }
+        // Scale up: create the missing pods (Parallel pod management).
+        for ordinal in 0..self.replicas {
+            if !self.pods.contains_key(&ordinal) {
+                let pod = self.start_pod(ordinal, None).await;
+                self.pods.insert(ordinal, pod);
+            }
+        }
+    }
+
+    fn options(&mut self, ordinal: i32) -> (NodeOptions, tempfile::TempDir) {
+        let peers: Vec<String> = (0..self.bootstrap)
+            .map(|o| format!("{}={}", self.names.pod(o), self.address(o)))
+            .collect();
+        let address = self.address(ordinal);
+        let (ip, port) = address.split_once(':').unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("server.yaml");
+        std::fs::write(&config, &self.server_yaml).unwrap();
+        let mut options = NodeOptions::default()
+            .arg("--config")
+            .arg(config.display().to_string());
+        options.ip = Some(ip.to_string());
+        options.raft_port = Some(port.parse().unwrap());
+        // What the pod's environment and the headless Service's DNS provide on Kubernetes.
+        options
+            .env
+            .push(("GRAPE_NODE_ID".into(), self.names.pod(ordinal)));
+        options
+            .env
+            .push(("GRAPE_CLUSTER_PEERS".into(), peers.join(",")));
+        (options, dir)
+    }
+
+    async fn start_pod(&mut self, ordinal: i32, data: Option<GrapeNode>) -> Pod {
+        let (options, config) = self.options(ordinal);
+        let node = match data {
+            None => GrapeNode::spawn(options).await,
+            Some(mut node) => {
+                node.set_options(options);
+                node.restart_terminated().await;
+                node
+            }
+        };
+        let name = self.names.pod(ordinal);
+        self.endpoints
+            .api
+            .lock()
+            .unwrap()
+            .insert(name.clone(), node.url.clone());
+        let raft = self.address(ordinal);
+        self.endpoints.raft.lock().unwrap().insert(name, raft);
+        Pod {
+            node,
+            revision: self.revision.clone(),
+            _config: config,
+            started: false,
+            ready: false,
+            failures: 0,
+        }
+    }
+
+    /// Deletes a pod; the controller recreates it on the current revision, same volume.
+    async fn delete_pod(&mut self, name: &str) {
+        let ordinal = self.names.ordinal(name).unwrap();
+        let pod = self.pods.remove(&ordinal).unwrap();
+        let restarted = self.start_pod(ordinal, Some(pod.node)).await;
+        self.pods.insert(ordinal, restarted);
+    }
+
+    /// What the kubelet's probes and the StatefulSet status report: a pod turns unready after
+    /// three failed readiness probes in a row (the StatefulSet's `failureThreshold`).
+    async fn observe(&mut self) -> (ObservedStatefulSet, Vec<ObservedPod>) {
+        let mut pods = Vec::new();
+        let mut ready_urls = Vec::new();
+        for (ordinal, pod) in self.pods.iter_mut() {
+            let client = pod.node.client();
+            pod.started |= client.health().await.is_ok();
+            if pod.started {
+                if client.ready().await.unwrap_or(false) {
+                    pod.ready = true;
+                    pod.failures = 0;
+                } else {
+                    pod.failures += 1;
+                    if pod.failures >= 3 {
+                        pod.ready = false;
+                    }
+                }
+            }
+            if pod.ready {
+                ready_urls.push(pod.node.url.clone());
+            }
+            pods.push(ObservedPod {
+                name: self.names.pod(*ordinal),
+                started: pod.started,
+                ready: pod.ready,
+                template_hash: Some(pod.revision.clone()),
+                terminating: false,
+            });
+        }
+        if !ready_urls.is_empty() {
+            *self.ready_urls.lock().unwrap() = ready_urls;
+        }
+        (
+            ObservedStatefulSet {
+                replicas: self.replicas,
+                bootstrap_replicas: (self.bootstrap > 0).then_some(self.bootstrap),
+            },
+            pods,
+        )
+    }
+}
+
+/// The operator: observe, decide, act. Mirrors the controller's reconcile without the API
+/// server.
+struct Operator {
+    cluster: GrapeCluster,
+    names: Names,
+    sim: StatefulSetSim,
+    status: GrapeClusterStatus,
+    actions: Vec<Action>,
+    /// Progressing reasons seen, in order, without repeats.
+    progress: Vec<String>,
+}
+
+impl Operator {
+    async fn reconcile(&mut self) -> Plan {
+        let (statefulset, pods) = if self.sim.replicas == 0 {
+            (None, Vec::new())
+        } else {
+            let (s, p) = self.sim.observe().await;
+            (Some(s), p)
+        };
+        let mut order: Vec<String> = pods
+            .iter()
+            .filter(|p| p.ready)
+            .map(|p| p.name.clone())
+            .collect();
+        order.extend(pods.iter().filter(|p| !p.ready).map(|p| p.name.clone()));
+        let endpoints = Arc::clone(&self.sim.endpoints);
+        let data_plane = DataPlane::new(endpoints.as_ref(), None);
+        let observed_dp = data_plane.observe(&order).await;
+        let observed = Observed {
+            generation: self.cluster.metadata.generation,
+            annotations: self
+                .cluster
+                .metadata
+                .annotations
+                .clone()
+                .unwrap_or_default(),
+            status: self.status.clone(),
+            statefulset,
+            pods,
+            data_plane: observed_dp.clone(),
+        };
+        let plan = decide(
+            &self.cluster.spec,
+            &self.names,
+            &observed,
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        if plan.apply {
+            self.sim.apply(&self.cluster, &plan).await;
+        }
+        if let Some(action) = &plan.action {
+            match action {
+                Action::DeletePod { pod } => {
+                    // Leaderships were moved off before the restart.
+                    let led = observed_dp
+                        .as_ref()
+                        .and_then(|d| d.members.get(pod))
+                        .is_some_and(|m| m.leads_any);
+                    assert!(
+                        !led || self.sim.pods.len() == 1,
+                        "{pod} restarted while leading"
+                    );
+                    self.sim.delete_pod(pod).await;
+                }
+                other => {
+                    if let Err(e) = data_plane.execute(other, &order).await {
+                        eprintln!("action failed (retried next reconcile): {e}");
+                    }
+                }
+            }
+            self.actions.push(action.clone());
+        }
+        if let Some(p) = condition(&plan.status, "Progressing")
+            && p.status == "True"
+            && self.progress.last() != Some(&p.reason)
+        {
+            self.progress.push(p.reason.clone());
+        }
+        self.status = plan.status.clone();
+        plan
+    }
+
+    /// Reconciles (as requeues would) until `done` holds for the reported status.
+    async fn until(
+        &mut self,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&GrapeClusterStatus) -> bool,
+    ) {
+        let start = Instant::now();
+        let deadline = start + within;
+        loop {
+            let plan = self.reconcile().await;
+            if done(&plan.status) {
+                eprintln!(
+                    "{what}: {:.1} s, actions {:?}",
+                    start.elapsed().as_secs_f64(),
+                    self.actions
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not reached within {within:?}; status {:#?}; actions {:?}",
+                plan.status,
+                self.actions
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    fn cond(&self, type_: &str) -> (String, String) {
+        let c = condition(&self.status, type_).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    fn clients(&self) -> Vec<grape_client::GrapeClient> {
+        self.sim.pods.values().map(|p| p.node.client()).collect()
+    }
+}
+
+fn settled(status: &GrapeClusterStatus) -> bool {
+    let is = |t: &str, s: &str| condition(status, t).is_some_and(|c| c.status == s);
+    is("Ready", "True")
+        && is("Progressing", "False")
+        && is("Balanced", "True")
+        && is("Degraded", "False")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operator_core_runs_a_cluster_through_scaling_rolling_restart_and_switchover() {
+    let cluster: GrapeCluster = serde_json::from_value(json!({
+        "apiVersion": "grape.io/v1alpha1",
+        "kind": "GrapeCluster",
+        "metadata": {"name": "g", "namespace": "default", "uid": "u-1", "generation": 1},
+        "spec": {
+            "replicas": 3,
+            "database": {"vectorDimension": load::DIMENSION, "metric": "l2", "shardCount": 16, "replicationFactor": 3},
+        },
+    }))
+    .unwrap();
+    let names = Names::of(&cluster);
+    let mut op = Operator {
+        sim: StatefulSetSim::new(names.clone()),
+        cluster,
+        names,
+        status: GrapeClusterStatus::default(),
+        actions: Vec::new(),
+        progress: Vec::new(),
+    };
+
+    // Create: 3 pods form the cluster.
+    let first = op.reconcile().await;
+    assert_eq!(first.status.phase.as_deref(), Some("Creating"));
+    assert_eq!(
+        condition(&first.status, "Progressing").unwrap().reason,
+        "Creating"
+    );
+    op.until("created", Duration::from_secs(90), settled).await;
+    assert_eq!(op.status.phase.as_deref(), Some("Running"));
+    assert_eq!(op.status.ready_replicas, 3);
+    assert!(op.status.leader.is_some());
+    for member in &op.status.members {
+        assert_eq!(member.replicas, 16, "{member:?}");
+    }
+
+    // A writer runs through the ready pods from here to the end.
+    let writers = Writers::start(Arc::clone(&op.sim.ready_urls), 2);
+
+    // Scale to 5: the new pods are added and the shards rebalanced.
+    op.cluster.spec.replicas = 5;
+    op.cluster.metadata.generation = Some(2);
+    op.actions.clear();
+    op.until("scaled to 5", Duration::from_secs(180), settled)
+        .await;
+    assert!(
+        op.progress.contains(&"ScalingOut".to_string()),
+        "{:?}",
+        op.progress
+    );
+    assert!(op.actions.contains(&Action::AddNode { node: "g-3".into() }));
+    assert!(op.actions.contains(&Action::AddNode { node: "g-4".into() }));
+    assert!(
+        op.actions
+            .iter()
+            .any(|a| matches!(a, Action::Rebalance { .. })),
+        "{:?}",
+        op.actions
+    );
+    assert_eq!(op.status.members.len(), 5);
+    for member in &op.status.members {
+        assert!((9..=10).contains(&member.replicas), "{member:?}");
+        assert!((3..=4).contains(&member.leaderships), "{member:?}");
+    }
+    assert_eq!(op.status.observed_generation, Some(2));
+    let before_restart = writers.count();
+
+    // Rolling restart (a configuration change): highest ordinal first, leaderships moved off
+    // each pod before it restarts, the next one waits until every pod is ready.
+    op.cluster.spec.index.ef_search = 64;
+    op.cluster.metadata.generation = Some(3);
+    op.actions.clear();
+    op.progress.clear();
+    let revision_before = op.sim.revision.clone();
+    op.until("rolled", Duration::from_secs(240), settled).await;
+    assert_ne!(op.sim.revision, revision_before);
+    assert!(op.sim.pods.values().all(|p| p.revision == op.sim.revision));
+    let deleted: Vec<String> = op
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::DeletePod { pod } => Some(pod.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deleted, vec!["g-4", "g-3", "g-2", "g-1", "g-0"]);
+    assert!(
+        op.progress.contains(&"RollingUpdate".to_string()),
+        "{:?}",
+        op.progress
+    );
+    assert!(
+        op.actions
+            .iter()
+            .any(|a| matches!(a, Action::MoveLeadershipsOff { .. })),
+        "{:?}",
+        op.actions
+    );
+    assert!(
+        writers.count() > before_restart,
+        "the writer made progress during the restart"
+    );
+
+    // Switchover to g-2 through the annotation.
+    let mut annotations = BTreeMap::new();
+    annotations.insert(SWITCHOVER_ANNOTATION.to_string(), "g-2".to_string());
+    op.cluster.metadata.annotations = Some(annotations);
+    op.actions.clear();
+    op.until("switched over", Duration::from_secs(60), |s| {
+        s.last_switchover.as_deref() == Some("g-2")
+    })
+    .await;
+    assert_eq!(op.actions, vec![Action::Switchover { to: "g-2".into() }]);
+    assert_eq!(op.status.leader.as_deref(), Some("g-2"));
+    assert_eq!(
+        op.cond("Ready").0,
+        "True",
+        "{:?}",
+        condition(&op.status, "Ready")
+    );
+
+    // Scale to 3: g-4 then g-3 drained and removed, the StatefulSet lowered afterwards.
+    op.cluster.spec.replicas = 3;
+    op.cluster.metadata.generation = Some(4);
+    op.actions.clear();
+    op.progress.clear();
+    op.until("scaled to 3", Duration::from_secs(240), |s| {
+        settled(s) && s.replicas == 3
+    })
+    .await;
+    let removed: Vec<&Action> = op
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::RemoveNode { .. }))
+        .collect();
+    assert_eq!(
+        removed,
+        vec![
+            &Action::RemoveNode { node: "g-4".into() },
+            &Action::RemoveNode { node: "g-3".into() }
+        ]
+    );
+    assert!(
+        op.progress.contains(&"ScalingIn".to_string()),
+        "{:?}",
+        op.progress
+    );
+    assert_eq!(op.sim.pods.len(), 3);
+    for member in &op.status.members {
+        assert_eq!(member.replicas, 16, "RF 3 on three nodes: {member:?}");
+    }
+
+    // Nothing acknowledged was lost.
+    let acked = writers.stop().await;
+    assert!(
+        acked.len() > 100,
+        "too few writes to mean anything: {}",
+        acked.len()
+    );
+    load::check_all_present_at(op.clients(), &acked)
+        .await
+        .unwrap();
+}

@@ -1,0 +1,388 @@
+//! The kube-runtime shell against a mocked API server (tower-test): the finalizer, the exact
+//! server-side-apply requests, the status patch, the Events, and leader election.
+
+use grape_operator::controller::{self, Context, FINALIZER};
+use grape_operator::crd::GrapeCluster;
+use grape_operator::lease;
+use grape_operator::metrics::Metrics;
+use grape_operator::resources;
+use http::{Request, Response, StatusCode};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::client::Body;
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn mock() -> (Client, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(service, "default"), handle)
+}
+
+fn cluster(finalizers: Option<Vec<&str>>, deleting: bool) -> GrapeCluster {
+    let mut metadata = json!({
+        "name": "test", "namespace": "default", "uid": "uid-1", "generation": 2,
+        "resourceVersion": "100",
+    });
+    if let Some(f) = finalizers {
+        metadata["finalizers"] = json!(f);
+    }
+    if deleting {
+        metadata["deletionTimestamp"] = json!("2026-11-27T10:00:00Z");
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "grape.io/v1alpha1",
+        "kind": "GrapeCluster",
+        "metadata": metadata,
+        "spec": {"replicas": 3, "database": {"vectorDimension": 8}},
+    }))
+    .unwrap()
+}
+
+/// The next request: method, path, query, body as JSON (Null when empty).
+async fn next(
+    handle: &mut Handle,
+) -> (
+    String,
+    String,
+    String,
+    String,
+    Value,
+    tower_test::mock::SendResponse<Response<Body>>,
+) {
+    let (request, send) = handle.next_request().await.expect("a request");
+    let method = request.method().to_string();
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or("").to_string();
+    let content_type = request
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    (method, path, query, content_type, body, send)
+}
+
+fn respond(send: tower_test::mock::SendResponse<Response<Body>>, status: StatusCode, body: &Value) {
+    send.send_response(
+        Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(body).unwrap()))
+            .unwrap(),
+    );
+}
+
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+}
+
+#[tokio::test]
+async fn a_new_cluster_first_gets_the_finalizer() {
+    let (client, mut handle) = mock();
+    let ctx = Arc::new(Context::new(client, Metrics::new()));
+    let server = tokio::spawn(async move {
+        let (method, path, _, content_type, body, send) = next(&mut handle).await;
+        assert_eq!(method, "PATCH");
+        assert_eq!(
+            path,
+            "/apis/grape.io/v1alpha1/namespaces/default/grapeclusters/test"
+        );
+        assert_eq!(content_type, "application/json-patch+json");
+        assert_eq!(
+            body,
+            json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+            ])
+        );
+        let object = serde_json::to_value(cluster(Some(vec![FINALIZER]), false)).unwrap();
+        respond(send, StatusCode::OK, &object);
+    });
+    controller::reconcile(Arc::new(cluster(None, false)), ctx)
+        .await
+        .expect("reconcile");
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn reconcile_applies_every_owned_object_with_server_side_apply_then_patches_status() {
+    let (client, mut handle) = mock();
+    let metrics = Metrics::new();
+    let ctx = Arc::new(Context::new(client, metrics.clone()));
+    let object = cluster(Some(vec![FINALIZER]), false);
+    let desired = resources::desired(&object, 3, 3);
+    let expected: Vec<(&str, Value)> = vec![
+        (
+            "/api/v1/namespaces/default/configmaps/test-config",
+            serde_json::to_value(&desired.config_map).unwrap(),
+        ),
+        (
+            "/api/v1/namespaces/default/services/test-headless",
+            serde_json::to_value(&desired.headless).unwrap(),
+        ),
+        (
+            "/api/v1/namespaces/default/services/test",
+            serde_json::to_value(&desired.client_service).unwrap(),
+        ),
+        (
+            "/apis/apps/v1/namespaces/default/statefulsets/test",
+            serde_json::to_value(&desired.statefulset).unwrap(),
+        ),
+        (
+            "/apis/policy/v1/namespaces/default/poddisruptionbudgets/test",
+            serde_json::to_value(&desired.pdb).unwrap(),
+        ),
+    ];
+    let server = tokio::spawn(async move {
+        // Observe: the StatefulSet (none yet) and the pods (none).
+        let (method, path, _, _, _, send) = next(&mut handle).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("GET", "/apis/apps/v1/namespaces/default/statefulsets/test")
+        );
+        respond(send, StatusCode::NOT_FOUND, &not_found());
+        let (method, path, query, _, _, send) = next(&mut handle).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("GET", "/api/v1/namespaces/default/pods")
+        );
+        assert!(
+            query.contains("labelSelector=app.kubernetes.io%2Finstance%3Dtest%2Capp.kubernetes.io%2Fname%3Dgrape"),
+            "{query}"
+        );
+        respond(
+            send,
+            StatusCode::OK,
+            &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+        );
+        // Apply: each owned object, server-side, one field manager, forced.
+        for (want_path, want_body) in expected {
+            let (method, path, query, content_type, body, send) = next(&mut handle).await;
+            assert_eq!(method, "PATCH");
+            assert_eq!(path, want_path);
+            assert!(query.contains("fieldManager=grape-operator"), "{query}");
+            assert!(query.contains("force=true"), "{query}");
+            assert_eq!(content_type, "application/apply-patch+yaml");
+            assert_eq!(body, want_body, "{path}");
+            assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+            respond(send, StatusCode::OK, &body);
+        }
+        // Report: a merge patch of the status subresource.
+        let (method, path, _, content_type, body, send) = next(&mut handle).await;
+        assert_eq!(method, "PATCH");
+        assert_eq!(
+            path,
+            "/apis/grape.io/v1alpha1/namespaces/default/grapeclusters/test/status"
+        );
+        assert_eq!(content_type, "application/merge-patch+json");
+        let status = &body["status"];
+        assert_eq!(status["phase"], "Creating");
+        assert_eq!(status["observedGeneration"], 2);
+        let types: Vec<&str> = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, vec!["Ready", "Progressing", "Degraded", "Balanced"]);
+        assert_eq!(status["conditions"][1]["reason"], "Creating");
+        let mut object = serde_json::to_value(cluster(Some(vec![FINALIZER]), false)).unwrap();
+        object["status"] = status.clone();
+        respond(send, StatusCode::OK, &object);
+    });
+    let action = controller::reconcile(Arc::new(object), ctx)
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(3))
+    );
+    server.await.unwrap();
+    let text = metrics.render();
+    assert!(
+        text.contains("grape_operator_reconciliations_total{result=\"ok\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("grape_operator_cluster_condition{cluster=\"test\",condition=\"Progressing\",namespace=\"default\"} 1"), "{text}");
+}
+
+#[tokio::test]
+async fn a_failed_apply_is_a_reconcile_error_and_is_counted() {
+    let (client, mut handle) = mock();
+    let metrics = Metrics::new();
+    let ctx = Arc::new(Context::new(client, metrics.clone()));
+    let server = tokio::spawn(async move {
+        let (_, _, _, _, _, send) = next(&mut handle).await;
+        respond(send, StatusCode::NOT_FOUND, &not_found());
+        let (_, _, _, _, _, send) = next(&mut handle).await;
+        respond(
+            send,
+            StatusCode::OK,
+            &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+        );
+        let (_, path, _, _, _, send) = next(&mut handle).await;
+        assert!(path.ends_with("/configmaps/test-config"));
+        respond(
+            send,
+            StatusCode::FORBIDDEN,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403, "message": "forbidden"}),
+        );
+    });
+    let error = controller::reconcile(Arc::new(cluster(Some(vec![FINALIZER]), false)), ctx)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("forbidden"), "{error}");
+    server.await.unwrap();
+    assert!(
+        metrics
+            .render()
+            .contains("grape_operator_reconciliations_total{result=\"error\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_cluster_publishes_an_event_and_removes_the_finalizer() {
+    let (client, mut handle) = mock();
+    let ctx = Arc::new(Context::new(client, Metrics::new()));
+    let server = tokio::spawn(async move {
+        let (method, path, _, _, body, send) = next(&mut handle).await;
+        assert_eq!(method, "POST");
+        assert_eq!(path, "/apis/events.k8s.io/v1/namespaces/default/events");
+        assert_eq!(body["reason"], "Deleting");
+        assert_eq!(body["regarding"]["kind"], "GrapeCluster");
+        assert_eq!(body["regarding"]["name"], "test");
+        assert_eq!(body["reportingController"], "grape-operator");
+        respond(send, StatusCode::CREATED, &body);
+        let (method, path, _, content_type, body, send) = next(&mut handle).await;
+        assert_eq!(method, "PATCH");
+        assert_eq!(
+            path,
+            "/apis/grape.io/v1alpha1/namespaces/default/grapeclusters/test"
+        );
+        assert_eq!(content_type, "application/json-patch+json");
+        assert_eq!(
+            body,
+            json!([
+                {"op": "test", "path": "/metadata/finalizers/0", "value": FINALIZER},
+                {"op": "remove", "path": "/metadata/finalizers/0"},
+            ])
+        );
+        let object = serde_json::to_value(cluster(Some(vec![]), true)).unwrap();
+        respond(send, StatusCode::OK, &object);
+    });
+    controller::reconcile(Arc::new(cluster(Some(vec![FINALIZER]), true)), ctx)
+        .await
+        .expect("cleanup");
+    server.await.unwrap();
+}
+
+fn lease_object(holder: &str, renewed: &str) -> Value {
+    json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "grape-operator-leader", "namespace": "default", "resourceVersion": "7"},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "renewTime": renewed, "leaseTransitions": 2},
+    })
+}
+
+#[test]
+fn lease_steps() {
+    use k8s_openapi::jiff::Timestamp;
+    let now: Timestamp = "2026-11-27T10:00:20Z".parse().unwrap();
+    let fresh: Lease =
+        serde_json::from_value(lease_object("other", "2026-11-27T10:00:10.000000Z")).unwrap();
+    let stale: Lease =
+        serde_json::from_value(lease_object("other", "2026-11-27T10:00:04.000000Z")).unwrap();
+    let mine: Lease =
+        serde_json::from_value(lease_object("me", "2026-11-27T10:00:10.000000Z")).unwrap();
+    assert_eq!(lease::step(None, "me", now), lease::Step::Create);
+    assert_eq!(
+        lease::step(Some(&fresh), "me", now),
+        lease::Step::Wait {
+            holder: "other".into()
+        }
+    );
+    assert_eq!(lease::step(Some(&stale), "me", now), lease::Step::Take);
+    assert_eq!(lease::step(Some(&mine), "me", now), lease::Step::Take);
+    let taken = lease::held(Some(&stale), "grape-operator-leader", "me", now);
+    let spec = taken.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("me"));
+    assert_eq!(spec.lease_transitions, Some(3));
+    assert_eq!(spec.acquire_time.unwrap().0, now);
+    // The resourceVersion read is kept: a concurrent taker's write fails with 409.
+    assert_eq!(taken.metadata.resource_version.as_deref(), Some("7"));
+    let renewed = lease::held(Some(&mine), "grape-operator-leader", "me", now)
+        .spec
+        .unwrap();
+    assert_eq!(
+        renewed.lease_transitions,
+        Some(2),
+        "renewal is not a transition"
+    );
+}
+
+#[tokio::test]
+async fn a_replica_waits_while_another_holds_the_lease_and_loses_a_race_cleanly() {
+    let (client, mut handle) = mock();
+    let api: Api<Lease> = Api::namespaced(client, "default");
+    let server = tokio::spawn(async move {
+        // Held by another replica, renewed just now: wait.
+        let (method, path, _, _, _, send) = next(&mut handle).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            (
+                "GET",
+                "/apis/coordination.k8s.io/v1/namespaces/default/leases/grape-operator-leader"
+            )
+        );
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        respond(send, StatusCode::OK, &lease_object("other", &now));
+        // Expired: take it with a replace carrying resourceVersion 7; someone was faster (409).
+        let (_, _, _, _, _, send) = next(&mut handle).await;
+        respond(
+            send,
+            StatusCode::OK,
+            &lease_object("other", "2020-01-01T00:00:00.000000Z"),
+        );
+        let (method, path, _, _, body, send) = next(&mut handle).await;
+        assert_eq!(method, "PUT");
+        assert!(path.ends_with("/leases/grape-operator-leader"));
+        assert_eq!(body["metadata"]["resourceVersion"], "7");
+        assert_eq!(body["spec"]["holderIdentity"], "me");
+        respond(
+            send,
+            StatusCode::CONFLICT,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "the object has been modified"}),
+        );
+        // No lease at all: create it.
+        let (_, _, _, _, _, send) = next(&mut handle).await;
+        respond(send, StatusCode::NOT_FOUND, &not_found());
+        let (method, _, _, _, body, send) = next(&mut handle).await;
+        assert_eq!(method, "POST");
+        assert_eq!(body["spec"]["holderIdentity"], "me");
+        assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
+        respond(send, StatusCode::CREATED, &body);
+    });
+    assert!(
+        !lease::try_acquire(&api, "grape-operator-leader", "me")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !lease::try_acquire(&api, "grape-operator-leader", "me")
+            .await
+            .unwrap()
+    );
+    assert!(
+        lease::try_acquire(&api, "grape-operator-leader", "me")
+            .await
+            .unwrap()
+    );
+    server.await.unwrap();
+}
