@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The Helm chart and the kustomize manifests: helm lint/template, Kubernetes schema validation.
+./scripts/check-k8s.sh
 # The black-box tests start the real binary: the release build, as users run it (debug builds
 # of the HNSW graphs make the multi-node tests several times slower).
 cargo build --workspace --bins

@@ -1,0 +1,133 @@
+//! The CRD as the API server would enforce it: OpenAPI defaults and the CEL rules, evaluated
+//! offline with kube-cel on the checked-in `crds/grapecluster.yaml`; the samples shipped in
+//! `manifests/` and the chart pass them; the copies of the CRD in the chart and in
+//! `manifests/` are the generated one.
+
+use grape_operator::crd::GrapeCluster;
+use serde_json::{Value, json};
+
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn schema() -> Value {
+    let crd: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("crds/grapecluster.yaml")).unwrap(),
+    )
+    .unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+fn check(object: &Value, old: Option<&Value>) -> Result<(), Vec<String>> {
+    // `validate` applies the schema's defaults first, as the API server does.
+    kube_cel::validate(&schema(), object, old)
+        .map_err(|e| e.into_vec().into_iter().map(|e| e.message).collect())
+}
+
+fn cluster(spec: Value) -> Value {
+    json!({"apiVersion": "grape.io/v1alpha1", "kind": "GrapeCluster", "metadata": {"name": "g"}, "spec": spec})
+}
+
+#[test]
+fn defaults_and_valid_specs_pass() {
+    check(&cluster(json!({})), None).unwrap();
+    check(
+        &cluster(json!({"replicas": 5, "database": {"replicationFactor": 5}})),
+        None,
+    )
+    .unwrap();
+}
+
+#[test]
+fn replication_factor_above_replicas_is_refused() {
+    let errors = check(
+        &cluster(json!({"replicas": 2, "database": {"replicationFactor": 3}})),
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("replicationFactor must not exceed replicas")),
+        "{errors:?}"
+    );
+    // The default replication factor (3) with one replica is refused too.
+    assert!(check(&cluster(json!({"replicas": 1})), None).is_err());
+}
+
+#[test]
+fn dimension_shard_count_and_metric_are_immutable() {
+    let old = cluster(
+        json!({"database": {"vectorDimension": 768, "shardCount": 16, "metric": "cosine"}}),
+    );
+    for (change, message) in [
+        (
+            json!({"vectorDimension": 1024, "shardCount": 16, "metric": "cosine"}),
+            "vectorDimension is immutable",
+        ),
+        (
+            json!({"vectorDimension": 768, "shardCount": 32, "metric": "cosine"}),
+            "shardCount is immutable",
+        ),
+        (
+            json!({"vectorDimension": 768, "shardCount": 16, "metric": "l2"}),
+            "metric is immutable",
+        ),
+    ] {
+        let errors = check(&cluster(json!({"database": change})), Some(&old)).unwrap_err();
+        assert!(errors.iter().any(|e| e.contains(message)), "{errors:?}");
+    }
+    // Scaling is not a change of those.
+    check(&cluster(json!({"replicas": 5, "database": {"vectorDimension": 768, "shardCount": 16, "metric": "cosine"}})), Some(&old)).unwrap();
+}
+
+#[test]
+fn bad_metric_and_raft_timing_are_refused() {
+    let errors = check(&cluster(json!({"database": {"metric": "hamming"}})), None).unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("metric must be cosine, l2 or dot")),
+        "{errors:?}"
+    );
+    let errors = check(
+        &cluster(json!({"raft": {"electionTimeoutMs": 150, "heartbeatIntervalMs": 100}})),
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        errors.iter().any(|e| e.contains("at least twice")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn shipped_samples_are_valid_grapeclusters() {
+    let sample: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("manifests/samples/grapecluster.yaml")).unwrap(),
+    )
+    .unwrap();
+    check(&sample, None).unwrap();
+    let parsed: GrapeCluster = serde_json::from_value(sample).unwrap();
+    assert_eq!(parsed.spec.replicas, 3);
+    let values: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("charts/grape-operator/values.yaml")).unwrap(),
+    )
+    .unwrap();
+    check(&cluster(values["sampleCluster"]["spec"].clone()), None).unwrap();
+}
+
+#[test]
+fn crd_copies_match_the_generated_crd() {
+    let generated = grape_operator::crd::crd_yaml();
+    for copy in [
+        "manifests/crd.yaml",
+        "charts/grape-operator/crds/grapecluster.yaml",
+    ] {
+        let text = std::fs::read_to_string(root().join(copy)).unwrap();
+        assert!(
+            text == generated,
+            "{copy} is stale: cargo run -p grape-operator --bin crdgen | tee crds/grapecluster.yaml manifests/crd.yaml charts/grape-operator/crds/grapecluster.yaml"
+        );
+    }
+}
