@@ -89,10 +89,9 @@ pub struct GrapeNode {
 }
 
 impl GrapeNode {
-    /// Starts a node on ephemeral loopback ports and waits until it answers `/ready`.
-    pub async fn start(options: NodeOptions) -> GrapeNode {
-        let data_dir = tempfile::tempdir().expect("temp dir");
-        let mut node = GrapeNode {
+    /// A node that has not been started, with `data_dir` as its data directory.
+    fn unstarted(options: NodeOptions, data_dir: tempfile::TempDir) -> GrapeNode {
+        GrapeNode {
             data_dir,
             options,
             child: None,
@@ -100,7 +99,13 @@ impl GrapeNode {
             url: String::new(),
             metrics_url: None,
             ca_pem: None,
-        };
+        }
+    }
+
+    /// Starts a node on ephemeral loopback ports and waits until it answers `/ready`.
+    pub async fn start(options: NodeOptions) -> GrapeNode {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut node = GrapeNode::unstarted(options, data_dir);
         node.launch().await;
         node
     }
@@ -219,15 +224,7 @@ impl GrapeNode {
     /// Starts a node serving HTTPS with a certificate signed by `ca_pem`.
     pub async fn start_tls(options: NodeOptions, ca_pem: &str) -> GrapeNode {
         let data_dir = tempfile::tempdir().expect("temp dir");
-        let mut node = GrapeNode {
-            data_dir,
-            options,
-            child: None,
-            log: Arc::new(Mutex::new(Vec::new())),
-            url: String::new(),
-            metrics_url: None,
-            ca_pem: None,
-        };
+        let mut node = GrapeNode::unstarted(options, data_dir);
         node.ca_pem = Some(ca_pem.to_string());
         node.launch().await;
         node
@@ -311,15 +308,7 @@ impl GrapeNode {
     /// Starts a node (with its own data directory) without waiting for readiness: a member of
     /// a cluster that does not exist yet, or a node that waits to be admitted.
     pub async fn spawn(options: NodeOptions) -> GrapeNode {
-        let mut node = GrapeNode {
-            data_dir: tempfile::tempdir().expect("temp dir"),
-            options,
-            child: None,
-            log: Arc::new(Mutex::new(Vec::new())),
-            url: String::new(),
-            metrics_url: None,
-            ca_pem: None,
-        };
+        let mut node = GrapeNode::unstarted(options, tempfile::tempdir().expect("temp dir"));
         node.spawn_and_find_url().await;
         node
     }
@@ -452,15 +441,7 @@ impl Cluster {
                 .env
                 .push(("GRAPE_CLUSTER_PEERS".into(), peers.join(",")));
             let data_dir = tempfile::tempdir().expect("temp dir");
-            let mut node = GrapeNode {
-                data_dir,
-                options: node_options,
-                child: None,
-                log: Arc::new(Mutex::new(Vec::new())),
-                url: String::new(),
-                metrics_url: None,
-                ca_pem: None,
-            };
+            let mut node = GrapeNode::unstarted(node_options, data_dir);
             node.spawn_and_find_url().await;
             nodes.push(node);
         }
@@ -498,15 +479,7 @@ impl Cluster {
         node_options
             .env
             .push(("GRAPE_CLUSTER_PEERS".into(), self.peers.join(",")));
-        let mut node = GrapeNode {
-            data_dir: tempfile::tempdir().expect("temp dir"),
-            options: node_options,
-            child: None,
-            log: Arc::new(Mutex::new(Vec::new())),
-            url: String::new(),
-            metrics_url: None,
-            ca_pem: None,
-        };
+        let mut node = GrapeNode::unstarted(node_options, tempfile::tempdir().expect("temp dir"));
         node.spawn_and_find_url().await;
         self.nodes.push(node);
         i
