@@ -8,13 +8,17 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The Helm chart and the kustomize manifests: helm lint/template, Kubernetes schema validation.
 ./scripts/check-k8s.sh
+# The compose deployment: docker-compose config, nginx -t, promtool.
+./scripts/check-compose.sh
 # The black-box tests start the real binary: the release build, as users run it (debug builds
 # of the HNSW graphs make the multi-node tests several times slower).
 cargo build --workspace --bins
-cargo build --release --bin grape
+cargo build --release --bin grape --bin grape-operator
 export GRAPE_BIN="$PWD/target/release/grape"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else
   cargo test --workspace --no-fail-fast
 fi
+# The compose cluster on a real Docker daemon (builds the image from the release binaries).
+./tests/compose/run.sh

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# The compose cluster on a real Docker daemon: builds the image (from binaries built here, on a
+# local Debian base: nothing is pulled), brings up the three nodes and nginx with
+# docker-compose.cluster.yml, loads documents through nginx, stops a node and checks that reads
+# and writes through nginx continue, restarts it and checks that it catches up.
+# Needs root (dockerd). Installs docker.io, docker-compose and debootstrap when missing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root="$PWD"
+project=grapecompose
+compose=(docker-compose -p "$project" -f docker-compose.cluster.yml -f tests/compose/override.yml)
+key="grape-dev-admin-key"
+
+need=()
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+if ! docker info >/dev/null 2>&1; then
+  (dockerd >/tmp/grape-dockerd.log 2>&1 &)
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+fi
+if ! docker image inspect grape-base:bookworm >/dev/null 2>&1; then
+  rootfs=$(mktemp -d)
+  debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >/dev/null
+  tar -C "$rootfs" -c . | docker import - grape-base:bookworm >/dev/null
+  rm -rf "$rootfs"
+fi
+
+cargo build --release --bin grape --bin grape-operator
+mkdir -p dist
+cp target/release/grape target/release/grape-operator dist/
+docker build -q -t grape-vector-db:compose-test --target prebuilt \
+  --build-arg RUNTIME_IMAGE=grape-base:bookworm . >/dev/null
+docker build -q -t grape-nginx:compose-test -f tests/compose/nginx.Dockerfile tests/compose >/dev/null
+
+cleanup() {
+  if [ "${KEEP_COMPOSE:-}" = "" ]; then
+    "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+cleanup
+"${compose[@]}" up -d --no-build grape-node-1 grape-node-2 grape-node-3 nginx
+
+python3 - "$key" <<'PY'
+import json, sys, time, urllib.request, urllib.error, random
+
+KEY = sys.argv[1]
+LB = "http://127.0.0.1"
+NODES = {"node-1": "http://127.0.0.1:8080", "node-2": "http://127.0.0.1:8081", "node-3": "http://127.0.0.1:8082"}
+DIM = 1536
+
+def call(method, url, body=None, timeout=10):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"X-API-Key": KEY, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+    except Exception as e:
+        return 0, str(e)
+
+def wait(what, check, within=180):
+    deadline = time.time() + within
+    while time.time() < deadline:
+        if check():
+            print(f"ok: {what}")
+            return
+        time.sleep(1)
+    sys.exit(f"FAILED: {what} within {within}s")
+
+def vector(seed):
+    rnd = random.Random(seed)
+    return [rnd.uniform(-1, 1) for _ in range(DIM)]
+
+def ready(url):
+    return call("GET", url + "/ready")[0] == 200
+
+wait("three nodes ready", lambda: all(ready(u) for u in NODES.values()))
+wait("nginx answers /ready", lambda: ready(LB))
+
+acked = {}
+def write_batch(prefix, start, count):
+    docs = [{"id": f"{prefix}-{i}", "vector": vector(i), "metadata": {"i": i}} for i in range(start, start + count)]
+    status, body = call("POST", LB + "/api/v1/documents/batch", {"documents": docs}, timeout=30)
+    if status == 200:
+        for d in docs:
+            acked[d["id"]] = d["metadata"]["i"]
+    return status
+
+for b in range(10):
+    status = write_batch("base", b * 100, 100)
+    assert status == 200, f"batch {b}: {status}"
+print(f"ok: loaded {len(acked)} documents through nginx")
+status, body = call("POST", LB + "/api/v1/search", {"vector": vector(7), "top_k": 3})
+assert status == 200 and body["results"][0]["id"] == "base-7", (status, body)
+print("ok: search through nginx finds base-7 first")
+
+# A node goes away: reads and writes through nginx keep working.
+import subprocess
+subprocess.run(["docker", "stop", "grape-node-2"], check=True, stdout=subprocess.DEVNULL)
+time.sleep(2)
+failures = 0
+for b in range(20):
+    if write_batch("during", b * 10, 10) != 200:
+        failures += 1
+    s, body = call("POST", LB + "/api/v1/search", {"vector": vector(b), "top_k": 1})
+    if s != 200:
+        failures += 1
+    s, _ = call("GET", LB + f"/api/v1/documents/base-{b}")
+    if s != 200:
+        failures += 1
+print(f"ok: with grape-node-2 stopped, {60 - failures} of 60 requests through nginx succeeded")
+assert failures <= 3, f"{failures} of 60 requests failed with a node down"
+
+subprocess.run(["docker", "start", "grape-node-2"], check=True, stdout=subprocess.DEVNULL)
+wait("grape-node-2 ready again", lambda: ready(NODES["node-2"]), within=120)
+
+def checksums():
+    sums = []
+    for url in NODES.values():
+        s, body = call("GET", url + "/admin/checksum")
+        if s != 200:
+            return None
+        sums.append(json.dumps(body["shards"], sort_keys=True))
+    return sums
+
+wait("grape-node-2 caught up (checksums equal)", lambda: (c := checksums()) is not None and len(set(c)) == 1, within=120)
+missing = [i for i in acked if call("GET", NODES["node-2"] + f"/api/v1/documents/{i}")[0] != 200]
+assert not missing, f"{len(missing)} acknowledged documents missing on node-2: {missing[:5]}"
+print(f"ok: all {len(acked)} acknowledged documents are on the restarted node")
+s, _ = call("GET", LB + "/metrics")
+assert s == 403, f"/metrics through nginx from outside should be refused, got {s}"
+inside = subprocess.run(["docker", "exec", "grape-node-1", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                         "-H", f"X-API-Key: {KEY}", "http://nginx/metrics"], capture_output=True, text=True).stdout
+assert inside == "200", f"/metrics through nginx from inside the network: {inside}"
+print("ok: /metrics is internal only (403 from the host, 200 from the compose network)")
+PY
+echo "compose cluster: OK"
