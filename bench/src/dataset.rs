@@ -71,6 +71,10 @@ impl Dataset {
         })
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.vectors.is_empty()
+    }
+
     pub fn len(&self) -> usize {
         self.vectors.len()
     }
@@ -103,7 +107,7 @@ impl Dataset {
 }
 
 /// Reads the `.fvecs` format: per vector, a little-endian i32 dimension then that many f32.
-fn read_fvecs(path: &Path) -> anyhow::Result<Vec<Vec<f32>>> {
+pub fn read_fvecs(path: &Path) -> anyhow::Result<Vec<Vec<f32>>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut vectors = Vec::new();
     let mut at = 0;
@@ -128,4 +132,27 @@ fn read_fvecs(path: &Path) -> anyhow::Result<Vec<Vec<f32>>> {
         at = end;
     }
     Ok(vectors)
+}
+
+/// Reads the `.ivecs` format (ground truth): per row, a little-endian i32 count then that many
+/// i32.
+pub fn read_ivecs(path: &Path) -> anyhow::Result<Vec<Vec<usize>>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut rows = Vec::new();
+    let mut at = 0;
+    while at + 4 <= bytes.len() {
+        let n = i32::from_le_bytes(bytes[at..at + 4].try_into()?) as usize;
+        at += 4;
+        if at + 4 * n > bytes.len() {
+            bail!("{} is truncated", path.display());
+        }
+        rows.push(
+            bytes[at..at + 4 * n]
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize)
+                .collect(),
+        );
+        at += 4 * n;
+    }
+    Ok(rows)
 }

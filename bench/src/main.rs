@@ -6,11 +6,9 @@
 //! so that the in-process numbers use the very index the HTTP numbers used. `--url` measures
 //! an external node instead (HTTP numbers only).
 
-mod dataset;
-
 use anyhow::{Context, bail};
 use clap::Parser;
-use dataset::Dataset;
+use grape_bench::dataset::Dataset;
 use grape_client::{
     CollectionConfig, DocumentInput, GrapeClient, HnswParams, Metric, SearchRequest,
 };

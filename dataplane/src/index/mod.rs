@@ -348,7 +348,7 @@ impl VectorIndex {
         };
         let (end, batch) = {
             let store = self.vectors.read();
-            let end = store.live.len().min(start + max);
+            let end = store.live.len().min(start.saturating_add(max));
             let batch: Vec<(VectorId, Vec<f32>)> = (start..end)
                 .filter(|&id| store.live[id])
                 .map(|id| {
@@ -469,6 +469,16 @@ mod tests {
             index.add(v);
         }
         index
+    }
+
+    #[test]
+    fn maintaining_without_a_limit_indexes_everything_once() {
+        let vectors = grid(300);
+        let index = index_of(&vectors, 1000);
+        assert_eq!(index.maintain(usize::MAX), 300);
+        assert_eq!(index.stats().pending, 0);
+        // Nothing left: no work reported (an unbounded limit must not overflow).
+        assert_eq!(index.maintain(usize::MAX), 0);
     }
 
     #[test]

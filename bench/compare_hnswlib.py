@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Grape's index layer against hnswlib, side by side on the same data, in one run.
+
+    python3 -m venv .venv && .venv/bin/pip install hnswlib numpy
+    cargo build --release -p grape-bench --bin grape-index
+    .venv/bin/python bench/compare_hnswlib.py            # 100,000 x 128, 100 clusters, sigma 0.3
+
+The dataset is generated deterministically (numpy seed), exact ground truth is computed by
+brute force, then hnswlib and Grape (`target/release/grape-index`) build and search in
+alternating rounds: build time (hnswlib with --build-threads, Grape with its one maintainer
+thread), and for each ef recall@10 and queries/s on one search thread. Medians over rounds.
+"""
+import argparse, json, os, statistics, subprocess, sys, tempfile, time
+
+import hnswlib
+import numpy as np
+
+
+def dataset(n, dim, clusters, sigma, queries, seed):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    pick = rng.integers(0, clusters, n + queries)
+    points = centres[pick] + rng.normal(0.0, sigma, (n + queries, dim)).astype(np.float32)
+    return points[:n].copy(), points[n:].copy()
+
+
+def ground_truth(base, queries, k):
+    norms = (base * base).sum(1)
+    out = np.empty((len(queries), k), dtype=np.int32)
+    for start in range(0, len(queries), 100):
+        q = queries[start:start + 100]
+        d = norms[None, :] - 2.0 * q @ base.T
+        part = np.argpartition(d, k, axis=1)[:, :k]
+        rows = np.take_along_axis(d, part, 1)
+        out[start:start + 100] = np.take_along_axis(part, np.argsort(rows, 1), 1)
+    return out
+
+
+def write_fvecs(path, x):
+    with open(path, "wb") as f:
+        for row in x:
+            f.write(np.int32(len(row)).tobytes())
+            f.write(row.astype(np.float32).tobytes())
+
+
+def write_ivecs(path, x):
+    with open(path, "wb") as f:
+        for row in x:
+            f.write(np.int32(len(row)).tobytes())
+            f.write(row.astype(np.int32).tobytes())
+
+
+def run_hnswlib(base, queries, truth, args):
+    index = hnswlib.Index(space="l2", dim=base.shape[1])
+    index.init_index(max_elements=len(base), M=args.m, ef_construction=args.ef_construction, random_seed=100)
+    index.set_num_threads(args.build_threads)
+    start = time.perf_counter()
+    index.add_items(base, np.arange(len(base)))
+    build = time.perf_counter() - start
+    index.set_num_threads(1)
+    results = []
+    for ef in args.ef:
+        index.set_ef(ef)
+        for q in queries[:100]:
+            index.knn_query(q, k=10)
+        start = time.perf_counter()
+        found = [index.knn_query(q, k=10)[0][0] for q in queries]
+        seconds = time.perf_counter() - start
+        hits = sum(len(set(f) & set(t[:10])) for f, t in zip(found, truth))
+        results.append({"ef": ef, "recall": hits / (10 * len(queries)), "qps": len(queries) / seconds})
+    return {"library": "hnswlib " + getattr(hnswlib, "__version__", ""), "build_seconds": build,
+            "build_threads": args.build_threads, "results": results}
+
+
+def run_grape(files, args):
+    cmd = [args.grape_index, "--base", files["base"], "--queries", files["queries"], "--truth", files["truth"],
+           "--metric", "l2", "--m", str(args.m), "--ef-construction", str(args.ef_construction),
+           "--ef", ",".join(map(str, args.ef))]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--count", type=int, default=100_000)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--clusters", type=int, default=100)
+    p.add_argument("--sigma", type=float, default=0.3)
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--m", type=int, default=16)
+    p.add_argument("--ef-construction", type=int, default=200)
+    p.add_argument("--ef", type=lambda s: [int(x) for x in s.split(",")], default=[32, 64, 128, 256])
+    p.add_argument("--build-threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--grape-index", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "grape-index"))
+    args = p.parse_args()
+
+    base, queries = dataset(args.count, args.dim, args.clusters, args.sigma, args.queries, args.seed)
+    truth = ground_truth(base, queries, 10)
+    tmp = tempfile.mkdtemp(prefix="grape-compare-")
+    files = {k: os.path.join(tmp, f"{k}.{'ivecs' if k == 'truth' else 'fvecs'}") for k in ("base", "queries", "truth")}
+    write_fvecs(files["base"], base)
+    write_fvecs(files["queries"], queries)
+    write_ivecs(files["truth"], truth)
+
+    runs = {"hnswlib": [], "grape": []}
+    for r in range(args.rounds):
+        runs["hnswlib"].append(run_hnswlib(base, queries, truth, args))
+        runs["grape"].append(run_grape(files, args))
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+
+    print(f"dataset: {args.count} x {args.dim}, {args.clusters} clusters, sigma {args.sigma}, "
+          f"{args.queries} queries, seed {args.seed}; M={args.m}, ef_construction={args.ef_construction}; "
+          f"medians of {args.rounds} alternating rounds; search on 1 thread")
+    print()
+    print("| library | build (s) | build threads | " + " | ".join(f"ef={ef} recall / QPS" for ef in args.ef) + " |")
+    print("|---" * (3 + len(args.ef)) + "|")
+    for name, rs in runs.items():
+        build = statistics.median(r["build_seconds"] for r in rs)
+        cells = []
+        for i, ef in enumerate(args.ef):
+            recall = statistics.median(r["results"][i]["recall"] for r in rs)
+            qps = statistics.median(r["results"][i]["qps"] for r in rs)
+            cells.append(f"{recall:.3f} / {qps:,.0f}")
+        print(f"| {rs[0]['library']} | {build:.1f} | {rs[0]['build_threads']} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+//! `grape-index`: Grape's index layer alone, in-process: builds a shard index from an `.fvecs`
+//! file the way a shard does (vectors appended, then moved into the HNSW graph by the
+//! maintainer) and searches it on one thread at several `ef`, reporting recall@10 against an
+//! `.ivecs` ground truth and queries per second, as one JSON object. `bench/compare_hnswlib.py`
+//! runs it beside hnswlib on the same files.
+
+use anyhow::bail;
+use clap::Parser;
+use grape_bench::dataset::{read_fvecs, read_ivecs};
+use grape_client::{HnswParams, Metric};
+use grape_dataplane::index::VectorIndex;
+use grape_dataplane::index::distance::prepare;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long)]
+    base: PathBuf,
+    #[arg(long)]
+    queries: PathBuf,
+    /// Exact neighbours of each query (at least 10 per row).
+    #[arg(long)]
+    truth: PathBuf,
+    /// `l2`, `cosine` or `dot`.
+    #[arg(long, default_value = "l2")]
+    metric: String,
+    #[arg(long, default_value_t = 16)]
+    m: usize,
+    #[arg(long, default_value_t = 200)]
+    ef_construction: usize,
+    /// Search breadths to measure.
+    #[arg(long, value_delimiter = ',', default_value = "32,64,128,256")]
+    ef: Vec<usize>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let metric: Metric = serde_json::from_value(json!(args.metric))?;
+    let base = read_fvecs(&args.base)?;
+    let queries = read_fvecs(&args.queries)?;
+    let truth = read_ivecs(&args.truth)?;
+    if truth.len() != queries.len() || truth.iter().any(|t| t.len() < 10) {
+        bail!(
+            "the ground truth needs 10 neighbours for each of {} queries",
+            queries.len()
+        );
+    }
+    let dimension = base.first().map(Vec::len).unwrap_or(0);
+    let params = HnswParams {
+        m: args.m,
+        ef_construction: args.ef_construction,
+        ef_search: 128,
+    };
+    let index = VectorIndex::new(dimension, metric, params, usize::MAX);
+    let prepared = |v: &Vec<f32>| prepare(metric, v).unwrap_or_else(|| v.clone());
+    let start = Instant::now();
+    for vector in &base {
+        index.add(&prepared(vector));
+    }
+    while index.stats().pending > 0 {
+        index.maintain(usize::MAX);
+    }
+    let build_seconds = start.elapsed().as_secs_f64();
+    let queries: Vec<Vec<f32>> = queries.iter().map(prepared).collect();
+
+    let mut results = Vec::new();
+    for &ef in &args.ef {
+        // One untimed pass warms caches, then a timed pass.
+        for q in queries.iter().take(100) {
+            std::hint::black_box(index.search(q, 10, ef, None));
+        }
+        let start = Instant::now();
+        let mut found = Vec::with_capacity(queries.len());
+        for q in &queries {
+            found.push(index.search(q, 10, ef, None));
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let hits: usize = found
+            .iter()
+            .zip(&truth)
+            .map(|(f, t)| f.iter().filter(|c| t[..10].contains(&c.id)).count())
+            .sum();
+        results.push(json!({
+            "ef": ef,
+            "recall": hits as f64 / (10 * queries.len()) as f64,
+            "qps": queries.len() as f64 / seconds,
+        }));
+    }
+    println!(
+        "{}",
+        json!({"library": "grape", "build_seconds": build_seconds, "build_threads": 1, "results": results})
+    );
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Shared by the benchmark binaries: datasets and their ground truth.
+
+pub mod dataset;
