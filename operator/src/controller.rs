@@ -10,7 +10,7 @@
 //! ```
 
 use crate::crd::GrapeCluster;
-use crate::dataplane::{DataPlane, ServiceDns};
+use crate::dataplane::{self, DataPlane, ServiceDns};
 use crate::decide::{self, Action as DataAction, Observed, ObservedPod, ObservedStatefulSet};
 use crate::metrics::Metrics;
 use crate::resources::{self, BOOTSTRAP_ANNOTATION, FIELD_MANAGER, Names, OPERATOR_KEY};
@@ -65,11 +65,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
-            data_plane_http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .connect_timeout(Duration::from_secs(2))
-                .build()
-                .unwrap_or_default(),
+            data_plane_http: dataplane::http_client(None),
         }
     }
 }
@@ -236,19 +232,10 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
         https: cluster.spec.security.tls_secret.is_some(),
     };
     let http = match &ca {
-        Some(pem) => reqwest::Certificate::from_pem(pem)
-            .ok()
-            .and_then(|c| {
-                reqwest::Client::builder()
-                    .add_root_certificate(c)
-                    .timeout(Duration::from_secs(10))
-                    .build()
-                    .ok()
-            })
-            .unwrap_or_else(|| ctx.data_plane_http.clone()),
+        Some(pem) => dataplane::http_client(Some(pem)),
         None => ctx.data_plane_http.clone(),
     };
-    let data_plane = DataPlane::new(&endpoints, key).with_http(http);
+    let data_plane = DataPlane::new(&endpoints, key, http);
     let observed_dp = if order.is_empty() {
         None
     } else {

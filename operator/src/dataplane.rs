@@ -49,24 +49,30 @@ pub struct ActionError {
     pub message: String,
 }
 
+/// The HTTP client for data-plane calls: short timeouts, and the cluster's CA when it serves
+/// TLS (an unusable CA falls back to the system roots, and the calls fail visibly).
+pub fn http_client(ca_pem: Option<&[u8]>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(2));
+    if let Some(ca) = ca_pem.and_then(|pem| reqwest::Certificate::from_pem(pem).ok()) {
+        builder = builder.add_root_certificate(ca);
+    }
+    builder.build().unwrap_or_default()
+}
+
 impl<'a> DataPlane<'a> {
-    pub fn new(endpoints: &'a dyn Endpoints, api_key: Option<String>) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .unwrap_or_default();
+    /// Calls through `http` (see [`http_client`]), sending `api_key` when given.
+    pub fn new(
+        endpoints: &'a dyn Endpoints,
+        api_key: Option<String>,
+        http: reqwest::Client,
+    ) -> Self {
         DataPlane {
             endpoints,
             http,
             api_key,
         }
-    }
-
-    /// Uses a preconfigured HTTP client (e.g. trusting the cluster's CA).
-    pub fn with_http(mut self, http: reqwest::Client) -> Self {
-        self.http = http;
-        self
     }
 
     fn client(&self, pod: &str) -> GrapeClient {

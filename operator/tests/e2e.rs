@@ -7,7 +7,7 @@
 use grape_e2e::load::{self, Writers};
 use grape_e2e::{Cluster, GrapeNode, NodeOptions};
 use grape_operator::crd::{GrapeCluster, GrapeClusterStatus};
-use grape_operator::dataplane::{DataPlane, Endpoints};
+use grape_operator::dataplane::{self, DataPlane, Endpoints};
 use grape_operator::decide::{
     Action, Observed, ObservedPod, ObservedStatefulSet, Plan, condition, decide,
 };
@@ -260,7 +260,7 @@ impl Operator {
             .collect();
         order.extend(pods.iter().filter(|p| !p.ready).map(|p| p.name.clone()));
         let endpoints = Arc::clone(&self.sim.endpoints);
-        let data_plane = DataPlane::new(endpoints.as_ref(), None);
+        let data_plane = DataPlane::new(endpoints.as_ref(), None, dataplane::http_client(None));
         let observed_dp = data_plane.observe(&order).await;
         let observed = Observed {
             generation: self.cluster.metadata.generation,

@@ -395,6 +395,26 @@ pub struct Cluster {
     peers: Vec<String>,
 }
 
+/// `base` for member `node-i` of a cluster: its address, its fixed Raft port, and every
+/// member as a peer.
+fn member_options(
+    base: &NodeOptions,
+    i: usize,
+    ip: String,
+    raft_port: u16,
+    peers: &[String],
+) -> NodeOptions {
+    let mut options = base.clone();
+    options.ip = Some(ip);
+    options.raft_port = Some(raft_port);
+    options.env.extend([
+        ("GRAPE_NODE_ID".into(), format!("node-{i}")),
+        ("GRAPE__CLUSTER__ENABLED".into(), "true".into()),
+        ("GRAPE_CLUSTER_PEERS".into(), peers.join(",")),
+    ]);
+    options
+}
+
 impl Cluster {
     /// Starts `size` nodes `node-1`..`node-N` that know each other as peers; waits until all are
     /// ready.
@@ -428,20 +448,10 @@ impl Cluster {
         let base_options = options.clone();
         let mut nodes = Vec::new();
         for i in 1..=size {
-            let mut node_options = options.clone();
-            node_options.ip = Some(format!("{network}.{i}"));
-            node_options.raft_port = Some(ports[i - 1]);
-            node_options
-                .env
-                .push(("GRAPE_NODE_ID".into(), format!("node-{i}")));
-            node_options
-                .env
-                .push(("GRAPE__CLUSTER__ENABLED".into(), "true".into()));
-            node_options
-                .env
-                .push(("GRAPE_CLUSTER_PEERS".into(), peers.join(",")));
-            let data_dir = tempfile::tempdir().expect("temp dir");
-            let mut node = GrapeNode::unstarted(node_options, data_dir);
+            let node_options =
+                member_options(&options, i, format!("{network}.{i}"), ports[i - 1], &peers);
+            let mut node =
+                GrapeNode::unstarted(node_options, tempfile::tempdir().expect("temp dir"));
             node.spawn_and_find_url().await;
             nodes.push(node);
         }
@@ -467,18 +477,7 @@ impl Cluster {
             .expect("free port")
             .port();
         self.peers.push(format!("node-{i}={address}:{port}"));
-        let mut node_options = self.options.clone();
-        node_options.ip = Some(address);
-        node_options.raft_port = Some(port);
-        node_options
-            .env
-            .push(("GRAPE_NODE_ID".into(), format!("node-{i}")));
-        node_options
-            .env
-            .push(("GRAPE__CLUSTER__ENABLED".into(), "true".into()));
-        node_options
-            .env
-            .push(("GRAPE_CLUSTER_PEERS".into(), self.peers.join(",")));
+        let node_options = member_options(&self.options, i, address, port, &self.peers);
         let mut node = GrapeNode::unstarted(node_options, tempfile::tempdir().expect("temp dir"));
         node.spawn_and_find_url().await;
         self.nodes.push(node);

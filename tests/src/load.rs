@@ -187,18 +187,22 @@ pub async fn check_all_present_at(
     Ok(())
 }
 
-/// The 1-based index of the node leading `group` (`meta`, `default/0`, ...).
-pub async fn leader_of(cluster: &Cluster, group: &str) -> Result<usize, String> {
+/// `/admin/cluster/status` as the first running node reports it.
+pub async fn cluster_status(cluster: &Cluster) -> Result<serde_json::Value, String> {
     let node = cluster
         .nodes
         .iter()
         .find(|n| n.is_running())
         .ok_or("no node is running")?;
-    let status = node
-        .client()
+    node.client()
         .get_json("/admin/cluster/status")
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// The 1-based index of the node leading `group` (`meta`, `default/0`, ...).
+pub async fn leader_of(cluster: &Cluster, group: &str) -> Result<usize, String> {
+    let status = cluster_status(cluster).await?;
     let leader = status["groups"]
         .as_array()
         .and_then(|groups| groups.iter().find(|g| g["name"] == group))
@@ -327,16 +331,7 @@ pub async fn wait_operation_done(
 pub async fn distribution(
     cluster: &Cluster,
 ) -> Result<BTreeMap<String, (usize, usize, u64)>, String> {
-    let node = cluster
-        .nodes
-        .iter()
-        .find(|n| n.is_running())
-        .ok_or("no node is running")?;
-    let status = node
-        .client()
-        .get_json("/admin/cluster/status")
-        .await
-        .map_err(|e| e.to_string())?;
+    let status = cluster_status(cluster).await?;
     let mut led: BTreeMap<String, usize> = BTreeMap::new();
     for group in status["groups"].as_array().into_iter().flatten() {
         if group["name"] != "meta"
