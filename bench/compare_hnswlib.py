@@ -6,13 +6,16 @@
     .venv/bin/python bench/compare_hnswlib.py            # 100,000 x 128, 100 clusters, sigma 0.3
 
 The dataset is generated deterministically (numpy seed), exact ground truth is computed by
-brute force, then hnswlib and Grape (`target/release/grape-index`) build and search in
-alternating rounds: build time (hnswlib with --build-threads, Grape with its one maintainer
-thread), and for each ef recall@10 and queries/s on one search thread. Medians over rounds.
+brute force, then hnswlib and Grape (`target/release/grape-index`, once per graph engine in
+--graphs) build and search in alternating rounds: build time on --build-threads threads
+(Grape's hnsw_rs engine inserts on one), and for each ef recall@10 and queries/s on one search
+thread. hnswlib answers all queries in one knn_query call on one thread, so no Python overhead
+is counted per query. Medians over rounds.
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile, time
 
 import hnswlib
+from importlib.metadata import version
 import numpy as np
 
 
@@ -61,20 +64,22 @@ def run_hnswlib(base, queries, truth, args):
     results = []
     for ef in args.ef:
         index.set_ef(ef)
-        for q in queries[:100]:
-            index.knn_query(q, k=10)
+        index.knn_query(queries[:100], k=10, num_threads=1)
         start = time.perf_counter()
-        found = [index.knn_query(q, k=10)[0][0] for q in queries]
+        found, _ = index.knn_query(queries, k=10, num_threads=1)
+        for _ in range(1, args.passes):
+            index.knn_query(queries, k=10, num_threads=1)
         seconds = time.perf_counter() - start
         hits = sum(len(set(f) & set(t[:10])) for f, t in zip(found, truth))
-        results.append({"ef": ef, "recall": hits / (10 * len(queries)), "qps": len(queries) / seconds})
-    return {"library": "hnswlib " + getattr(hnswlib, "__version__", ""), "build_seconds": build,
+        results.append({"ef": ef, "recall": hits / (10 * len(queries)), "qps": args.passes * len(queries) / seconds})
+    return {"library": "hnswlib " + version("hnswlib"), "build_seconds": build,
             "build_threads": args.build_threads, "results": results}
 
 
-def run_grape(files, args):
+def run_grape(files, graph, args):
     cmd = [args.grape_index, "--base", files["base"], "--queries", files["queries"], "--truth", files["truth"],
            "--metric", "l2", "--m", str(args.m), "--ef-construction", str(args.ef_construction),
+           "--graph", graph, "--threads", str(args.build_threads), "--passes", str(args.passes),
            "--ef", ",".join(map(str, args.ef))]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -92,7 +97,10 @@ def main():
     p.add_argument("--ef-construction", type=int, default=200)
     p.add_argument("--ef", type=lambda s: [int(x) for x in s.split(",")], default=[32, 64, 128, 256])
     p.add_argument("--build-threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--passes", type=int, default=5, help="timed passes over the queries at each ef")
+    p.add_argument("--graphs", type=lambda s: s.split(","), default=["grape"],
+                   help="Grape graph engines to run: grape, hnsw_rs (slow to build)")
     p.add_argument("--grape-index", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "grape-index"))
     args = p.parse_args()
 
@@ -104,10 +112,12 @@ def main():
     write_fvecs(files["queries"], queries)
     write_ivecs(files["truth"], truth)
 
-    runs = {"hnswlib": [], "grape": []}
+    runs = {"hnswlib": []}
+    runs.update({g: [] for g in args.graphs})
     for r in range(args.rounds):
         runs["hnswlib"].append(run_hnswlib(base, queries, truth, args))
-        runs["grape"].append(run_grape(files, args))
+        for g in args.graphs:
+            runs[g].append(run_grape(files, g, args))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
 
     print(f"dataset: {args.count} x {args.dim}, {args.clusters} clusters, sigma {args.sigma}, "

@@ -6,6 +6,7 @@
 //! Some keys of the seed guide are accepted so that its files load unchanged but have no effect
 //! in this version; [`Config::inert_keys`] lists those that are set, and the node logs them.
 
+use crate::index::{GraphEngine, IndexOptions};
 use figment::Figment;
 use figment::providers::{Format, Serialized, Yaml};
 use grape_client::{CollectionConfig, HnswParams, Metric, Quantization};
@@ -188,11 +189,23 @@ pub struct IndexConfig {
     pub rebuild_threshold: usize,
     /// Threads that insert into HNSW graphs (0: one per core).
     pub construction_threads: usize,
+    /// The HNSW implementation: `hnsw_rs` (default) or `grape` (Grape's own graph).
+    pub graph: GraphEngine,
     // Seed keys accepted without effect (see `inert_keys`).
     pub enable_parallel_construction: Option<bool>,
     pub enable_product_quantization: Option<bool>,
     pub pq_segments: Option<u32>,
     pub enable_graph_pruning: Option<bool>,
+}
+
+impl IndexConfig {
+    /// How shards build and keep their indexes.
+    pub fn options(&self) -> IndexOptions {
+        IndexOptions {
+            engine: self.graph,
+            rebuild_threshold: self.rebuild_threshold,
+        }
+    }
 }
 
 impl Default for IndexConfig {
@@ -206,6 +219,7 @@ impl Default for IndexConfig {
             enable_binary_quantization: false,
             rebuild_threshold: 100_000,
             construction_threads: 0,
+            graph: GraphEngine::default(),
             enable_parallel_construction: None,
             enable_product_quantization: None,
             pq_segments: None,

@@ -433,9 +433,9 @@ impl Node {
         let storage = Arc::clone(&self.storage);
         let worker = Arc::clone(&self.worker);
         let namespace = group.to_string();
-        let rebuild_threshold = self.config.index.rebuild_threshold;
+        let index_options = self.config.index.options();
         let shard = tokio::task::spawn_blocking(move || {
-            Shard::open(config, &namespace, storage, worker, rebuild_threshold)
+            Shard::open(config, &namespace, storage, worker, index_options)
         })
         .await
         .map_err(|e| Error::Internal(format!("opening {group} panicked: {e}")))??;

@@ -1,5 +1,5 @@
-//! Distance kernels: dot product and squared Euclidean distance, with AVX2+FMA versions chosen
-//! at run time on CPUs that have them, and the graph distance each metric uses.
+//! Distance kernels: dot product and squared Euclidean distance, with AVX-512 and AVX2+FMA
+//! versions chosen at run time on CPUs that have them, and the graph distance each metric uses.
 //!
 //! hnsw_rs requires non-negative distances (it asserts on them), and its graph heuristics only
 //! ever compare distances, so each metric maps to a non-negative, order-preserving distance:
@@ -16,6 +16,12 @@ pub type Kernel = fn(&[f32], &[f32]) -> f32;
 pub fn dot_kernel() -> Kernel {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return |a, b| {
+                // SAFETY: the CPU supports AVX-512F (checked above).
+                unsafe { x86_512::dot_avx512(a, b) }
+            };
+        }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             return |a, b| {
@@ -31,6 +37,12 @@ pub fn dot_kernel() -> Kernel {
 pub fn l2_kernel() -> Kernel {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return |a, b| {
+                // SAFETY: the CPU supports AVX-512F (checked above).
+                unsafe { x86_512::l2_avx512(a, b) }
+            };
+        }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             return |a, b| {
@@ -166,6 +178,66 @@ mod x86 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod x86_512 {
+    use std::arch::x86_64::*;
+
+    /// Sums `f(a, b)` over 16-float lanes: two accumulators over 32 floats at a time, then one
+    /// more full lane, then a masked lane for the rest.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn reduce(a: &[f32], b: &[f32], f: impl Fn(__m512, __m512, __m512) -> __m512) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm512_setzero_ps();
+        let mut acc1 = _mm512_setzero_ps();
+        let mut i = 0;
+        // SAFETY: full loads read 16 floats at offsets below `n`; the masked load reads only
+        // the `n - i` floats left.
+        unsafe {
+            while i + 32 <= n {
+                acc0 = f(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
+                acc1 = f(
+                    _mm512_loadu_ps(pa.add(i + 16)),
+                    _mm512_loadu_ps(pb.add(i + 16)),
+                    acc1,
+                );
+                i += 32;
+            }
+            if i + 16 <= n {
+                acc0 = f(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
+                i += 16;
+            }
+            if i < n {
+                let mask: __mmask16 = (1u16 << (n - i)) - 1;
+                acc1 = f(
+                    _mm512_maskz_loadu_ps(mask, pa.add(i)),
+                    _mm512_maskz_loadu_ps(mask, pb.add(i)),
+                    acc1,
+                );
+            }
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+        reduce(a, b, |x, y, acc| _mm512_fmadd_ps(x, y, acc))
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn l2_avx512(a: &[f32], b: &[f32]) -> f32 {
+        reduce(a, b, |x, y, acc| {
+            let d = _mm512_sub_ps(x, y);
+            _mm512_fmadd_ps(d, d, acc)
+        })
+    }
+}
+
 /// The distance a collection's graph is built with: non-negative, smaller is closer.
 #[derive(Clone, Copy)]
 pub struct GraphDistance {
@@ -255,6 +327,43 @@ mod tests {
                 (state % 2000) as f32 / 1000.0 - 1.0
             })
             .collect()
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn every_kernel_this_cpu_runs_agrees_with_scalar() {
+        let avx2 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+        for n in [0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 128, 1536] {
+            let a = pseudo_random(n, 3 + n as u32);
+            let b = pseudo_random(n, 77 + n as u32);
+            let tolerance = 1e-4 * (n as f32 + 1.0);
+            let (dot, l2) = (dot_scalar(&a, &b), l2_scalar(&a, &b));
+            // SAFETY: each kernel runs only when the CPU has its features.
+            unsafe {
+                if avx2 {
+                    assert!(
+                        (x86::dot_avx2(&a, &b) - dot).abs() <= tolerance,
+                        "avx2 dot {n}"
+                    );
+                    assert!(
+                        (x86::l2_avx2(&a, &b) - l2).abs() <= tolerance,
+                        "avx2 l2 {n}"
+                    );
+                }
+                if avx512 {
+                    assert!(
+                        (x86_512::dot_avx512(&a, &b) - dot).abs() <= tolerance,
+                        "512 dot {n}"
+                    );
+                    assert!(
+                        (x86_512::l2_avx512(&a, &b) - l2).abs() <= tolerance,
+                        "512 l2 {n}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

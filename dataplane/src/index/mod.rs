@@ -1,6 +1,10 @@
-//! The vector index of one shard: vectors by dense internal id, an HNSW graph (hnsw_rs) over
-//! them, and exact search over whatever the graph does not hold yet. It knows vectors and
-//! liveness only; documents, metadata and storage live in the layers above.
+//! The vector index of one shard: vectors by dense internal id, an HNSW graph over them, and
+//! exact search over whatever the graph does not hold yet. It knows vectors and liveness only;
+//! documents, metadata and storage live in the layers above.
+//!
+//! Two graph engines exist, chosen per node with `index.graph` ([`GraphEngine`]): hnsw_rs
+//! (the default) and Grape's own graph ([`graph::HnswGraph`]), which inserts on every thread of
+//! the pool running maintenance and searches several times faster (docs/benchmarks.md).
 //!
 //! ```text
 //!   add(id) ──> pending (id >= indexed_upto) ──index_pending()──> in graph (id < indexed_upto)
@@ -11,16 +15,20 @@
 //! ```
 //!
 //! A search sees every added vector: the graph for ids below the watermark `indexed_upto`, an
-//! exact scan above it. hnsw_rs cannot delete, so removed ids stay in the graph, filtered out,
+//! exact scan above it. Neither graph deletes, so removed ids stay in the graph, filtered out,
 //! until a rebuild; an updated document gets a new id.
 
 pub mod distance;
+pub mod graph;
 pub mod worker;
 
 use distance::GraphDistance;
 use grape_client::{HnswParams, Metric};
+use graph::{GraphParams, HnswGraph};
 use hnsw_rs::prelude::Hnsw;
 use parking_lot::{Mutex, RwLock};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
@@ -52,7 +60,132 @@ impl Ord for Candidate {
     }
 }
 
-type Graph = Hnsw<'static, f32, GraphDistance>;
+type HnswRsGraph = Hnsw<'static, f32, GraphDistance>;
+
+/// Which HNSW implementation holds a node's graphs (`index.graph`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphEngine {
+    /// hnsw_rs: one inserting thread per index.
+    #[default]
+    HnswRs,
+    /// Grape's graph ([`graph::HnswGraph`]): inserts in parallel, allocation-free searches.
+    Grape,
+}
+
+/// How a node's indexes are built and kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexOptions {
+    pub engine: GraphEngine,
+    /// Dead graph entries tolerated before a rebuild.
+    pub rebuild_threshold: usize,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        IndexOptions {
+            engine: GraphEngine::default(),
+            rebuild_threshold: 100_000,
+        }
+    }
+}
+
+/// A graph of either engine, labelled with [`VectorId`]s.
+enum Graph {
+    HnswRs(Arc<HnswRsGraph>),
+    Grape(Arc<HnswGraph>),
+}
+
+impl Graph {
+    fn new(
+        engine: GraphEngine,
+        dimension: usize,
+        params: HnswParams,
+        distance: GraphDistance,
+        capacity: usize,
+    ) -> Graph {
+        match engine {
+            GraphEngine::HnswRs => Graph::HnswRs(Arc::new(Hnsw::new(
+                params.m,
+                capacity,
+                MAX_LAYERS,
+                params.ef_construction,
+                distance,
+            ))),
+            GraphEngine::Grape => Graph::Grape(Arc::new(HnswGraph::new(
+                dimension,
+                distance,
+                GraphParams {
+                    m: params.m,
+                    ef_construction: params.ef_construction,
+                },
+                capacity,
+            ))),
+        }
+    }
+
+    fn share(&self) -> Graph {
+        match self {
+            Graph::HnswRs(g) => Graph::HnswRs(Arc::clone(g)),
+            Graph::Grape(g) => Graph::Grape(Arc::clone(g)),
+        }
+    }
+
+    /// The nearest graph entries to `query` (at least `k` of them when the graph has them,
+    /// up to `ef` for hnsw_rs), nearest first; with a filter, only ids it lets through.
+    fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        filter: Option<&dyn Fn(VectorId) -> bool>,
+    ) -> Vec<Candidate> {
+        match self {
+            Graph::HnswRs(g) => {
+                let hits = match filter {
+                    None => g.search(query, ef, ef),
+                    Some(f) => g.search_filter(query, ef, ef, Some(&|id: &usize| f(*id))),
+                };
+                hits.into_iter()
+                    .map(|n| Candidate {
+                        id: n.d_id,
+                        distance: n.distance,
+                    })
+                    .collect()
+            }
+            Graph::Grape(g) => {
+                let accept = filter.map(|f| move |node: graph::Node| f(g.label(node)));
+                g.search(
+                    query,
+                    k,
+                    ef,
+                    accept.as_ref().map(|f| f as &dyn Fn(graph::Node) -> bool),
+                )
+                .into_iter()
+                .map(|n| Candidate {
+                    id: g.label(n.node),
+                    distance: n.distance,
+                })
+                .collect()
+            }
+        }
+    }
+
+    /// Inserts a batch: hnsw_rs on this thread, Grape's graph on every thread of the current
+    /// rayon pool.
+    fn insert(&self, batch: &[(VectorId, Vec<f32>)]) {
+        match self {
+            Graph::HnswRs(g) => {
+                for (id, vector) in batch {
+                    g.insert_slice((vector, *id));
+                }
+            }
+            Graph::Grape(g) => batch
+                .par_iter()
+                .for_each(|(id, vector)| g.insert(*id, vector)),
+        }
+    }
+}
 
 /// Layers hnsw_rs may use (its maximum).
 const MAX_LAYERS: usize = 16;
@@ -68,7 +201,7 @@ struct VectorStore {
 
 /// The graph and how far it reaches.
 struct GraphState {
-    graph: Arc<Graph>,
+    graph: Graph,
     /// Every live id below this is in `graph`; ids at or above it are searched exactly.
     indexed_upto: VectorId,
 }
@@ -91,6 +224,8 @@ pub struct VectorIndex {
     metric: Metric,
     /// Graph parameters.
     params: HnswParams,
+    /// Which graph implementation to build.
+    engine: GraphEngine,
     /// Non-negative distance of the metric, with the CPU's fastest kernels.
     distance: GraphDistance,
     /// All vectors, by id.
@@ -103,8 +238,9 @@ pub struct VectorIndex {
     rebuild_threshold: usize,
     /// Completed rebuilds.
     rebuilds: AtomicU64,
-    /// One maintainer (indexing or rebuild) at a time: hnsw_rs inserts are not safe to run
-    /// concurrently with each other without risking lock-order inversions.
+    /// One maintainer (indexing or rebuild) at a time: it decides the watermark, grows Grape's
+    /// graph (which needs no insert running) and keeps hnsw_rs inserts on one thread (they
+    /// risk lock-order inversions when concurrent).
     maintenance: Mutex<()>,
 }
 
@@ -123,13 +259,14 @@ impl VectorIndex {
         dimension: usize,
         metric: Metric,
         params: HnswParams,
-        rebuild_threshold: usize,
+        options: IndexOptions,
     ) -> Self {
         let distance = GraphDistance::new(metric);
         VectorIndex {
             dimension,
             metric,
             params,
+            engine: options.engine,
             distance,
             vectors: RwLock::new(VectorStore {
                 data: Vec::new(),
@@ -137,11 +274,11 @@ impl VectorIndex {
                 live_count: 0,
             }),
             graph: RwLock::new(GraphState {
-                graph: Arc::new(new_graph(params, distance, 1024)),
+                graph: Graph::new(options.engine, dimension, params, distance, 1024),
                 indexed_upto: 0,
             }),
             dead_in_graph: AtomicUsize::new(0),
-            rebuild_threshold: rebuild_threshold.max(1),
+            rebuild_threshold: options.rebuild_threshold.max(1),
             rebuilds: AtomicU64::new(0),
             maintenance: Mutex::new(()),
         }
@@ -230,7 +367,7 @@ impl VectorIndex {
         }
         let (graph, indexed_upto) = {
             let state = self.graph.read();
-            (Arc::clone(&state.graph), state.indexed_upto)
+            (state.graph.share(), state.indexed_upto)
         };
         let store = self.vectors.read();
         let ef = ef.max(k);
@@ -241,37 +378,22 @@ impl VectorIndex {
         };
         let mut results = Vec::with_capacity(k * 2);
         if indexed_upto > 0 {
+            let survivors = |hits: Vec<Candidate>| -> Vec<Candidate> {
+                hits.into_iter().filter(|c| admits(c.id)).collect()
+            };
             let mut found = None;
             if accept.is_none() {
-                // Few dead entries: a plain search, then drop the dead, keeps hnsw_rs's early
-                // exit; fall back to a filtered search when too few survive.
-                let hits = graph.search(query, ef, ef);
-                let survivors: Vec<Candidate> = hits
-                    .iter()
-                    .filter(|n| admits(n.d_id))
-                    .map(|n| Candidate {
-                        id: n.d_id,
-                        distance: n.distance,
-                    })
-                    .collect();
+                // Few dead entries: an unfiltered search, then drop the dead, keeps the walk's
+                // early exit; fall back to a filtered search when too few survive.
                 let live_in_tail = store.live[indexed_upto..].iter().filter(|l| **l).count();
                 let live_in_graph = store.live_count - live_in_tail;
-                if survivors.len() >= k.min(live_in_graph) {
-                    found = Some(survivors);
+                let hits = survivors(graph.search(query, k, ef, None));
+                if hits.len() >= k.min(live_in_graph) {
+                    found = Some(hits);
                 }
             }
-            let found = found.unwrap_or_else(|| {
-                let filter = |id: &usize| admits(*id);
-                graph
-                    .search_filter(query, ef, ef, Some(&filter))
-                    .into_iter()
-                    .filter(|n| admits(n.d_id))
-                    .map(|n| Candidate {
-                        id: n.d_id,
-                        distance: n.distance,
-                    })
-                    .collect()
-            });
+            let found =
+                found.unwrap_or_else(|| survivors(graph.search(query, k, ef, Some(&admits))));
             results.extend(found.into_iter().take(k));
         }
         let tail = indexed_upto..store.live.len();
@@ -342,9 +464,9 @@ impl VectorIndex {
         if self.needs_rebuild() {
             return self.rebuild();
         }
-        let (graph, start) = {
+        let (mut graph, start) = {
             let state = self.graph.read();
-            (Arc::clone(&state.graph), state.indexed_upto)
+            (state.graph.share(), state.indexed_upto)
         };
         let (end, batch) = {
             let store = self.vectors.read();
@@ -360,9 +482,17 @@ impl VectorIndex {
                 .collect();
             (end, batch)
         };
-        for (id, vector) in &batch {
-            graph.insert_slice((vector, *id));
+        if let Graph::Grape(g) = &graph
+            && g.len() + batch.len() > g.capacity()
+        {
+            // Searches keep using the old graph while the copy is made; nothing inserts.
+            let grown = Graph::Grape(Arc::new(
+                g.grown((2 * g.capacity()).max(g.len() + batch.len())),
+            ));
+            self.graph.write().graph = grown.share();
+            graph = grown;
         }
+        graph.insert(&batch);
         // Lock order everywhere: vectors, then graph. Holding the vectors lock keeps `remove`
         // out while the watermark moves, so each removal is counted exactly once.
         let store = self.vectors.read();
@@ -382,7 +512,13 @@ impl VectorIndex {
             let store = self.vectors.read();
             store.live[..watermark].iter().filter(|l| **l).count()
         };
-        let graph = new_graph(self.params, self.distance, live_below.max(1024));
+        let graph = Graph::new(
+            self.engine,
+            self.dimension,
+            self.params,
+            self.distance,
+            live_below.max(1024),
+        );
         const CHUNK: usize = 1024;
         let mut inserted = 0;
         let mut next = 0;
@@ -400,15 +536,13 @@ impl VectorIndex {
                     })
                     .collect()
             };
-            for (id, vector) in &chunk {
-                graph.insert_slice((vector, *id));
-            }
+            graph.insert(&chunk);
             inserted += chunk.len();
             next = end;
         }
         let store = self.vectors.read();
         let mut state = self.graph.write();
-        state.graph = Arc::new(graph);
+        state.graph = graph;
         state.indexed_upto = watermark;
         let dead = store.live[..watermark].iter().filter(|l| !**l).count();
         // Dead ids below the watermark that were never inserted do not count.
@@ -423,16 +557,6 @@ impl VectorIndex {
         );
         watermark.max(1)
     }
-}
-
-fn new_graph(params: HnswParams, distance: GraphDistance, capacity: usize) -> Graph {
-    Hnsw::new(
-        params.m,
-        capacity,
-        MAX_LAYERS,
-        params.ef_construction,
-        distance,
-    )
 }
 
 #[cfg(test)]
@@ -463,38 +587,39 @@ mod tests {
         all.into_iter().take(k).map(|(_, i)| i).collect()
     }
 
-    fn index_of(vectors: &[Vec<f32>], threshold: usize) -> VectorIndex {
-        let index = VectorIndex::new(3, Metric::L2, HnswParams::default(), threshold);
+    fn index_of(vectors: &[Vec<f32>], threshold: usize, engine: GraphEngine) -> VectorIndex {
+        let options = IndexOptions {
+            engine,
+            rebuild_threshold: threshold,
+        };
+        let index = VectorIndex::new(3, Metric::L2, HnswParams::default(), options);
         for v in vectors {
             index.add(v);
         }
         index
     }
 
-    #[test]
-    fn maintaining_without_a_limit_indexes_everything_once() {
+    fn maintaining_without_a_limit_indexes_everything_once(engine: GraphEngine) {
         let vectors = grid(300);
-        let index = index_of(&vectors, 1000);
+        let index = index_of(&vectors, 1000, engine);
         assert_eq!(index.maintain(usize::MAX), 300);
         assert_eq!(index.stats().pending, 0);
         // Nothing left: no work reported (an unbounded limit must not overflow).
         assert_eq!(index.maintain(usize::MAX), 0);
     }
 
-    #[test]
-    fn unindexed_vectors_are_found_by_exact_scan() {
+    fn unindexed_vectors_are_found_by_exact_scan(engine: GraphEngine) {
         let vectors = grid(300);
-        let index = index_of(&vectors, 1000);
+        let index = index_of(&vectors, 1000, engine);
         assert_eq!(index.stats().pending, 300);
         let hits = index.search(&[42.0, 0.0, 1.0], 3, 64, None);
         let ids: Vec<usize> = hits.iter().map(|c| c.id).collect();
         assert_eq!(ids, exact_top(&vectors, &[42.0, 0.0, 1.0], 3, |_| true));
     }
 
-    #[test]
-    fn graph_and_tail_answers_agree_with_brute_force() {
+    fn graph_and_tail_answers_agree_with_brute_force(engine: GraphEngine) {
         let vectors = grid(2000);
-        let index = index_of(&vectors, 10_000);
+        let index = index_of(&vectors, 10_000, engine);
         while index.maintain(700) > 0 {}
         let stats = index.stats();
         assert_eq!((stats.indexed, stats.pending), (2000, 0));
@@ -517,10 +642,9 @@ mod tests {
         assert!(agree >= 24, "recall too low: {agree}/25");
     }
 
-    #[test]
-    fn removed_vectors_never_come_back_and_a_rebuild_drops_them() {
+    fn removed_vectors_never_come_back_and_a_rebuild_drops_them(engine: GraphEngine) {
         let vectors = grid(1000);
-        let index = index_of(&vectors, 50);
+        let index = index_of(&vectors, 50, engine);
         while index.maintain(1000) > 0 {}
         for id in 100..160 {
             index.remove(id);
@@ -541,10 +665,9 @@ mod tests {
         assert_eq!(hits[0].id, 160, "{hits:?}");
     }
 
-    #[test]
-    fn accept_filter_restricts_results() {
+    fn accept_filter_restricts_results(engine: GraphEngine) {
         let vectors = grid(1500);
-        let index = index_of(&vectors, 10_000);
+        let index = index_of(&vectors, 10_000, engine);
         while index.maintain(1000) > 0 {}
         let even = |id: usize| id.is_multiple_of(2);
         let hits = index.search(&[701.0, 1.0, 1.0], 10, 200, Some(&even));
@@ -554,13 +677,41 @@ mod tests {
         assert_eq!(exact.len(), 4);
     }
 
-    #[test]
-    fn cosine_index_ranks_by_angle() {
-        let index = VectorIndex::new(2, Metric::Cosine, HnswParams::default(), 100);
+    fn cosine_index_ranks_by_angle(engine: GraphEngine) {
+        let index = VectorIndex::new(
+            2,
+            Metric::Cosine,
+            HnswParams::default(),
+            IndexOptions {
+                engine,
+                rebuild_threshold: 100,
+            },
+        );
         let a = index.add(&prepare(Metric::Cosine, &[1.0, 0.0]).unwrap());
         let b = index.add(&prepare(Metric::Cosine, &[0.0, 5.0]).unwrap());
         let q = prepare(Metric::Cosine, &[10.0, 1.0]).unwrap();
         let hits = index.search(&q, 2, 16, None);
         assert_eq!(hits.iter().map(|c| c.id).collect::<Vec<_>>(), vec![a, b]);
     }
+
+    /// Runs each test against both graph engines.
+    macro_rules! on_both_engines {
+        ($($name:ident),* $(,)?) => {
+            mod hnsw_rs_engine {
+                $(#[test] fn $name() { super::$name(super::GraphEngine::HnswRs) })*
+            }
+            mod grape_engine {
+                $(#[test] fn $name() { super::$name(super::GraphEngine::Grape) })*
+            }
+        };
+    }
+
+    on_both_engines!(
+        maintaining_without_a_limit_indexes_everything_once,
+        unindexed_vectors_are_found_by_exact_scan,
+        graph_and_tail_answers_agree_with_brute_force,
+        removed_vectors_never_come_back_and_a_rebuild_drops_them,
+        accept_filter_restricts_results,
+        cosine_index_ranks_by_angle,
+    );
 }

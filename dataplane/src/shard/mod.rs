@@ -16,7 +16,7 @@ pub mod filter;
 
 use crate::error::{Error, Result};
 use crate::index::worker::{IndexWorker, Maintenance};
-use crate::index::{Candidate, IndexStats, VectorId, VectorIndex, distance};
+use crate::index::{Candidate, IndexOptions, IndexStats, VectorId, VectorIndex, distance};
 use crate::storage::{Changes, Storage, decode_document, encode_document};
 use filter::CompiledFilter;
 use grape_client::{CollectionConfig, Document, Metadata};
@@ -134,8 +134,8 @@ pub struct Shard {
     state: RwLock<ShardState>,
     /// Pool running graph maintenance.
     worker: Arc<IndexWorker>,
-    /// Dead graph entries tolerated before a rebuild.
-    rebuild_threshold: usize,
+    /// How the index is built (graph engine, rebuild threshold).
+    index_options: IndexOptions,
     /// The applied-state marker stored with the last applied commands (opaque to the shard).
     applied: Mutex<Option<Vec<u8>>>,
     /// Serialises `apply` and `restore`: existence checks and memory updates assume one writer.
@@ -158,9 +158,9 @@ impl Shard {
         namespace: &str,
         storage: Arc<Storage>,
         worker: Arc<IndexWorker>,
-        rebuild_threshold: usize,
+        index_options: IndexOptions,
     ) -> Result<Shard> {
-        let state = load_state(&config, namespace, &storage, rebuild_threshold)?;
+        let state = load_state(&config, namespace, &storage, index_options)?;
         let applied = storage.applied(namespace)?;
         let shard = Shard {
             namespace: namespace.to_string(),
@@ -168,7 +168,7 @@ impl Shard {
             storage,
             state: RwLock::new(state),
             worker,
-            rebuild_threshold,
+            index_options,
             applied: Mutex::new(applied),
             applying: Mutex::new(()),
         };
@@ -443,7 +443,7 @@ impl Shard {
             &self.config,
             &self.namespace,
             &self.storage,
-            self.rebuild_threshold,
+            self.index_options,
         )?;
         let mut state = self.state.write();
         state.maintenance.close();
@@ -490,7 +490,7 @@ fn load_state(
     config: &CollectionConfig,
     namespace: &str,
     storage: &Storage,
-    rebuild_threshold: usize,
+    index_options: IndexOptions,
 ) -> Result<ShardState> {
     let mut state = ShardState {
         entries: Vec::new(),
@@ -499,7 +499,7 @@ fn load_state(
             config.dimension,
             config.metric,
             config.hnsw,
-            rebuild_threshold,
+            index_options,
         )),
         maintenance: Arc::new(Maintenance::default()),
         bytes: 0,
@@ -587,7 +587,10 @@ mod tests {
             namespace,
             Arc::clone(storage),
             Arc::new(IndexWorker::new(1).unwrap()),
-            10,
+            IndexOptions {
+                rebuild_threshold: 10,
+                ..IndexOptions::default()
+            },
         )
         .unwrap()
     }

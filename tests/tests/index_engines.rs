@@ -1,0 +1,162 @@
+//! Both graph engines (`index.graph: hnsw_rs | grape`) behind a real node: searches agree with
+//! brute force, updated documents are found at their new vectors, deleted ones never come
+//! back (also after the graphs are rebuilt without them), and all of it holds after `kill -9`
+//! and a restart that rebuilds the graphs from storage.
+
+use grape_client::{CollectionClient, CollectionConfig, DocumentInput, Metric, SearchRequest};
+use grape_e2e::{GrapeNode, NodeOptions, vector};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+const DIMENSION: usize = 16;
+const DOCUMENTS: u64 = 4_000;
+
+fn l2(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+async fn wait_indexed(node: &GrapeNode) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = node.client().stats().await.unwrap();
+        if stats.indexing_pending == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still pending: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// recall@10 over 40 queries against brute force over `live`.
+async fn recall(docs: &CollectionClient<'_>, live: &BTreeMap<String, Vec<f32>>) -> f64 {
+    let mut hits = 0;
+    for q in 0..40u64 {
+        let query = vector(900_000 + q, DIMENSION);
+        let mut exact: Vec<(f32, &String)> =
+            live.iter().map(|(id, v)| (l2(&query, v), id)).collect();
+        exact.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let want: BTreeSet<&String> = exact.iter().take(10).map(|(_, id)| *id).collect();
+        let request = SearchRequest {
+            ef: Some(128),
+            ..SearchRequest::new(query, 10)
+        };
+        let found = docs.search(&request).await.unwrap();
+        assert_eq!(found.results.len(), 10);
+        hits += found
+            .results
+            .iter()
+            .filter(|r| want.contains(&r.id))
+            .count();
+    }
+    hits as f64 / 400.0
+}
+
+/// Updated documents come first at their new vectors; deleted ones are never returned.
+async fn check_changes(
+    docs: &CollectionClient<'_>,
+    updated: &BTreeMap<String, Vec<f32>>,
+    deleted: &BTreeMap<String, Vec<f32>>,
+) {
+    for (id, v) in updated.iter().step_by(10) {
+        let found = docs
+            .search(&SearchRequest::new(v.clone(), 1))
+            .await
+            .unwrap();
+        assert_eq!(&found.results[0].id, id);
+    }
+    for v in deleted.values().step_by(10) {
+        let found = docs
+            .search(&SearchRequest::new(v.clone(), 20))
+            .await
+            .unwrap();
+        for r in &found.results {
+            assert!(!deleted.contains_key(&r.id), "deleted {} returned", r.id);
+        }
+    }
+}
+
+async fn engine_serves_correct_searches(engine: &str) {
+    let options = NodeOptions::dimension(DIMENSION)
+        .setting("INDEX__GRAPH", engine)
+        .setting("INDEX__REBUILD_THRESHOLD", "100");
+    let mut node = GrapeNode::start(options).await;
+    let grape = node.client();
+    grape
+        .create_collection(&CollectionConfig {
+            metric: Metric::L2,
+            ..CollectionConfig::new("points", DIMENSION)
+        })
+        .await
+        .unwrap();
+    let docs = grape.collection("points");
+    let mut live: BTreeMap<String, Vec<f32>> = (0..DOCUMENTS)
+        .map(|i| (format!("p{i}"), vector(i, DIMENSION)))
+        .collect();
+    let batch: Vec<DocumentInput> = live
+        .iter()
+        .map(|(id, v)| DocumentInput {
+            id: Some(id.clone()),
+            vector: v.clone(),
+            metadata: None,
+        })
+        .collect();
+    for chunk in batch.chunks(500) {
+        docs.upsert_batch(chunk).await.unwrap();
+    }
+    wait_indexed(&node).await;
+    let first = recall(&docs, &live).await;
+    assert!(first >= 0.95, "{engine}: recall@10 {first}");
+
+    // Replace 300 vectors and delete 300 documents: 600 dead graph entries, past the rebuild
+    // threshold of every shard.
+    let mut updated = BTreeMap::new();
+    for i in 0..300u64 {
+        let id = format!("p{i}");
+        let v = vector(500_000 + i, DIMENSION);
+        docs.upsert(&DocumentInput {
+            id: Some(id.clone()),
+            vector: v.clone(),
+            metadata: None,
+        })
+        .await
+        .unwrap();
+        live.insert(id.clone(), v.clone());
+        updated.insert(id, v);
+    }
+    let mut deleted = BTreeMap::new();
+    for i in 300..600u64 {
+        let id = format!("p{i}");
+        docs.delete(&id).await.unwrap();
+        deleted.insert(id.clone(), live.remove(&id).unwrap());
+    }
+    check_changes(&docs, &updated, &deleted).await;
+    wait_indexed(&node).await;
+    let shards = grape.shard_stats().await.unwrap().shards;
+    let points: Vec<_> = shards.iter().filter(|s| s.collection == "points").collect();
+    assert!(
+        points.iter().all(|s| s.rebuilds >= 1),
+        "{engine}: every shard's graph should have been rebuilt: {points:?}"
+    );
+    check_changes(&docs, &updated, &deleted).await;
+    let after_changes = recall(&docs, &live).await;
+    assert!(after_changes >= 0.95, "{engine}: recall@10 {after_changes}");
+
+    node.kill9();
+    node.restart().await;
+    wait_indexed(&node).await;
+    let docs = node.client();
+    let docs = docs.collection("points");
+    check_changes(&docs, &updated, &deleted).await;
+    let after_restart = recall(&docs, &live).await;
+    assert!(after_restart >= 0.95, "{engine}: recall@10 {after_restart}");
+}
+
+#[tokio::test]
+async fn hnsw_rs_engine_serves_correct_searches() {
+    engine_serves_correct_searches("hnsw_rs").await;
+}
+
+#[tokio::test]
+async fn grape_engine_serves_correct_searches() {
+    engine_serves_correct_searches("grape").await;
+}
