@@ -15,6 +15,7 @@ use grape_client::{
 use grape_dataplane::cluster::Node;
 use grape_dataplane::collection::{merge_hits, search_shard};
 use grape_dataplane::config::Config;
+use grape_dataplane::index::GraphEngine;
 use grape_dataplane::server::{self, Listeners};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -79,6 +80,9 @@ struct Args {
     /// Seconds each search measurement runs.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Graph engine of the in-process node (`index.graph`): `hnsw_rs` or `grape`.
+    #[arg(long, default_value = "hnsw_rs")]
+    graph: String,
     /// Measure external nodes at these URLs (comma-separated; load is spread over them)
     /// instead of an in-process node.
     #[arg(long, value_delimiter = ',')]
@@ -153,7 +157,9 @@ fn main() -> anyhow::Result<()> {
 
     // The node under test, in its own runtime, as the `grape` binary would run it.
     let (clients, node, _server) = if args.url.is_empty() {
-        let (url, node, server) = EmbeddedNode::start(data.dimension)?;
+        let engine: GraphEngine = serde_json::from_value(serde_json::json!(args.graph))
+            .context("--graph must be hnsw_rs or grape")?;
+        let (url, node, server) = EmbeddedNode::start(data.dimension, engine)?;
         (vec![GrapeClient::new(&url)], Some(node), Some(server))
     } else {
         let clients = args
@@ -228,7 +234,10 @@ struct EmbeddedNode {
 }
 
 impl EmbeddedNode {
-    fn start(dimension: usize) -> anyhow::Result<(String, Arc<Node>, EmbeddedNode)> {
+    fn start(
+        dimension: usize,
+        engine: GraphEngine,
+    ) -> anyhow::Result<(String, Arc<Node>, EmbeddedNode)> {
         let data = tempfile::tempdir()?;
         let mut config = Config::default();
         config.node.data_dir = data.path().to_path_buf();
@@ -237,6 +246,7 @@ impl EmbeddedNode {
         config.monitoring.enable_metrics = false;
         config.database.vector_dimension = dimension;
         config.performance.max_batch_size = 10_000;
+        config.index.graph = engine;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
@@ -527,9 +537,10 @@ fn machine() -> String {
 fn markdown(report: &Report) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "Machine: {}\nNodes: {}\nData: {} x {} ({}), M={}, ef_construction={}, ef_search={}, shards={}, replication factor {}\n\n",
+        "Machine: {}\nNodes: {}\nGraph engine: {}\nData: {} x {} ({}), M={}, ef_construction={}, ef_search={}, shards={}, replication factor {}\n\n",
         report.machine,
         if report.args.url.is_empty() { "1 (in-process)".to_string() } else { report.args.url.join(", ") },
+        if report.args.url.is_empty() { report.args.graph.as_str() } else { "as configured on the nodes" },
         report.documents,
         report.dimension,
         report.args.metric,

@@ -1,8 +1,9 @@
-//! Grape's own HNSW graph (Malkov & Yashunin), laid out for the CPU: every vector in one
-//! contiguous slab, neighbour lists as fixed-size `u32` slots (layer 0 in one array with `2m`
-//! slots per node, upper layers per node), a visited set stamped with a generation number and
-//! reused between searches, and no allocation on the search path once a thread's scratch space
-//! exists. Neighbours are chosen with the usual diversity heuristic ("keep a candidate only if
+//! Grape's own HNSW graph (Malkov & Yashunin), laid out for the CPU: one slab holding each
+//! node's layer-0 list (`2m` fixed `u32` slots) beside its vector, cache-line aligned and
+//! backed by huge pages; upper-layer lists per node; the unvisited neighbours of a node
+//! prefetched together before their distances are computed; a visited set stamped with a
+//! generation number and reused between searches, and no allocation on the search path once a
+//! thread's scratch space exists. Neighbours are chosen with the usual diversity heuristic ("keep a candidate only if
 //! it is closer to the new node than to every neighbour already kept").
 //!
 //! Concurrency: any number of threads search and insert at once. Capacity is fixed at creation
@@ -56,57 +57,109 @@ impl Ord for Near {
     }
 }
 
-/// The vectors of every node, written once each before the node is published.
+/// Every node's layer-0 list and vector side by side, as hnswlib lays them out: expanding a
+/// node reads the list right next to the vector its distance was computed from, so the list
+/// is usually in cache already. One block per node, a whole number of cache lines:
+///
+/// ```text
+///   | len | 2m neighbour ids | vector (dimension floats) | padding |
+/// ```
 struct Slab {
-    cells: Box<[UnsafeCell<f32>]>,
+    cells: Box<[UnsafeCell<u32>]>,
+    /// Words before node 0, so that every block starts on a cache line.
+    base: usize,
+    /// Words per node.
+    stride: usize,
+    /// Words of the list (length slot included).
+    list_words: usize,
     dimension: usize,
 }
 
-// SAFETY: a node's cells are written exactly once, by the thread that reserved the node,
+// SAFETY: a node's vector is written exactly once, by the thread that reserved the node,
 // before any other thread can learn the node's id (ids are published through atomic stores
-// with release ordering and read with acquire ordering); afterwards they are only read.
+// with release ordering and read with acquire ordering); afterwards it is only read. List
+// words are only ever accessed atomically.
 unsafe impl Sync for Slab {}
 
+const LINE_WORDS: usize = 16;
+
 impl Slab {
-    fn new(capacity: usize, dimension: usize) -> Slab {
-        let words = zeroed_words(capacity * dimension);
-        // SAFETY: `UnsafeCell<f32>` has the size and alignment of `u32`, and all-zero bits
-        // are the float 0.0.
-        let cells = unsafe { Box::from_raw(Box::into_raw(words) as *mut [UnsafeCell<f32>]) };
-        Slab { cells, dimension }
+    fn new(capacity: usize, list_words: usize, dimension: usize) -> Slab {
+        let stride = (list_words + dimension).next_multiple_of(LINE_WORDS);
+        let words = zeroed_words(capacity * stride + LINE_WORDS);
+        let misaligned = (words.as_ptr() as usize % (LINE_WORDS * 4)) / 4;
+        let base = (LINE_WORDS - misaligned) % LINE_WORDS;
+        // SAFETY: `UnsafeCell<u32>` has the size and alignment of `u32`.
+        let cells = unsafe { Box::from_raw(Box::into_raw(words) as *mut [UnsafeCell<u32>]) };
+        Slab {
+            cells,
+            base,
+            stride,
+            list_words,
+            dimension,
+        }
+    }
+
+    #[inline]
+    fn block(&self, node: Node) -> &[UnsafeCell<u32>] {
+        let start = self.base + node as usize * self.stride;
+        &self.cells[start..start + self.stride]
     }
 
     /// # Safety
     /// Only the thread that reserved `node` may call this, once, before publishing `node`.
-    unsafe fn write(&self, node: usize, vector: &[f32]) {
+    unsafe fn write(&self, node: Node, vector: &[f32]) {
         assert_eq!(vector.len(), self.dimension);
-        let start = &self.cells[node * self.dimension..(node + 1) * self.dimension];
+        let cells = &self.block(node)[self.list_words..self.list_words + self.dimension];
         // SAFETY: the range is in bounds (checked by the slice above) and nobody reads or
-        // writes it concurrently (the caller's contract).
+        // writes it concurrently (the caller's contract); f32 and u32 have the same size.
         unsafe {
-            std::ptr::copy_nonoverlapping(vector.as_ptr(), start[0].get(), self.dimension);
+            std::ptr::copy_nonoverlapping(
+                vector.as_ptr(),
+                cells[0].get() as *mut f32,
+                self.dimension,
+            );
         }
     }
 
     /// The vector of a published node.
     #[inline]
     fn get(&self, node: Node) -> &[f32] {
-        let start = node as usize * self.dimension;
-        let cells = &self.cells[start..start + self.dimension];
-        // SAFETY: `UnsafeCell<f32>` has the layout of `f32`; published nodes are never
+        let cells = &self.block(node)[self.list_words..self.list_words + self.dimension];
+        // SAFETY: the words hold floats written before the node was published and never
         // written again, so shared reads are sound.
         unsafe { std::slice::from_raw_parts(cells.as_ptr() as *const f32, self.dimension) }
     }
 
+    /// A node's layer-0 list: the length, then the neighbour slots.
+    #[inline]
+    fn list(&self, node: Node) -> &[AtomicU32] {
+        let cells = &self.block(node)[..self.list_words];
+        // SAFETY: `AtomicU32` has the layout of `u32`, and list words are only ever accessed
+        // through atomics.
+        unsafe { std::slice::from_raw_parts(cells.as_ptr() as *const AtomicU32, self.list_words) }
+    }
+
+    /// Asks the CPU to start loading a node's block (list and vector; the first
+    /// `PREFETCH_LINES` cache lines, the hardware streams the rest of a longer one).
     #[inline]
     fn prefetch(&self, node: Node) {
         #[cfg(target_arch = "x86_64")]
-        if let Some(cell) = self.cells.get(node as usize * self.dimension) {
-            // SAFETY: prefetching is a hint; the address is inside the slab.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    cell.get() as *const i8
-                );
+        {
+            const PREFETCH_LINES: usize = 12;
+            let start = self.base + node as usize * self.stride;
+            let Some(block) = self.cells.get(start..start + self.stride) else {
+                return;
+            };
+            let first = block.as_ptr() as *const i8;
+            let bytes = (self.stride * 4).min(PREFETCH_LINES * 64);
+            for offset in (0..bytes).step_by(64) {
+                // SAFETY: prefetching is a hint; every address is inside the block.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        first.add(offset),
+                    );
+                }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -134,11 +187,6 @@ fn zeroed_words(len: usize) -> Box<[u32]> {
         }
     }
     words
-}
-
-fn zeroed_atomics(len: usize) -> Box<[AtomicU32]> {
-    // SAFETY: `AtomicU32` has the size and alignment of `u32`.
-    unsafe { Box::from_raw(Box::into_raw(zeroed_words(len)) as *mut [AtomicU32]) }
 }
 
 /// Per-search working memory, pooled so searches do not allocate.
@@ -203,20 +251,18 @@ pub struct GraphParams {
 pub struct HnswGraph {
     distance: GraphDistance,
     params: GraphParams,
-    /// Slots per upper-layer list (`m`) and per layer-0 list (`2m`), each list led by its
-    /// length.
+    /// Slots per upper-layer list (`m`; layer-0 lists, in the slab, have `2m`), each list
+    /// led by its length.
     m_upper: usize,
-    m_zero: usize,
     level_scale: f64,
     capacity: usize,
     /// Nodes reserved so far; every node below this is published or about to be.
     reserved: AtomicUsize,
+    /// Vectors and layer-0 lists.
     vectors: Slab,
     /// The caller's id of each node.
     labels: Box<[AtomicUsize]>,
     levels: Box<[AtomicU8]>,
-    /// Layer-0 lists: `m_zero + 1` slots per node, the first holding the length.
-    zero: Box<[AtomicU32]>,
     /// Lists of layers 1..=level, `m_upper + 1` slots each, set before the node is published.
     upper: Box<[OnceLock<Box<[AtomicU32]>>]>,
     /// Held while a node's lists change.
@@ -253,14 +299,12 @@ impl HnswGraph {
             distance,
             params,
             m_upper: m,
-            m_zero,
             level_scale: 1.0 / (m as f64).ln(),
             capacity,
             reserved: AtomicUsize::new(0),
-            vectors: Slab::new(capacity, dimension),
+            vectors: Slab::new(capacity, m_zero + 1, dimension),
             labels: (0..capacity).map(|_| AtomicUsize::new(0)).collect(),
             levels: (0..capacity).map(|_| AtomicU8::new(0)).collect(),
-            zero: zeroed_atomics(capacity * (m_zero + 1)),
             upper: (0..capacity).map(|_| OnceLock::new()).collect(),
             locks: (0..capacity).map(|_| Mutex::new(())).collect(),
             entry: AtomicU64::new(EMPTY),
@@ -290,7 +334,10 @@ impl HnswGraph {
         for node in 0..len as Node {
             let i = node as usize;
             // SAFETY: `grown` is not shared yet and each node is written once.
-            unsafe { grown.vectors.write(i, self.vectors.get(node)) };
+            unsafe { grown.vectors.write(node, self.vectors.get(node)) };
+            for (to, from) in grown.vectors.list(node).iter().zip(self.vectors.list(node)) {
+                to.store(from.load(Mem::Acquire), Mem::Relaxed);
+            }
             grown.labels[i].store(self.labels[i].load(Mem::Acquire), Mem::Relaxed);
             grown.levels[i].store(self.levels[i].load(Mem::Acquire), Mem::Relaxed);
             if let Some(upper) = self.upper[i].get() {
@@ -300,9 +347,6 @@ impl HnswGraph {
                     .collect();
                 let _ = grown.upper[i].set(copy);
             }
-        }
-        for (to, from) in grown.zero.iter().zip(&self.zero[..len * (self.m_zero + 1)]) {
-            to.store(from.load(Mem::Acquire), Mem::Relaxed);
         }
         grown.reserved.store(len, Mem::Release);
         grown
@@ -331,8 +375,7 @@ impl HnswGraph {
     #[inline]
     fn list(&self, node: Node, layer: usize) -> &[AtomicU32] {
         if layer == 0 {
-            let width = self.m_zero + 1;
-            &self.zero[node as usize * width..(node as usize + 1) * width]
+            self.vectors.list(node)
         } else {
             let width = self.m_upper + 1;
             match self.upper[node as usize].get() {
@@ -572,7 +615,7 @@ impl HnswGraph {
         assert!(node < self.capacity, "HNSW graph full ({})", self.capacity);
         let level = self.level_of(node);
         // SAFETY: this thread reserved `node`; nobody can reach it before it is linked below.
-        unsafe { self.vectors.write(node, vector) };
+        unsafe { self.vectors.write(node as Node, vector) };
         self.labels[node].store(label, Mem::Release);
         self.levels[node].store(level as u8, Mem::Release);
         if level > 0 {
