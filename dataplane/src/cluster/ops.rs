@@ -11,6 +11,7 @@ use crate::collection::{
     to_search_hit, validate_collection_config, validate_document,
 };
 use crate::error::{Error, Result};
+use crate::index::GraphEngine;
 use crate::shard::{ShardCommand, ShardResponse};
 use crate::storage::Changes;
 use futures::future::join_all;
@@ -696,9 +697,14 @@ impl Node {
         // A small search (few shards x small ef, no filter scan, no vectors to read from
         // storage) costs less than the two thread hand-offs of the blocking pool: it runs right
         // here. Larger ones go to the blocking pool and search their shards in parallel.
+        // hnsw_rs walks a graph about four times slower per unit of ef than Grape's graph.
+        let cost = match self.config.index.graph {
+            GraphEngine::Grape => 1,
+            GraphEngine::HnswRs => 4,
+        };
         let small = prepared.filter.is_none()
             && !prepared.include_vectors
-            && locals.len() * prepared.ef.max(prepared.top_k) <= INLINE_SEARCH_WORK;
+            && cost * locals.len() * prepared.ef.max(prepared.top_k) <= INLINE_SEARCH_WORK;
         if small {
             return search_locals(&locals, &prepared, false);
         }
@@ -798,8 +804,8 @@ fn merge_remote(mut hits: Vec<RemoteHit>, top_k: usize) -> Vec<RemoteHit> {
 }
 
 /// Runs blocking work (RocksDB reads, searches) off the async workers.
-/// Breadth times shards up to which a search runs on the request's own thread (about a
-/// quarter of a millisecond of graph work on one core).
+/// Breadth times shards up to which a search on Grape's graph runs on the request's own
+/// thread (about a tenth of a millisecond of graph work on one core).
 const INLINE_SEARCH_WORK: usize = 256;
 
 /// Searches local replicas, in parallel on the rayon pool when `parallel`, and merges their
