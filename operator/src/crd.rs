@@ -183,6 +183,15 @@ pub struct IndexSpec {
     #[serde(default = "default_ef_search")]
     #[schemars(range(min = 1, max = 100000))]
     pub ef_search: i32,
+    /// HNSW implementation (`index.graph` of the nodes): `hnsw_rs` or `grape`. Graphs are
+    /// rebuilt from storage when a pod starts, so a change rolls through the pods.
+    #[serde(default = "default_graph")]
+    #[x_kube(validation = Rule::new("self in ['hnsw_rs', 'grape']").message("graph must be hnsw_rs or grape"))]
+    pub graph: String,
+}
+
+fn default_graph() -> String {
+    "hnsw_rs".to_string()
 }
 
 fn default_m() -> i32 {
@@ -203,6 +212,7 @@ impl Default for IndexSpec {
             m: default_m(),
             ef_construction: default_ef_construction(),
             ef_search: default_ef_search(),
+            graph: default_graph(),
         }
     }
 }

@@ -216,6 +216,7 @@ pub fn server_config(spec: &GrapeClusterSpec, names: &Names, bootstrap_replicas:
             "hnsw_m": spec.index.m,
             "hnsw_ef_construction": spec.index.ef_construction,
             "hnsw_ef_search": spec.index.ef_search,
+            "graph": spec.index.graph,
         },
         "monitoring": {
             "enable_metrics": true,

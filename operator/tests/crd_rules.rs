@@ -90,6 +90,14 @@ fn bad_metric_and_raft_timing_are_refused() {
             .any(|e| e.contains("metric must be cosine, l2 or dot")),
         "{errors:?}"
     );
+    let errors = check(&cluster(json!({"index": {"graph": "faiss"}})), None).unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("graph must be hnsw_rs or grape")),
+        "{errors:?}"
+    );
+    check(&cluster(json!({"index": {"graph": "grape"}})), None).unwrap();
     let errors = check(
         &cluster(json!({"raft": {"electionTimeoutMs": 150, "heartbeatIntervalMs": 100}})),
         None,

@@ -23,7 +23,7 @@ fn full_spec() -> Value {
         "resources": {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "8Gi"}},
         "storage": {"size": "100Gi", "storageClassName": "fast-ssd"},
         "database": {"vectorDimension": 768, "metric": "l2", "shardCount": 32, "replicationFactor": 3},
-        "index": {"m": 32, "efConstruction": 400, "efSearch": 256},
+        "index": {"m": 32, "efConstruction": 400, "efSearch": 256, "graph": "grape"},
         "raft": {"electionTimeoutMs": 1000, "heartbeatIntervalMs": 200},
         "security": {"apiKeysSecret": "grape-keys", "tlsSecret": "grape-tls"},
         "monitoring": {"serviceMonitor": true},
@@ -185,6 +185,7 @@ fn full_spec_renders_resources_security_placement_and_monitoring() {
     assert_eq!(config["index"]["hnsw_m"], 32);
     assert_eq!(config["index"]["hnsw_ef_construction"], 400);
     assert_eq!(config["index"]["hnsw_ef_search"], 256);
+    assert_eq!(config["index"]["graph"], "grape");
     assert_eq!(config["cluster"]["heartbeat_interval_ms"], 200);
     assert_eq!(config["cluster"]["enable_tls"], true);
     assert_eq!(
