@@ -380,12 +380,7 @@ async fn transfer_leadership_moves_every_group_the_leader_leads_without_losing_w
         .await
         .unwrap();
     assert!(!answer["moved"].as_array().unwrap().is_empty(), "{answer}");
-    let status = cluster
-        .node(1)
-        .client()
-        .get_json("/admin/cluster/status")
-        .await
-        .unwrap();
+    let status = load::cluster_status(&cluster).await.unwrap();
     let still_led: Vec<&Value> = status["groups"]
         .as_array()
         .unwrap()

@@ -48,12 +48,7 @@ async fn nodes_talk_over_mutually_verified_tls() {
     assert_eq!(sums.iter().map(|s| s.documents).sum::<u64>(), 20);
 
     // The node-to-node port: its address from the cluster status.
-    let status = cluster
-        .node(1)
-        .client()
-        .get_json("/admin/cluster/status")
-        .await
-        .unwrap();
+    let status = load::cluster_status(&cluster).await.unwrap();
     let raft = status["nodes"][0]["raft_address"]
         .as_str()
         .unwrap()

@@ -11,7 +11,6 @@ use crate::collection::{
     to_search_hit, validate_collection_config, validate_document,
 };
 use crate::error::{Error, Result};
-use crate::index::GraphEngine;
 use crate::shard::{ShardCommand, ShardResponse};
 use crate::storage::Changes;
 use futures::future::join_all;
@@ -697,11 +696,7 @@ impl Node {
         // A small search (few shards x small ef, no filter scan, no vectors to read from
         // storage) costs less than the two thread hand-offs of the blocking pool: it runs right
         // here. Larger ones go to the blocking pool and search their shards in parallel.
-        // hnsw_rs walks a graph about four times slower per unit of ef than Grape's graph.
-        let cost = match self.config.index.graph {
-            GraphEngine::Grape => 1,
-            GraphEngine::HnswRs => 4,
-        };
+        let cost = self.config.index.graph.search_cost_per_ef();
         let small = prepared.filter.is_none()
             && !prepared.include_vectors
             && cost * locals.len() * prepared.ef.max(prepared.top_k) <= INLINE_SEARCH_WORK;
@@ -803,9 +798,11 @@ fn merge_remote(mut hits: Vec<RemoteHit>, top_k: usize) -> Vec<RemoteHit> {
     hits
 }
 
-/// Runs blocking work (RocksDB reads, searches) off the async workers.
-/// Breadth times shards up to which a search on Grape's graph runs on the request's own
-/// thread (about a tenth of a millisecond of graph work on one core).
+/// Breadth times shards, weighted by [`GraphEngine::search_cost_per_ef`], up to which a
+/// search runs on the request's own thread (about a tenth of a millisecond of graph work on
+/// one core).
+///
+/// [`GraphEngine::search_cost_per_ef`]: crate::index::GraphEngine::search_cost_per_ef
 const INLINE_SEARCH_WORK: usize = 256;
 
 /// Searches local replicas, in parallel on the rayon pool when `parallel`, and merges their
@@ -841,6 +838,7 @@ fn search_locals(
     Ok(merge_remote(hits, prepared.top_k))
 }
 
+/// Runs blocking work (RocksDB reads, searches) off the async workers.
 pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {

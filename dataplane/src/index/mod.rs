@@ -73,6 +73,17 @@ pub enum GraphEngine {
     Grape,
 }
 
+impl GraphEngine {
+    /// Search work per unit of ef relative to Grape's graph (measured with
+    /// `bench/compare_hnswlib.py`: hnsw_rs is four to six times slower at equal ef).
+    pub fn search_cost_per_ef(self) -> usize {
+        match self {
+            GraphEngine::Grape => 1,
+            GraphEngine::HnswRs => 4,
+        }
+    }
+}
+
 /// How a node's indexes are built and kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexOptions {
