@@ -328,13 +328,15 @@ impl VectorIndex {
         }
     }
 
-    /// The prepared vector of a live id.
-    pub fn vector(&self, id: VectorId) -> Option<Vec<f32>> {
+    /// Applies `f` to the prepared vector of a live id, in place (no copy).
+    pub fn with_vector<R>(&self, id: VectorId, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
         let store = self.vectors.read();
         if !store.live.get(id).copied().unwrap_or(false) {
             return None;
         }
-        Some(store.data[id * self.dimension..(id + 1) * self.dimension].to_vec())
+        Some(f(
+            &store.data[id * self.dimension..(id + 1) * self.dimension]
+        ))
     }
 
     pub fn stats(&self) -> IndexStats {

@@ -551,8 +551,7 @@ fn hits(state: &ShardState, query: &[f32], candidates: Vec<Candidate>) -> Vec<Sh
             let entry = state.entries.get(c.id)?.as_ref()?;
             let score = state
                 .index
-                .vector(c.id)
-                .map(|v| metric.score(query, &v))
+                .with_vector(c.id, |v| metric.score(query, v))
                 .unwrap_or(f32::NAN);
             Some(ShardHit {
                 id: Arc::clone(&entry.id),
