@@ -365,6 +365,9 @@ pub struct ShardStats {
     pub pending: u64,
     /// Deleted or replaced graph entries not yet rebuilt away.
     pub tombstones: u64,
+    /// Vectors held in memory: the live ones and dead ones a rebuild has not reclaimed yet.
+    #[serde(default)]
+    pub stored_vectors: u64,
     /// Graph rebuilds since start.
     pub rebuilds: u64,
     /// Nodes holding a replica of this shard.

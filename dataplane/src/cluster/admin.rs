@@ -32,6 +32,7 @@ impl Node {
                     indexed: figures.index.indexed,
                     pending: figures.index.pending,
                     tombstones: figures.index.dead_in_graph,
+                    stored_vectors: figures.index.stored,
                     rebuilds: figures.index.rebuilds,
                     replicas: record.map(|r| r.replicas.clone()).unwrap_or_default(),
                     leader: local.raft.metrics().borrow_watched().current_leader.clone(),

@@ -201,13 +201,53 @@ impl Graph {
 /// Layers hnsw_rs may use (its maximum).
 const MAX_LAYERS: usize = 16;
 
-/// Vectors appended in id order, and which are still live.
+/// Vectors by id, and which are still live.
+///
+/// Ids only grow (an updated document gets a new id), so the vectors of dead ids would pile
+/// up; a rebuild compacts `data` to the ids it put in the new graph plus the pending ones.
+/// What stays per id ever issued is its liveness and slot (5 bytes).
 struct VectorStore {
-    /// `dimension` floats per id, in the prepared form (unit length for cosine).
+    /// `dimension` floats per stored vector, in the prepared form (unit length for cosine).
     data: Vec<f32>,
+    /// Where each id's vector starts in `data`, in vectors; [`NOT_STORED`] once reclaimed.
+    slot: Vec<u32>,
     /// Whether each id is still a current document (false once deleted or replaced).
     live: Vec<bool>,
     live_count: usize,
+}
+
+/// The slot of an id whose vector a compaction reclaimed (it was dead by then).
+const NOT_STORED: u32 = u32::MAX;
+
+impl VectorStore {
+    /// The vector of an id. Callers read only ids they found live under the same lock: a live
+    /// id always has its vector stored.
+    #[inline]
+    fn vector(&self, id: VectorId, dimension: usize) -> &[f32] {
+        let slot = self.slot[id];
+        debug_assert_ne!(slot, NOT_STORED, "vector {id} was reclaimed");
+        let start = slot as usize * dimension;
+        &self.data[start..start + dimension]
+    }
+
+    fn is_live(&self, id: VectorId) -> bool {
+        self.live.get(id).copied().unwrap_or(false)
+    }
+
+    /// Vectors held, live or dead.
+    fn stored(&self, dimension: usize) -> usize {
+        self.data.len() / dimension.max(1)
+    }
+
+    /// Appends a vector to `data` and returns its slot.
+    fn push(data: &mut Vec<f32>, vector: &[f32], dimension: usize) -> u32 {
+        let slot = u32::try_from(data.len() / dimension.max(1))
+            .ok()
+            .filter(|s| *s != NOT_STORED)
+            .expect("fewer than 2^32 - 1 vectors per shard");
+        data.extend_from_slice(vector);
+        slot
+    }
 }
 
 /// The graph and how far it reaches.
@@ -225,6 +265,8 @@ pub struct IndexStats {
     pub pending: u64,
     pub dead_in_graph: u64,
     pub rebuilds: u64,
+    /// Vectors held in memory: the live ones and dead ones not yet reclaimed by a rebuild.
+    pub stored: u64,
 }
 
 /// One shard's vectors and graph.
@@ -281,6 +323,7 @@ impl VectorIndex {
             distance,
             vectors: RwLock::new(VectorStore {
                 data: Vec::new(),
+                slot: Vec::new(),
                 live: Vec::new(),
                 live_count: 0,
             }),
@@ -308,7 +351,8 @@ impl VectorIndex {
         debug_assert_eq!(vector.len(), self.dimension);
         let mut store = self.vectors.write();
         let id = store.live.len();
-        store.data.extend_from_slice(vector);
+        let slot = VectorStore::push(&mut store.data, vector, self.dimension);
+        store.slot.push(slot);
         store.live.push(true);
         store.live_count += 1;
         id
@@ -331,12 +375,10 @@ impl VectorIndex {
     /// Applies `f` to the prepared vector of a live id, in place (no copy).
     pub fn with_vector<R>(&self, id: VectorId, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
         let store = self.vectors.read();
-        if !store.live.get(id).copied().unwrap_or(false) {
+        if !store.is_live(id) {
             return None;
         }
-        Some(f(
-            &store.data[id * self.dimension..(id + 1) * self.dimension]
-        ))
+        Some(f(store.vector(id, self.dimension)))
     }
 
     pub fn stats(&self) -> IndexStats {
@@ -352,6 +394,7 @@ impl VectorIndex {
             pending: pending as u64,
             dead_in_graph: self.dead_in_graph.load(AtomicOrdering::Relaxed) as u64,
             rebuilds: self.rebuilds.load(AtomicOrdering::Relaxed),
+            stored: store.stored(self.dimension) as u64,
         }
     }
 
@@ -384,11 +427,8 @@ impl VectorIndex {
         };
         let store = self.vectors.read();
         let ef = ef.max(k);
-        let admits = |id: VectorId| {
-            id < indexed_upto
-                && store.live.get(id).copied().unwrap_or(false)
-                && accept.is_none_or(|f| f(id))
-        };
+        let admits =
+            |id: VectorId| id < indexed_upto && store.is_live(id) && accept.is_none_or(|f| f(id));
         let mut results = Vec::with_capacity(k * 2);
         if indexed_upto > 0 {
             let survivors = |hits: Vec<Candidate>| -> Vec<Candidate> {
@@ -431,12 +471,7 @@ impl VectorIndex {
         ids: impl Iterator<Item = VectorId>,
     ) -> Vec<Candidate> {
         let store = self.vectors.read();
-        let mut found = self.scan(
-            &store,
-            query,
-            k,
-            ids.filter(|&id| store.live.get(id).copied().unwrap_or(false)),
-        );
+        let mut found = self.scan(&store, query, k, ids.filter(|&id| store.is_live(id)));
         found.sort_unstable();
         found
     }
@@ -450,7 +485,7 @@ impl VectorIndex {
     ) -> Vec<Candidate> {
         let mut heap = BinaryHeap::with_capacity(k + 1);
         for id in ids {
-            let vector = &store.data[id * self.dimension..(id + 1) * self.dimension];
+            let vector = store.vector(id, self.dimension);
             let candidate = Candidate {
                 id,
                 distance: self.distance.distance(query, vector),
@@ -486,12 +521,7 @@ impl VectorIndex {
             let end = store.live.len().min(start.saturating_add(max));
             let batch: Vec<(VectorId, Vec<f32>)> = (start..end)
                 .filter(|&id| store.live[id])
-                .map(|id| {
-                    (
-                        id,
-                        store.data[id * self.dimension..(id + 1) * self.dimension].to_vec(),
-                    )
-                })
+                .map(|id| (id, store.vector(id, self.dimension).to_vec()))
                 .collect();
             (end, batch)
         };
@@ -516,10 +546,12 @@ impl VectorIndex {
         end - start
     }
 
-    /// Builds a new graph from the live vectors below the watermark and swaps it in. Searches
-    /// keep using the old graph meanwhile; vectors added meanwhile stay pending. Returns the
-    /// number of ids it went through.
+    /// Builds a new graph from the live vectors below the watermark and swaps it in, and
+    /// reclaims the memory of dead vectors: the store keeps what the new graph holds and the
+    /// live pending ids. Searches keep using the old graph meanwhile; vectors added meanwhile
+    /// stay pending. Returns the number of ids it went through.
     fn rebuild(&self) -> usize {
+        let dimension = self.dimension;
         let watermark = self.graph.read().indexed_upto;
         let live_below = {
             let store = self.vectors.read();
@@ -527,13 +559,16 @@ impl VectorIndex {
         };
         let graph = Graph::new(
             self.engine,
-            self.dimension,
+            dimension,
             self.params,
             self.distance,
             live_below.max(1024),
         );
+        // The compacted store, built beside the old one: the ids put in the new graph, in
+        // order, and their vectors.
+        let mut kept: Vec<VectorId> = Vec::with_capacity(live_below);
+        let mut data: Vec<f32> = Vec::with_capacity(live_below * dimension);
         const CHUNK: usize = 1024;
-        let mut inserted = 0;
         let mut next = 0;
         while next < watermark {
             let end = (next + CHUNK).min(watermark);
@@ -541,31 +576,43 @@ impl VectorIndex {
                 let store = self.vectors.read();
                 (next..end)
                     .filter(|&id| store.live[id])
-                    .map(|id| {
-                        (
-                            id,
-                            store.data[id * self.dimension..(id + 1) * self.dimension].to_vec(),
-                        )
-                    })
+                    .map(|id| (id, store.vector(id, dimension).to_vec()))
                     .collect()
             };
+            for (id, vector) in &chunk {
+                VectorStore::push(&mut data, vector, dimension);
+                kept.push(*id);
+            }
             graph.insert(&chunk);
-            inserted += chunk.len();
             next = end;
         }
-        let store = self.vectors.read();
+        // Lock order: vectors, then graph. Nothing is added or removed while the store is
+        // swapped, so every live id keeps its vector.
+        let mut store = self.vectors.write();
+        let mut slot = vec![NOT_STORED; store.live.len()];
+        for (i, id) in kept.iter().enumerate() {
+            slot[*id] = i as u32;
+        }
+        // Pending ids (added at or after the watermark) move over unchanged; dead ones are
+        // never read again.
+        for (id, slot) in slot.iter_mut().enumerate().skip(watermark) {
+            if store.live[id] {
+                *slot = VectorStore::push(&mut data, store.vector(id, dimension), dimension);
+            }
+        }
+        let reclaimed = store.stored(dimension) - data.len() / dimension.max(1);
+        store.data = data;
+        store.slot = slot;
         let mut state = self.graph.write();
         state.graph = graph;
         state.indexed_upto = watermark;
-        let dead = store.live[..watermark].iter().filter(|l| !**l).count();
-        // Dead ids below the watermark that were never inserted do not count.
-        self.dead_in_graph.store(
-            dead.saturating_sub(watermark - live_below),
-            AtomicOrdering::Relaxed,
-        );
+        // Ids removed while the new graph was built are in it, dead.
+        let dead = kept.iter().filter(|id| !store.live[**id]).count();
+        self.dead_in_graph.store(dead, AtomicOrdering::Relaxed);
         self.rebuilds.fetch_add(1, AtomicOrdering::Relaxed);
         tracing::info!(
-            vectors = inserted,
+            vectors = kept.len(),
+            reclaimed,
             "rebuilt HNSW graph without dead entries"
         );
         watermark.max(1)
@@ -707,6 +754,138 @@ mod tests {
         assert_eq!(hits.iter().map(|c| c.id).collect::<Vec<_>>(), vec![a, b]);
     }
 
+    fn a_rebuild_reclaims_the_vectors_of_replaced_documents(engine: GraphEngine) {
+        let vectors = grid(1000);
+        let index = index_of(&vectors, 50, engine);
+        while index.maintain(1000) > 0 {}
+        // 300 updates: each document gets a new id and a moved vector; 10 of the new ones are
+        // deleted again before they reach the graph.
+        // Spread through a cube (hnsw_rs leaves points of a second parallel line unreachable).
+        let moved = |i: usize| {
+            let at = |step: f64| ((i as f64 * step).fract() * 1000.0) as f32;
+            vec![at(0.618_034), at(0.414_214), at(0.732_051)]
+        };
+        for i in 0..300 {
+            index.remove(i);
+            assert_eq!(index.add(&moved(i)), 1000 + i);
+        }
+        for id in 1000..1010 {
+            index.remove(id);
+        }
+        assert_eq!(index.stats().stored, 1300);
+        index.maintain(1000);
+        let stats = index.stats();
+        assert_eq!(
+            (stats.rebuilds, stats.live, stats.stored, stats.pending),
+            (1, 990, 990, 290),
+            "{stats:?}"
+        );
+        // Every live id still reads its own vector; reclaimed ones are gone.
+        for id in [300, 301, 650, 999] {
+            assert_eq!(
+                index.with_vector(id, <[f32]>::to_vec),
+                Some(vectors[id].clone())
+            );
+        }
+        for id in [1010, 1150, 1299] {
+            assert_eq!(
+                index.with_vector(id, <[f32]>::to_vec),
+                Some(moved(id - 1000))
+            );
+        }
+        for id in [0, 299, 1000, 1009] {
+            assert_eq!(index.with_vector(id, |_| ()), None);
+        }
+        while index.maintain(1000) > 0 {}
+        // A second compaction over an already compacted store.
+        for id in 400..500 {
+            index.remove(id);
+        }
+        while index.maintain(1000) > 0 {}
+        let stats = index.stats();
+        assert_eq!(
+            (
+                stats.rebuilds,
+                stats.live,
+                stats.stored,
+                stats.dead_in_graph
+            ),
+            (2, 890, 890, 0),
+            "{stats:?}"
+        );
+        for (query, want) in [
+            (vectors[650].clone(), 650),
+            (moved(150), 1150),
+            (moved(20), 1020),
+        ] {
+            let hits = index.search(&query, 3, 64, None);
+            assert_eq!((hits[0].id, hits[0].distance), (want, 0.0), "{hits:?}");
+        }
+        let hits = index.search(&[450.0, 2.0, 1.0], 10, 64, None);
+        assert!(hits.iter().all(|c| !(400..500).contains(&c.id)), "{hits:?}");
+    }
+
+    fn updates_during_rebuilds_keep_every_vector_right(engine: GraphEngine) {
+        let docs = 200;
+        let vector_of = |doc: usize, version: usize| {
+            vec![doc as f32, (version % 13) as f32, (version % 5) as f32]
+        };
+        let index = Arc::new(index_of(
+            &(0..docs).map(|d| vector_of(d, 0)).collect::<Vec<_>>(),
+            20,
+            engine,
+        ));
+        while index.maintain(usize::MAX) > 0 {}
+        let updates = 2000;
+        let writer = {
+            let index = Arc::clone(&index);
+            std::thread::spawn(move || {
+                let mut current: Vec<(VectorId, Vec<f32>)> =
+                    (0..docs).map(|d| (d, vector_of(d, 0))).collect();
+                for version in 1..=updates {
+                    let doc = (version * 37) % docs;
+                    let vector = vector_of(doc, version);
+                    index.remove(current[doc].0);
+                    current[doc] = (index.add(&vector), vector);
+                    if version % 100 == 0 {
+                        // Wait for the indexer to catch up, so that the next 100 updates remove
+                        // graph entries: each such round starts a rebuild that races with it.
+                        let waited = std::time::Instant::now();
+                        while index.stats().pending > 0
+                            && waited.elapsed() < std::time::Duration::from_secs(10)
+                        {
+                            std::thread::sleep(std::time::Duration::from_micros(200));
+                        }
+                    }
+                }
+                current
+            })
+        };
+        let d = GraphDistance::new(Metric::L2);
+        while !writer.is_finished() {
+            index.maintain(64);
+            let query = vector_of(77, 3);
+            for hit in index.search(&query, 5, 32, None) {
+                // A hit may die right after the search; while live it reads its own vector.
+                if let Some(exact) = index.with_vector(hit.id, |v| d.distance(&query, v)) {
+                    assert!((exact - hit.distance).abs() < 1e-4, "{hit:?} vs {exact}");
+                }
+            }
+        }
+        let current = writer.join().unwrap();
+        while index.maintain(usize::MAX) > 0 {}
+        let stats = index.stats();
+        assert_eq!(stats.live, docs as u64);
+        assert!(stats.rebuilds >= 20, "{stats:?}");
+        let issued = (docs + updates) as u64;
+        assert!(stats.stored < issued / 2, "nothing reclaimed: {stats:?}");
+        for (id, vector) in current {
+            assert_eq!(index.with_vector(id, <[f32]>::to_vec), Some(vector.clone()));
+            let hits = index.search(&vector, 1, docs, None);
+            assert_eq!((hits[0].id, hits[0].distance), (id, 0.0));
+        }
+    }
+
     /// Runs each test against both graph engines.
     macro_rules! on_both_engines {
         ($($name:ident),* $(,)?) => {
@@ -724,6 +903,8 @@ mod tests {
         unindexed_vectors_are_found_by_exact_scan,
         graph_and_tail_answers_agree_with_brute_force,
         removed_vectors_never_come_back_and_a_rebuild_drops_them,
+        a_rebuild_reclaims_the_vectors_of_replaced_documents,
+        updates_during_rebuilds_keep_every_vector_right,
         accept_filter_restricts_results,
         cosine_index_ranks_by_angle,
     );
