@@ -216,6 +216,9 @@ struct VectorStore {
     live_count: usize,
 }
 
+/// Dead vectors held below which a shard is not rebuilt to reclaim memory.
+const RECLAIM_MIN: usize = 1000;
+
 /// The slot of an id whose vector a compaction reclaimed (it was dead by then).
 const NOT_STORED: u32 = u32::MAX;
 
@@ -404,8 +407,16 @@ impl VectorIndex {
         self.graph.read().indexed_upto < len || self.needs_rebuild()
     }
 
+    /// `rebuild_threshold` dead graph entries (the seed's rule), or as many dead vectors held
+    /// as live ones (at least [`RECLAIM_MIN`]): memory stays within about twice the live
+    /// vectors, and each update costs at most one more graph insert, amortised.
     fn needs_rebuild(&self) -> bool {
-        self.dead_in_graph.load(AtomicOrdering::Relaxed) >= self.rebuild_threshold
+        if self.dead_in_graph.load(AtomicOrdering::Relaxed) >= self.rebuild_threshold {
+            return true;
+        }
+        let store = self.vectors.read();
+        let dead_held = store.stored(self.dimension) - store.live_count;
+        dead_held >= RECLAIM_MIN && dead_held >= store.live_count
     }
 
     /// The `k` nearest live vectors to a prepared query among those `accept` lets through,
@@ -825,6 +836,31 @@ mod tests {
         assert!(hits.iter().all(|c| !(400..500).contains(&c.id)), "{hits:?}");
     }
 
+    fn as_many_dead_vectors_as_live_ones_are_reclaimed_below_the_threshold(engine: GraphEngine) {
+        let vectors = grid(1500);
+        let index = index_of(&vectors, 1_000_000, engine);
+        while index.maintain(usize::MAX) > 0 {}
+        for id in 0..700 {
+            index.remove(id);
+        }
+        while index.maintain(usize::MAX) > 0 {}
+        let stats = index.stats();
+        assert_eq!((stats.rebuilds, stats.stored), (0, 1500), "{stats:?}");
+        // 1,000 dead and 500 live: past RECLAIM_MIN and past the live count.
+        for id in 700..1000 {
+            index.remove(id);
+        }
+        assert!(index.needs_maintenance());
+        while index.maintain(usize::MAX) > 0 {}
+        let stats = index.stats();
+        assert_eq!(
+            (stats.rebuilds, stats.stored, stats.live),
+            (1, 500, 500),
+            "{stats:?}"
+        );
+        assert_eq!(index.search(&vectors[1200], 1, 32, None)[0].id, 1200);
+    }
+
     fn updates_during_rebuilds_keep_every_vector_right(engine: GraphEngine) {
         let docs = 200;
         let vector_of = |doc: usize, version: usize| {
@@ -904,6 +940,7 @@ mod tests {
         graph_and_tail_answers_agree_with_brute_force,
         removed_vectors_never_come_back_and_a_rebuild_drops_them,
         a_rebuild_reclaims_the_vectors_of_replaced_documents,
+        as_many_dead_vectors_as_live_ones_are_reclaimed_below_the_threshold,
         updates_during_rebuilds_keep_every_vector_right,
         accept_filter_restricts_results,
         cosine_index_ranks_by_angle,
