@@ -24,6 +24,12 @@ fn check(object: &Value, old: Option<&Value>) -> Result<(), Vec<String>> {
         .map_err(|e| e.into_vec().into_iter().map(|e| e.message).collect())
 }
 
+/// Asserts that the API server would refuse `object` with an error mentioning `message`.
+fn assert_refused(object: &Value, old: Option<&Value>, message: &str) {
+    let errors = check(object, old).unwrap_err();
+    assert!(errors.iter().any(|e| e.contains(message)), "{errors:?}");
+}
+
 fn cluster(spec: Value) -> Value {
     json!({"apiVersion": "grape.io/v1alpha1", "kind": "GrapeCluster", "metadata": {"name": "g"}, "spec": spec})
 }
@@ -40,16 +46,10 @@ fn defaults_and_valid_specs_pass() {
 
 #[test]
 fn replication_factor_above_replicas_is_refused() {
-    let errors = check(
+    assert_refused(
         &cluster(json!({"replicas": 2, "database": {"replicationFactor": 3}})),
         None,
-    )
-    .unwrap_err();
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.contains("replicationFactor must not exceed replicas")),
-        "{errors:?}"
+        "replicationFactor must not exceed replicas",
     );
     // The default replication factor (3) with one replica is refused too.
     assert!(check(&cluster(json!({"replicas": 1})), None).is_err());
@@ -74,8 +74,7 @@ fn dimension_shard_count_and_metric_are_immutable() {
             "metric is immutable",
         ),
     ] {
-        let errors = check(&cluster(json!({"database": change})), Some(&old)).unwrap_err();
-        assert!(errors.iter().any(|e| e.contains(message)), "{errors:?}");
+        assert_refused(&cluster(json!({"database": change})), Some(&old), message);
     }
     // Scaling is not a change of those.
     check(&cluster(json!({"replicas": 5, "database": {"vectorDimension": 768, "shardCount": 16, "metric": "cosine"}})), Some(&old)).unwrap();
@@ -83,29 +82,21 @@ fn dimension_shard_count_and_metric_are_immutable() {
 
 #[test]
 fn bad_metric_and_raft_timing_are_refused() {
-    let errors = check(&cluster(json!({"database": {"metric": "hamming"}})), None).unwrap_err();
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.contains("metric must be cosine, l2 or dot")),
-        "{errors:?}"
+    assert_refused(
+        &cluster(json!({"database": {"metric": "hamming"}})),
+        None,
+        "metric must be cosine, l2 or dot",
     );
-    let errors = check(&cluster(json!({"index": {"graph": "faiss"}})), None).unwrap_err();
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.contains("graph must be hnsw_rs or grape")),
-        "{errors:?}"
+    assert_refused(
+        &cluster(json!({"index": {"graph": "faiss"}})),
+        None,
+        "graph must be hnsw_rs or grape",
     );
     check(&cluster(json!({"index": {"graph": "grape"}})), None).unwrap();
-    let errors = check(
+    assert_refused(
         &cluster(json!({"raft": {"electionTimeoutMs": 150, "heartbeatIntervalMs": 100}})),
         None,
-    )
-    .unwrap_err();
-    assert!(
-        errors.iter().any(|e| e.contains("at least twice")),
-        "{errors:?}"
+        "at least twice",
     );
 }
 

@@ -242,6 +242,17 @@ impl VectorStore {
         self.data.len() / dimension.max(1)
     }
 
+    /// The live ids in `ids` with a copy of their vectors: what a graph insert takes.
+    fn live_batch(
+        &self,
+        ids: std::ops::Range<VectorId>,
+        dimension: usize,
+    ) -> Vec<(VectorId, Vec<f32>)> {
+        ids.filter(|&id| self.live[id])
+            .map(|id| (id, self.vector(id, dimension).to_vec()))
+            .collect()
+    }
+
     /// Appends a vector to `data` and returns its slot.
     fn push(data: &mut Vec<f32>, vector: &[f32], dimension: usize) -> u32 {
         let slot = u32::try_from(data.len() / dimension.max(1))
@@ -530,11 +541,7 @@ impl VectorIndex {
         let (end, batch) = {
             let store = self.vectors.read();
             let end = store.live.len().min(start.saturating_add(max));
-            let batch: Vec<(VectorId, Vec<f32>)> = (start..end)
-                .filter(|&id| store.live[id])
-                .map(|id| (id, store.vector(id, self.dimension).to_vec()))
-                .collect();
-            (end, batch)
+            (end, store.live_batch(start..end, self.dimension))
         };
         if let Graph::Grape(g) = &graph
             && g.len() + batch.len() > g.capacity()
@@ -583,13 +590,7 @@ impl VectorIndex {
         let mut next = 0;
         while next < watermark {
             let end = (next + CHUNK).min(watermark);
-            let chunk: Vec<(VectorId, Vec<f32>)> = {
-                let store = self.vectors.read();
-                (next..end)
-                    .filter(|&id| store.live[id])
-                    .map(|id| (id, store.vector(id, dimension).to_vec()))
-                    .collect()
-            };
+            let chunk = self.vectors.read().live_batch(next..end, dimension);
             for (id, vector) in &chunk {
                 VectorStore::push(&mut data, vector, dimension);
                 kept.push(*id);
@@ -611,9 +612,10 @@ impl VectorIndex {
                 *slot = VectorStore::push(&mut data, store.vector(id, dimension), dimension);
             }
         }
-        let reclaimed = store.stored(dimension) - data.len() / dimension.max(1);
+        let held_before = store.stored(dimension);
         store.data = data;
         store.slot = slot;
+        let reclaimed = held_before - store.stored(dimension);
         let mut state = self.graph.write();
         state.graph = graph;
         state.indexed_upto = watermark;
