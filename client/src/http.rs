@@ -1,5 +1,7 @@
 //! A typed async client for Grape's HTTP API.
 
+use crate::admin::*;
+use crate::error_code::ErrorCode;
 use crate::types::*;
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -36,6 +38,13 @@ impl ClientError {
             ClientError::Api { code, .. } => Some(code),
             ClientError::Transport(_) => None,
         }
+    }
+
+    /// The error code as this version knows it (`RemoteError` for one it does not), when the
+    /// server answered with Grape's error body.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        self.code()
+            .map(|code| ErrorCode::parse(code).unwrap_or(ErrorCode::RemoteError))
     }
 }
 
@@ -197,18 +206,87 @@ impl GrapeClient {
         self.get("/admin/checksum").await
     }
 
-    /// `GET` of any JSON path, for endpoints without a typed wrapper.
-    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
-        self.get(path).await
+    /// `GET /admin/slow-queries`
+    pub async fn slow_queries(&self) -> Result<SlowQueries> {
+        self.get("/admin/slow-queries").await
     }
 
-    /// `POST` of any JSON body to any path.
-    pub async fn post_json(
+    /// `GET /admin/cluster/status`: every member and group, as the members report.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus> {
+        self.get("/admin/cluster/status").await
+    }
+
+    /// `GET /admin/cluster/leader`: the meta group's leader and term.
+    pub async fn cluster_leader(&self) -> Result<LeaderResponse> {
+        self.get("/admin/cluster/leader").await
+    }
+
+    /// `GET /admin/cluster/consensus`: the groups this node holds, as Raft sees them.
+    pub async fn consensus(&self) -> Result<ConsensusResponse> {
+        self.get("/admin/cluster/consensus").await
+    }
+
+    /// `GET /admin/cluster/sync-status`: how far this node's replicas have applied.
+    pub async fn sync_status(&self) -> Result<SyncStatus> {
+        self.get("/admin/cluster/sync-status").await
+    }
+
+    /// `GET /admin/cluster/election-history`: leadership changes this node saw.
+    pub async fn election_history(&self) -> Result<ElectionHistory> {
+        self.get("/admin/cluster/election-history").await
+    }
+
+    /// `GET /admin/cluster/rebalance-status`: recent rebalances.
+    pub async fn rebalance_status(&self) -> Result<OperationsStatus> {
+        self.get("/admin/cluster/rebalance-status").await
+    }
+
+    /// `GET /admin/cluster/migration-status`: recent rebalances, drains and repairs.
+    pub async fn migration_status(&self) -> Result<OperationsStatus> {
+        self.get("/admin/cluster/migration-status").await
+    }
+
+    /// `GET /admin/cluster/repair-status`: recent repairs.
+    pub async fn repair_status(&self) -> Result<OperationsStatus> {
+        self.get("/admin/cluster/repair-status").await
+    }
+
+    /// `POST /admin/cluster/add-node`: admits a started node (it holds nothing until a
+    /// rebalance).
+    pub async fn add_node(&self, request: &AddNodeRequest) -> Result<AddNodeResponse> {
+        self.post("/admin/cluster/add-node", request).await
+    }
+
+    /// `POST /admin/cluster/remove-node`: drains a node, then removes it.
+    pub async fn remove_node(&self, request: &RemoveNodeRequest) -> Result<OperationStarted> {
+        self.post("/admin/cluster/remove-node", request).await
+    }
+
+    /// `POST /admin/cluster/rebalance`
+    pub async fn rebalance(&self, request: &RebalanceRequest) -> Result<OperationStarted> {
+        self.post("/admin/cluster/rebalance", request).await
+    }
+
+    /// `POST /admin/cluster/repair`
+    pub async fn repair(&self, request: &RepairRequest) -> Result<OperationStarted> {
+        self.post("/admin/cluster/repair", request).await
+    }
+
+    /// `POST /admin/cluster/transfer-leadership`
+    pub async fn transfer_leadership(
         &self,
-        path: &str,
-        body: &serde_json::Value,
-    ) -> Result<serde_json::Value> {
-        self.post(path, body).await
+        request: &TransferLeadershipRequest,
+    ) -> Result<TransferLeadershipResponse> {
+        self.post("/admin/cluster/transfer-leadership", request)
+            .await
+    }
+
+    /// `POST /admin/cluster/force-recovery`: the last resort after losing a majority.
+    pub async fn force_recovery(
+        &self,
+        request: &ForceRecoveryRequest,
+    ) -> Result<ForceRecoveryResponse> {
+        self.post("/admin/cluster/force-recovery", request).await
     }
 
     /// `GET /metrics` as Prometheus text.

@@ -10,7 +10,13 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod error_code;
 pub mod types;
+pub use admin::*;
+pub use error_code::ErrorCode;
 pub use types::*;
 
 #[cfg(feature = "http")]

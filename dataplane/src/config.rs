@@ -6,6 +6,7 @@
 //! Some keys of the seed guide are accepted so that its files load unchanged but have no effect
 //! in this version; [`Config::inert_keys`] lists those that are set, and the node logs them.
 
+use crate::error::ErrorCode;
 use crate::index::{GraphEngine, IndexOptions};
 use figment::Figment;
 use figment::providers::{Format, Serialized, Yaml};
@@ -610,7 +611,7 @@ impl Config {
             .find(|(field, _)| message.starts_with(&format!("{field} ")))
             .map(|(_, key)| key)
             .unwrap_or("database");
-            crate::Error::invalid("invalid_config", format!("{key}: {message}"))
+            crate::Error::invalid(ErrorCode::InvalidConfig, format!("{key}: {message}"))
         })?;
         Ok(config)
     }

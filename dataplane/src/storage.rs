@@ -9,7 +9,7 @@
 //! A write is one atomic `WriteBatch`. Durability comes from the Raft log: [`Storage::sync`]
 //! fsyncs the write-ahead log, and the [`WalSyncer`] shares one fsync among many waiters.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use grape_client::Metadata;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Direction,
@@ -133,7 +133,7 @@ impl Storage {
     pub fn open(path: &Path, options: &StorageOptions) -> Result<Storage> {
         std::fs::create_dir_all(path).map_err(|e| {
             Error::unavailable(
-                "storage_error",
+                ErrorCode::StorageError,
                 format!("cannot create data directory {}: {e}", path.display()),
             )
         })?;
@@ -451,7 +451,9 @@ impl WalSyncer {
                     for done in group {
                         done(match &result {
                             Ok(()) => Ok(()),
-                            Err(e) => Err(Error::unavailable("storage_error", e.to_string())),
+                            Err(e) => {
+                                Err(Error::unavailable(ErrorCode::StorageError, e.to_string()))
+                            }
                         });
                     }
                 }
@@ -464,7 +466,7 @@ impl WalSyncer {
     pub fn after_sync(&self, done: impl FnOnce(Result<()>) + Send + 'static) {
         if let Err(rejected) = self.requests.send(Box::new(done)) {
             (rejected.0)(Err(Error::unavailable(
-                "storage_error",
+                ErrorCode::StorageError,
                 "the WAL sync thread stopped",
             )));
         }
@@ -476,8 +478,9 @@ impl WalSyncer {
         self.after_sync(move |result| {
             let _ = tx.send(result);
         });
-        rx.await
-            .map_err(|_| Error::unavailable("storage_error", "the WAL sync thread stopped"))?
+        rx.await.map_err(|_| {
+            Error::unavailable(ErrorCode::StorageError, "the WAL sync thread stopped")
+        })?
     }
 }
 

@@ -4,9 +4,11 @@
 
 use crate::decide::{Action, ObservedDataPlane, ObservedMember};
 use crate::resources::{API_PORT, Names, RAFT_PORT};
-use grape_client::GrapeClient;
-use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use grape_client::{
+    AddNodeRequest, ClientError, ClusterStatus, GrapeClient, OperationState, OperationsStatus,
+    RebalanceRequest, RemoveNodeRequest, TransferLeadershipRequest,
+};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Where a pod (node) answers.
@@ -87,53 +89,42 @@ impl<'a> DataPlane<'a> {
     pub async fn observe(&self, pods: &[String]) -> Option<ObservedDataPlane> {
         for pod in pods {
             let client = self.client(pod);
-            let Ok(status) = client.get_json("/admin/cluster/status").await else {
-                continue;
+            let status = match client.cluster_status().await {
+                Ok(status) => status,
+                Err(error) => {
+                    tracing::debug!(%pod, %error, "reading the cluster status");
+                    continue;
+                }
             };
             // A node that is not yet a member knows no cluster: ask another.
-            if status["nodes"].as_array().is_none_or(|n| n.is_empty()) {
+            if status.nodes.is_empty() {
                 continue;
             }
-            let operations = client
-                .get_json("/admin/cluster/migration-status")
-                .await
-                .ok();
-            return Some(parse_status(&status, operations.as_ref()));
+            let operations = match client.migration_status().await {
+                Ok(operations) => Some(operations),
+                Err(error) => {
+                    tracing::debug!(%pod, %error, "reading the operations status");
+                    None
+                }
+            };
+            return Some(observed(&status, operations.as_ref()));
         }
         None
     }
 
     /// Runs `action` through the first of `pods` that answers (the admin API forwards to the
     /// meta leader where needed).
-    pub async fn execute(&self, action: &Action, pods: &[String]) -> Result<Value, ActionError> {
-        let (path, body) = match action {
-            Action::AddNode { node } => (
-                "/admin/cluster/add-node",
-                json!({"node_id": node, "address": self.endpoints.raft_address(node)}),
-            ),
-            Action::RemoveNode { node } => ("/admin/cluster/remove-node", json!({"node_id": node})),
-            Action::Rebalance { strategy } => {
-                ("/admin/cluster/rebalance", json!({"strategy": strategy}))
-            }
-            Action::MoveLeadershipsOff { from } => (
-                "/admin/cluster/transfer-leadership",
-                json!({"from_node": from}),
-            ),
-            Action::Switchover { to } => (
-                "/admin/cluster/transfer-leadership",
-                json!({"target_node": to, "shard": "meta"}),
-            ),
-            Action::DeletePod { .. } => {
-                return Err(ActionError {
-                    action: action.describe(),
-                    message: "deleting a pod is a Kubernetes action".into(),
-                });
-            }
-        };
+    pub async fn execute(&self, action: &Action, pods: &[String]) -> Result<(), ActionError> {
+        if let Action::DeletePod { .. } = action {
+            return Err(ActionError {
+                action: action.describe(),
+                message: "deleting a pod is a Kubernetes action".into(),
+            });
+        }
         let mut last = String::from("no pod to ask");
         for pod in pods {
-            match self.client(pod).post_json(path, &body).await {
-                Ok(answer) => return Ok(answer),
+            match self.run(&self.client(pod), action).await {
+                Ok(()) => return Ok(()),
                 // The data plane answered and refused: asking another node changes nothing.
                 Err(e) if e.status().is_some_and(|s| s.is_client_error()) => {
                     return Err(ActionError {
@@ -149,54 +140,91 @@ impl<'a> DataPlane<'a> {
             message: last,
         })
     }
+
+    /// One admin call for `action`.
+    async fn run(&self, client: &GrapeClient, action: &Action) -> Result<(), ClientError> {
+        match action {
+            Action::AddNode { node } => client
+                .add_node(&AddNodeRequest {
+                    node_id: node.clone(),
+                    address: self.endpoints.raft_address(node),
+                    role: None,
+                })
+                .await
+                .map(|_| ()),
+            Action::RemoveNode { node } => client
+                .remove_node(&RemoveNodeRequest {
+                    node_id: node.clone(),
+                    force: false,
+                })
+                .await
+                .map(|_| ()),
+            Action::Rebalance { strategy } => client
+                .rebalance(&RebalanceRequest {
+                    strategy: Some(strategy.clone()),
+                })
+                .await
+                .map(|_| ()),
+            Action::MoveLeadershipsOff { from } => client
+                .transfer_leadership(&TransferLeadershipRequest {
+                    from_node: Some(from.clone()),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+            Action::Switchover { to } => client
+                .transfer_leadership(&TransferLeadershipRequest {
+                    target_node: Some(to.clone()),
+                    shard: Some("meta".into()),
+                    from_node: None,
+                })
+                .await
+                .map(|_| ()),
+            Action::DeletePod { .. } => Ok(()),
+        }
+    }
 }
 
-/// Reads `/admin/cluster/status` (and `/admin/cluster/migration-status`).
-pub fn parse_status(status: &Value, operations: Option<&Value>) -> ObservedDataPlane {
-    let mut leads: BTreeMap<String, i32> = BTreeMap::new();
-    let mut leads_any: BTreeMap<String, bool> = BTreeMap::new();
-    for group in status["groups"].as_array().into_iter().flatten() {
-        if let Some(leader) = group["leader"].as_str() {
-            leads_any.insert(leader.to_string(), true);
-            if group["name"] != "meta" {
-                *leads.entry(leader.to_string()).or_default() += 1;
+/// What the operator needs from `/admin/cluster/status` (and
+/// `/admin/cluster/migration-status`).
+pub fn observed(
+    status: &ClusterStatus,
+    operations: Option<&OperationsStatus>,
+) -> ObservedDataPlane {
+    let mut leads: BTreeMap<&str, i32> = BTreeMap::new();
+    let mut leads_any: BTreeSet<&str> = BTreeSet::new();
+    for group in &status.groups {
+        if let Some(leader) = group.leader.as_deref() {
+            leads_any.insert(leader);
+            if group.name != "meta" {
+                *leads.entry(leader).or_default() += 1;
             }
         }
     }
-    let members = status["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|n| {
-            let id = n["id"].as_str()?.to_string();
-            Some((
-                id.clone(),
+    let members = status
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                n.id.clone(),
                 ObservedMember {
-                    reachable: n["reachable"].as_bool().unwrap_or(false),
-                    ready: n["ready"].as_bool().unwrap_or(false),
-                    replicas: n["replicas"].as_i64().unwrap_or(0) as i32,
-                    leaderships: leads.get(&id).copied().unwrap_or(0),
-                    leads_any: leads_any.get(&id).copied().unwrap_or(false),
+                    reachable: n.reachable,
+                    ready: n.ready,
+                    replicas: n.replicas as i32,
+                    leaderships: leads.get(n.id.as_str()).copied().unwrap_or(0),
+                    leads_any: leads_any.contains(n.id.as_str()),
                 },
-            ))
+            )
         })
         .collect();
-    // Operations come newest first: `{"kind": {"drain": {..}}, "state": "running", ..}`.
     let running_operation = operations.and_then(|o| {
-        o["operations"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|op| op["state"] == "running")
-            .map(|op| {
-                op["kind"]
-                    .as_object()
-                    .and_then(|k| k.keys().next().cloned())
-                    .unwrap_or_else(|| "operation".into())
-            })
+        o.operations
+            .iter()
+            .find(|op| op.state == OperationState::Running)
+            .map(|op| op.kind.name().to_string())
     });
     ObservedDataPlane {
-        leader: status["leader"].as_str().map(str::to_string),
+        leader: status.leader.clone(),
         members,
         running_operation,
     }

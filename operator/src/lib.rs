@@ -11,6 +11,8 @@
 //!   lease      leader election so that two operator replicas never act at once
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod controller;
 pub mod crd;
 pub mod dataplane;

@@ -1,6 +1,8 @@
 //! `grape-operator`: runs the GrapeCluster controller (while it holds the leader Lease) and
 //! serves `/metrics` and `/health`.
 
+#![forbid(unsafe_code)]
+
 use axum::Router;
 use axum::routing::get;
 use clap::Parser;

@@ -3,7 +3,10 @@
 
 use crate::{Cluster, vector};
 use futures::StreamExt;
-use grape_client::{Consistency, DocumentInput, GrapeClient, SearchRequest, ShardChecksum};
+use grape_client::{
+    AddNodeRequest, ClusterStatus, Consistency, DocumentInput, GrapeClient, OperationState,
+    OperationStatus, OperationsStatus, SearchRequest, ShardChecksum,
+};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -188,14 +191,14 @@ pub async fn check_all_present_at(
 }
 
 /// `/admin/cluster/status` as the first running node reports it.
-pub async fn cluster_status(cluster: &Cluster) -> Result<serde_json::Value, String> {
+pub async fn cluster_status(cluster: &Cluster) -> Result<ClusterStatus, String> {
     let node = cluster
         .nodes
         .iter()
         .find(|n| n.is_running())
         .ok_or("no node is running")?;
     node.client()
-        .get_json("/admin/cluster/status")
+        .cluster_status()
         .await
         .map_err(|e| e.to_string())
 }
@@ -203,11 +206,12 @@ pub async fn cluster_status(cluster: &Cluster) -> Result<serde_json::Value, Stri
 /// The 1-based index of the node leading `group` (`meta`, `default/0`, ...).
 pub async fn leader_of(cluster: &Cluster, group: &str) -> Result<usize, String> {
     let status = cluster_status(cluster).await?;
-    let leader = status["groups"]
-        .as_array()
-        .and_then(|groups| groups.iter().find(|g| g["name"] == group))
-        .and_then(|g| g["leader"].as_str())
-        .ok_or_else(|| format!("{group} has no leader: {status}"))?;
+    let leader = status
+        .groups
+        .iter()
+        .find(|g| g.name == group)
+        .and_then(|g| g.leader.as_deref())
+        .ok_or_else(|| format!("{group} has no leader: {status:?}"))?;
     Ok(Cluster::index_of(leader))
 }
 
@@ -302,26 +306,49 @@ pub async fn load_base_documents(cluster: &Cluster, count: u64) -> Result<(), St
     Ok(())
 }
 
-/// Waits until the latest operation reported by `path` (rebalance-status, migration-status,
-/// repair-status) is done; returns it.
+/// Which operations status to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operations {
+    /// `/admin/cluster/rebalance-status`
+    Rebalance,
+    /// `/admin/cluster/migration-status`: rebalances, drains and repairs.
+    Migration,
+    /// `/admin/cluster/repair-status`
+    Repair,
+}
+
+impl Operations {
+    /// Reads this status from `client`.
+    pub async fn read(self, client: &GrapeClient) -> grape_client::Result<OperationsStatus> {
+        match self {
+            Operations::Rebalance => client.rebalance_status().await,
+            Operations::Migration => client.migration_status().await,
+            Operations::Repair => client.repair_status().await,
+        }
+    }
+}
+
+/// Waits until the latest operation of `which` is done; returns it.
 pub async fn wait_operation_done(
     cluster: &Cluster,
-    path: &str,
+    which: Operations,
     within: Duration,
-) -> Result<serde_json::Value, String> {
+) -> Result<OperationStatus, String> {
     let deadline = Instant::now() + within;
-    let mut last = serde_json::Value::Null;
+    let mut last = None;
     loop {
         for node in cluster.nodes.iter().filter(|n| n.is_running()) {
-            if let Ok(status) = node.client().get_json(path).await {
-                if status["running"].is_null() && status["operations"][0]["state"] == "done" {
-                    return Ok(status["operations"][0].clone());
+            if let Ok(status) = which.read(&node.client()).await {
+                if let (None, Some(latest)) = (status.running, status.operations.first())
+                    && latest.state == OperationState::Done
+                {
+                    return Ok(latest.clone());
                 }
-                last = status;
+                last = Some(status);
             }
         }
         if Instant::now() > deadline {
-            return Err(format!("{path} not done within {within:?}: {last}"));
+            return Err(format!("{which:?} not done within {within:?}: {last:?}"));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -333,11 +360,11 @@ pub async fn distribution(
 ) -> Result<BTreeMap<String, (usize, usize, u64)>, String> {
     let status = cluster_status(cluster).await?;
     let mut led: BTreeMap<String, usize> = BTreeMap::new();
-    for group in status["groups"].as_array().into_iter().flatten() {
-        if group["name"] != "meta"
-            && let Some(leader) = group["leader"].as_str()
+    for group in &status.groups {
+        if group.name != "meta"
+            && let Some(leader) = &group.leader
         {
-            *led.entry(leader.to_string()).or_default() += 1;
+            *led.entry(leader.clone()).or_default() += 1;
         }
     }
     let mut out = BTreeMap::new();
@@ -364,14 +391,18 @@ pub async fn distribution(
 /// Starts one more node and admits it with `add-node`; waits until it is ready.
 pub async fn grow(cluster: &mut Cluster) -> Result<usize, String> {
     let i = cluster.start_extra_node().await;
-    let body = json!({"node_id": format!("node-{i}"), "address": cluster.raft_address(i)});
+    let request = AddNodeRequest {
+        node_id: format!("node-{i}"),
+        address: cluster.raft_address(i),
+        role: None,
+    };
     let node = cluster
         .nodes
         .iter()
         .find(|n| n.is_running())
         .ok_or("no node is running")?;
     node.client()
-        .post_json("/admin/cluster/add-node", &body)
+        .add_node(&request)
         .await
         .map_err(|e| e.to_string())?;
     cluster.node(i).wait_ready().await;

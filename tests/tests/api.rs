@@ -352,12 +352,15 @@ async fn health_readiness_stats_checksums_and_metrics_report_the_node() {
         "a changed document changes a checksum"
     );
 
-    let slow = grape.get_json("/admin/slow-queries").await.unwrap();
-    assert!(slow["queries"].is_array());
-    let status = grape.get_json("/admin/cluster/status").await.unwrap();
-    assert_eq!(status["nodes"][0]["id"], "probe-7");
-    let leader = grape.get_json("/admin/cluster/leader").await.unwrap();
-    assert_eq!(leader["leader"], "probe-7");
+    let slow = grape.slow_queries().await.unwrap();
+    assert_eq!(
+        slow.threshold_ms, 100,
+        "performance.slow_query_ms's default"
+    );
+    let status = grape.cluster_status().await.unwrap();
+    assert_eq!(status.nodes[0].id, "probe-7");
+    let leader = grape.cluster_leader().await.unwrap();
+    assert_eq!(leader.leader.as_deref(), Some("probe-7"));
 
     for text in [
         grape.metrics_text().await.unwrap(),

@@ -2,10 +2,12 @@
 //! restarts, a wiped node and a partition; failover happens within seconds; leadership moves on
 //! demand.
 
-use grape_client::{Consistency, DocumentInput, SearchRequest};
+use grape_client::{
+    AddNodeRequest, Consistency, DocumentInput, ErrorCode, RemoveNodeRequest, SearchRequest,
+    TransferLeadershipRequest,
+};
 use grape_e2e::load::{self, DIMENSION, Writers, doc, urls_of};
 use grape_e2e::{Cluster, NodeOptions, vector};
-use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -77,47 +79,34 @@ async fn three_nodes_replicate_every_write_and_report_their_state() {
     }
 
     let admin = cluster.node(2).client();
-    let leader = admin.get_json("/admin/cluster/leader").await.unwrap();
-    let leader_id = leader["leader"].as_str().unwrap().to_string();
+    let leader = admin.cluster_leader().await.unwrap();
+    let leader_id = leader.leader.unwrap();
     assert!(leader_id.starts_with("node-"));
-    assert!(leader["term"].as_u64().unwrap() >= 1);
-    let status = admin.get_json("/admin/cluster/status").await.unwrap();
-    assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
-    assert!(
-        status["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n["ready"] == true)
+    assert!(leader.term >= 1);
+    let status = admin.cluster_status().await.unwrap();
+    assert_eq!(status.nodes.len(), 3);
+    assert!(status.nodes.iter().all(|n| n.ready), "{status:?}");
+    assert_eq!(
+        status.groups.len(),
+        3,
+        "meta and two shard groups: {status:?}"
     );
-    let groups = status["groups"].as_array().unwrap();
-    assert_eq!(groups.len(), 3, "meta and two shard groups: {groups:?}");
-    for group in groups {
-        assert!(group["leader"].is_string(), "{group}");
-        let members = group["members"].as_array().unwrap();
-        assert_eq!(members.len(), 3, "{group}");
-        for member in members {
+    for group in &status.groups {
+        assert!(group.leader.is_some(), "{group:?}");
+        assert_eq!(group.members.len(), 3, "{group:?}");
+        for member in &group.members {
             assert!(
-                member["commit_index"].is_u64() && member["applied_index"].is_u64(),
-                "{member}"
+                member.commit_index.is_some() && member.applied_index.is_some(),
+                "{member:?}"
             );
         }
     }
-    let consensus = admin.get_json("/admin/cluster/consensus").await.unwrap();
-    assert!(
-        consensus["groups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|g| g["voters"].as_array().unwrap().len() == 3)
-    );
-    let history = admin
-        .get_json("/admin/cluster/election-history")
-        .await
-        .unwrap();
-    assert!(!history["events"].as_array().unwrap().is_empty());
-    let sync = admin.get_json("/admin/cluster/sync-status").await.unwrap();
-    assert_eq!(sync["ready"], true);
+    let consensus = admin.consensus().await.unwrap();
+    assert!(consensus.groups.iter().all(|g| g.voters.len() == 3));
+    let history = admin.election_history().await.unwrap();
+    assert!(!history.events.is_empty());
+    let sync = admin.sync_status().await.unwrap();
+    assert!(sync.ready);
     let shards = admin.shard_stats().await.unwrap();
     assert!(
         shards
@@ -229,15 +218,10 @@ async fn no_acknowledged_write_is_lost_across_kills_restarts_and_a_wiped_node() 
     let stored: u64 = sums.iter().map(|s| s.documents).sum();
     assert!(stored >= acked.len() as u64);
     // The logs were purged behind snapshots: the wiped node can only have caught up from one.
-    let consensus = cluster
-        .node(1)
-        .client()
-        .get_json("/admin/cluster/sync-status")
-        .await
-        .unwrap();
-    for group in consensus["groups"].as_array().unwrap() {
-        if group["name"] != "meta" {
-            assert!(group["purged_index"].as_u64().unwrap_or(0) > 0, "{group}");
+    let consensus = cluster.node(1).client().sync_status().await.unwrap();
+    for group in &consensus.groups {
+        if group.name != "meta" {
+            assert!(group.purged_index.unwrap_or(0) > 0, "{group:?}");
         }
     }
 }
@@ -333,23 +317,16 @@ async fn transfer_leadership_moves_every_group_the_leader_leads_without_losing_w
     let old = leader_of(&cluster, "meta").await;
     let target = if old == 2 { 3 } else { 2 };
     let target_id = format!("node-{target}");
-    let answer: Value = cluster
+    let answer = cluster
         .node(1)
         .client()
-        .post_json(
-            "/admin/cluster/transfer-leadership",
-            &json!({"target_node": target_id}),
-        )
+        .transfer_leadership(&TransferLeadershipRequest {
+            target_node: Some(target_id),
+            ..Default::default()
+        })
         .await
         .unwrap();
-    assert!(
-        answer["moved"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|g| g["group"] == "meta"),
-        "{answer}"
-    );
+    assert!(answer.moved.iter().any(|g| g.group == "meta"), "{answer:?}");
     assert_eq!(leader_of(&cluster, "meta").await, target);
     // One shard group, named explicitly.
     let shard_target = if leader_of(&cluster, "default/0").await == 1 {
@@ -360,49 +337,49 @@ async fn transfer_leadership_moves_every_group_the_leader_leads_without_losing_w
     cluster
         .node(2)
         .client()
-        .post_json(
-            "/admin/cluster/transfer-leadership",
-            &json!({"target_node": format!("node-{shard_target}"), "shard": "default/0"}),
-        )
+        .transfer_leadership(&TransferLeadershipRequest {
+            target_node: Some(format!("node-{shard_target}")),
+            shard: Some("default/0".into()),
+            from_node: None,
+        })
         .await
         .unwrap();
     assert_eq!(leader_of(&cluster, "default/0").await, shard_target);
     // Every leadership off one node (what the operator does before restarting a pod): each
     // group goes to another of its voters.
     let drained = format!("node-{shard_target}");
-    let answer: Value = cluster
+    let answer = cluster
         .node(1)
         .client()
-        .post_json(
-            "/admin/cluster/transfer-leadership",
-            &json!({"from_node": drained}),
-        )
+        .transfer_leadership(&TransferLeadershipRequest {
+            from_node: Some(drained.clone()),
+            ..Default::default()
+        })
         .await
         .unwrap();
-    assert!(!answer["moved"].as_array().unwrap().is_empty(), "{answer}");
+    assert!(!answer.moved.is_empty(), "{answer:?}");
     let status = load::cluster_status(&cluster).await.unwrap();
-    let still_led: Vec<&Value> = status["groups"]
-        .as_array()
-        .unwrap()
+    let still_led: Vec<_> = status
+        .groups
         .iter()
-        .filter(|g| g["leader"] == drained.as_str())
+        .filter(|g| g.leader.as_deref() == Some(drained.as_str()))
         .collect();
     assert!(still_led.is_empty(), "{drained} still leads {still_led:?}");
     // Neither a target nor a source.
     let bad = cluster
         .node(1)
         .client()
-        .post_json("/admin/cluster/transfer-leadership", &json!({}))
+        .transfer_leadership(&TransferLeadershipRequest::default())
         .await
         .unwrap_err();
     assert_eq!(bad.status().map(|s| s.as_u16()), Some(400));
     let bad = cluster
         .node(1)
         .client()
-        .post_json(
-            "/admin/cluster/transfer-leadership",
-            &json!({"target_node": "node-9"}),
-        )
+        .transfer_leadership(&TransferLeadershipRequest {
+            target_node: Some("node-9".into()),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(bad.status().map(|s| s.as_u16()), Some(400));
@@ -411,6 +388,61 @@ async fn transfer_leadership_moves_every_group_the_leader_leads_without_losing_w
     assert!(acked.len() > 20);
     assert_all_present(&cluster, &acked).await;
     converged(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_admin_call_is_refused_alike_through_the_leader_and_through_a_follower() {
+    let cluster = Cluster::start(3, options()).await;
+    let leader = leader_of(&cluster, "meta").await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    // What each node answers, as (status, code, message).
+    async fn refusal(
+        client: &grape_client::GrapeClient,
+        call: &str,
+    ) -> (Option<u16>, Option<String>, String) {
+        let error = match call {
+            // Replication factor 3 on three nodes: a removal would break it.
+            "remove-node" => client
+                .remove_node(&RemoveNodeRequest {
+                    node_id: "node-3".into(),
+                    force: false,
+                })
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+            _ => client
+                .add_node(&AddNodeRequest {
+                    node_id: "node-2".into(),
+                    address: "127.0.0.1:1".into(),
+                    role: None,
+                })
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+        };
+        let message = match &error {
+            grape_client::ClientError::Api { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        (
+            error.status().map(|s| s.as_u16()),
+            error.code().map(str::to_string),
+            message,
+        )
+    }
+    for (call, code) in [
+        ("remove-node", ErrorCode::WouldBreakReplication),
+        ("add-node", ErrorCode::NodeExists),
+    ] {
+        let direct = refusal(&cluster.node(leader).client(), call).await;
+        let forwarded = refusal(&cluster.node(follower).client(), call).await;
+        assert_eq!(
+            (direct.0, direct.1.as_deref()),
+            (Some(409), Some(code.as_str())),
+            "{call} on the leader: {direct:?}"
+        );
+        assert_eq!(forwarded, direct, "{call} through a follower");
+    }
 }
 
 #[tokio::test]

@@ -49,10 +49,7 @@ async fn nodes_talk_over_mutually_verified_tls() {
 
     // The node-to-node port: its address from the cluster status.
     let status = load::cluster_status(&cluster).await.unwrap();
-    let raft = status["nodes"][0]["raft_address"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let raft = status.nodes[0].raft_address.clone();
     // Plain HTTP is not spoken there.
     let plain = reqwest::Client::new()
         .post(format!("http://{raft}/internal/ping"))

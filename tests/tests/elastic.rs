@@ -1,10 +1,12 @@
 //! Elasticity with real processes: growing from three nodes to five and back, repairing after a
 //! node is gone for good, and a rebalance that survives the death of the node coordinating it.
 
-use grape_client::{GrapeClient, SearchRequest};
-use grape_e2e::load::{self, DIMENSION, Writers, urls_of};
+use grape_client::{
+    AddNodeRequest, ForceRecoveryRequest, GrapeClient, MovePhase, OperationKind, OperationStatus,
+    RebalanceRequest, RemoveNodeRequest, RepairRequest, SearchRequest,
+};
+use grape_e2e::load::{self, DIMENSION, Operations, Writers, urls_of};
 use grape_e2e::{Cluster, NodeOptions, vector};
-use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,15 +41,14 @@ async fn answers(client: &GrapeClient) -> Vec<Vec<String>> {
     all
 }
 
-async fn admin(client: &GrapeClient, path: &str, body: Value) -> Value {
-    client
-        .post_json(path, &body)
-        .await
-        .unwrap_or_else(|e| panic!("{path} {body}: {e}"))
+fn rebalance() -> RebalanceRequest {
+    RebalanceRequest {
+        strategy: Some("even_distribution".into()),
+    }
 }
 
-async fn wait_done(cluster: &Cluster, path: &str, within: Duration) -> Value {
-    load::wait_operation_done(cluster, path, within)
+async fn wait_done(cluster: &Cluster, which: Operations, within: Duration) -> OperationStatus {
+    load::wait_operation_done(cluster, which, within)
         .await
         .unwrap()
 }
@@ -82,13 +83,17 @@ async fn growing_to_five_nodes_and_back_to_three_moves_data_without_losing_any()
         let i = cluster.start_extra_node().await;
         let before_admission = cluster.node(i).client().ready().await.unwrap();
         assert!(!before_admission, "a node not yet admitted is not ready");
-        let answer = admin(
-            &cluster.node(2).client(),
-            "/admin/cluster/add-node",
-            json!({"node_id": format!("node-{i}"), "address": cluster.raft_address(i), "role": "follower"}),
-        )
-        .await;
-        assert_eq!(answer["state"], "joining");
+        let answer = cluster
+            .node(2)
+            .client()
+            .add_node(&AddNodeRequest {
+                node_id: format!("node-{i}"),
+                address: cluster.raft_address(i),
+                role: Some("follower".into()),
+            })
+            .await
+            .unwrap();
+        assert_eq!(answer.state, "joining");
         cluster.node(i).wait_ready().await;
     }
     let joined = distribution(&cluster).await;
@@ -98,41 +103,22 @@ async fn growing_to_five_nodes_and_back_to_three_moves_data_without_losing_any()
     );
 
     let started = Instant::now();
-    let plan = admin(
-        &cluster.node(1).client(),
-        "/admin/cluster/rebalance",
-        json!({"strategy": "even_distribution"}),
-    )
-    .await;
-    assert!(plan["moves"].as_u64().unwrap() >= 18, "{plan}");
-    let progress = cluster
-        .node(3)
+    let plan = cluster
+        .node(1)
         .client()
-        .get_json("/admin/cluster/rebalance-status")
+        .rebalance(&rebalance())
         .await
         .unwrap();
-    assert!(
-        progress["operations"][0]["moves_total"].as_u64().unwrap() >= 18,
-        "{progress}"
-    );
-    let done = wait_done(
-        &cluster,
-        "/admin/cluster/rebalance-status",
-        Duration::from_secs(300),
-    )
-    .await;
+    assert!(plan.moves >= 18, "{plan:?}");
+    let progress = cluster.node(3).client().rebalance_status().await.unwrap();
+    assert!(progress.operations[0].moves_total >= 18, "{progress:?}");
+    let done = wait_done(&cluster, Operations::Rebalance, Duration::from_secs(300)).await;
     eprintln!(
         "rebalance 3 -> 5 took {:?}: {} moves",
         started.elapsed(),
-        done["moves_total"]
+        done.moves_total
     );
-    assert!(
-        done["moves"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|m| m["phase"] == "done")
-    );
+    assert!(done.moves.iter().all(|m| m.phase == MovePhase::Done));
     *urls.lock().unwrap() = urls_of(&cluster);
     wait_ready(&cluster).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -165,20 +151,24 @@ async fn growing_to_five_nodes_and_back_to_three_moves_data_without_losing_any()
 
     // Back to three: each removal drains the node first.
     for i in [5usize, 4] {
-        let answer = admin(
-            &cluster.node(1).client(),
-            "/admin/cluster/remove-node",
-            json!({"node_id": format!("node-{i}"), "force": false}),
-        )
-        .await;
-        assert!(answer["moves"].as_u64().unwrap() > 0, "{answer}");
-        let done = wait_done(
-            &cluster,
-            "/admin/cluster/migration-status",
-            Duration::from_secs(300),
-        )
-        .await;
-        assert_eq!(done["kind"]["drain"]["node"], format!("node-{i}"));
+        let answer = cluster
+            .node(1)
+            .client()
+            .remove_node(&RemoveNodeRequest {
+                node_id: format!("node-{i}"),
+                force: false,
+            })
+            .await
+            .unwrap();
+        assert!(answer.moves > 0, "{answer:?}");
+        let done = wait_done(&cluster, Operations::Migration, Duration::from_secs(300)).await;
+        assert_eq!(
+            done.kind,
+            OperationKind::Drain {
+                node: format!("node-{i}"),
+                force: false
+            }
+        );
         let gone = distribution(&cluster).await;
         assert_eq!(
             gone[&format!("node-{i}")].0,
@@ -192,7 +182,10 @@ async fn growing_to_five_nodes_and_back_to_three_moves_data_without_losing_any()
     let refused = cluster
         .node(1)
         .client()
-        .post_json("/admin/cluster/remove-node", &json!({"node_id": "node-3"}))
+        .remove_node(&RemoveNodeRequest {
+            node_id: "node-3".into(),
+            force: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(
@@ -255,24 +248,23 @@ async fn repair_restores_the_replication_factor_after_a_node_is_gone_for_good() 
     };
     cluster.node_mut(4).kill9();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let plan = admin(
-        &cluster.node(1).client(),
-        "/admin/cluster/repair",
-        json!({"repair_type": "full_sync"}),
-    )
-    .await;
+    let plan = cluster
+        .node(1)
+        .client()
+        .repair(&RepairRequest {
+            repair_type: Some("full_sync".into()),
+            nodes: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(plan.moves, lost.len(), "{plan:?}");
+    let done = wait_done(&cluster, Operations::Repair, Duration::from_secs(120)).await;
     assert_eq!(
-        plan["moves"].as_u64().unwrap() as usize,
-        lost.len(),
-        "{plan}"
+        done.kind,
+        OperationKind::Repair {
+            nodes: vec!["node-4".into()]
+        }
     );
-    let done = wait_done(
-        &cluster,
-        "/admin/cluster/repair-status",
-        Duration::from_secs(120),
-    )
-    .await;
-    assert_eq!(done["kind"]["repair"]["nodes"], json!(["node-4"]));
     stop.store(true, Ordering::Relaxed);
     searcher.await.unwrap();
     assert_eq!(
@@ -312,30 +304,24 @@ async fn a_rebalance_resumes_after_its_coordinator_is_killed() {
     }
     let urls = Arc::new(Mutex::new(urls_of(&cluster)));
     let writers = Writers::start(Arc::clone(&urls), 2);
-    admin(
-        &cluster.node(2).client(),
-        "/admin/cluster/rebalance",
-        json!({"strategy": "even_distribution"}),
-    )
-    .await;
+    cluster
+        .node(2)
+        .client()
+        .rebalance(&rebalance())
+        .await
+        .unwrap();
     // Kill the coordinator (the meta leader) once moves are under way.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let status = cluster
-            .node(2)
-            .client()
-            .get_json("/admin/cluster/rebalance-status")
-            .await
-            .unwrap();
-        let moving = status["operations"][0]["moves"]
-            .as_array()
-            .unwrap()
+        let status = cluster.node(2).client().rebalance_status().await.unwrap();
+        let moving = status.operations[0]
+            .moves
             .iter()
-            .any(|m| m["phase"] == "catching_up" || m["phase"] == "promoting");
+            .any(|m| matches!(m.phase, MovePhase::CatchingUp | MovePhase::Promoting));
         if moving {
             break;
         }
-        assert!(Instant::now() < deadline, "no move started: {status}");
+        assert!(Instant::now() < deadline, "no move started: {status:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let coordinator = load::leader_of(&cluster, "meta").await.unwrap();
@@ -344,19 +330,10 @@ async fn a_rebalance_resumes_after_its_coordinator_is_killed() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.node_mut(coordinator).restart_unready().await;
     *urls.lock().unwrap() = urls_of(&cluster);
-    let done = wait_done(
-        &cluster,
-        "/admin/cluster/rebalance-status",
-        Duration::from_secs(300),
-    )
-    .await;
+    let done = wait_done(&cluster, Operations::Rebalance, Duration::from_secs(300)).await;
     assert!(
-        done["moves"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|m| m["phase"] == "done"),
-        "{done}"
+        done.moves.iter().all(|m| m.phase == MovePhase::Done),
+        "{done:?}"
     );
     wait_ready(&cluster).await;
     let spread = distribution(&cluster).await;
@@ -393,10 +370,10 @@ async fn forced_recovery_brings_back_a_lone_survivor_only_when_asked_explicitly(
             .is_err()
     );
     let refused = survivor
-        .post_json(
-            "/admin/cluster/force-recovery",
-            &json!({"recovery_mode": "single_node"}),
-        )
+        .force_recovery(&ForceRecoveryRequest {
+            recovery_mode: "single_node".into(),
+            accept_data_loss: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(refused.status().map(|s| s.as_u16()), Some(400));
@@ -404,14 +381,8 @@ async fn forced_recovery_brings_back_a_lone_survivor_only_when_asked_explicitly(
         refused.to_string().contains("accept_data_loss"),
         "{refused}"
     );
-    let answer = survivor
-        .post_json(
-            "/admin/cluster/force-recovery",
-            &json!({"recovery_mode": "single_node", "accept_data_loss": true}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(answer["restarting"], true);
+    let answer = survivor.force_recovery(&accept_data_loss()).await.unwrap();
+    assert!(answer.restarting);
     // The node stops by itself; its supervisor (here, the test) starts it again.
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.node_mut(1).restart().await;
@@ -428,11 +399,15 @@ async fn forced_recovery_brings_back_a_lone_survivor_only_when_asked_explicitly(
         .unwrap();
     // A healthy cluster refuses a forced recovery.
     let healthy = survivor
-        .post_json(
-            "/admin/cluster/force-recovery",
-            &json!({"recovery_mode": "single_node", "accept_data_loss": true}),
-        )
+        .force_recovery(&accept_data_loss())
         .await
         .unwrap_err();
     assert_eq!(healthy.status().map(|s| s.as_u16()), Some(409));
+}
+
+fn accept_data_loss() -> ForceRecoveryRequest {
+    ForceRecoveryRequest {
+        recovery_mode: "single_node".into(),
+        accept_data_loss: true,
+    }
 }

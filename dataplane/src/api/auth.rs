@@ -6,7 +6,7 @@
 //! a missing permission or an address outside `ip_whitelist`; 429 with `Retry-After` past a rate
 //! limit or a daily quota.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use chrono::{DateTime, Utc};
 use figment::Figment;
 use figment::providers::{Format, Yaml};
@@ -192,7 +192,7 @@ impl ApiKey {
         if *counter + amount > limit {
             let midnight = (today + 1) * 86_400;
             return Err(Error::RateLimited {
-                code: "quota_exceeded",
+                code: ErrorCode::QuotaExceeded,
                 message: format!(
                     "API key '{}' has used {} of its {what} quota of {limit}; it resets at 00:00 UTC",
                     self.name, *counter
@@ -221,7 +221,7 @@ impl KeyStore {
 
     /// Loads a keys file; errors name the entry and field.
     pub fn load(path: &Path) -> Result<KeyStore> {
-        let bad = |message: String| Error::invalid("invalid_api_keys", message);
+        let bad = |message: String| Error::invalid(ErrorCode::InvalidApiKeys, message);
         if !path.is_file() {
             return Err(bad(format!(
                 "security.api_keys_file {} does not exist",
@@ -371,7 +371,7 @@ impl KeyStore {
         {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             return Err(Error::RateLimited {
-                code: "rate_limited",
+                code: ErrorCode::RateLimited,
                 message: format!("API key '{}' is over its rate limit", key.name),
                 retry_after: wait,
             });
@@ -536,7 +536,7 @@ api_keys:
         assert!(keys.authorize(Some("quota-key-1"), None, s).is_ok());
         assert!(keys.authorize(Some("quota-key-1"), None, s).is_ok());
         let err = keys.authorize(Some("quota-key-1"), None, s).unwrap_err();
-        assert_eq!((err.status(), err.code()), (429, "quota_exceeded"));
+        assert_eq!((err.status(), err.code()), (429, ErrorCode::QuotaExceeded));
         let key = keys
             .authorize(Some("quota-key-1"), None, p)
             .unwrap()

@@ -3,22 +3,25 @@
 use super::auth::Usage;
 use super::metrics::{directory_size, resident_memory};
 use super::{AppState, Caller, JsonBody, SlowQuery};
-use crate::cluster::elastic::AdminRpc;
+use crate::cluster::elastic::{AdminAnswer, AdminRpc};
 use crate::cluster::info;
 use crate::collection::{Cursor, DEFAULT_COLLECTION};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use grape_client::{
-    BatchRequest, BatchResponse, ChecksumResponse, CollectionConfig, CollectionList,
-    DeleteResponse, DocumentInput, HealthResponse, InsertResponse, ListResponse, SearchRequest,
-    SearchResponse, ShardStatsResponse, StatsResponse,
+    AddNodeRequest, AddNodeResponse, BatchRequest, BatchResponse, ChecksumResponse, ClusterStatus,
+    CollectionConfig, CollectionList, ConsensusResponse, DeleteResponse, DocumentInput,
+    ElectionHistory, ErrorBody, ErrorDetail, ForceRecoveryRequest, ForceRecoveryResponse,
+    HealthResponse, InsertResponse, LeaderResponse, ListResponse, OperationStarted,
+    OperationsStatus, ReadyResponse, RebalanceRequest, RemoveNodeRequest, RepairRequest,
+    SearchRequest, SearchResponse, ShardStatsResponse, SlowQueries, StatsResponse, SyncStatus,
+    TransferLeadershipRequest, TransferLeadershipResponse,
 };
 use serde::Deserialize;
-use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
@@ -73,9 +76,13 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthResponse> {
 
 pub async fn ready(State(state): State<AppState>) -> Response {
     if state.node.is_ready() {
-        Json(json!({"status": "ready", "node_id": state.node.id()})).into_response()
+        Json(ReadyResponse {
+            status: "ready".into(),
+            node_id: state.node.id().to_string(),
+        })
+        .into_response()
     } else {
-        Error::unavailable("not_ready", "this node has not caught up yet").into_response()
+        Error::unavailable(ErrorCode::NotReady, "this node has not caught up yet").into_response()
     }
 }
 
@@ -124,7 +131,7 @@ pub async fn get_document(
     target: Target,
     query: std::result::Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response> {
-    let Query(query) = query.map_err(|e| Error::invalid("invalid_query", e.body_text()))?;
+    let Query(query) = query.map_err(|e| Error::invalid(ErrorCode::InvalidQuery, e.body_text()))?;
     let document = state
         .node
         .get(
@@ -145,7 +152,7 @@ pub async fn delete_document(
         Ok(Json(DeleteResponse { deleted: true }))
     } else {
         Err(Error::not_found(
-            "document_not_found",
+            ErrorCode::DocumentNotFound,
             format!("document '{id}' does not exist"),
         ))
     }
@@ -166,11 +173,11 @@ pub async fn list_documents(
     target: Target,
     query: std::result::Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ListResponse>> {
-    let Query(query) = query.map_err(|e| Error::invalid("invalid_query", e.body_text()))?;
+    let Query(query) = query.map_err(|e| Error::invalid(ErrorCode::InvalidQuery, e.body_text()))?;
     let limit = query.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_PAGE {
         return Err(Error::invalid(
-            "invalid_limit",
+            ErrorCode::InvalidLimit,
             format!("limit {limit} must be between 1 and {MAX_PAGE}"),
         ));
     }
@@ -283,48 +290,40 @@ pub async fn checksum(State(state): State<AppState>) -> Result<Json<ChecksumResp
     }))
 }
 
-pub async fn slow_queries(State(state): State<AppState>) -> Response {
-    Json(json!({
-        "threshold_ms": state.node.config().performance.slow_query_ms,
-        "queries": state.slow_queries.recent(),
-    }))
-    .into_response()
+pub async fn slow_queries(State(state): State<AppState>) -> Json<SlowQueries> {
+    Json(SlowQueries {
+        threshold_ms: state.node.config().performance.slow_query_ms,
+        queries: state.slow_queries.recent(),
+    })
 }
 
-pub async fn cluster_status(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub async fn cluster_status(State(state): State<AppState>) -> Json<ClusterStatus> {
     Json(state.node.cluster_status().await)
 }
 
-pub async fn cluster_leader(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub async fn cluster_leader(State(state): State<AppState>) -> Json<LeaderResponse> {
     Json(state.node.cluster_leader())
 }
 
-pub async fn consensus(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub async fn consensus(State(state): State<AppState>) -> Json<ConsensusResponse> {
     Json(state.node.consensus())
 }
 
-pub async fn election_history(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({"node_id": state.node.id(), "events": state.node.leader_events()}))
+pub async fn election_history(State(state): State<AppState>) -> Json<ElectionHistory> {
+    Json(ElectionHistory {
+        node_id: state.node.id().to_string(),
+        events: state.node.leader_events(),
+    })
 }
 
-pub async fn sync_status(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub async fn sync_status(State(state): State<AppState>) -> Json<SyncStatus> {
     Json(state.node.sync_status())
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TransferRequest {
-    /// Where to; without it, every group `from_node` leads goes to another of its voters.
-    target_node: Option<String>,
-    /// `meta`, or `collection/shard`; every group `from_node` leads when absent.
-    shard: Option<String>,
-    from_node: Option<String>,
 }
 
 pub async fn transfer_leadership(
     State(state): State<AppState>,
-    JsonBody(request): JsonBody<TransferRequest>,
-) -> Result<Json<serde_json::Value>> {
+    JsonBody(request): JsonBody<TransferLeadershipRequest>,
+) -> Result<Json<TransferLeadershipResponse>> {
     let moved = state
         .node
         .transfer_leadership(
@@ -336,21 +335,10 @@ pub async fn transfer_leadership(
     Ok(Json(moved))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AddNodeRequest {
-    node_id: String,
-    /// The new node's node-to-node address (`HOST:PORT`).
-    address: String,
-    /// The seed's fixed role; accepted, not used (leaders are elected).
-    #[allow(dead_code)]
-    role: Option<String>,
-}
-
 pub async fn add_node(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<AddNodeRequest>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<AddNodeResponse>> {
     let answer = state
         .node
         .admin(AdminRpc::AddNode {
@@ -358,89 +346,61 @@ pub async fn add_node(
             address: request.address,
         })
         .await?;
-    Ok(Json(answer))
+    match answer {
+        AdminAnswer::Added(added) => Ok(Json(added)),
+        other => Err(Error::Internal(format!("add-node answered {other:?}"))),
+    }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RemoveNodeRequest {
-    node_id: String,
-    #[serde(default)]
-    force: bool,
+/// Runs an admin request that starts an operation (drain, rebalance, repair).
+async fn start_operation(state: &AppState, request: AdminRpc) -> Result<Json<OperationStarted>> {
+    match state.node.admin(request).await? {
+        AdminAnswer::Started(started) => Ok(Json(started)),
+        other => Err(Error::Internal(format!("the operation answered {other:?}"))),
+    }
 }
 
 pub async fn remove_node(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<RemoveNodeRequest>,
-) -> Result<Json<serde_json::Value>> {
-    let answer = state
-        .node
-        .admin(AdminRpc::RemoveNode {
-            id: request.node_id,
-            force: request.force,
-        })
-        .await?;
-    Ok(Json(answer))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RebalanceRequest {
-    /// `even_distribution` (default) or `leaders_only`.
-    strategy: Option<String>,
+) -> Result<Json<OperationStarted>> {
+    let request = AdminRpc::RemoveNode {
+        id: request.node_id,
+        force: request.force,
+    };
+    start_operation(&state, request).await
 }
 
 pub async fn rebalance(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<RebalanceRequest>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<OperationStarted>> {
     let strategy = request
         .strategy
         .unwrap_or_else(|| "even_distribution".to_string());
-    Ok(Json(
-        state.node.admin(AdminRpc::Rebalance { strategy }).await?,
-    ))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RepairRequest {
-    /// The seed's `full_sync`; the only kind.
-    repair_type: Option<String>,
-    /// Nodes gone for good; default: members that do not answer.
-    nodes: Option<Vec<String>>,
+    start_operation(&state, AdminRpc::Rebalance { strategy }).await
 }
 
 pub async fn repair(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<RepairRequest>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<OperationStarted>> {
     if let Some(kind) = &request.repair_type
         && kind != "full_sync"
     {
         return Err(Error::invalid(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             format!("unknown repair_type {kind:?}; use \"full_sync\""),
         ));
     }
     let nodes = request.nodes.unwrap_or_default();
-    Ok(Json(state.node.admin(AdminRpc::Repair { nodes }).await?))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ForceRecoveryRequest {
-    /// Only `single_node`: this node becomes the only member of every group it holds.
-    recovery_mode: String,
-    /// Must be true: acknowledged writes only the lost members had applied are lost.
-    #[serde(default)]
-    accept_data_loss: bool,
+    start_operation(&state, AdminRpc::Repair { nodes }).await
 }
 
 pub async fn force_recovery(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<ForceRecoveryRequest>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<ForceRecoveryResponse>> {
     let answer = state
         .node
         .force_recovery(&request.recovery_mode, request.accept_data_loss)
@@ -448,11 +408,11 @@ pub async fn force_recovery(
     Ok(Json(answer))
 }
 
-pub async fn rebalance_status(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub async fn rebalance_status(State(state): State<AppState>) -> Json<OperationsStatus> {
     Json(state.node.operations_status(&["rebalance"]))
 }
 
-pub async fn migration_status(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub async fn migration_status(State(state): State<AppState>) -> Json<OperationsStatus> {
     Json(
         state
             .node
@@ -460,7 +420,7 @@ pub async fn migration_status(State(state): State<AppState>) -> Json<serde_json:
     )
 }
 
-pub async fn repair_status(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub async fn repair_status(State(state): State<AppState>) -> Json<OperationsStatus> {
     Json(state.node.operations_status(&["repair"]))
 }
 
@@ -481,13 +441,18 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 pub async fn not_found(method: Method, uri: Uri) -> Error {
-    Error::not_found("not_found", format!("no route for {method} {}", uri.path()))
+    Error::not_found(
+        ErrorCode::NotFound,
+        format!("no route for {method} {}", uri.path()),
+    )
 }
 
 pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    let body = json!({"error": {
-        "code": "method_not_allowed",
-        "message": format!("{method} is not allowed on {}", uri.path()),
-    }});
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: ErrorCode::MethodNotAllowed.to_string(),
+            message: format!("{method} is not allowed on {}", uri.path()),
+        },
+    };
     (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }

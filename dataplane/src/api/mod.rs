@@ -6,7 +6,7 @@ mod handlers;
 pub mod metrics;
 
 use crate::cluster::Node;
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 use auth::{ApiKey, KeyStore, Permission};
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, MatchedPath, Request};
@@ -15,10 +15,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use grape_client::{ErrorBody, ErrorDetail};
+use grape_client::{ErrorBody, ErrorDetail, SlowQuery};
 use metrics::Metrics;
 use parking_lot::Mutex;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -38,17 +37,6 @@ pub struct AppState {
 #[derive(Debug, Default)]
 pub struct SlowQueryLog {
     entries: Mutex<VecDeque<SlowQuery>>,
-}
-
-/// One search slower than `performance.slow_query_ms`.
-#[derive(Debug, Clone, Serialize)]
-pub struct SlowQuery {
-    pub at: String,
-    pub collection: String,
-    pub took_ms: f64,
-    pub top_k: usize,
-    pub ef: Option<usize>,
-    pub filtered: bool,
 }
 
 impl SlowQueryLog {
@@ -115,7 +103,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                             .into(),
                     )
                 } else {
-                    Error::invalid("invalid_body", rejection.body_text())
+                    Error::invalid(ErrorCode::InvalidBody, rejection.body_text())
                 }
             })?;
         parse_json(&bytes).map(JsonBody)
@@ -126,7 +114,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::invalid(
-            "invalid_json",
+            ErrorCode::InvalidJson,
             "the request body is empty; a JSON object is expected",
         ));
     }
@@ -136,9 +124,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
         let inner = e.into_inner();
         let code = match inner.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                "invalid_json"
+                ErrorCode::InvalidJson
             }
-            _ => "invalid_request",
+            _ => ErrorCode::InvalidRequest,
         };
         let message = if path.is_empty() || path == "." {
             inner.to_string()
@@ -149,7 +137,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     })?;
     deserializer.end().map_err(|e| {
         Error::invalid(
-            "invalid_json",
+            ErrorCode::InvalidJson,
             format!("trailing characters after the JSON value: {e}"),
         )
     })?;

@@ -5,11 +5,14 @@ use super::Node;
 use super::network::{GroupStatus, NodeStatus, TransferRpc};
 use super::types::{GroupId, META_GROUP, NodeId};
 use crate::collection::parse_group;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use futures::future::join_all;
-use grape_client::{ShardChecksum, ShardStats};
+use grape_client::{
+    ClusterStatus, ConsensusGroup, ConsensusResponse, GroupMemberStatus, GroupSummary, GroupSync,
+    LeaderResponse, MemberStatus, MovedLeadership, RaftRole, ShardChecksum, ShardStats, SyncStatus,
+    TransferLeadershipResponse,
+};
 use openraft::type_config::async_runtime::WatchReceiver;
-use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -64,9 +67,12 @@ impl Node {
     }
 
     /// The meta group's leader and term.
-    pub fn cluster_leader(&self) -> Value {
+    pub fn cluster_leader(&self) -> LeaderResponse {
         let meta = self.meta_metrics();
-        json!({"leader": meta.current_leader, "term": meta.current_term})
+        LeaderResponse {
+            leader: meta.current_leader,
+            term: meta.current_term,
+        }
     }
 
     /// Every member's own status (this node's directly, others' over the network; `null` for
@@ -90,23 +96,28 @@ impl Node {
 
     /// Nodes and groups across the cluster: each group's leader, term and each member's
     /// commit and applied index.
-    pub async fn cluster_status(&self) -> Value {
+    pub async fn cluster_status(&self) -> ClusterStatus {
         let statuses = self.member_statuses().await;
         let state = self.meta_state();
-        let nodes: Vec<Value> = statuses
+        let nodes = statuses
             .iter()
             .map(|(id, status)| {
                 let addr = state.nodes.get(id).cloned().unwrap_or_default();
-                json!({
-                    "id": id,
-                    "address": addr.api,
-                    "raft_address": addr.raft,
-                    "reachable": status.is_some(),
-                    "ready": status.as_ref().is_some_and(|s| s.ready),
-                    "documents": status.as_ref().map(|s| s.documents),
-                    "leads": status.as_ref().map(|s| s.groups.iter().filter(|g| g.role == "leader").count()),
-                    "replicas": state.groups_of(id).count(),
-                })
+                MemberStatus {
+                    id: id.clone(),
+                    address: addr.api,
+                    raft_address: addr.raft,
+                    reachable: status.is_some(),
+                    ready: status.as_ref().is_some_and(|s| s.ready),
+                    documents: status.as_ref().map(|s| s.documents),
+                    leads: status.as_ref().map(|s| {
+                        s.groups
+                            .iter()
+                            .filter(|g| g.role == RaftRole::Leader)
+                            .count()
+                    }),
+                    replicas: state.groups_of(id).count(),
+                }
             })
             .collect();
         let mut groups: BTreeMap<GroupId, Vec<(NodeId, GroupStatus)>> = BTreeMap::new();
@@ -118,84 +129,91 @@ impl Node {
                     .push((id.clone(), group.clone()));
             }
         }
-        let groups: Vec<Value> = groups
+        let groups = groups
             .into_iter()
-            .map(|(group, members)| {
-                let leader = members.iter().find(|(_, g)| g.role == "leader");
-                let term = members.iter().map(|(_, g)| g.term).max();
-                json!({
-                    "group": group,
-                    "name": display_group(&group),
-                    "leader": leader.map(|(id, _)| id),
-                    "term": term,
-                    "members": members.iter().map(|(id, g)| json!({
-                        "node": id,
-                        "role": g.role,
-                        "term": g.term,
-                        "last_log_index": g.last_log_index,
-                        "commit_index": g.committed_index,
-                        "applied_index": g.applied_index,
-                    })).collect::<Vec<_>>(),
-                })
+            .map(|(group, members)| GroupSummary {
+                name: display_group(&group),
+                group,
+                leader: members
+                    .iter()
+                    .find(|(_, g)| g.role == RaftRole::Leader)
+                    .map(|(id, _)| id.clone()),
+                term: members.iter().map(|(_, g)| g.term).max(),
+                members: members
+                    .iter()
+                    .map(|(id, g)| GroupMemberStatus {
+                        node: id.clone(),
+                        role: g.role,
+                        term: g.term,
+                        last_log_index: g.last_log_index,
+                        commit_index: g.committed_index,
+                        applied_index: g.applied_index,
+                    })
+                    .collect(),
             })
             .collect();
-        json!({
-            "node_id": self.id,
-            "leader": self.meta_metrics().current_leader,
-            "nodes": nodes,
-            "groups": groups,
-        })
+        ClusterStatus {
+            node_id: self.id.clone(),
+            leader: self.meta_metrics().current_leader,
+            nodes,
+            groups,
+        }
     }
 
     /// Each group this node holds, as Raft sees it: voters, leader, term, quorum.
-    pub fn consensus(&self) -> Value {
-        let status = self.status();
-        let groups: Vec<Value> = status
+    pub fn consensus(&self) -> ConsensusResponse {
+        let groups = self
+            .status()
             .groups
-            .iter()
-            .map(|g| {
-                json!({
-                    "group": g.group,
-                    "name": display_group(&g.group),
-                    "role": g.role,
-                    "term": g.term,
-                    "leader": g.leader,
-                    "voters": g.voters,
-                    "learners": g.learners,
-                    "quorum": g.voters.len() / 2 + 1,
-                    "millis_since_quorum_ack": g.millis_since_quorum_ack,
-                    "matched": g.matched,
-                })
+            .into_iter()
+            .map(|g| ConsensusGroup {
+                name: display_group(&g.group),
+                quorum: g.voters.len() / 2 + 1,
+                group: g.group,
+                role: g.role,
+                term: g.term,
+                leader: g.leader,
+                voters: g.voters,
+                learners: g.learners,
+                millis_since_quorum_ack: g.millis_since_quorum_ack,
+                matched: g.matched,
             })
             .collect();
-        json!({"node_id": self.id, "groups": groups})
+        ConsensusResponse {
+            node_id: self.id.clone(),
+            groups,
+        }
     }
 
     /// Each local group's progress against what its leader committed.
-    pub fn sync_status(&self) -> Value {
+    pub fn sync_status(&self) -> SyncStatus {
         let status = self.status();
-        let groups: Vec<Value> = status
+        let groups = status
             .groups
-            .iter()
+            .into_iter()
             .map(|g| {
                 let lag = g
                     .committed_index
                     .unwrap_or(0)
                     .saturating_sub(g.applied_index.unwrap_or(0));
-                json!({
-                    "group": g.group,
-                    "name": display_group(&g.group),
-                    "leader": g.leader,
-                    "commit_index": g.committed_index,
-                    "applied_index": g.applied_index,
-                    "snapshot_index": g.snapshot_index,
-                    "purged_index": g.purged_index,
-                    "lag": lag,
-                    "caught_up": g.leader.is_some() && lag == 0,
-                })
+                GroupSync {
+                    name: display_group(&g.group),
+                    group: g.group,
+                    caught_up: g.leader.is_some() && lag == 0,
+                    leader: g.leader,
+                    commit_index: g.committed_index,
+                    applied_index: g.applied_index,
+                    snapshot_index: g.snapshot_index,
+                    purged_index: g.purged_index,
+                    lag,
+                }
             })
             .collect();
-        json!({"node_id": self.id, "ready": status.ready, "groups": groups})
+        SyncStatus {
+            node_id: self.id.clone(),
+            ready: status.ready,
+            groups,
+        }
     }
 
     /// Moves leaderships. With `target`: one group (`shard`), or every group `from` (default:
@@ -207,19 +225,19 @@ impl Node {
         target: Option<&str>,
         shard: Option<&str>,
         from: Option<&str>,
-    ) -> Result<Value> {
+    ) -> Result<TransferLeadershipResponse> {
         let state = self.meta_state();
         if let Some(target) = target
             && !state.members().contains(target)
         {
             return Err(Error::invalid(
-                "invalid_target",
+                ErrorCode::InvalidTarget,
                 format!("target_node '{target}' is not a member of the cluster"),
             ));
         }
         if target.is_none() && (from.is_none() || shard.is_some()) {
             return Err(Error::invalid(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "give target_node, or from_node alone to move every leadership off that node",
             ));
         }
@@ -231,10 +249,12 @@ impl Node {
                 let from = from
                     .map(str::to_string)
                     .or_else(|| self.meta_metrics().current_leader)
-                    .ok_or_else(|| Error::unavailable("no_leader", "the cluster has no leader"))?;
+                    .ok_or_else(|| {
+                        Error::unavailable(ErrorCode::NoLeader, "the cluster has no leader")
+                    })?;
                 if !state.members().contains(&from) {
                     return Err(Error::invalid(
-                        "invalid_request",
+                        ErrorCode::InvalidRequest,
                         format!("from_node '{from}' is not a member of the cluster"),
                     ));
                 }
@@ -245,7 +265,10 @@ impl Node {
                         s.as_ref().map(|s| {
                             (
                                 id.clone(),
-                                s.groups.iter().filter(|g| g.role == "leader").count(),
+                                s.groups
+                                    .iter()
+                                    .filter(|g| g.role == RaftRole::Leader)
+                                    .count(),
                             )
                         })
                     })
@@ -256,7 +279,7 @@ impl Node {
                     .map(|s| {
                         s.groups
                             .iter()
-                            .filter(|g| g.role == "leader")
+                            .filter(|g| g.role == RaftRole::Leader)
                             .cloned()
                             .collect()
                     })
@@ -293,14 +316,20 @@ impl Node {
             };
             if !replicas.contains(&target) {
                 return Err(Error::invalid(
-                    "invalid_target",
+                    ErrorCode::InvalidTarget,
                     format!("'{target}' holds no replica of {}", display_group(&group)),
                 ));
             }
             self.transfer_group(&group, &target).await?;
-            moved.push(json!({"group": display_group(&group), "to": target}));
+            moved.push(MovedLeadership {
+                group: display_group(&group),
+                to: target,
+            });
         }
-        Ok(json!({"target_node": target, "moved": moved}))
+        Ok(TransferLeadershipResponse {
+            target_node: target.map(str::to_string),
+            moved,
+        })
     }
 
     /// A user-facing group name (`meta`, `collection/shard`) to the group id.
@@ -316,7 +345,7 @@ impl Node {
                 *group == name || format!("{}/{}", record.collection, record.shard) == name
             })
             .map(|(group, _)| group.clone())
-            .ok_or_else(|| Error::not_found("not_found", format!("no shard '{name}'")))
+            .ok_or_else(|| Error::not_found(ErrorCode::NotFound, format!("no shard '{name}'")))
     }
 
     /// Asks the group's leader to hand over to `target`, and waits (up to 10 s) until it has.
@@ -354,7 +383,7 @@ impl Node {
             }
             if Instant::now() > deadline {
                 return Err(Error::unavailable(
-                    "no_leader",
+                    ErrorCode::NoLeader,
                     format!(
                         "leadership of {} did not move to {target} within 10 s",
                         display_group(group)
@@ -371,7 +400,7 @@ impl Node {
         statuses.values().flatten().find_map(|s| {
             s.groups
                 .iter()
-                .find(|g| g.group == group && g.role == "leader")
+                .find(|g| g.group == group && g.role == RaftRole::Leader)
                 .map(|_| s.node_id.clone())
         })
     }
@@ -380,7 +409,7 @@ impl Node {
     pub(super) async fn transfer_here(&self, group: &str, target: &str) -> Result<()> {
         let trigger =
             |result: std::result::Result<(), openraft::errors::Fatal<super::types::TypeConfig>>| {
-                result.map_err(|e| Error::unavailable("unavailable", e.to_string()))
+                result.map_err(|e| Error::unavailable(ErrorCode::Unavailable, e.to_string()))
             };
         if group == META_GROUP {
             if !self.is_meta_leader() {
@@ -396,9 +425,9 @@ impl Node {
                     .await,
             );
         }
-        let local = self
-            .local_group(group)
-            .ok_or_else(|| Error::not_found("not_found", format!("no replica of {group} here")))?;
+        let local = self.local_group(group).ok_or_else(|| {
+            Error::not_found(ErrorCode::NotFound, format!("no replica of {group} here"))
+        })?;
         trigger(
             local
                 .raft

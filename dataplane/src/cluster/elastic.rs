@@ -11,10 +11,12 @@ use super::network::{GroupStatus, NodeStatus};
 use super::placement::{plan_leaders, plan_replicas};
 use super::types::{GroupId, META_GROUP, NodeAddr, NodeId, Request, Response};
 use crate::config::parse_host_port;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
+use grape_client::{
+    AddNodeResponse, MoveStatus, OperationStarted, OperationStatus, OperationsStatus, RaftRole,
+};
 use openraft::type_config::async_runtime::WatchReceiver;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +28,15 @@ pub enum AdminRpc {
     RemoveNode { id: NodeId, force: bool },
     Rebalance { strategy: String },
     Repair { nodes: Vec<NodeId> },
+}
+
+/// What the meta leader answers to an [`AdminRpc`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AdminAnswer {
+    /// To `AddNode`.
+    Added(AddNodeResponse),
+    /// To `RemoveNode`, `Rebalance` and `Repair`.
+    Started(OperationStarted),
 }
 
 /// A membership change for one group, carried out by its leader.
@@ -47,7 +58,7 @@ const CATCH_UP_SLACK: u64 = 16;
 
 impl Node {
     /// Runs an administrative request on the meta leader (forwarding it there if needed).
-    pub async fn admin(self: &Arc<Self>, request: AdminRpc) -> Result<Value> {
+    pub async fn admin(self: &Arc<Self>, request: AdminRpc) -> Result<AdminAnswer> {
         match self.meta_metrics().current_leader {
             Some(leader) if leader == self.id => self.admin_here(request).await,
             Some(leader) => self
@@ -61,12 +72,15 @@ impl Node {
                 )
                 .await
                 .map_err(Error::from),
-            None => Err(Error::unavailable("no_leader", "the cluster has no leader")),
+            None => Err(Error::unavailable(
+                ErrorCode::NoLeader,
+                "the cluster has no leader",
+            )),
         }
     }
 
     /// Carries out an administrative request; this node must lead the meta group.
-    pub(super) async fn admin_here(self: &Arc<Self>, request: AdminRpc) -> Result<Value> {
+    pub(super) async fn admin_here(self: &Arc<Self>, request: AdminRpc) -> Result<AdminAnswer> {
         if !self.is_meta_leader() {
             return Err(Error::NotLeader {
                 message: format!("{} does not lead the cluster", self.id),
@@ -74,10 +88,16 @@ impl Node {
             });
         }
         match request {
-            AdminRpc::AddNode { id, address } => self.add_node(id, address).await,
-            AdminRpc::RemoveNode { id, force } => self.remove_node(id, force).await,
-            AdminRpc::Rebalance { strategy } => self.rebalance(&strategy).await,
-            AdminRpc::Repair { nodes } => self.repair(nodes).await,
+            AdminRpc::AddNode { id, address } => {
+                self.add_node(id, address).await.map(AdminAnswer::Added)
+            }
+            AdminRpc::RemoveNode { id, force } => {
+                self.remove_node(id, force).await.map(AdminAnswer::Started)
+            }
+            AdminRpc::Rebalance { strategy } => {
+                self.rebalance(&strategy).await.map(AdminAnswer::Started)
+            }
+            AdminRpc::Repair { nodes } => self.repair(nodes).await.map(AdminAnswer::Started),
         }
     }
 
@@ -90,17 +110,17 @@ impl Node {
 
     /// Adds a member that holds nothing yet: a learner of the meta group until it has caught
     /// up, then a voter. Replicas reach it only through a rebalance.
-    async fn add_node(&self, id: NodeId, address: String) -> Result<Value> {
+    async fn add_node(&self, id: NodeId, address: String) -> Result<AddNodeResponse> {
         if id.is_empty() || parse_host_port(&address).is_none() {
             return Err(Error::invalid(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "add-node needs a node_id and an address (HOST:PORT of its node-to-node listener)",
             ));
         }
         let state = self.meta_state();
         if state.members().contains(&id) {
             return Err(Error::conflict(
-                "node_exists",
+                ErrorCode::NodeExists,
                 format!("'{id}' is already a member"),
             ));
         }
@@ -122,16 +142,20 @@ impl Node {
         self.meta
             .add_learner(id.clone(), addr, false)
             .await
-            .map_err(|e| Error::unavailable("unavailable", format!("adding {id}: {e}")))?;
-        Ok(json!({"node_id": id, "address": address, "state": "joining"}))
+            .map_err(|e| Error::unavailable(ErrorCode::Unavailable, format!("adding {id}: {e}")))?;
+        Ok(AddNodeResponse {
+            node_id: id,
+            address,
+            state: "joining".into(),
+        })
     }
 
     /// Plans moving every replica off `id`, then removing it from the cluster.
-    async fn remove_node(&self, id: NodeId, force: bool) -> Result<Value> {
+    async fn remove_node(&self, id: NodeId, force: bool) -> Result<OperationStarted> {
         let state = self.meta_state();
         if !state.members().contains(&id) {
             return Err(Error::not_found(
-                "not_found",
+                ErrorCode::NotFound,
                 format!("'{id}' is not a member"),
             ));
         }
@@ -146,7 +170,7 @@ impl Node {
         if !force {
             if remaining.len() < needed {
                 return Err(Error::conflict(
-                    "would_break_replication",
+                    ErrorCode::WouldBreakReplication,
                     format!(
                         "removing '{id}' leaves {} nodes for a replication factor of {needed}; add a node first or pass force: true",
                         remaining.len()
@@ -158,7 +182,7 @@ impl Node {
             let live = voters.iter().filter(|n| self.is_reachable(n)).count();
             if live < voters.len() / 2 + 1 {
                 return Err(Error::conflict(
-                    "would_lose_quorum",
+                    ErrorCode::WouldLoseQuorum,
                     format!(
                         "only {live} of the {} remaining members answer: removing '{id}' would leave no quorum; bring members back or pass force: true",
                         voters.len()
@@ -178,14 +202,14 @@ impl Node {
 
     /// Plans moves that even out replicas (`even_distribution`) and leaders, or leaders only
     /// (`leaders_only`).
-    async fn rebalance(&self, strategy: &str) -> Result<Value> {
+    async fn rebalance(&self, strategy: &str) -> Result<OperationStarted> {
         let state = self.meta_state();
         let placeable = state.placeable();
         match strategy {
             "even_distribution" | "leaders_only" => {}
             other => {
                 return Err(Error::invalid(
-                    "invalid_request",
+                    ErrorCode::InvalidRequest,
                     format!(
                         "unknown strategy {other:?}; use \"even_distribution\" or \"leaders_only\""
                     ),
@@ -206,7 +230,7 @@ impl Node {
 
     /// Re-creates the replicas held by `nodes` (default: members that do not answer) on the
     /// others.
-    async fn repair(&self, nodes: Vec<NodeId>) -> Result<Value> {
+    async fn repair(&self, nodes: Vec<NodeId>) -> Result<OperationStarted> {
         let state = self.meta_state();
         let dead: BTreeSet<NodeId> = if nodes.is_empty() {
             state
@@ -235,10 +259,10 @@ impl Node {
         kind: OperationKind,
         nodes: &BTreeSet<NodeId>,
         leaving: &BTreeSet<NodeId>,
-    ) -> Result<Value> {
+    ) -> Result<OperationStarted> {
         if let Some(running) = state.running_operation() {
             return Err(Error::conflict(
-                "operation_running",
+                ErrorCode::OperationRunning,
                 format!(
                     "operation {} ({:?}) is still running",
                     running.id, running.kind
@@ -285,12 +309,14 @@ impl Node {
             })
             .await?;
         match response {
-            MetaResponse::Started { id } => Ok(json!({
-                "operation": id,
-                "moves": planned,
-                "leaders": leaders.len(),
-            })),
-            MetaResponse::Invalid { message } => Err(Error::conflict("operation_running", message)),
+            MetaResponse::Started { id } => Ok(OperationStarted {
+                operation: id,
+                moves: planned,
+                leaders: leaders.len(),
+            }),
+            MetaResponse::Invalid { message } => {
+                Err(Error::conflict(ErrorCode::OperationRunning, message))
+            }
             other => Err(Error::Internal(format!(
                 "starting an operation answered {other:?}"
             ))),
@@ -312,7 +338,7 @@ impl Node {
         let mut leaders = BTreeMap::new();
         for status in statuses.values().flatten() {
             for group in &status.groups {
-                if group.role == "leader" {
+                if group.role == RaftRole::Leader {
                     leaders.insert(group.group.clone(), status.node_id.clone());
                 }
             }
@@ -358,7 +384,7 @@ impl Node {
                 message: format!("{} does not lead {group}", self.id),
                 leader: forward.leader_id.clone(),
             },
-            None => Error::unavailable("unavailable", format!("{group}: {e}")),
+            None => Error::unavailable(ErrorCode::Unavailable, format!("{group}: {e}")),
         })
     }
 
@@ -463,11 +489,14 @@ impl Node {
                 .map(|_| ());
         };
         let leader = view.leader(&record.group).ok_or_else(|| {
-            Error::unavailable("no_leader", format!("{} has no leader", record.group))
+            Error::unavailable(
+                ErrorCode::NoLeader,
+                format!("{} has no leader", record.group),
+            )
         })?;
         let status = view.group(leader, &record.group).ok_or_else(|| {
             Error::unavailable(
-                "unavailable",
+                ErrorCode::Unavailable,
                 format!("no status of {} from its leader", record.group),
             )
         })?;
@@ -544,7 +573,10 @@ impl Node {
                             })
                             .cloned()
                             .ok_or_else(|| {
-                                Error::unavailable("unavailable", "no voter to hand leadership to")
+                                Error::unavailable(
+                                    ErrorCode::Unavailable,
+                                    "no voter to hand leadership to",
+                                )
                             })?;
                         self.transfer_group(&record.group, &next).await?;
                         return Ok(());
@@ -593,7 +625,10 @@ impl Node {
                     .into_iter()
                     .find(|m| *m != self.id && self.is_reachable(m))
                     .ok_or_else(|| {
-                        Error::unavailable("unavailable", "no member to hand the cluster to")
+                        Error::unavailable(
+                            ErrorCode::Unavailable,
+                            "no member to hand the cluster to",
+                        )
                     })?;
                 return self.transfer_group(META_GROUP, &next).await;
             }
@@ -663,63 +698,70 @@ impl Node {
         }
     }
 
-    /// The moves of recent operations, with totals and an estimate of what is left.
-    pub fn operations_status(&self, kinds: &[&str]) -> Value {
+    /// The moves of recent operations of the given kinds, with totals and an estimate of what
+    /// is left.
+    pub fn operations_status(&self, kinds: &[&str]) -> OperationsStatus {
         let state = self.meta_state();
-        let operations: Vec<Value> = state
+        let operations = state
             .operations
             .values()
             .rev()
-            .filter(|o| {
-                let kind = match &o.kind {
-                    OperationKind::Rebalance { .. } => "rebalance",
-                    OperationKind::Drain { .. } => "drain",
-                    OperationKind::Repair { .. } => "repair",
-                };
-                kinds.contains(&kind)
-            })
+            .filter(|o| kinds.contains(&o.kind.name()))
             .map(|o| {
-                let moves: Vec<&MoveRecord> = o.moves.iter().filter_map(|id| state.moves.get(id)).collect();
-                let done = moves.iter().filter(|m| m.phase == MovePhase::Done).count();
-                let documents_left: u64 = moves
+                let moves: Vec<&MoveRecord> = o
+                    .moves
                     .iter()
-                    .filter(|m| m.phase != MovePhase::Done)
-                    .map(|m| m.progress.documents_total.saturating_sub(m.progress.documents_copied))
-                    .sum();
-                let bytes_left: u64 = moves
-                    .iter()
-                    .filter(|m| m.phase != MovePhase::Done)
-                    .map(|m| m.progress.bytes_total.saturating_sub(m.progress.bytes_copied))
-                    .sum();
-                json!({
-                    "operation": o.id,
-                    "kind": o.kind,
-                    "state": o.state,
-                    "moves_total": moves.len(),
-                    "moves_done": done,
-                    "moves_in_progress": moves.iter().filter(|m| !matches!(m.phase, MovePhase::Pending | MovePhase::Done)).count(),
-                    "documents_left": documents_left,
-                    "bytes_left": bytes_left,
-                    "moves": moves.iter().map(|m| json!({
-                        "id": m.id,
-                        "shard": super::admin::display_group(&m.group),
-                        "from": m.from,
-                        "to": m.to,
-                        "phase": m.phase,
-                        "documents_copied": m.progress.documents_copied,
-                        "documents_total": m.progress.documents_total,
-                        "bytes_copied": m.progress.bytes_copied,
-                        "bytes_total": m.progress.bytes_total,
-                    })).collect::<Vec<_>>(),
-                    "leaders": o.leaders.iter().map(|(g, n)| (super::admin::display_group(g), n.clone())).collect::<BTreeMap<_, _>>(),
-                })
+                    .filter_map(|id| state.moves.get(id))
+                    .collect();
+                let open = || moves.iter().filter(|m| m.phase != MovePhase::Done);
+                OperationStatus {
+                    operation: o.id,
+                    kind: o.kind.clone(),
+                    state: o.state.clone(),
+                    moves_total: moves.len(),
+                    moves_done: moves.len() - open().count(),
+                    moves_in_progress: open().filter(|m| m.phase != MovePhase::Pending).count(),
+                    documents_left: open()
+                        .map(|m| {
+                            m.progress
+                                .documents_total
+                                .saturating_sub(m.progress.documents_copied)
+                        })
+                        .sum(),
+                    bytes_left: open()
+                        .map(|m| {
+                            m.progress
+                                .bytes_total
+                                .saturating_sub(m.progress.bytes_copied)
+                        })
+                        .sum(),
+                    moves: moves
+                        .iter()
+                        .map(|m| MoveStatus {
+                            id: m.id,
+                            shard: super::admin::display_group(&m.group),
+                            from: m.from.clone(),
+                            to: m.to.clone(),
+                            phase: m.phase,
+                            documents_copied: m.progress.documents_copied,
+                            documents_total: m.progress.documents_total,
+                            bytes_copied: m.progress.bytes_copied,
+                            bytes_total: m.progress.bytes_total,
+                        })
+                        .collect(),
+                    leaders: o
+                        .leaders
+                        .iter()
+                        .map(|(g, n)| (super::admin::display_group(g), n.clone()))
+                        .collect(),
+                }
             })
             .collect();
-        json!({
-            "node_id": self.id,
-            "running": state.running_operation().map(|o| o.id),
-            "operations": operations,
-        })
+        OperationsStatus {
+            node_id: self.id.clone(),
+            running: state.running_operation().map(|o| o.id),
+            operations,
+        }
     }
 }
 
@@ -761,7 +803,7 @@ impl<'a> ClusterView<'a> {
                 .as_ref()?
                 .groups
                 .iter()
-                .find(|g| g.group == group && g.role == "leader")
+                .find(|g| g.group == group && g.role == RaftRole::Leader)
                 .map(|_| node.as_str())
         })
     }

@@ -15,7 +15,7 @@ use super::types::{
 use crate::collection::{Collection, validate_collection_config};
 use crate::storage::{Changes, Storage};
 use futures::{Stream, TryStreamExt};
-use grape_client::CollectionConfig;
+pub use grape_client::{CollectionConfig, MovePhase, OperationKind, OperationState};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
@@ -102,27 +102,6 @@ pub enum NodeState {
     Draining,
 }
 
-/// What an operation is for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OperationKind {
-    /// Even out replicas (`even_distribution`) or only leaders (`leaders_only`).
-    Rebalance { strategy: String },
-    /// Move every replica off a node, then remove it.
-    Drain { node: NodeId, force: bool },
-    /// Re-create replicas of unreachable nodes elsewhere.
-    Repair { nodes: Vec<NodeId> },
-}
-
-/// Where an operation stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OperationState {
-    Running,
-    Done,
-    Failed { reason: String },
-}
-
 /// A batch of replica moves and the leaders wanted after them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operation {
@@ -135,22 +114,6 @@ pub struct Operation {
     pub started_at_index: u64,
 }
 
-/// A replica move: add a learner on `to`, let it catch up (snapshot), make it a voter in
-/// place of `from`, then `from` drops its copy.
-///
-/// ```text
-///   Pending -> AddingLearner -> CatchingUp -> Promoting -> Done
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MovePhase {
-    Pending,
-    AddingLearner,
-    CatchingUp,
-    Promoting,
-    Done,
-}
-
 /// Copy progress of a move, as last observed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MoveProgress {
@@ -160,7 +123,12 @@ pub struct MoveProgress {
     pub bytes_copied: u64,
 }
 
-/// One replica move.
+/// One replica move: add a learner on `to`, let it catch up (snapshot), make it a voter in
+/// place of `from`, then `from` drops its copy.
+///
+/// ```text
+///   Pending -> AddingLearner -> CatchingUp -> Promoting -> Done
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MoveRecord {
     pub id: u64,

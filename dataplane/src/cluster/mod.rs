@@ -28,17 +28,17 @@ pub mod types;
 
 use crate::collection::{Collection, DEFAULT_COLLECTION};
 use crate::config::{Config, advertised};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::index::worker::IndexWorker;
 use crate::shard::Shard;
 use crate::storage::{Changes, Storage, StorageOptions, WalSyncer};
+use grape_client::LeaderEvent;
 use log_store::LogStore;
 use meta::{MetaState, MetaStateMachine};
 use network::{NetworkFactory, Peers, Router};
 use openraft::ServerState;
 use openraft::type_config::async_runtime::WatchReceiver;
 use parking_lot::{Mutex, RwLock};
-use serde::Serialize;
 use shard_sm::ShardStateMachine;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -64,15 +64,6 @@ impl std::fmt::Debug for LocalGroup {
             .field("group", &self.group)
             .finish()
     }
-}
-
-/// A leadership change this node saw.
-#[derive(Debug, Clone, Serialize)]
-pub struct LeaderEvent {
-    pub at: String,
-    pub group: GroupId,
-    pub term: u64,
-    pub leader: Option<NodeId>,
 }
 
 /// One Grape node.
@@ -212,7 +203,7 @@ impl Node {
             let stored = &stored.config;
             if stored.dimension != wanted.dimension || stored.metric != wanted.metric {
                 return Err(Error::invalid(
-                    "invalid_config",
+                    ErrorCode::InvalidConfig,
                     format!(
                         "database.vector_dimension/metric say {} {}, but the stored default \
                          collection has {} {}; use the stored values or a new data_dir",
@@ -583,7 +574,7 @@ fn caught_up(metrics: &RaftMetrics) -> bool {
 }
 
 fn storage_error(e: std::io::Error) -> Error {
-    Error::unavailable("storage_error", e.to_string())
+    Error::unavailable(ErrorCode::StorageError, e.to_string())
 }
 
 /// openraft settings from the `cluster` section.
@@ -608,5 +599,5 @@ fn raft_settings(config: &Config) -> Result<openraft::Config> {
     };
     settings
         .validate()
-        .map_err(|e| Error::invalid("invalid_config", format!("cluster timing: {e}")))
+        .map_err(|e| Error::invalid(ErrorCode::InvalidConfig, format!("cluster timing: {e}")))
 }

@@ -6,7 +6,8 @@ use super::types::{
     GroupId, NodeAddr, NodeId, Request, Response, Snapshot, SnapshotMeta, TypeConfig, Vote, decode,
     encode,
 };
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
+use grape_client::RaftRole;
 use openraft::OptionalSend;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetworkFactory};
@@ -40,24 +41,32 @@ pub struct SnapshotRpc {
     pub data: Vec<u8>,
 }
 
-/// An error answered by a peer, in a form that crosses the wire.
+/// An error answered by a peer, in a form that crosses the wire: the same status and code
+/// reach the client whichever node it asked.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RemoteError {
     pub status: u16,
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
     /// For `not_leader`: the leader the peer knows of.
     pub leader: Option<NodeId>,
+    /// For `rate_limited` and `quota_exceeded`: when to retry.
+    #[serde(default)]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl From<&Error> for RemoteError {
     fn from(error: &Error) -> Self {
         RemoteError {
             status: error.status(),
-            code: error.code().to_string(),
+            code: error.code(),
             message: error.message(),
             leader: match error {
                 Error::NotLeader { leader, .. } => leader.clone(),
+                _ => None,
+            },
+            retry_after_ms: match error {
+                Error::RateLimited { retry_after, .. } => Some(retry_after.as_millis() as u64),
                 _ => None,
             },
         }
@@ -66,30 +75,34 @@ impl From<&Error> for RemoteError {
 
 impl From<RemoteError> for Error {
     fn from(remote: RemoteError) -> Self {
-        let code = crate::error::known_code(&remote.code);
-        match remote.status {
-            400 => Error::InvalidInput {
+        let RemoteError {
+            status,
+            code,
+            message,
+            leader,
+            retry_after_ms,
+        } = remote;
+        match (status, code) {
+            (503, ErrorCode::NotLeader) => Error::NotLeader { message, leader },
+            (400, code) => Error::InvalidInput { code, message },
+            (401, _) => Error::Unauthorized(message),
+            (403, _) => Error::Forbidden(message),
+            (404, code) => Error::NotFound { code, message },
+            (409, code) => Error::Conflict { code, message },
+            (413, _) => Error::PayloadTooLarge(message),
+            (429, code) => Error::RateLimited {
                 code,
-                message: remote.message,
+                message,
+                retry_after: std::time::Duration::from_millis(retry_after_ms.unwrap_or(1000)),
             },
-            404 => Error::NotFound {
-                code,
-                message: remote.message,
-            },
-            409 => Error::Conflict {
-                code,
-                message: remote.message,
-            },
-            413 => Error::PayloadTooLarge(remote.message),
-            _ if code == "not_leader" => Error::NotLeader {
-                message: remote.message,
-                leader: remote.leader,
-            },
-            503 => Error::Unavailable {
-                code,
-                message: remote.message,
-            },
-            _ => Error::Internal(remote.message),
+            (503, code) => Error::Unavailable { code, message },
+            // The peer's message already says "internal error: ".
+            _ => Error::Internal(
+                message
+                    .strip_prefix("internal error: ")
+                    .map(str::to_string)
+                    .unwrap_or(message),
+            ),
         }
     }
 }
@@ -117,7 +130,7 @@ impl std::error::Error for CallError {}
 impl From<CallError> for Error {
     fn from(error: CallError) -> Self {
         match error {
-            CallError::Unreachable(why) => Error::unavailable("peer_unreachable", why),
+            CallError::Unreachable(why) => Error::unavailable(ErrorCode::PeerUnreachable, why),
             CallError::Remote(remote) => remote.into(),
         }
     }
@@ -203,9 +216,10 @@ impl Peers {
         if !status.is_success() {
             return Err(CallError::Remote(RemoteError {
                 status: status.as_u16(),
-                code: "peer_error".into(),
+                code: ErrorCode::PeerError,
                 message: String::from_utf8_lossy(&bytes).into_owned(),
                 leader: None,
+                retry_after_ms: None,
             }));
         }
         let answer: Result<Resp, RemoteError> = decode(&bytes).map_err(|e| {
@@ -420,8 +434,7 @@ pub struct NodeStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GroupStatus {
     pub group: GroupId,
-    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
-    pub role: String,
+    pub role: RaftRole,
     pub term: u64,
     pub leader: Option<NodeId>,
     pub voters: Vec<NodeId>,
@@ -448,7 +461,13 @@ impl GroupStatus {
         let membership = m.membership_config.membership();
         GroupStatus {
             group: group.to_string(),
-            role: format!("{:?}", m.state).to_lowercase(),
+            role: match m.state {
+                openraft::ServerState::Leader => RaftRole::Leader,
+                openraft::ServerState::Follower => RaftRole::Follower,
+                openraft::ServerState::Candidate => RaftRole::Candidate,
+                openraft::ServerState::Learner => RaftRole::Learner,
+                openraft::ServerState::Shutdown => RaftRole::Shutdown,
+            },
             term: m.current_term,
             leader: m.current_leader.clone(),
             voters: membership.voter_ids().collect(),
@@ -472,5 +491,72 @@ impl GroupStatus {
             documents: 0,
             bytes: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The errors a node can answer with, each kind with every code.
+    fn every_error() -> Vec<Error> {
+        let mut errors = Vec::new();
+        for &code in ErrorCode::ALL {
+            let message = || format!("{code} happened");
+            errors.extend([
+                Error::invalid(code, message()),
+                Error::not_found(code, message()),
+                Error::conflict(code, message()),
+                Error::unavailable(code, message()),
+                Error::RateLimited {
+                    code,
+                    message: message(),
+                    retry_after: Duration::from_secs(3),
+                },
+            ]);
+        }
+        errors.extend([
+            Error::PayloadTooLarge("too large".into()),
+            Error::Unauthorized("who are you".into()),
+            Error::Forbidden("not you".into()),
+            Error::NotLeader {
+                message: "ask node-2".into(),
+                leader: Some("node-2".into()),
+            },
+            Error::Internal("a bug".into()),
+        ]);
+        errors
+    }
+
+    #[test]
+    fn every_error_keeps_its_status_code_and_message_when_forwarded() {
+        for error in every_error() {
+            let wire = encode(&Result::<(), RemoteError>::Err(RemoteError::from(&error)));
+            let received: Result<(), RemoteError> = decode(&wire).unwrap();
+            let forwarded = Error::from(received.unwrap_err());
+            assert_eq!(
+                (forwarded.status(), forwarded.code(), forwarded.message()),
+                (error.status(), error.code(), error.message()),
+                "{error:?} became {forwarded:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn forwarding_keeps_the_leader_hint_and_the_retry_time() {
+        let hint = Error::from(RemoteError::from(&Error::NotLeader {
+            message: "no".into(),
+            leader: Some("node-3".into()),
+        }));
+        assert!(matches!(hint, Error::NotLeader { leader: Some(l), .. } if l == "node-3"));
+        let limited = Error::from(RemoteError::from(&Error::RateLimited {
+            code: ErrorCode::RateLimited,
+            message: "slow down".into(),
+            retry_after: Duration::from_millis(2500),
+        }));
+        assert!(
+            matches!(limited, Error::RateLimited { retry_after, .. } if retry_after == Duration::from_millis(2500))
+        );
     }
 }

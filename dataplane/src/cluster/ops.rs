@@ -10,7 +10,7 @@ use crate::collection::{
     Collection, Cursor, DEFAULT_COLLECTION, PreparedSearch, merge_hits, search_shard,
     to_search_hit, validate_collection_config, validate_document,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::shard::{ShardCommand, ShardResponse};
 use crate::storage::Changes;
 use futures::future::join_all;
@@ -53,7 +53,7 @@ impl Node {
             .cloned()
             .ok_or_else(|| {
                 Error::not_found(
-                    "collection_not_found",
+                    ErrorCode::CollectionNotFound,
                     format!("collection '{name}' does not exist"),
                 )
             })
@@ -122,7 +122,7 @@ impl Node {
                         .await
                         .unwrap_or_else(|_| {
                             Err(Error::unavailable(
-                                "no_leader",
+                                ErrorCode::NoLeader,
                                 format!(
                                     "{group} could not commit the write within {} s",
                                     LEADER_WAIT.as_secs()
@@ -153,7 +153,7 @@ impl Node {
                 Ok(response) => return Ok(response),
                 Err(Error::NotLeader { leader, message }) => {
                     if Instant::now() > deadline {
-                        return Err(Error::unavailable("no_leader", message));
+                        return Err(Error::unavailable(ErrorCode::NoLeader, message));
                     }
                     if leader.is_some() && leader != target {
                         hint = leader;
@@ -162,22 +162,23 @@ impl Node {
                     }
                 }
                 Err(Error::Unavailable {
-                    code: "peer_unreachable",
+                    code: ErrorCode::PeerUnreachable,
                     message,
                 }) => {
                     if Instant::now() > deadline {
-                        return Err(Error::unavailable("no_leader", message));
+                        return Err(Error::unavailable(ErrorCode::NoLeader, message));
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(Error::Unavailable {
-                    code: "no_leader",
+                    code: ErrorCode::NoLeader,
                     message,
                 }) if Instant::now() > deadline => {
-                    return Err(Error::unavailable("no_leader", message));
+                    return Err(Error::unavailable(ErrorCode::NoLeader, message));
                 }
                 Err(Error::Unavailable {
-                    code: "no_leader", ..
+                    code: ErrorCode::NoLeader,
+                    ..
                 }) => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -202,7 +203,7 @@ impl Node {
                 message: format!("{} does not lead {group}", self.id),
                 leader: forward.leader_id.clone(),
             },
-            None => Error::unavailable("unavailable", format!("{group}: {e}")),
+            None => Error::unavailable(ErrorCode::Unavailable, format!("{group}: {e}")),
         })
     }
 
@@ -222,12 +223,12 @@ impl Node {
             Response::Meta(MetaResponse::Created { collection }) => collection,
             Response::Meta(MetaResponse::AlreadyExists) => {
                 return Err(Error::conflict(
-                    "collection_exists",
+                    ErrorCode::CollectionExists,
                     format!("collection '{}' already exists", config.name),
                 ));
             }
             Response::Meta(MetaResponse::Invalid { message }) => {
-                return Err(Error::invalid("invalid_collection", message));
+                return Err(Error::invalid(ErrorCode::InvalidCollection, message));
             }
             other => return Err(Error::Internal(format!("create answered {other:?}"))),
         };
@@ -253,7 +254,7 @@ impl Node {
             }
             if Instant::now() > deadline {
                 return Err(Error::unavailable(
-                    "no_leader",
+                    ErrorCode::NoLeader,
                     format!("the shards of '{}' did not form in time", collection.name()),
                 ));
             }
@@ -265,7 +266,7 @@ impl Node {
     pub async fn drop_collection(&self, name: &str) -> Result<()> {
         if name == DEFAULT_COLLECTION {
             return Err(Error::conflict(
-                "default_collection",
+                ErrorCode::DefaultCollection,
                 "the default collection is defined by the node configuration and cannot be dropped",
             ));
         }
@@ -280,7 +281,7 @@ impl Node {
             .await?
         {
             Response::Meta(MetaResponse::NotFound) => Err(Error::not_found(
-                "collection_not_found",
+                ErrorCode::CollectionNotFound,
                 format!("collection '{name}' does not exist"),
             )),
             _ => Ok(()),
@@ -298,12 +299,15 @@ impl Node {
         let collection = self.collection(name)?;
         if batch {
             if inputs.is_empty() {
-                return Err(Error::invalid("empty_batch", "documents must not be empty"));
+                return Err(Error::invalid(
+                    ErrorCode::EmptyBatch,
+                    "documents must not be empty",
+                ));
             }
             let max = self.config.performance.max_batch_size;
             if inputs.len() > max {
                 return Err(Error::invalid(
-                    "batch_too_large",
+                    ErrorCode::BatchTooLarge,
                     format!(
                         "batch has {} documents; at most {max} are allowed (performance.max_batch_size)",
                         inputs.len()
@@ -327,7 +331,7 @@ impl Node {
                 .count() as u64;
             if new > 0 && self.document_count() + new > max_documents {
                 return Err(Error::conflict(
-                    "capacity_exceeded",
+                    ErrorCode::CapacityExceeded,
                     format!(
                         "this node holds its maximum of {max_documents} documents (database.max_documents)"
                     ),
@@ -419,20 +423,20 @@ impl Node {
                         }
                     }
                     None => Err(Error::unavailable(
-                        "peer_unreachable",
+                        ErrorCode::PeerUnreachable,
                         format!("no replica of {group} here"),
                     )),
                 },
                 Some(target) => there(target).await,
                 None => Err(Error::unavailable(
-                    "no_leader",
+                    ErrorCode::NoLeader,
                     format!("no replica of {group} is known"),
                 )),
             };
             match outcome {
                 Err(Error::NotLeader { leader, message }) => {
                     if Instant::now() > deadline {
-                        return Err(Error::unavailable("no_leader", message));
+                        return Err(Error::unavailable(ErrorCode::NoLeader, message));
                     }
                     hint = leader;
                     if hint.is_none() {
@@ -440,11 +444,11 @@ impl Node {
                     }
                 }
                 Err(Error::Unavailable {
-                    code: "peer_unreachable" | "no_leader",
+                    code: ErrorCode::PeerUnreachable | ErrorCode::NoLeader,
                     message,
                 }) => {
                     if Instant::now() > deadline {
-                        return Err(Error::unavailable("no_leader", message));
+                        return Err(Error::unavailable(ErrorCode::NoLeader, message));
                     }
                     if attempt >= replicas.len() {
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -468,7 +472,7 @@ impl Node {
                     message: format!("{} does not lead {}", self.id, local.group),
                     leader: forward.leader_id.clone(),
                 },
-                None => Error::unavailable("no_leader", format!("{}: {e}", local.group)),
+                None => Error::unavailable(ErrorCode::NoLeader, format!("{}: {e}", local.group)),
             })
     }
 
@@ -503,7 +507,7 @@ impl Node {
             .await?;
         found.ok_or_else(|| {
             Error::not_found(
-                "document_not_found",
+                ErrorCode::DocumentNotFound,
                 format!("document '{id}' does not exist"),
             )
         })
@@ -513,7 +517,7 @@ impl Node {
     pub(super) async fn get_here(&self, rpc: GetRpc) -> Result<Option<Document>> {
         let local = self.local_group(&rpc.group).ok_or_else(|| {
             Error::unavailable(
-                "peer_unreachable",
+                ErrorCode::PeerUnreachable,
                 format!("no replica of {} here", rpc.group),
             )
         })?;
@@ -577,7 +581,7 @@ impl Node {
     pub(super) async fn list_here(&self, rpc: ListRpc) -> Result<Vec<Document>> {
         let local = self.local_group(&rpc.group).ok_or_else(|| {
             Error::unavailable(
-                "peer_unreachable",
+                ErrorCode::PeerUnreachable,
                 format!("no replica of {} here", rpc.group),
             )
         })?;
@@ -594,7 +598,7 @@ impl Node {
         match tokio::time::timeout(timeout, self.fan_out(&collection, request)).await {
             Ok(result) => result,
             Err(_) => Err(Error::unavailable(
-                "query_timeout",
+                ErrorCode::QueryTimeout,
                 format!(
                     "the search took longer than {} ms (performance.query_timeout_ms)",
                     timeout.as_millis()
@@ -686,7 +690,10 @@ impl Node {
         for shard in &rpc.shards {
             let group = rpc.collection.group(*shard);
             let local = self.local_group(&group).ok_or_else(|| {
-                Error::unavailable("peer_unreachable", format!("no replica of {group} here"))
+                Error::unavailable(
+                    ErrorCode::PeerUnreachable,
+                    format!("no replica of {group} here"),
+                )
             })?;
             if rpc.strong {
                 self.read_index(&local).await?;
@@ -716,7 +723,7 @@ impl Node {
             let state = self.meta_state.read();
             let record = state.groups.get(group).ok_or_else(|| {
                 Error::not_found(
-                    "not_found",
+                    ErrorCode::NotFound,
                     format!("group {group} is not in this node's meta state yet"),
                 )
             })?;
@@ -725,7 +732,10 @@ impl Node {
                 .get(&record.collection)
                 .cloned()
                 .ok_or_else(|| {
-                    Error::not_found("not_found", format!("collection of {group} unknown"))
+                    Error::not_found(
+                        ErrorCode::NotFound,
+                        format!("collection of {group} unknown"),
+                    )
                 })?
         };
         let local = self.open_group(group, &collection).await?;
@@ -746,7 +756,7 @@ impl Node {
                 Ok(())
             }
             Err(e) => Err(Error::unavailable(
-                "unavailable",
+                ErrorCode::Unavailable,
                 format!("initializing {group}: {e}"),
             )),
         }

@@ -12,8 +12,9 @@ use super::meta::MetaState;
 use super::types::{
     AppliedState, LogId, META_GROUP, NodeAddr, NodeId, StoredMembership, Vote, decode, encode,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::storage::{Changes, Storage};
+use grape_client::ForceRecoveryResponse;
 use openraft::entry::RaftEntry;
 use openraft::vote::RaftLeaderId;
 use std::collections::BTreeMap;
@@ -26,7 +27,7 @@ const REQUEST_FILE: &str = "FORCE_RECOVERY";
 pub fn request(data_dir: &Path, mode: &str) -> Result<()> {
     std::fs::write(data_dir.join(REQUEST_FILE), mode).map_err(|e| {
         Error::unavailable(
-            "storage_error",
+            ErrorCode::StorageError,
             format!("cannot record the recovery request: {e}"),
         )
     })
@@ -51,7 +52,7 @@ pub fn rewrite_as_single_node(
         Some(bytes) => decode(&bytes).map_err(|e| Error::Internal(format!("meta state: {e}")))?,
         None => {
             return Err(Error::invalid(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "this node holds no cluster state to recover",
             ));
         }
@@ -145,16 +146,16 @@ impl super::Node {
         &self,
         mode: &str,
         accept_data_loss: bool,
-    ) -> Result<serde_json::Value> {
+    ) -> Result<ForceRecoveryResponse> {
         if mode != "single_node" {
             return Err(Error::invalid(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 format!("recovery_mode {mode:?} is not supported; use \"single_node\""),
             ));
         }
         if !accept_data_loss {
             return Err(Error::invalid(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "a forced recovery makes this node the only member of every group it holds and may \
                  lose acknowledged writes that only lost members had; pass \"accept_data_loss\": true",
             ));
@@ -167,7 +168,7 @@ impl super::Node {
                 .is_some_and(|leader| self.is_reachable(leader));
         if has_quorum && self.is_ready() {
             return Err(Error::conflict(
-                "cluster_healthy",
+                ErrorCode::ClusterHealthy,
                 "the cluster has a leader and a quorum: remove or repair nodes instead",
             ));
         }
@@ -176,10 +177,12 @@ impl super::Node {
             "forced recovery requested: stopping; the node rewrites its groups when it starts again"
         );
         self.request_exit();
-        Ok(serde_json::json!({
-            "recovery_mode": mode,
-            "restarting": true,
-            "message": "the node stops now and becomes the only member of its groups when it starts again",
-        }))
+        Ok(ForceRecoveryResponse {
+            recovery_mode: mode.to_string(),
+            restarting: true,
+            message: "the node stops now and becomes the only member of its groups when it \
+                      starts again"
+                .into(),
+        })
     }
 }

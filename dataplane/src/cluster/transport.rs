@@ -9,7 +9,7 @@ use super::network::{
 };
 use super::types::{META_GROUP, MetaRaft, ShardRaft, TypeConfig, decode, encode};
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -39,7 +39,7 @@ impl Node {
             .map(|g| GroupRaft::Shard(g.raft.clone()))
             .ok_or_else(|| {
                 Error::unavailable(
-                    "peer_unreachable",
+                    ErrorCode::PeerUnreachable,
                     format!("{} holds no replica of {group} (yet)", self.id),
                 )
             })
@@ -69,7 +69,7 @@ impl Node {
 }
 
 fn raft_error(e: impl std::fmt::Display) -> Error {
-    Error::unavailable("unavailable", e.to_string())
+    Error::unavailable(ErrorCode::Unavailable, e.to_string())
 }
 
 /// Decodes the body, runs `handle`, encodes its result.
@@ -292,13 +292,13 @@ fn tls_files(config: &Config) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>)> {
     let read = |key: &str, path: &Option<std::path::PathBuf>| -> Result<Vec<u8>> {
         let path = path.as_ref().ok_or_else(|| {
             Error::invalid(
-                "invalid_config",
+                ErrorCode::InvalidConfig,
                 format!("cluster.enable_tls needs cluster.tls_config.{key}"),
             )
         })?;
         std::fs::read(path).map_err(|e| {
             Error::invalid(
-                "invalid_config",
+                ErrorCode::InvalidConfig,
                 format!("cluster.tls_config.{key} {}: {e}", path.display()),
             )
         })
@@ -315,7 +315,7 @@ fn server_tls(config: &Config) -> Result<axum_server::tls_rustls::RustlsConfig> 
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let (cert, key, ca) = tls_files(config)?;
     let bad = |what: &str, e: &dyn std::fmt::Display| {
-        Error::invalid("invalid_config", format!("cluster TLS {what}: {e}"))
+        Error::invalid(ErrorCode::InvalidConfig, format!("cluster TLS {what}: {e}"))
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert)
         .collect::<std::result::Result<_, _>>()
@@ -360,7 +360,9 @@ pub fn peer_http_client(config: &Config, raft_bound: SocketAddr) -> Result<reqwe
     }
     if config.cluster.enable_tls {
         let (cert, key, ca) = tls_files(config)?;
-        let bad = |e: reqwest::Error| Error::invalid("invalid_config", format!("cluster TLS: {e}"));
+        let bad = |e: reqwest::Error| {
+            Error::invalid(ErrorCode::InvalidConfig, format!("cluster TLS: {e}"))
+        };
         let mut identity = cert;
         identity.extend_from_slice(&key);
         builder = builder

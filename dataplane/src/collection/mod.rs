@@ -2,7 +2,7 @@
 //! id, validation of what clients send, and merging of per-shard search results. Which node
 //! holds which shard replica is the cluster layer's business.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::index::distance;
 use crate::shard::filter::CompiledFilter;
 use crate::shard::{NewDocument, Shard, ShardHit, ShardId};
@@ -34,7 +34,7 @@ pub fn shard_of(id: &str, shard_count: u32) -> ShardId {
 
 /// Checks a collection definition; the message names the offending field.
 pub fn validate_collection_config(config: &CollectionConfig) -> Result<()> {
-    let bad = |message: String| Err(Error::invalid("invalid_collection", message));
+    let bad = |message: String| Err(Error::invalid(ErrorCode::InvalidCollection, message));
     let name = &config.name;
     if name.is_empty()
         || name.len() > 64
@@ -98,13 +98,13 @@ pub fn validate_document(
         Some(id) => {
             if id.is_empty() {
                 return Err(Error::invalid(
-                    "invalid_id",
+                    ErrorCode::InvalidId,
                     at("id must not be empty".into()),
                 ));
             }
             if id.len() > MAX_ID_BYTES {
                 return Err(Error::invalid(
-                    "invalid_id",
+                    ErrorCode::InvalidId,
                     at(format!(
                         "id is {} bytes; at most {MAX_ID_BYTES} are allowed",
                         id.len()
@@ -126,7 +126,7 @@ pub fn validate_document(
     let size = serde_json::to_vec(&metadata).map(|v| v.len()).unwrap_or(0);
     if size > MAX_METADATA_BYTES {
         return Err(Error::invalid(
-            "metadata_too_large",
+            ErrorCode::MetadataTooLarge,
             at(format!(
                 "metadata is {size} bytes; at most {MAX_METADATA_BYTES} are allowed"
             )),
@@ -143,7 +143,7 @@ pub fn validate_document(
 pub fn check_vector(config: &CollectionConfig, vector: &[f32]) -> Result<()> {
     if vector.len() != config.dimension {
         return Err(Error::invalid(
-            "dimension_mismatch",
+            ErrorCode::DimensionMismatch,
             format!(
                 "vector has {} dimensions, collection '{}' expects {}",
                 vector.len(),
@@ -154,13 +154,13 @@ pub fn check_vector(config: &CollectionConfig, vector: &[f32]) -> Result<()> {
     }
     if let Some(i) = vector.iter().position(|x| !x.is_finite()) {
         return Err(Error::invalid(
-            "invalid_vector",
+            ErrorCode::InvalidVector,
             format!("vector[{i}] is not a finite number"),
         ));
     }
     if config.metric == Metric::Cosine && vector.iter().all(|x| *x == 0.0) {
         return Err(Error::invalid(
-            "invalid_vector",
+            ErrorCode::InvalidVector,
             "the zero vector has no direction; cosine similarity is undefined for it",
         ));
     }
@@ -186,7 +186,7 @@ impl Cursor {
     pub fn decode(text: &str) -> Result<Cursor> {
         let bad = || {
             Error::invalid(
-                "invalid_cursor",
+                ErrorCode::InvalidCursor,
                 format!("cursor {text:?} is not one this server issued"),
             )
         };
@@ -251,7 +251,7 @@ impl Collection {
     pub fn prepare_search(&self, request: &SearchRequest) -> Result<PreparedSearch> {
         if request.top_k == 0 || request.top_k > MAX_TOP_K {
             return Err(Error::invalid(
-                "invalid_top_k",
+                ErrorCode::InvalidTopK,
                 format!("top_k {} must be between 1 and {MAX_TOP_K}", request.top_k),
             ));
         }
@@ -259,7 +259,7 @@ impl Collection {
             && (ef == 0 || ef > MAX_EF)
         {
             return Err(Error::invalid(
-                "invalid_ef",
+                ErrorCode::InvalidEf,
                 format!("ef {ef} must be between 1 and {MAX_EF}"),
             ));
         }
@@ -269,8 +269,12 @@ impl Collection {
             .as_ref()
             .map(CompiledFilter::new)
             .transpose()?;
-        let query = distance::prepare(self.config.metric, &request.vector)
-            .ok_or_else(|| Error::invalid("invalid_vector", "the query vector has no direction"))?;
+        let query = distance::prepare(self.config.metric, &request.vector).ok_or_else(|| {
+            Error::invalid(
+                ErrorCode::InvalidVector,
+                "the query vector has no direction",
+            )
+        })?;
         Ok(PreparedSearch {
             query,
             top_k: request.top_k,

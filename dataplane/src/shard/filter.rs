@@ -1,6 +1,6 @@
 //! Metadata filters, checked once when a search arrives and then evaluated per document.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use grape_client::{Condition, Filter, Metadata, Range};
 use serde_json::Value;
 
@@ -64,7 +64,7 @@ impl CompiledFilter {
 }
 
 fn invalid(message: String) -> Error {
-    Error::invalid("invalid_filter", message)
+    Error::invalid(ErrorCode::InvalidFilter, message)
 }
 
 fn compile_condition(condition: &Condition) -> std::result::Result<CompiledCondition, String> {

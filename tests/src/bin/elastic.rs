@@ -6,9 +6,9 @@
 //! cargo build --release --bins && cargo run --release -p grape-e2e --bin grape-elastic
 //! ```
 
+use grape_client::{RebalanceRequest, RemoveNodeRequest};
 use grape_e2e::load::{self, DIMENSION};
 use grape_e2e::{Cluster, NodeOptions};
-use serde_json::json;
 use std::time::{Duration, Instant};
 
 fn main() -> Result<(), String> {
@@ -57,15 +57,14 @@ async fn run() -> Result<(), String> {
         cluster
             .node(1)
             .client()
-            .post_json(
-                "/admin/cluster/rebalance",
-                &json!({"strategy": "even_distribution"}),
-            )
+            .rebalance(&RebalanceRequest {
+                strategy: Some("even_distribution".into()),
+            })
             .await
             .map_err(|e| e.to_string())?;
         load::wait_operation_done(
             &cluster,
-            "/admin/cluster/rebalance-status",
+            load::Operations::Rebalance,
             Duration::from_secs(600),
         )
         .await?;
@@ -82,15 +81,15 @@ async fn run() -> Result<(), String> {
         cluster
             .node(1)
             .client()
-            .post_json(
-                "/admin/cluster/remove-node",
-                &json!({"node_id": format!("node-{i}")}),
-            )
+            .remove_node(&RemoveNodeRequest {
+                node_id: format!("node-{i}"),
+                force: false,
+            })
             .await
             .map_err(|e| e.to_string())?;
         load::wait_operation_done(
             &cluster,
-            "/admin/cluster/migration-status",
+            load::Operations::Migration,
             Duration::from_secs(600),
         )
         .await?;
