@@ -13,6 +13,7 @@ use grape_client::{
     CollectionConfig, DocumentInput, GrapeClient, HnswParams, Metric, SearchRequest,
 };
 use grape_dataplane::cluster::Node;
+use grape_dataplane::cluster::route::catalog;
 use grape_dataplane::collection::{merge_hits, search_shard};
 use grape_dataplane::config::Config;
 use grape_dataplane::index::GraphEngine;
@@ -255,7 +256,7 @@ impl EmbeddedNode {
         let url = format!("http://{api}");
         let raft = listeners.raft.take().context("raft listener")?;
         let node = runtime
-            .block_on(Node::start(config, raft, api))
+            .block_on(grape_dataplane::cluster::start(config, raft, api))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = Arc::clone(&node);
@@ -425,9 +426,10 @@ fn in_process_search(
     clients: usize,
     args: &Args,
 ) -> anyhow::Result<SearchFigures> {
-    let collection = node.collection("bench")?;
+    let collection = catalog::collection(node, "bench")?;
     let shards: Vec<_> = node
-        .local_groups()
+        .replicas()
+        .all()
         .into_iter()
         .filter(|g| g.collection.uid == collection.uid)
         .map(|g| Arc::clone(&g.shard))

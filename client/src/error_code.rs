@@ -107,7 +107,7 @@ error_codes! {
     WouldLoseQuorum = "would_lose_quorum",
     /// Another rebalance, drain or repair is running.
     OperationRunning = "operation_running",
-    /// A forced recovery asked of a cluster that has a leader and a quorum.
+    /// A forced recovery asked of a node that still reaches a majority of the members.
     ClusterHealthy = "cluster_healthy",
     // 413
     /// The body is over `performance.max_request_body_mb`.

@@ -64,7 +64,7 @@ pub async fn start_and_run(
         .take()
         .context("the raft listener is bound")?;
     let api = listeners.api.local_addr()?;
-    let node = Node::start(config, raft, api)
+    let node = crate::cluster::start(config, raft, api)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the node: {e}"))?;
     run(node, listeners, shutdown).await

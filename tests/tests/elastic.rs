@@ -402,7 +402,10 @@ async fn forced_recovery_brings_back_a_lone_survivor_only_when_asked_explicitly(
         .force_recovery(&accept_data_loss())
         .await
         .unwrap_err();
-    assert_eq!(healthy.status().map(|s| s.as_u16()), Some(409));
+    assert_eq!(
+        (healthy.status().map(|s| s.as_u16()), healthy.code()),
+        (Some(409), Some("cluster_healthy"))
+    );
 }
 
 fn accept_data_loss() -> ForceRecoveryRequest {

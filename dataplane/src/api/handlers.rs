@@ -3,8 +3,9 @@
 use super::auth::Usage;
 use super::metrics::{directory_size, resident_memory};
 use super::{AppState, Caller, JsonBody, SlowQuery};
-use crate::cluster::elastic::{AdminAnswer, AdminRpc};
-use crate::cluster::info;
+use crate::cluster::elastic::{self, AdminAnswer, AdminRpc, leadership, operations, recovery};
+use crate::cluster::route::{catalog, documents, search};
+use crate::cluster::status;
 use crate::collection::{Cursor, DEFAULT_COLLECTION};
 use crate::error::{Error, ErrorCode, Result};
 use axum::Extension;
@@ -93,10 +94,7 @@ pub async fn upsert_document(
     JsonBody(document): JsonBody<DocumentInput>,
 ) -> Result<(StatusCode, Json<InsertResponse>)> {
     charge(&caller, Usage::Documents, 1)?;
-    let mut ids = state
-        .node
-        .upsert(&target.collection, vec![document], false)
-        .await?;
+    let mut ids = documents::upsert(&state.node, &target.collection, vec![document], false).await?;
     let id = ids
         .pop()
         .ok_or_else(|| Error::Internal("upsert returned no id".into()))?;
@@ -110,10 +108,7 @@ pub async fn upsert_batch(
     JsonBody(batch): JsonBody<BatchRequest>,
 ) -> Result<Json<BatchResponse>> {
     charge(&caller, Usage::Documents, batch.documents.len() as u64)?;
-    let ids = state
-        .node
-        .upsert(&target.collection, batch.documents, true)
-        .await?;
+    let ids = documents::upsert(&state.node, &target.collection, batch.documents, true).await?;
     Ok(Json(BatchResponse {
         inserted: ids.len(),
         ids,
@@ -132,14 +127,13 @@ pub async fn get_document(
     query: std::result::Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response> {
     let Query(query) = query.map_err(|e| Error::invalid(ErrorCode::InvalidQuery, e.body_text()))?;
-    let document = state
-        .node
-        .get(
-            &target.collection,
-            target.id()?,
-            query.consistency.unwrap_or_default(),
-        )
-        .await?;
+    let document = documents::get(
+        &state.node,
+        &target.collection,
+        target.id()?,
+        query.consistency.unwrap_or_default(),
+    )
+    .await?;
     Ok(Json(document).into_response())
 }
 
@@ -148,7 +142,7 @@ pub async fn delete_document(
     target: Target,
 ) -> Result<Json<DeleteResponse>> {
     let id = target.id()?;
-    if state.node.delete(&target.collection, id).await? {
+    if documents::delete(&state.node, &target.collection, id).await? {
         Ok(Json(DeleteResponse { deleted: true }))
     } else {
         Err(Error::not_found(
@@ -182,7 +176,7 @@ pub async fn list_documents(
         ));
     }
     let cursor = query.cursor.as_deref().map(Cursor::decode).transpose()?;
-    let (documents, next) = state.node.list(&target.collection, cursor, limit).await?;
+    let (documents, next) = documents::list(&state.node, &target.collection, cursor, limit).await?;
     Ok(Json(ListResponse {
         documents,
         next_cursor: next.map(|c| c.encode()),
@@ -195,7 +189,7 @@ pub async fn search(
     JsonBody(request): JsonBody<SearchRequest>,
 ) -> Result<Json<SearchResponse>> {
     let started = Instant::now();
-    let results = state.node.search(&target.collection, &request).await?;
+    let results = search::search(&state.node, &target.collection, &request).await?;
     let took = started.elapsed();
     state.metrics.observe_search(&target.collection, took);
     let took_ms = took.as_secs_f64() * 1000.0;
@@ -214,11 +208,9 @@ pub async fn search(
 
 pub async fn list_collections(State(state): State<AppState>) -> Json<CollectionList> {
     Json(CollectionList {
-        collections: state
-            .node
-            .collections()
+        collections: catalog::collections(&state.node)
             .iter()
-            .map(|collection| info(&state.node, collection))
+            .map(|collection| catalog::info(&state.node, collection))
             .collect(),
     })
 }
@@ -227,7 +219,7 @@ pub async fn create_collection(
     State(state): State<AppState>,
     JsonBody(config): JsonBody<CollectionConfig>,
 ) -> Result<Response> {
-    let info = state.node.create_collection(config).await?;
+    let info = catalog::create(&state.node, config).await?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
@@ -235,15 +227,15 @@ pub async fn get_collection(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response> {
-    let collection = state.node.collection(&name)?;
-    Ok(Json(info(&state.node, &collection)).into_response())
+    let collection = catalog::collection(&state.node, &name)?;
+    Ok(Json(catalog::info(&state.node, &collection)).into_response())
 }
 
 pub async fn drop_collection(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<DeleteResponse>> {
-    state.node.drop_collection(&name).await?;
+    catalog::drop(&state.node, &name).await?;
     Ok(Json(DeleteResponse { deleted: true }))
 }
 
@@ -251,7 +243,7 @@ type Distribution = BTreeMap<String, BTreeMap<String, u64>>;
 
 fn distribution(state: &AppState) -> Distribution {
     let mut out = Distribution::new();
-    for shard in state.node.shard_stats() {
+    for shard in status::shard_stats(&state.node) {
         out.entry(shard.collection)
             .or_default()
             .insert(shard.shard.to_string(), shard.documents);
@@ -260,13 +252,13 @@ fn distribution(state: &AppState) -> Distribution {
 }
 
 pub async fn stats(State(state): State<AppState>) -> Json<StatsResponse> {
-    let shards = state.node.shard_stats();
+    let shards = status::shard_stats(&state.node);
     let node = &state.node;
     Json(StatsResponse {
         node_id: node.id().to_string(),
         version: VERSION.into(),
         documents: shards.iter().map(|s| s.documents).sum(),
-        collections: node.collections().len(),
+        collections: catalog::collections(node).len(),
         shard_distribution: distribution(&state),
         indexing_pending: shards.iter().map(|s| s.pending).sum(),
         uptime_seconds: node.uptime().as_secs(),
@@ -278,7 +270,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<StatsResponse> {
 pub async fn shard_stats(State(state): State<AppState>) -> Json<ShardStatsResponse> {
     Json(ShardStatsResponse {
         node_id: state.node.id().to_string(),
-        shards: state.node.shard_stats(),
+        shards: status::shard_stats(&state.node),
         shard_distribution: distribution(&state),
     })
 }
@@ -286,7 +278,7 @@ pub async fn shard_stats(State(state): State<AppState>) -> Json<ShardStatsRespon
 pub async fn checksum(State(state): State<AppState>) -> Result<Json<ChecksumResponse>> {
     Ok(Json(ChecksumResponse {
         node_id: state.node.id().to_string(),
-        shards: state.node.local_checksums().await?,
+        shards: status::local_checksums(&state.node).await?,
     }))
 }
 
@@ -298,40 +290,36 @@ pub async fn slow_queries(State(state): State<AppState>) -> Json<SlowQueries> {
 }
 
 pub async fn cluster_status(State(state): State<AppState>) -> Json<ClusterStatus> {
-    Json(state.node.cluster_status().await)
+    Json(status::cluster_status(&state.node).await)
 }
 
 pub async fn cluster_leader(State(state): State<AppState>) -> Json<LeaderResponse> {
-    Json(state.node.cluster_leader())
+    Json(status::cluster_leader(&state.node))
 }
 
 pub async fn consensus(State(state): State<AppState>) -> Json<ConsensusResponse> {
-    Json(state.node.consensus())
+    Json(status::consensus(&state.node))
 }
 
 pub async fn election_history(State(state): State<AppState>) -> Json<ElectionHistory> {
-    Json(ElectionHistory {
-        node_id: state.node.id().to_string(),
-        events: state.node.leader_events(),
-    })
+    Json(status::election_history(&state.node))
 }
 
 pub async fn sync_status(State(state): State<AppState>) -> Json<SyncStatus> {
-    Json(state.node.sync_status())
+    Json(status::sync_status(&state.node))
 }
 
 pub async fn transfer_leadership(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<TransferLeadershipRequest>,
 ) -> Result<Json<TransferLeadershipResponse>> {
-    let moved = state
-        .node
-        .transfer_leadership(
-            request.target_node.as_deref(),
-            request.shard.as_deref(),
-            request.from_node.as_deref(),
-        )
-        .await?;
+    let moved = leadership::transfer_leadership(
+        &state.node,
+        request.target_node.as_deref(),
+        request.shard.as_deref(),
+        request.from_node.as_deref(),
+    )
+    .await?;
     Ok(Json(moved))
 }
 
@@ -339,13 +327,14 @@ pub async fn add_node(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<AddNodeRequest>,
 ) -> Result<Json<AddNodeResponse>> {
-    let answer = state
-        .node
-        .admin(AdminRpc::AddNode {
+    let answer = elastic::admin(
+        &state.node,
+        AdminRpc::AddNode {
             id: request.node_id,
             address: request.address,
-        })
-        .await?;
+        },
+    )
+    .await?;
     match answer {
         AdminAnswer::Added(added) => Ok(Json(added)),
         other => Err(Error::Internal(format!("add-node answered {other:?}"))),
@@ -354,7 +343,7 @@ pub async fn add_node(
 
 /// Runs an admin request that starts an operation (drain, rebalance, repair).
 async fn start_operation(state: &AppState, request: AdminRpc) -> Result<Json<OperationStarted>> {
-    match state.node.admin(request).await? {
+    match elastic::admin(&state.node, request).await? {
         AdminAnswer::Started(started) => Ok(Json(started)),
         other => Err(Error::Internal(format!("the operation answered {other:?}"))),
     }
@@ -401,27 +390,28 @@ pub async fn force_recovery(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<ForceRecoveryRequest>,
 ) -> Result<Json<ForceRecoveryResponse>> {
-    let answer = state
-        .node
-        .force_recovery(&request.recovery_mode, request.accept_data_loss)
-        .await?;
+    let answer = recovery::force_recovery(
+        &state.node,
+        &request.recovery_mode,
+        request.accept_data_loss,
+    )
+    .await?;
     Ok(Json(answer))
 }
 
 pub async fn rebalance_status(State(state): State<AppState>) -> Json<OperationsStatus> {
-    Json(state.node.operations_status(&["rebalance"]))
+    Json(operations::operations_status(&state.node, &["rebalance"]))
 }
 
 pub async fn migration_status(State(state): State<AppState>) -> Json<OperationsStatus> {
-    Json(
-        state
-            .node
-            .operations_status(&["rebalance", "drain", "repair"]),
-    )
+    Json(operations::operations_status(
+        &state.node,
+        &["rebalance", "drain", "repair"],
+    ))
 }
 
 pub async fn repair_status(State(state): State<AppState>) -> Json<OperationsStatus> {
-    Json(state.node.operations_status(&["repair"]))
+    Json(operations::operations_status(&state.node, &["repair"]))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {

@@ -2,6 +2,7 @@
 //! Request metrics are counted as requests pass; node figures are read at scrape time.
 
 use crate::cluster::Node;
+use crate::cluster::route::catalog;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -186,10 +187,10 @@ impl Metrics {
         self.documents.reset();
         self.index_pending.reset();
         let mut documents: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-        for collection in node.collections() {
+        for collection in catalog::collections(node) {
             documents.insert(collection.name().to_string(), (0, 0));
         }
-        for local in node.local_groups() {
+        for local in node.replicas().all() {
             let figures = local.shard.figures();
             let entry = documents
                 .entry(local.collection.name().to_string())
@@ -217,9 +218,12 @@ impl Metrics {
         }
         advance(&self.disk_reads, node.storage().reads());
         advance(&self.disk_writes, node.storage().writes());
-        advance(&self.raft_log_entries, node.applied_total());
-        advance(&self.raft_elections, node.elections());
-        advance(&self.raft_leadership_changes, node.leadership_changes());
+        advance(&self.raft_log_entries, node.activity().applied_total());
+        advance(&self.raft_elections, node.activity().elections());
+        advance(
+            &self.raft_leadership_changes,
+            node.activity().leadership_changes(),
+        );
         self.leader_status.set(i64::from(node.is_meta_leader()));
         self.nodes_connected.set(node.connected_nodes() as i64);
 

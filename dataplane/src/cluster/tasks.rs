@@ -2,24 +2,31 @@
 //! local replicas in line with the meta group's placement, and (on the meta leader) creating
 //! the `default` collection and forming new shard groups.
 
-use super::Node;
-use super::meta::MetaCommand;
-use super::network::NodeStatus;
-use super::types::{META_GROUP, NodeAddr, NodeId, Request};
+use super::elastic;
+use super::node::Node;
+use super::raft::ids::{GroupId, META_GROUP, NodeAddr, NodeId};
+use super::raft::meta_commands::MetaCommand;
+use super::raft::meta_state::MetaState;
+use super::raft::rpc::{InitGroupRpc, PingRpc, StatusRpc};
+use super::raft::types::Request;
+use super::route::propose;
 use crate::collection::DEFAULT_COLLECTION;
+use crate::error::{Error, ErrorCode, Result};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(super) fn spawn_all(node: &Arc<Node>) {
-    let tasks = vec![
+/// Starts the node's background work; the node stops it at shutdown.
+pub fn spawn_all(node: &Arc<Node>) {
+    for task in [
         tokio::spawn(bootstrap(Arc::clone(node))),
         tokio::spawn(register(Arc::clone(node))),
         tokio::spawn(reconcile(Arc::clone(node))),
         tokio::spawn(control(Arc::clone(node))),
         tokio::spawn(probe(Arc::clone(node))),
-    ];
-    node.tasks.lock().extend(tasks);
+    ] {
+        node.add_task(task);
+    }
 }
 
 /// Initializes the meta group exactly once per cluster.
@@ -29,11 +36,11 @@ pub(super) fn spawn_all(node: &Arc<Node>) {
 /// answer and none of them already belongs to a formed cluster; a node that finds a formed
 /// cluster (it was wiped and came back) waits to be re-seeded by its leader instead.
 async fn bootstrap(node: Arc<Node>) {
-    match node.meta.is_initialized().await {
+    match node.meta_raft().is_initialized().await {
         Ok(true) | Err(_) => return,
         Ok(false) => {}
     }
-    let peers = node.config.other_peers();
+    let peers = node.config().other_peers();
     let mut members: BTreeMap<NodeId, NodeAddr> = peers
         .iter()
         .map(|p| {
@@ -46,9 +53,9 @@ async fn bootstrap(node: Arc<Node>) {
             )
         })
         .collect();
-    members.insert(node.id.clone(), node.addr.clone());
+    members.insert(node.id().to_string(), node.addr().clone());
     let seed = members.keys().next().cloned().unwrap_or_default();
-    if seed != node.id {
+    if seed != node.id() {
         tracing::info!(%seed, "waiting for the seed node to form the cluster");
         return;
     }
@@ -57,10 +64,9 @@ async fn bootstrap(node: Arc<Node>) {
         let mut reachable = 1;
         let mut formed = false;
         for peer in &peers {
-            let status: Result<NodeStatus, _> = node
-                .router
-                .peers
-                .call(&peer.id, "/internal/status", &(), Duration::from_secs(1))
+            let status = node
+                .peers()
+                .call(&peer.id, &StatusRpc, Duration::from_secs(1))
                 .await;
             if let Ok(status) = status {
                 reachable += 1;
@@ -72,7 +78,7 @@ async fn bootstrap(node: Arc<Node>) {
             return;
         }
         if reachable >= majority {
-            match node.meta.initialize(members.clone()).await {
+            match node.meta_raft().initialize(members.clone()).await {
                 Ok(()) => tracing::info!(members = members.len(), "formed the cluster"),
                 Err(e) => tracing::warn!(error = %e, "initializing the cluster"),
             }
@@ -90,13 +96,13 @@ async fn bootstrap(node: Arc<Node>) {
 /// Keeps this node's addresses current in the meta group.
 async fn register(node: Arc<Node>) {
     loop {
-        let registered = node.meta_state.read().nodes.get(&node.id) == Some(&node.addr);
+        let registered = node.meta_read().nodes.get(node.id()) == Some(node.addr());
         if !registered && node.meta_metrics().current_leader.is_some() {
             let command = Request::Meta(MetaCommand::RegisterNode {
-                id: node.id.clone(),
-                addr: node.addr.clone(),
+                id: node.id().to_string(),
+                addr: node.addr().clone(),
             });
-            if let Err(e) = node.propose(META_GROUP, command).await {
+            if let Err(e) = propose(&node, META_GROUP, command).await {
                 tracing::debug!(error = %e, "registering this node");
             }
         }
@@ -106,13 +112,13 @@ async fn register(node: Arc<Node>) {
 
 /// Opens the replicas the meta group places on this node and drops those it no longer does.
 async fn reconcile(node: Arc<Node>) {
-    let mut changes = node.meta_changes.clone();
+    let mut changes = node.meta_changes();
     loop {
         // Addresses announced in the meta group.
         let (nodes, wanted) = {
-            let state = node.meta_state.read();
+            let state = node.meta_read();
             let wanted: BTreeMap<_, _> = state
-                .copies_on(&node.id)
+                .copies_on(node.id())
                 .filter_map(|(group, record)| {
                     state
                         .collections
@@ -123,30 +129,35 @@ async fn reconcile(node: Arc<Node>) {
             (state.nodes.clone(), wanted)
         };
         for (id, addr) in &nodes {
-            node.router.peers.learn(id, &addr.raft);
+            node.peers().learn(id, &addr.raft);
         }
         for (group, collection) in &wanted {
-            if node.local_group(group).is_none()
-                && let Err(e) = node.open_group(group, collection).await
+            if node.replicas().get(group).is_none()
+                && let Err(e) = node.replicas().open(group, collection).await
             {
                 tracing::error!(%group, error = %e, "cannot open replica");
             }
         }
         // Dropping needs a meta state that is known to be current, or a lagging node would
         // delete replicas that a newer placement still gives it.
-        if super::caught_up(&node.meta_metrics()) {
+        if node.meta_caught_up() {
             let stale: Vec<String> = node
-                .local_groups()
+                .replicas()
+                .all()
                 .iter()
                 .map(|g| g.group.clone())
                 .filter(|g| !wanted.contains_key(g))
                 .collect();
             for group in stale {
-                if let Err(e) = node.drop_group(&group).await {
+                if let Err(e) = node.replicas().remove(&group).await {
                     tracing::error!(%group, error = %e, "cannot drop replica");
                 }
             }
-            node.drop_orphaned_state().await;
+            let wanted: Vec<GroupId> = {
+                let state = node.meta_read();
+                state.copies_on(node.id()).map(|(g, _)| g.clone()).collect()
+            };
+            node.replicas().remove_orphaned_state(wanted).await;
         }
         tokio::select! {
             _ = changes.changed() => {}
@@ -162,9 +173,9 @@ async fn control(node: Arc<Node>) {
         if !node.is_meta_leader() {
             continue;
         }
-        node.drive_elastic().await;
+        elastic::moves::drive(&node).await;
         let (has_default, forming) = {
-            let state = node.meta_state.read();
+            let state = node.meta_read();
             let forming: Vec<_> = state
                 .groups
                 .iter()
@@ -181,10 +192,10 @@ async fn control(node: Arc<Node>) {
             (state.collections.contains_key(DEFAULT_COLLECTION), forming)
         };
         if !has_default {
-            match node.config.default_collection() {
+            match node.config().default_collection() {
                 Ok(config) => {
                     let command = Request::Meta(MetaCommand::CreateCollection { config });
-                    if let Err(e) = node.propose(META_GROUP, command).await {
+                    if let Err(e) = propose(&node, META_GROUP, command).await {
                         tracing::warn!(error = %e, "creating the default collection");
                     }
                 }
@@ -194,22 +205,20 @@ async fn control(node: Arc<Node>) {
         for (group, members) in forming {
             let mut formed = 0;
             for member in members.keys() {
-                let result = if *member == node.id {
-                    node.init_group(&group, members.clone()).await
+                let result = if member == node.id() {
+                    form_group(&node, &group, members.clone()).await
                 } else {
-                    node.router
-                        .peers
-                        .call::<_, ()>(
+                    node.peers()
+                        .call(
                             member,
-                            "/internal/init-group",
-                            &super::network::InitGroupRpc {
+                            &InitGroupRpc {
                                 group: group.clone(),
                                 members: members.clone(),
                             },
                             Duration::from_secs(5),
                         )
                         .await
-                        .map_err(Into::into)
+                        .map_err(Error::from)
                 };
                 match result {
                     Ok(()) => formed += 1,
@@ -221,7 +230,7 @@ async fn control(node: Arc<Node>) {
                 let command = Request::Meta(MetaCommand::GroupInitialized {
                     group: group.clone(),
                 });
-                if let Err(e) = node.propose(META_GROUP, command).await {
+                if let Err(e) = propose(&node, META_GROUP, command).await {
                     tracing::warn!(%group, error = %e, "recording a formed group");
                 }
             }
@@ -230,7 +239,7 @@ async fn control(node: Arc<Node>) {
 }
 
 /// A member's addresses: as it announced them, else as the meta membership knows them.
-fn node_addr(state: &super::meta::MetaState, id: &str) -> NodeAddr {
+fn node_addr(state: &MetaState, id: &str) -> NodeAddr {
     state.nodes.get(id).cloned().unwrap_or_else(|| {
         state
             .applied
@@ -245,18 +254,46 @@ fn node_addr(state: &super::meta::MetaState, id: &str) -> NodeAddr {
 /// Pings every member each second, so that `grape_cluster_nodes_connected` is current.
 async fn probe(node: Arc<Node>) {
     loop {
-        let members: Vec<NodeId> = node.meta_state.read().members().into_iter().collect();
-        let pings = members.iter().filter(|m| **m != node.id).map(|member| {
+        let members: Vec<NodeId> = node.members().into_iter().collect();
+        let pings = members.iter().filter(|m| *m != node.id()).map(|member| {
             let node = &node;
             async move {
-                let _: Result<String, _> = node
-                    .router
-                    .peers
-                    .call(member, "/internal/ping", &(), Duration::from_millis(900))
+                let _ = node
+                    .peers()
+                    .call(member, &PingRpc, Duration::from_millis(900))
                     .await;
             }
         });
         futures::future::join_all(pings).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Opens this node's replica of a new group and forms it with exactly `members` (the
+/// controller's call, here or through a peer's `InitGroupRpc`).
+pub async fn form_group(
+    node: &Node,
+    group: &str,
+    members: BTreeMap<NodeId, NodeAddr>,
+) -> Result<()> {
+    let collection = {
+        let state = node.meta_read();
+        let record = state.groups.get(group).ok_or_else(|| {
+            Error::not_found(
+                ErrorCode::NotFound,
+                format!("group {group} is not in this node's meta state yet"),
+            )
+        })?;
+        state
+            .collections
+            .get(&record.collection)
+            .cloned()
+            .ok_or_else(|| {
+                Error::not_found(
+                    ErrorCode::NotFound,
+                    format!("collection of {group} unknown"),
+                )
+            })?
+    };
+    node.replicas().form(group, &collection, members).await
 }

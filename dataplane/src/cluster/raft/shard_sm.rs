@@ -26,6 +26,9 @@ pub fn applied_state(shard: &Shard) -> io::Result<AppliedState> {
     }
 }
 
+/// A shard group's Raft.
+pub type ShardRaft = openraft::Raft<TypeConfig, ShardStateMachine>;
+
 /// The state machine of one shard group on this node.
 #[derive(Clone)]
 pub struct ShardStateMachine {

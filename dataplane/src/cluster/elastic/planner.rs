@@ -2,7 +2,7 @@
 //! that every node holds the same number (±1), and which replica of each group should lead so
 //! that every node leads the same number of groups (±1).
 
-use super::types::{GroupId, NodeId};
+use crate::cluster::raft::ids::{GroupId, NodeId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// One replica to move (`from` = None: a replica to add).
@@ -187,7 +187,7 @@ pub fn plan_leaders(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::meta::place;
+    use crate::cluster::raft::meta_state::place;
 
     fn ids(names: &[&str]) -> Vec<NodeId> {
         names.iter().map(|s| s.to_string()).collect()

@@ -1,27 +1,11 @@
-//! The Raft type configuration and the short names the rest of the cluster layer uses.
+//! The Raft type configuration and the short names the rest of the cluster layer uses. The
+//! state machines' `Raft` aliases live beside them (`MetaRaft`, `ShardRaft`).
 
-use super::meta::{MetaCommand, MetaResponse};
+use super::ids::{NodeAddr, NodeId};
+use super::meta_commands::{MetaCommand, MetaResponse};
 use crate::shard::{ShardCommand, ShardResponse};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-
-/// A node's identity: `node.id` (the pod name on Kubernetes).
-pub type NodeId = String;
-
-/// A Raft group's name: [`META_GROUP`], or a shard's group from `Collection::group`.
-pub type GroupId = String;
-
-/// The group holding membership, collections and placement.
-pub const META_GROUP: &str = "meta";
-
-/// Where a node can be reached.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeAddr {
-    /// Node-to-node transport (`node.raft_address` as others reach it).
-    pub raft: String,
-    /// Client API (`node.listen_address` as clients reach it).
-    pub api: String,
-}
 
 /// A command in some group's log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,8 +56,6 @@ pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
-pub type MetaRaft = openraft::Raft<TypeConfig, super::meta::MetaStateMachine>;
-pub type ShardRaft = openraft::Raft<TypeConfig, super::shard_sm::ShardStateMachine>;
 
 /// What a state machine stores as its applied marker: the last applied log id and membership.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

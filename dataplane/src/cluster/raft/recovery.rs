@@ -1,5 +1,6 @@
-//! Forced recovery after the loss of a majority: the last resort when Raft cannot elect a
-//! leader because most members are gone for good.
+//! Forced recovery after the loss of a majority, at the storage level: the request file, and
+//! the rewrite of every group this node holds so that it is the only member. The admin entry
+//! (`elastic::recovery`) refuses it while the cluster has a quorum.
 //!
 //! `POST /admin/cluster/force-recovery {"recovery_mode": "single_node", "accept_data_loss":
 //! true}` records a request in the data directory and restarts the node (it exits; its
@@ -8,13 +9,13 @@
 //! applied and dropping log entries it had not applied. It may lose acknowledged writes that
 //! only the lost members had applied; that is the price of availability without a quorum.
 
-use super::meta::MetaState;
-use super::types::{
-    AppliedState, LogId, META_GROUP, NodeAddr, NodeId, StoredMembership, Vote, decode, encode,
-};
+use super::ids::{META_GROUP, NodeAddr, NodeId};
+use super::meta_commands::OperationState;
+use super::meta_sm::RECORD;
+use super::meta_state::MetaState;
+use super::types::{AppliedState, Entry, LogId, StoredMembership, Vote, decode, encode};
 use crate::error::{Error, ErrorCode, Result};
 use crate::storage::{Changes, Storage};
-use grape_client::ForceRecoveryResponse;
 use openraft::entry::RaftEntry;
 use openraft::vote::RaftLeaderId;
 use std::collections::BTreeMap;
@@ -48,7 +49,7 @@ pub fn rewrite_as_single_node(
 ) -> Result<()> {
     let members: BTreeMap<NodeId, NodeAddr> = BTreeMap::from([(id.clone(), addr.clone())]);
     // The meta group: its state is one record.
-    let mut meta: MetaState = match storage.node_record("meta_state")? {
+    let mut meta: MetaState = match storage.node_record(RECORD)? {
         Some(bytes) => decode(&bytes).map_err(|e| Error::Internal(format!("meta state: {e}")))?,
         None => {
             return Err(Error::invalid(
@@ -70,14 +71,14 @@ pub fn rewrite_as_single_node(
         group.initialized = true;
     }
     for operation in meta.operations.values_mut() {
-        if operation.state == super::meta::OperationState::Running {
-            operation.state = super::meta::OperationState::Failed {
+        if operation.state == OperationState::Running {
+            operation.state = OperationState::Failed {
                 reason: "abandoned by a forced recovery".into(),
             };
         }
     }
     let mut changes = Changes::default();
-    changes.put_node_record(storage, "meta_state", &encode(&meta));
+    changes.put_node_record(storage, RECORD, &encode(&meta));
     storage.commit(changes)?;
     reset_raft(storage, META_GROUP, meta_applied, id)?;
 
@@ -116,8 +117,7 @@ fn reset_raft(storage: &Storage, group: &str, applied: Option<LogId>, id: &NodeI
         .map(|l| l.committed_leader_id().term())
         .unwrap_or(0);
     if let Some((_, bytes)) = &last {
-        let entry: super::types::Entry =
-            decode(bytes).map_err(|e| Error::Internal(format!("{group}: {e}")))?;
+        let entry: Entry = decode(bytes).map_err(|e| Error::Internal(format!("{group}: {e}")))?;
         term = term.max(entry.log_id().committed_leader_id().term());
     }
     if let Some(bytes) = storage.raft_state(group, "vote")? {
@@ -137,52 +137,4 @@ fn reset_raft(storage: &Storage, group: &str, applied: Option<LogId>, id: &NodeI
         &encode(&Vote::new(term + 1, id.clone())),
     );
     storage.commit(changes)
-}
-
-impl super::Node {
-    /// Asks for a forced recovery at the next start, then stops this node (its supervisor
-    /// restarts it). Refused while the cluster still has a working quorum.
-    pub async fn force_recovery(
-        &self,
-        mode: &str,
-        accept_data_loss: bool,
-    ) -> Result<ForceRecoveryResponse> {
-        if mode != "single_node" {
-            return Err(Error::invalid(
-                ErrorCode::InvalidRequest,
-                format!("recovery_mode {mode:?} is not supported; use \"single_node\""),
-            ));
-        }
-        if !accept_data_loss {
-            return Err(Error::invalid(
-                ErrorCode::InvalidRequest,
-                "a forced recovery makes this node the only member of every group it holds and may \
-                 lose acknowledged writes that only lost members had; pass \"accept_data_loss\": true",
-            ));
-        }
-        let meta = self.meta_metrics();
-        let has_quorum = meta.current_leader.is_some()
-            && meta
-                .current_leader
-                .as_deref()
-                .is_some_and(|leader| self.is_reachable(leader));
-        if has_quorum && self.is_ready() {
-            return Err(Error::conflict(
-                ErrorCode::ClusterHealthy,
-                "the cluster has a leader and a quorum: remove or repair nodes instead",
-            ));
-        }
-        request(&self.config.node.data_dir, mode)?;
-        tracing::warn!(
-            "forced recovery requested: stopping; the node rewrites its groups when it starts again"
-        );
-        self.request_exit();
-        Ok(ForceRecoveryResponse {
-            recovery_mode: mode.to_string(),
-            restarting: true,
-            message: "the node stops now and becomes the only member of its groups when it \
-                      starts again"
-                .into(),
-        })
-    }
 }

@@ -1,0 +1,366 @@
+//! The move controller, run by the meta leader: advances each recorded replica move through
+//! its phases, then moves leaderships to the planned replicas and, for a drain, removes the
+//! node; it also promotes joining nodes once they caught up.
+
+use super::leadership::transfer_group;
+use super::membership::{membership, membership_here};
+use crate::cluster::node::Node;
+use crate::cluster::raft::ids::{META_GROUP, NodeId};
+use crate::cluster::raft::meta_commands::{
+    MetaCommand, MovePhase, MoveProgress, MoveRecord, NodeState, Operation, OperationKind,
+    OperationState,
+};
+use crate::cluster::raft::meta_state::MetaState;
+use crate::cluster::raft::rpc::{GroupStatus, MembershipRpc, NodeStatus};
+use crate::cluster::route::meta_command;
+use crate::cluster::status::member_statuses;
+use crate::error::{Error, ErrorCode, Result};
+use grape_client::RaftRole;
+use openraft::type_config::async_runtime::WatchReceiver;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Log entries a learner may trail its leader by and still be promoted.
+const CATCH_UP_SLACK: u64 = 16;
+
+/// One step of the controller: promote joining nodes, advance the running operation.
+pub async fn drive(node: &Node) {
+    let state = node.meta_state();
+    promote_joining(node, &state).await;
+    let Some(operation) = state.running_operation().cloned() else {
+        return;
+    };
+    let statuses = member_statuses(node).await;
+    let view = ClusterView::new(&statuses);
+    let moves: Vec<MoveRecord> = operation
+        .moves
+        .iter()
+        .filter_map(|id| state.moves.get(id).cloned())
+        .collect();
+    let limit = node.config().cluster.max_concurrent_moves.max(1);
+    let active = moves
+        .iter()
+        .filter(|m| !matches!(m.phase, MovePhase::Pending | MovePhase::Done))
+        .count();
+    let mut free = limit.saturating_sub(active);
+    // One move per group at a time: each membership change names the group's whole voter
+    // set, which must not drop another move's learner.
+    let mut busy: BTreeSet<&str> = moves
+        .iter()
+        .filter(|m| !matches!(m.phase, MovePhase::Pending | MovePhase::Done))
+        .map(|m| m.group.as_str())
+        .collect();
+    let mut steps = Vec::new();
+    for record in &moves {
+        match record.phase {
+            MovePhase::Done => {}
+            MovePhase::Pending if free > 0 && busy.insert(record.group.as_str()) => {
+                free -= 1;
+                steps.push(Box::pin(async move {
+                    let started = meta_command(
+                        node,
+                        MetaCommand::AdvanceMove {
+                            id: record.id,
+                            phase: MovePhase::AddingLearner,
+                            progress: None,
+                        },
+                    )
+                    .await
+                    .map(|_| ());
+                    (record, started)
+                })
+                    as std::pin::Pin<
+                        Box<dyn std::future::Future<Output = _> + Send + '_>,
+                    >);
+            }
+            MovePhase::Pending => {}
+            _ => {
+                let (state, view) = (&state, &view);
+                steps.push(Box::pin(async move {
+                    (record, step_move(node, state, view, record).await)
+                }));
+            }
+        }
+    }
+    // Moves of different groups advance independently.
+    for (record, result) in futures::future::join_all(steps).await {
+        if let Err(error) = result {
+            tracing::info!(id = record.id, group = %record.group, phase = ?record.phase, %error, "move step failed; retrying");
+        }
+    }
+    if moves.iter().all(|m| m.phase == MovePhase::Done)
+        && let Err(error) = finish_operation(node, &state, &operation).await
+    {
+        tracing::info!(operation = operation.id, %error, "finishing operation; retrying");
+    }
+}
+
+async fn step_move(
+    node: &Node,
+    state: &MetaState,
+    view: &ClusterView<'_>,
+    record: &MoveRecord,
+) -> Result<()> {
+    let Some(group) = state.groups.get(&record.group) else {
+        // The collection was dropped.
+        return meta_command(node, MetaCommand::CompleteMove { id: record.id })
+            .await
+            .map(|_| ());
+    };
+    let leader = view.leader(&record.group).ok_or_else(|| {
+        Error::unavailable(
+            ErrorCode::NoLeader,
+            format!("{} has no leader", record.group),
+        )
+    })?;
+    let status = view.group(leader, &record.group).ok_or_else(|| {
+        Error::unavailable(
+            ErrorCode::Unavailable,
+            format!("no status of {} from its leader", record.group),
+        )
+    })?;
+    let addr = state.nodes.get(&record.to).cloned().unwrap_or_default();
+    match record.phase {
+        MovePhase::AddingLearner => {
+            if !status.learners.contains(&record.to) && !status.voters.contains(&record.to) {
+                membership(
+                    node,
+                    leader,
+                    MembershipRpc::AddLearner {
+                        group: record.group.clone(),
+                        node: record.to.clone(),
+                        addr,
+                    },
+                )
+                .await?;
+            }
+            meta_command(
+                node,
+                MetaCommand::AdvanceMove {
+                    id: record.id,
+                    phase: MovePhase::CatchingUp,
+                    progress: Some(progress(view, record, status)),
+                },
+            )
+            .await?;
+        }
+        MovePhase::CatchingUp => {
+            // Close enough to the leader: under steady writes the learner trails by the
+            // entries in flight, and it keeps receiving them as a voter.
+            let matched = status.matched.get(&record.to).copied().flatten();
+            let committed = status.committed_index.unwrap_or(0);
+            let caught_up = matched.is_some_and(|m| m + CATCH_UP_SLACK >= committed);
+            let progress = progress(view, record, status);
+            if caught_up {
+                meta_command(
+                    node,
+                    MetaCommand::AdvanceMove {
+                        id: record.id,
+                        phase: MovePhase::Promoting,
+                        progress: Some(progress),
+                    },
+                )
+                .await?;
+            } else if progress != record.progress {
+                meta_command(
+                    node,
+                    MetaCommand::AdvanceMove {
+                        id: record.id,
+                        phase: MovePhase::CatchingUp,
+                        progress: Some(progress),
+                    },
+                )
+                .await?;
+            }
+        }
+        MovePhase::Promoting => {
+            if !status.learners.contains(&record.to) && !status.voters.contains(&record.to) {
+                // The learner is gone (a leader change lost the uncommitted entry): add it
+                // again.
+                return meta_command(
+                    node,
+                    MetaCommand::AdvanceMove {
+                        id: record.id,
+                        phase: MovePhase::AddingLearner,
+                        progress: None,
+                    },
+                )
+                .await
+                .map(|_| ());
+            }
+            let mut voters: BTreeSet<NodeId> = group.replicas.iter().cloned().collect();
+            if let Some(from) = &record.from {
+                voters.remove(from);
+            }
+            voters.insert(record.to.clone());
+            let current: BTreeSet<NodeId> = status.voters.iter().cloned().collect();
+            if current != voters {
+                if record.from.as_deref() == Some(leader) {
+                    // The leader leaves: hand over first (to a voter that stays).
+                    let next = voters
+                        .iter()
+                        .find(|v| **v != record.to && current.contains(*v) && node.is_reachable(v))
+                        .cloned()
+                        .ok_or_else(|| {
+                            Error::unavailable(
+                                ErrorCode::Unavailable,
+                                "no voter to hand leadership to",
+                            )
+                        })?;
+                    transfer_group(node, &record.group, &next).await?;
+                    return Ok(());
+                }
+                membership(
+                    node,
+                    leader,
+                    MembershipRpc::SetVoters {
+                        group: record.group.clone(),
+                        voters,
+                    },
+                )
+                .await?;
+            }
+            meta_command(node, MetaCommand::CompleteMove { id: record.id }).await?;
+        }
+        MovePhase::Pending | MovePhase::Done => {}
+    }
+    Ok(())
+}
+
+/// After the moves: the planned leaders, and for a drain, the node's departure.
+async fn finish_operation(node: &Node, state: &MetaState, operation: &Operation) -> Result<()> {
+    let transfers = operation
+        .leaders
+        .iter()
+        .filter(|(_, leader)| node.is_reachable(leader))
+        .map(|(group, leader)| async move {
+            if node.leader_of(group).as_deref() == Some(leader.as_str()) {
+                return;
+            }
+            if let Err(error) = transfer_group(node, group, leader).await {
+                tracing::debug!(%group, %leader, %error, "moving leadership");
+            }
+        });
+    futures::future::join_all(transfers).await;
+    if let OperationKind::Drain { node: leaving, .. } = &operation.kind {
+        if leaving == node.id() {
+            // This node leaves: hand the cluster to another member, which finishes the job.
+            let next = state
+                .members()
+                .into_iter()
+                .find(|m| m != node.id() && node.is_reachable(m))
+                .ok_or_else(|| {
+                    Error::unavailable(ErrorCode::Unavailable, "no member to hand the cluster to")
+                })?;
+            return transfer_group(node, META_GROUP, &next).await;
+        }
+        if state.members().contains(leaving) {
+            let voters: BTreeSet<NodeId> = state
+                .members()
+                .into_iter()
+                .filter(|m| m != leaving)
+                .collect();
+            let rpc = MembershipRpc::SetVoters {
+                group: META_GROUP.into(),
+                voters,
+            };
+            membership(node, node.id(), rpc).await?;
+        }
+        let forget = MetaCommand::ForgetNode {
+            id: leaving.clone(),
+        };
+        meta_command(node, forget).await?;
+    }
+    meta_command(
+        node,
+        MetaCommand::FinishOperation {
+            id: operation.id,
+            outcome: OperationState::Done,
+        },
+    )
+    .await?;
+    tracing::info!(operation = operation.id, kind = ?operation.kind, "operation done");
+    Ok(())
+}
+
+/// Makes joining nodes voters of the meta group once they have caught up.
+async fn promote_joining(node: &Node, state: &MetaState) {
+    let joining: Vec<NodeId> = state
+        .node_states
+        .iter()
+        .filter(|(_, s)| **s == NodeState::Joining)
+        .map(|(n, _)| n.clone())
+        .collect();
+    if joining.is_empty() {
+        return;
+    }
+    let metrics = node.meta_raft().metrics().borrow_watched().clone();
+    let committed = metrics.cluster_committed.as_ref().map(|l| l.index());
+    for joiner in joining {
+        let matched = metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&joiner).cloned().flatten())
+            .map(|l| l.index());
+        if matched.is_none() || matched < committed {
+            continue;
+        }
+        let mut voters = state.members();
+        voters.insert(joiner.clone());
+        let rpc = MembershipRpc::SetVoters {
+            group: META_GROUP.into(),
+            voters,
+        };
+        if membership_here(node, rpc).await.is_ok() {
+            let active = MetaCommand::SetNodeState {
+                id: joiner.clone(),
+                state: NodeState::Active,
+            };
+            let _ = meta_command(node, active).await;
+            tracing::info!(node = %joiner, "node joined the cluster");
+        }
+    }
+}
+
+/// How far a move's copy has come: the target's documents against the leader's.
+fn progress(view: &ClusterView<'_>, record: &MoveRecord, leader: &GroupStatus) -> MoveProgress {
+    let target = view.group(&record.to, &record.group);
+    MoveProgress {
+        documents_total: leader.documents,
+        documents_copied: target
+            .map(|t| t.documents.min(leader.documents))
+            .unwrap_or(0),
+        bytes_total: leader.bytes,
+        bytes_copied: target.map(|t| t.bytes.min(leader.bytes)).unwrap_or(0),
+    }
+}
+
+/// Every member's reported status, indexed for the controller.
+struct ClusterView<'a> {
+    statuses: &'a BTreeMap<NodeId, Option<NodeStatus>>,
+}
+
+impl<'a> ClusterView<'a> {
+    fn new(statuses: &'a BTreeMap<NodeId, Option<NodeStatus>>) -> Self {
+        ClusterView { statuses }
+    }
+
+    fn group(&self, node: &str, group: &str) -> Option<&'a GroupStatus> {
+        self.statuses
+            .get(node)?
+            .as_ref()?
+            .groups
+            .iter()
+            .find(|g| g.group == group)
+    }
+
+    fn leader(&self, group: &str) -> Option<&'a str> {
+        self.statuses.iter().find_map(|(node, status)| {
+            status
+                .as_ref()?
+                .groups
+                .iter()
+                .find(|g| g.group == group && g.role == RaftRole::Leader)
+                .map(|_| node.as_str())
+        })
+    }
+}

@@ -1,0 +1,72 @@
+//! The status of rebalances, drains and repairs, from the meta state.
+
+use crate::cluster::node::Node;
+use crate::cluster::raft::meta_commands::{MovePhase, MoveRecord};
+use crate::cluster::status::display_group;
+use grape_client::{MoveStatus, OperationStatus, OperationsStatus};
+
+/// The moves of recent operations of the given kinds, with totals and an estimate of what is
+/// left.
+pub fn operations_status(node: &Node, kinds: &[&str]) -> OperationsStatus {
+    let state = node.meta_state();
+    let operations = state
+        .operations
+        .values()
+        .rev()
+        .filter(|o| kinds.contains(&o.kind.name()))
+        .map(|o| {
+            let moves: Vec<&MoveRecord> = o
+                .moves
+                .iter()
+                .filter_map(|id| state.moves.get(id))
+                .collect();
+            let open = || moves.iter().filter(|m| m.phase != MovePhase::Done);
+            OperationStatus {
+                operation: o.id,
+                kind: o.kind.clone(),
+                state: o.state.clone(),
+                moves_total: moves.len(),
+                moves_done: moves.len() - open().count(),
+                moves_in_progress: open().filter(|m| m.phase != MovePhase::Pending).count(),
+                documents_left: open()
+                    .map(|m| {
+                        m.progress
+                            .documents_total
+                            .saturating_sub(m.progress.documents_copied)
+                    })
+                    .sum(),
+                bytes_left: open()
+                    .map(|m| {
+                        m.progress
+                            .bytes_total
+                            .saturating_sub(m.progress.bytes_copied)
+                    })
+                    .sum(),
+                moves: moves
+                    .iter()
+                    .map(|m| MoveStatus {
+                        id: m.id,
+                        shard: display_group(&m.group),
+                        from: m.from.clone(),
+                        to: m.to.clone(),
+                        phase: m.phase,
+                        documents_copied: m.progress.documents_copied,
+                        documents_total: m.progress.documents_total,
+                        bytes_copied: m.progress.bytes_copied,
+                        bytes_total: m.progress.bytes_total,
+                    })
+                    .collect(),
+                leaders: o
+                    .leaders
+                    .iter()
+                    .map(|(g, n)| (display_group(g), n.clone()))
+                    .collect(),
+            }
+        })
+        .collect();
+    OperationsStatus {
+        node_id: node.id().to_string(),
+        running: state.running_operation().map(|o| o.id),
+        operations,
+    }
+}

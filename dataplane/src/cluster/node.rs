@@ -1,0 +1,450 @@
+//! One Grape node: its identity and addresses, its storage, the meta group (this node's copy of
+//! the cluster description), the registry of shard replicas it holds, and its life cycle from
+//! opening the data directory to shutdown. What the node does with these lives in the rooms
+//! beside it: `route` (documents, search, collections), `elastic` (membership and moves),
+//! `status`, `tasks` and `server`.
+
+use super::activity::Activity;
+use super::raft::ids::{GroupId, META_GROUP, NodeAddr, NodeId};
+use super::raft::log_store::LogStore;
+use super::raft::meta_commands::NodeState;
+use super::raft::meta_sm::{MetaRaft, MetaStateMachine};
+use super::raft::meta_state::MetaState;
+use super::raft::network::{NetworkFactory, Router};
+use super::raft::peers::Peers;
+use super::raft::recovery;
+use super::raft::tls::peer_http_client;
+use super::raft::types::RaftMetrics;
+use super::replicas::{ReplicaParts, Replicas};
+use crate::collection::{Collection, DEFAULT_COLLECTION};
+use crate::config::{Config, advertised};
+use crate::error::{Error, ErrorCode, Result};
+use crate::index::worker::IndexWorker;
+use crate::storage::{Storage, StorageOptions, WalSyncer};
+use openraft::type_config::async_runtime::WatchReceiver;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// One Grape node.
+pub struct Node {
+    /// `node.id`.
+    id: NodeId,
+    /// Where peers and clients reach this node.
+    addr: NodeAddr,
+    /// The configuration the node started with.
+    config: Arc<Config>,
+    /// The node's RocksDB.
+    storage: Arc<Storage>,
+    /// Shares WAL fsyncs among Raft groups; flushed at shutdown.
+    syncer: Arc<WalSyncer>,
+    /// Connections to peers, shared by every group and every call.
+    peers: Arc<Peers>,
+    /// The meta group.
+    meta: MetaRaft,
+    /// The meta group's state (this node's copy).
+    meta_state: Arc<RwLock<MetaState>>,
+    /// Notified when the meta state changes.
+    meta_changes: tokio::sync::watch::Receiver<u64>,
+    /// Shard replicas held here.
+    replicas: Replicas,
+    /// Leadership changes and Raft counters.
+    activity: Arc<Activity>,
+    /// When the node started.
+    started: Instant,
+    /// Set when shutdown begins: the node stops answering readiness.
+    stopping: AtomicBool,
+    /// Set once the node was first ready (fully caught up); afterwards a small apply lag no
+    /// longer makes it unready.
+    was_ready: AtomicBool,
+    /// Background tasks, stopped at shutdown.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Wakes the server when the node asks to be restarted (forced recovery).
+    exit: Arc<tokio::sync::Notify>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Opens the node's storage, its meta group and the replicas it held before it stopped.
+    /// `raft` and `api` are the bound node-to-node and client addresses (advertised to others).
+    /// Serving and background work are started by [`super::start`].
+    pub async fn open(config: Config, raft: SocketAddr, api: SocketAddr) -> Result<Arc<Node>> {
+        let config = Arc::new(config);
+        let id = config.node.id.clone();
+        let addr = NodeAddr {
+            raft: advertised(config.node.advertise_raft_address.as_deref(), raft),
+            api: advertised(config.node.advertise_api_address.as_deref(), api),
+        };
+        let storage_options = StorageOptions {
+            cache_size_mb: config.database.cache_size_mb,
+            write_buffer_size_mb: config.database.write_buffer_size_mb,
+            enable_compression: config.database.enable_compression,
+        };
+        let data_dir = config.node.data_dir.clone();
+        let worker_threads = config.index.construction_threads;
+        let (storage, worker) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let storage = Arc::new(Storage::open(&data_dir, &storage_options)?);
+            let worker = Arc::new(
+                IndexWorker::new(worker_threads)
+                    .map_err(|e| Error::Internal(format!("cannot start index threads: {e}")))?,
+            );
+            Ok((storage, worker))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("opening storage panicked: {e}")))??;
+        if recovery::requested(&config.node.data_dir) {
+            let storage = Arc::clone(&storage);
+            let (dir, id, addr) = (config.node.data_dir.clone(), id.clone(), addr.clone());
+            tokio::task::spawn_blocking(move || {
+                recovery::rewrite_as_single_node(&storage, &dir, &id, &addr)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("forced recovery panicked: {e}")))??;
+        }
+        let syncer = Arc::new(WalSyncer::start(Arc::clone(&storage)));
+
+        let peers = Arc::new(Peers::new(
+            peer_http_client(&config, raft)?,
+            config.cluster.enable_tls,
+        ));
+        for peer in config.other_peers() {
+            peers.learn(&peer.id, &peer.address);
+        }
+        peers.learn(&id, &addr.raft);
+        let network = Router {
+            peers: Arc::clone(&peers),
+        };
+        let raft_config = Arc::new(raft_settings(&config)?);
+
+        let meta_sm = MetaStateMachine::open(Arc::clone(&storage)).map_err(storage_error)?;
+        let meta_state = meta_sm.state();
+        let meta_changes = meta_sm.subscribe();
+        let meta = MetaRaft::new(
+            id.clone(),
+            Arc::clone(&raft_config),
+            NetworkFactory::new(network.clone(), META_GROUP.to_string()),
+            LogStore::new(META_GROUP, Arc::clone(&storage), Arc::clone(&syncer)),
+            meta_sm,
+        )
+        .await
+        .map_err(|e| Error::Internal(format!("cannot start the meta group: {e}")))?;
+        check_default_collection(&config, &meta_state.read())?;
+
+        let activity = Arc::new(Activity::default());
+        let replicas = Replicas::new(ReplicaParts {
+            node_id: id.clone(),
+            storage: Arc::clone(&storage),
+            syncer: Arc::clone(&syncer),
+            worker,
+            raft_config,
+            network,
+            index: config.index.options(),
+            snapshot_dir: config.node.data_dir.join("snapshots"),
+            activity: Arc::clone(&activity),
+        });
+        let node = Arc::new(Node {
+            id,
+            addr,
+            config,
+            storage,
+            syncer,
+            peers,
+            meta,
+            meta_state,
+            meta_changes,
+            replicas,
+            activity,
+            started: Instant::now(),
+            stopping: AtomicBool::new(false),
+            was_ready: AtomicBool::new(false),
+            tasks: Mutex::new(Vec::new()),
+            exit: Arc::new(tokio::sync::Notify::new()),
+        });
+        node.activity
+            .watch(META_GROUP.to_string(), node.meta.metrics());
+        // Replicas this node held before it stopped.
+        let held: Vec<(GroupId, Collection)> = {
+            let state = node.meta_read();
+            state
+                .groups_of(&node.id)
+                .filter_map(|(group, record)| {
+                    state
+                        .collections
+                        .get(&record.collection)
+                        .map(|c| (group.clone(), c.clone()))
+                })
+                .collect()
+        };
+        for (group, collection) in held {
+            node.replicas.open(&group, &collection).await?;
+        }
+        Ok(node)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn addr(&self) -> &NodeAddr {
+        &self.addr
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    /// Connections to peers.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// The shard replicas held here.
+    pub fn replicas(&self) -> &Replicas {
+        &self.replicas
+    }
+
+    /// Leadership changes and Raft counters.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The meta group's Raft.
+    pub fn meta_raft(&self) -> &MetaRaft {
+        &self.meta
+    }
+
+    /// The meta group's current metrics.
+    pub fn meta_metrics(&self) -> RaftMetrics {
+        self.meta.metrics().borrow_watched().clone()
+    }
+
+    /// Whether this node leads the meta group.
+    pub fn is_meta_leader(&self) -> bool {
+        self.meta_metrics().current_leader.as_deref() == Some(self.id.as_str())
+    }
+
+    /// A copy of the meta state.
+    pub fn meta_state(&self) -> MetaState {
+        self.meta_state.read().clone()
+    }
+
+    /// The meta state, read in place (do not hold across an await).
+    pub fn meta_read(&self) -> RwLockReadGuard<'_, MetaState> {
+        self.meta_state.read()
+    }
+
+    /// Notified after every change of the meta state.
+    pub fn meta_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.meta_changes.clone()
+    }
+
+    /// The cluster's members (voters of the meta group).
+    pub fn members(&self) -> BTreeSet<NodeId> {
+        self.meta_state.read().members()
+    }
+
+    /// The leader of a group as this node knows it (groups it holds, and the meta group).
+    pub fn leader_of(&self, group: &str) -> Option<NodeId> {
+        if group == META_GROUP {
+            return self.meta.metrics().borrow_watched().current_leader.clone();
+        }
+        self.replicas
+            .get(group)
+            .and_then(|g| g.raft.metrics().borrow_watched().current_leader.clone())
+    }
+
+    /// Whether `node` answered a call recently (this node always does).
+    pub fn is_reachable(&self, node: &str) -> bool {
+        node == self.id || self.peers.answered_within(node, Duration::from_secs(3))
+    }
+
+    /// Members this node can reach, itself included.
+    pub fn connected_nodes(&self) -> usize {
+        1 + self
+            .members()
+            .iter()
+            .filter(|m| **m != self.id && self.is_reachable(m))
+            .count()
+    }
+
+    /// Whether this node has caught up: it is a voting member, the meta group and every
+    /// replica placed here have a leader and have applied everything the leader reported
+    /// committed, and the `default` collection exists. A node started to be added stays
+    /// unready until `add-node` admits it and it has caught up.
+    pub fn is_ready(&self) -> bool {
+        if self.stopping.load(Ordering::Acquire) {
+            return false;
+        }
+        // The first time, every replica must have applied all it knows to be committed; once
+        // ready, a replica a few entries behind (as followers are under load) stays ready.
+        let slack = if self.was_ready.load(Ordering::Acquire) {
+            READY_LAG_ENTRIES
+        } else {
+            0
+        };
+        if !within(&self.meta_metrics(), slack) {
+            return false;
+        }
+        let state = self.meta_state.read();
+        if !state.collections.contains_key(DEFAULT_COLLECTION) {
+            return false;
+        }
+        // A node admitted by add-node serves once it has caught up and become a voter.
+        if !state.members().contains(&self.id) || state.node_state(&self.id) == NodeState::Joining {
+            return false;
+        }
+        let ready = state.groups_of(&self.id).all(|(group, record)| {
+            record.initialized
+                && self
+                    .replicas
+                    .get(group)
+                    .is_some_and(|local| within(&local.raft.metrics().borrow_watched(), slack))
+        });
+        if ready {
+            self.was_ready.store(true, Ordering::Release);
+        }
+        ready
+    }
+
+    /// Whether the meta state here is known to be current: the meta group has a leader and
+    /// this node applied everything it knows to be committed.
+    pub fn meta_caught_up(&self) -> bool {
+        let metrics = self.meta_metrics();
+        if metrics.current_leader.is_none() {
+            return false;
+        }
+        let applied = metrics.last_applied.as_ref().map(|l| l.index());
+        let committed = metrics.cluster_committed.as_ref().map(|l| l.index());
+        applied >= committed
+    }
+
+    /// Keeps a background task, to be stopped at shutdown.
+    pub fn add_task(&self, task: tokio::task::JoinHandle<()>) {
+        self.tasks.lock().push(task);
+    }
+
+    /// Asks the server to stop this node shortly (after the current answers are sent).
+    pub fn request_exit(&self) {
+        let exit = Arc::clone(&self.exit);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            exit.notify_one();
+        });
+    }
+
+    /// Completes when the node asked to be stopped.
+    pub async fn exit_requested(&self) {
+        self.exit.notified().await;
+    }
+
+    /// Stops answering readiness (shutdown has begun).
+    pub fn set_unready(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    /// Stops answering readiness, then stops every Raft group and flushes the log.
+    pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+        self.activity.stop();
+        self.replicas.shutdown().await;
+        let _ = self.meta.shutdown().await;
+        let _ = self.syncer.sync().await;
+        let storage = Arc::clone(&self.storage);
+        let _ = tokio::task::spawn_blocking(move || storage.shutdown()).await;
+    }
+}
+
+/// A stored `default` collection that disagrees with the configuration stops start-up.
+fn check_default_collection(config: &Config, state: &MetaState) -> Result<()> {
+    let wanted = config.default_collection()?;
+    if let Some(stored) = state.collections.get(DEFAULT_COLLECTION) {
+        let stored = &stored.config;
+        if stored.dimension != wanted.dimension || stored.metric != wanted.metric {
+            return Err(Error::invalid(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "database.vector_dimension/metric say {} {}, but the stored default \
+                     collection has {} {}; use the stored values or a new data_dir",
+                    wanted.dimension,
+                    wanted.metric.as_str(),
+                    stored.dimension,
+                    stored.metric.as_str()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Entries a replica may still have to apply and be ready: under a steady write load a
+/// follower is always a few entries behind the commit index it has heard of, and readiness
+/// must not flap with every batch.
+const READY_LAG_ENTRIES: u64 = 256;
+
+/// A leader is known and the replica is at most `slack` entries behind its commit index.
+fn within(metrics: &RaftMetrics, slack: u64) -> bool {
+    if metrics.current_leader.is_none() {
+        return false;
+    }
+    let applied = metrics
+        .last_applied
+        .as_ref()
+        .map(|l| l.index())
+        .unwrap_or(0);
+    let committed = metrics
+        .cluster_committed
+        .as_ref()
+        .map(|l| l.index())
+        .unwrap_or(0);
+    applied + slack >= committed
+}
+
+fn storage_error(e: std::io::Error) -> Error {
+    Error::unavailable(ErrorCode::StorageError, e.to_string())
+}
+
+/// openraft settings from the `cluster` section.
+fn raft_settings(config: &Config) -> Result<openraft::Config> {
+    let settings = openraft::Config {
+        cluster_name: "grape".into(),
+        heartbeat_interval: config.cluster.heartbeat_interval_ms,
+        election_timeout_min: config.cluster.election_timeout_ms,
+        election_timeout_max: config.cluster.election_timeout_ms * 3 / 2,
+        install_snapshot_timeout: 60_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+            config.cluster.snapshot_log_entries,
+        ),
+        max_in_snapshot_log_to_keep: (config.cluster.snapshot_log_entries / 5).min(1_000),
+        max_payload_entries: 64,
+        // A node whose data directory was wiped comes back under the same id with an empty
+        // log: its leaders must re-seed it instead of treating the reverted log as a bug.
+        // (A Raft member that loses acknowledged entries weakens the quorum guarantee, as any
+        // lost replica does: DESIGN.md's promise holds while a majority of replicas survive.)
+        allow_log_reversion: Some(true),
+        ..Default::default()
+    };
+    settings
+        .validate()
+        .map_err(|e| Error::invalid(ErrorCode::InvalidConfig, format!("cluster timing: {e}")))
+}

@@ -1,0 +1,205 @@
+//! Node-to-node traffic, server side, on `node.raft_address`: Raft messages for every group and
+//! the cluster's own calls. HTTP/2 (cleartext, or TLS under `cluster.enable_tls`), MessagePack
+//! bodies; every answer is `Result<T, RemoteError>`.
+//!
+//! [`router`] registers one handler per [`RpcKind`] in an exhaustive match, each at the path
+//! its request type names: every call a peer can make is served, and every request enters
+//! through this one router.
+
+use super::elastic::{self, leadership, membership};
+use super::node::Node;
+use super::raft::ids::META_GROUP;
+use super::raft::meta_sm::MetaRaft;
+use super::raft::rpc::{
+    AdminRpc, AppendRpc, ChecksumsRpc, GetRpc, HandOverRpc, InitGroupRpc, ListRpc, MembershipRpc,
+    PingRpc, PreVoteRpc, ProposeRpc, RemoteError, Rpc, RpcKind, SearchRpc, SnapshotRpc, StatusRpc,
+    TransferLeaderRpc, VoteRpc,
+};
+use super::raft::shard_sm::ShardRaft;
+use super::raft::tls::server_tls;
+use super::raft::types::{Snapshot, decode, encode};
+use super::route::{self, documents, search};
+use super::{status, tasks};
+use crate::error::{Error, ErrorCode, Result};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Largest request body: snapshots carry whole shards.
+const MAX_BODY: usize = 4 * 1024 * 1024 * 1024;
+
+/// One group's Raft, whichever state machine it runs.
+enum GroupRaft {
+    Meta(MetaRaft),
+    Shard(ShardRaft),
+}
+
+fn group_raft(node: &Node, group: &str) -> Result<GroupRaft> {
+    if group == META_GROUP {
+        return Ok(GroupRaft::Meta(node.meta_raft().clone()));
+    }
+    node.replicas()
+        .require(group)
+        .map(|g| GroupRaft::Shard(g.raft.clone()))
+}
+
+/// Runs the same call on whichever Raft the group has.
+macro_rules! on_group {
+    ($node:expr, $group:expr, |$raft:ident| $call:expr) => {
+        match group_raft(&$node, $group)? {
+            GroupRaft::Meta($raft) => $call.await.map_err(raft_error),
+            GroupRaft::Shard($raft) => $call.await.map_err(raft_error),
+        }
+    };
+}
+
+fn raft_error(e: impl std::fmt::Display) -> Error {
+    Error::unavailable(ErrorCode::Unavailable, e.to_string())
+}
+
+/// Decodes the body, runs `handle`, encodes its result.
+async fn answer<R, F, Fut>(body: Bytes, handle: F) -> Response
+where
+    R: Rpc,
+    F: FnOnce(R) -> Fut,
+    Fut: Future<Output = Result<R::Response>>,
+{
+    let request: R = match decode(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("unreadable request: {e}")).into_response();
+        }
+    };
+    let result = handle(request).await.map_err(|e| RemoteError::from(&e));
+    (
+        [(header::CONTENT_TYPE, "application/msgpack")],
+        encode(&result),
+    )
+        .into_response()
+}
+
+/// Adds the handler of `R` at `kind`'s path.
+fn serve_rpc<R, F, Fut>(
+    app: axum::Router<Arc<Node>>,
+    kind: RpcKind,
+    handler: F,
+) -> axum::Router<Arc<Node>>
+where
+    R: Rpc,
+    F: Fn(Arc<Node>, R) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<R::Response>> + Send + 'static,
+{
+    assert_eq!(R::KIND, kind, "the handler for {kind:?} takes another call");
+    app.route(
+        kind.path(),
+        post(move |State(node): State<Arc<Node>>, body: Bytes| {
+            let handler = handler.clone();
+            async move { answer(body, |request: R| handler(node, request)).await }
+        }),
+    )
+}
+
+/// Every node-to-node call, each served at the path its type names.
+pub fn router(node: Arc<Node>) -> axum::Router {
+    let mut app = axum::Router::new();
+    for &kind in RpcKind::ALL {
+        app = match kind {
+            RpcKind::Append => serve_rpc(app, kind, |node, rpc: AppendRpc| async move {
+                on_group!(node, &rpc.group, |raft| raft.append_entries(rpc.rpc))
+            }),
+            RpcKind::Vote => serve_rpc(app, kind, |node, rpc: VoteRpc| async move {
+                on_group!(node, &rpc.group, |raft| raft.vote(rpc.rpc))
+            }),
+            RpcKind::PreVote => serve_rpc(app, kind, |node, rpc: PreVoteRpc| async move {
+                on_group!(node, &rpc.group, |raft| raft.pre_vote(rpc.rpc))
+            }),
+            RpcKind::Snapshot => serve_rpc(app, kind, |node, rpc: SnapshotRpc| async move {
+                let snapshot = Snapshot {
+                    meta: rpc.meta,
+                    snapshot: std::io::Cursor::new(rpc.data),
+                };
+                on_group!(node, &rpc.group, |raft| raft
+                    .install_full_snapshot(rpc.vote, snapshot))
+            }),
+            RpcKind::TransferLeader => {
+                serve_rpc(app, kind, |node, rpc: TransferLeaderRpc| async move {
+                    on_group!(node, &rpc.group, |raft| raft
+                        .handle_transfer_leader(rpc.rpc))
+                })
+            }
+            RpcKind::Status => serve_rpc(app, kind, |node, StatusRpc| async move {
+                Ok(status::node_status(&node))
+            }),
+            RpcKind::Ping => serve_rpc(app, kind, |node, PingRpc| async move {
+                Ok(node.id().to_string())
+            }),
+            RpcKind::Propose => serve_rpc(app, kind, |node, rpc: ProposeRpc| async move {
+                route::propose_here(&node, &rpc.group, rpc.request).await
+            }),
+            RpcKind::Get => serve_rpc(app, kind, |node, rpc: GetRpc| async move {
+                documents::get_here(&node, &rpc).await
+            }),
+            RpcKind::List => serve_rpc(app, kind, |node, rpc: ListRpc| async move {
+                documents::list_here(&node, &rpc).await
+            }),
+            RpcKind::Search => serve_rpc(app, kind, |node, rpc: SearchRpc| async move {
+                search::search_here(&node, rpc).await
+            }),
+            RpcKind::InitGroup => serve_rpc(app, kind, |node, rpc: InitGroupRpc| async move {
+                tasks::form_group(&node, &rpc.group, rpc.members).await
+            }),
+            RpcKind::HandOver => serve_rpc(app, kind, |node, rpc: HandOverRpc| async move {
+                leadership::hand_over_here(&node, &rpc.group, &rpc.target).await
+            }),
+            RpcKind::Checksums => serve_rpc(app, kind, |node, ChecksumsRpc| async move {
+                status::local_checksums(&node).await
+            }),
+            RpcKind::Admin => serve_rpc(app, kind, |node, rpc: AdminRpc| async move {
+                elastic::admin_here(&node, rpc).await
+            }),
+            RpcKind::Membership => serve_rpc(app, kind, |node, rpc: MembershipRpc| async move {
+                membership::membership_here(&node, rpc).await
+            }),
+        };
+    }
+    app.layer(DefaultBodyLimit::max(MAX_BODY)).with_state(node)
+}
+
+/// Serves node-to-node traffic until the node shuts down.
+pub fn serve(
+    node: Arc<Node>,
+    listener: std::net::TcpListener,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let address = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let tls = if node.config().cluster.enable_tls {
+        Some(server_tls(node.config())?)
+    } else {
+        None
+    };
+    tracing::info!(
+        "raft listening on {address} (advertised as {})",
+        node.addr().raft
+    );
+    let app = router(node);
+    Ok(tokio::spawn(async move {
+        let result = match tls {
+            Some(tls) => match axum_server::from_tcp_rustls(listener, tls) {
+                Ok(server) => server.serve(app.into_make_service()).await,
+                Err(e) => Err(e),
+            },
+            None => match axum_server::from_tcp(listener) {
+                Ok(server) => server.serve(app.into_make_service()).await,
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(error) = result {
+            tracing::error!(%error, "the node-to-node listener stopped");
+        }
+    }))
+}

@@ -1,0 +1,256 @@
+//! What a node reports: its own status and its replicas' figures, and the cluster-wide views
+//! built from every member's report (`/admin/cluster/status`, `consensus`, `sync-status`,
+//! `leader`, `election-history`, `/admin/stats/shards`, `/admin/checksum`).
+
+use super::node::Node;
+use super::raft::ids::{GroupId, META_GROUP, NodeId};
+use super::raft::rpc::{GroupStatus, NodeStatus, StatusRpc};
+use super::route::blocking;
+use crate::collection::parse_group;
+use crate::error::Result;
+use futures::future::join_all;
+use grape_client::{
+    ClusterStatus, ConsensusGroup, ConsensusResponse, ElectionHistory, GroupMemberStatus,
+    GroupSummary, GroupSync, LeaderResponse, MemberStatus, RaftRole, ShardChecksum, ShardStats,
+    SyncStatus,
+};
+use openraft::type_config::async_runtime::WatchReceiver;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How long a member's status may take.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// This node's view of itself and its groups.
+pub fn node_status(node: &Node) -> NodeStatus {
+    let meta = node.meta_metrics();
+    let mut groups = vec![GroupStatus::from_metrics(META_GROUP, &meta)];
+    for local in node.replicas().all() {
+        let mut status =
+            GroupStatus::from_metrics(&local.group, &local.raft.metrics().borrow_watched());
+        let figures = local.shard.figures();
+        status.documents = figures.documents;
+        status.bytes = figures.bytes;
+        groups.push(status);
+    }
+    NodeStatus {
+        node_id: node.id().to_string(),
+        addr: node.addr().clone(),
+        ready: node.is_ready(),
+        meta_initialized: meta.last_log_index.is_some() || meta.vote.leader_id().term > 0,
+        documents: node.replicas().document_count(),
+        groups,
+    }
+}
+
+/// Leadership changes this node saw, newest first.
+pub fn election_history(node: &Node) -> ElectionHistory {
+    ElectionHistory {
+        node_id: node.id().to_string(),
+        events: node.activity().leader_events(),
+    }
+}
+
+/// Per-shard figures of the replicas this node holds.
+pub fn shard_stats(node: &Node) -> Vec<ShardStats> {
+    let state = node.meta_read();
+    node.replicas()
+        .all()
+        .iter()
+        .map(|local| {
+            let figures = local.shard.figures();
+            let record = state.groups.get(&local.group);
+            ShardStats {
+                collection: local.collection.name().to_string(),
+                shard: record.map(|r| r.shard).unwrap_or_default(),
+                documents: figures.documents,
+                bytes: figures.bytes,
+                indexed: figures.index.indexed,
+                pending: figures.index.pending,
+                tombstones: figures.index.dead_in_graph,
+                stored_vectors: figures.index.stored,
+                rebuilds: figures.index.rebuilds,
+                replicas: record.map(|r| r.replicas.clone()).unwrap_or_default(),
+                leader: local.raft.metrics().borrow_watched().current_leader.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Content checksums of the replicas this node holds, computed from storage.
+pub async fn local_checksums(node: &Node) -> Result<Vec<ShardChecksum>> {
+    let locals = node.replicas().all();
+    blocking(move || {
+        let mut sums = Vec::new();
+        for local in locals {
+            let (documents, sum) = local.shard.checksum()?;
+            sums.push(ShardChecksum {
+                collection: local.collection.name().to_string(),
+                shard: parse_group(&local.group)
+                    .map(|(_, s, _)| s)
+                    .unwrap_or_default(),
+                documents,
+                checksum: format!("{sum:016x}"),
+            });
+        }
+        sums.sort_by(|a, b| (&a.collection, a.shard).cmp(&(&b.collection, b.shard)));
+        Ok(sums)
+    })
+    .await
+}
+
+/// The meta group's leader and term.
+pub fn cluster_leader(node: &Node) -> LeaderResponse {
+    let meta = node.meta_metrics();
+    LeaderResponse {
+        leader: meta.current_leader,
+        term: meta.current_term,
+    }
+}
+
+/// Every member's own status (this node's directly, others' over the network; `null` for
+/// members that do not answer).
+pub async fn member_statuses(node: &Node) -> BTreeMap<NodeId, Option<NodeStatus>> {
+    let members: Vec<NodeId> = node.meta_read().members().into_iter().collect();
+    let calls = members.iter().map(|member| async move {
+        if *member == node.id() {
+            return (member.clone(), Some(node_status(node)));
+        }
+        let status = node
+            .peers()
+            .call(member, &StatusRpc, STATUS_TIMEOUT)
+            .await
+            .ok();
+        (member.clone(), status)
+    });
+    join_all(calls).await.into_iter().collect()
+}
+
+/// Nodes and groups across the cluster: each group's leader, term and each member's
+/// commit and applied index.
+pub async fn cluster_status(node: &Node) -> ClusterStatus {
+    let statuses = member_statuses(node).await;
+    let state = node.meta_state();
+    let nodes = statuses
+        .iter()
+        .map(|(id, status)| {
+            let addr = state.nodes.get(id).cloned().unwrap_or_default();
+            MemberStatus {
+                id: id.clone(),
+                address: addr.api,
+                raft_address: addr.raft,
+                reachable: status.is_some(),
+                ready: status.as_ref().is_some_and(|s| s.ready),
+                documents: status.as_ref().map(|s| s.documents),
+                leads: status.as_ref().map(|s| {
+                    s.groups
+                        .iter()
+                        .filter(|g| g.role == RaftRole::Leader)
+                        .count()
+                }),
+                replicas: state.groups_of(id).count(),
+            }
+        })
+        .collect();
+    let mut groups: BTreeMap<GroupId, Vec<(NodeId, GroupStatus)>> = BTreeMap::new();
+    for (id, status) in &statuses {
+        for group in status.iter().flat_map(|s| s.groups.iter()) {
+            groups
+                .entry(group.group.clone())
+                .or_default()
+                .push((id.clone(), group.clone()));
+        }
+    }
+    let groups = groups
+        .into_iter()
+        .map(|(group, members)| GroupSummary {
+            name: display_group(&group),
+            group,
+            leader: members
+                .iter()
+                .find(|(_, g)| g.role == RaftRole::Leader)
+                .map(|(id, _)| id.clone()),
+            term: members.iter().map(|(_, g)| g.term).max(),
+            members: members
+                .iter()
+                .map(|(id, g)| GroupMemberStatus {
+                    node: id.clone(),
+                    role: g.role,
+                    term: g.term,
+                    last_log_index: g.last_log_index,
+                    commit_index: g.committed_index,
+                    applied_index: g.applied_index,
+                })
+                .collect(),
+        })
+        .collect();
+    ClusterStatus {
+        node_id: node.id().to_string(),
+        leader: node.meta_metrics().current_leader,
+        nodes,
+        groups,
+    }
+}
+
+/// Each group this node holds, as Raft sees it: voters, leader, term, quorum.
+pub fn consensus(node: &Node) -> ConsensusResponse {
+    let groups = node_status(node)
+        .groups
+        .into_iter()
+        .map(|g| ConsensusGroup {
+            name: display_group(&g.group),
+            quorum: g.voters.len() / 2 + 1,
+            group: g.group,
+            role: g.role,
+            term: g.term,
+            leader: g.leader,
+            voters: g.voters,
+            learners: g.learners,
+            millis_since_quorum_ack: g.millis_since_quorum_ack,
+            matched: g.matched,
+        })
+        .collect();
+    ConsensusResponse {
+        node_id: node.id().to_string(),
+        groups,
+    }
+}
+
+/// Each local group's progress against what its leader committed.
+pub fn sync_status(node: &Node) -> SyncStatus {
+    let status = node_status(node);
+    let groups = status
+        .groups
+        .into_iter()
+        .map(|g| {
+            let lag = g
+                .committed_index
+                .unwrap_or(0)
+                .saturating_sub(g.applied_index.unwrap_or(0));
+            GroupSync {
+                name: display_group(&g.group),
+                group: g.group,
+                caught_up: g.leader.is_some() && lag == 0,
+                leader: g.leader,
+                commit_index: g.committed_index,
+                applied_index: g.applied_index,
+                snapshot_index: g.snapshot_index,
+                purged_index: g.purged_index,
+                lag,
+            }
+        })
+        .collect();
+    SyncStatus {
+        node_id: node.id().to_string(),
+        ready: status.ready,
+        groups,
+    }
+}
+
+/// `default/3@17` -> `default/3`.
+pub fn display_group(group: &str) -> String {
+    match parse_group(group) {
+        Some((collection, shard, _)) => format!("{collection}/{shard}"),
+        None => group.to_string(),
+    }
+}
