@@ -32,9 +32,36 @@ pub fn shard_of(id: &str, shard_count: u32) -> ShardId {
     (xxh3_64(id.as_bytes()) % u64::from(shard_count.max(1))) as ShardId
 }
 
-/// Checks a collection definition; the message names the offending field.
-pub fn validate_collection_config(config: &CollectionConfig) -> Result<()> {
-    let bad = |message: String| Err(Error::invalid(ErrorCode::InvalidCollection, message));
+/// A field of a collection definition, as [`collection_problem`] names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CollectionField {
+    Name,
+    Dimension,
+    ShardCount,
+    ReplicationFactor,
+    HnswM,
+    HnswEfConstruction,
+    HnswEfSearch,
+}
+
+impl CollectionField {
+    /// The field as a client writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CollectionField::Name => "name",
+            CollectionField::Dimension => "dimension",
+            CollectionField::ShardCount => "shard_count",
+            CollectionField::ReplicationFactor => "replication_factor",
+            CollectionField::HnswM => "hnsw.m",
+            CollectionField::HnswEfConstruction => "hnsw.ef_construction",
+            CollectionField::HnswEfSearch => "hnsw.ef_search",
+        }
+    }
+}
+
+/// The first field of a collection definition out of range, with what is wrong with it (the
+/// message starts with the field's name).
+pub fn collection_problem(config: &CollectionConfig) -> Option<(CollectionField, String)> {
     let name = &config.name;
     if name.is_empty()
         || name.len() > 64
@@ -42,45 +69,60 @@ pub fn validate_collection_config(config: &CollectionConfig) -> Result<()> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
-        return bad(format!(
-            "name {name:?} must be 1 to 64 characters of letters, digits, '-' and '_'"
-        ));
-    }
-    if config.dimension == 0 || config.dimension > MAX_DIMENSION {
-        return bad(format!(
-            "dimension {} must be between 1 and {MAX_DIMENSION}",
-            config.dimension
-        ));
-    }
-    if config.shard_count == 0 || config.shard_count > MAX_SHARDS {
-        return bad(format!(
-            "shard_count {} must be between 1 and {MAX_SHARDS}",
-            config.shard_count
-        ));
-    }
-    if config.replication_factor == 0 || config.replication_factor > 7 {
-        return bad(format!(
-            "replication_factor {} must be between 1 and 7",
-            config.replication_factor
+        return Some((
+            CollectionField::Name,
+            format!("name {name:?} must be 1 to 64 characters of letters, digits, '-' and '_'"),
         ));
     }
     let hnsw = &config.hnsw;
-    if !(2..=128).contains(&hnsw.m) {
-        return bad(format!("hnsw.m {} must be between 2 and 128", hnsw.m));
+    let ranges = [
+        (
+            CollectionField::Dimension,
+            config.dimension,
+            1,
+            MAX_DIMENSION,
+        ),
+        (
+            CollectionField::ShardCount,
+            config.shard_count as usize,
+            1,
+            MAX_SHARDS as usize,
+        ),
+        (
+            CollectionField::ReplicationFactor,
+            config.replication_factor as usize,
+            1,
+            7,
+        ),
+        (CollectionField::HnswM, hnsw.m, 2, 128),
+        (
+            CollectionField::HnswEfConstruction,
+            hnsw.ef_construction,
+            1,
+            10_000,
+        ),
+        (CollectionField::HnswEfSearch, hnsw.ef_search, 1, MAX_EF),
+    ];
+    ranges
+        .into_iter()
+        .find(|(_, value, low, high)| !(low..=high).contains(&value))
+        .map(|(field, value, low, high)| {
+            (
+                field,
+                format!(
+                    "{} {value} must be between {low} and {high}",
+                    field.as_str()
+                ),
+            )
+        })
+}
+
+/// Checks a collection definition; the message names the offending field.
+pub fn validate_collection_config(config: &CollectionConfig) -> Result<()> {
+    match collection_problem(config) {
+        Some((_, message)) => Err(Error::invalid(ErrorCode::InvalidCollection, message)),
+        None => Ok(()),
     }
-    if !(1..=10_000).contains(&hnsw.ef_construction) {
-        return bad(format!(
-            "hnsw.ef_construction {} must be between 1 and 10000",
-            hnsw.ef_construction
-        ));
-    }
-    if !(1..=MAX_EF).contains(&hnsw.ef_search) {
-        return bad(format!(
-            "hnsw.ef_search {} must be between 1 and {MAX_EF}",
-            hnsw.ef_search
-        ));
-    }
-    Ok(())
 }
 
 /// Checks one document against a collection and gives it an id if it has none. `position` is
