@@ -17,7 +17,7 @@ use grape_dataplane::cluster::route::catalog;
 use grape_dataplane::collection::{merge_hits, search_shard};
 use grape_dataplane::config::Config;
 use grape_dataplane::index::GraphEngine;
-use grape_dataplane::server::{self, Listeners};
+use grape_dataplane::server::InProcessNode;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::sync::Arc;
@@ -229,9 +229,10 @@ fn main() -> anyhow::Result<()> {
 
 /// A node served from this process on a loopback port, with a temporary data directory.
 struct EmbeddedNode {
-    _runtime: tokio::runtime::Runtime,
+    /// Stopped (and the node shut down) when this is dropped.
+    node: Option<InProcessNode>,
+    runtime: tokio::runtime::Runtime,
     _data: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl EmbeddedNode {
@@ -251,31 +252,14 @@ impl EmbeddedNode {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        let mut listeners = Listeners::bind(&config)?;
-        let api = listeners.api.local_addr()?;
-        let url = format!("http://{api}");
-        let raft = listeners.raft.take().context("raft listener")?;
-        let node = runtime
-            .block_on(grape_dataplane::cluster::start(config, raft, api))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = Arc::clone(&node);
-        runtime.spawn(async move {
-            if let Err(error) = server::run(serving, listeners, async {
-                let _ = stopped.await;
-            })
-            .await
-            {
-                eprintln!("server failed: {error:#}");
-            }
-        });
+        let node = runtime.block_on(InProcessNode::start(config))?;
         Ok((
-            url,
-            node,
+            node.url().to_string(),
+            Arc::clone(node.node()),
             EmbeddedNode {
-                _runtime: runtime,
+                node: Some(node),
+                runtime,
                 _data: data,
-                stop: Some(stop),
             },
         ))
     }
@@ -283,8 +267,10 @@ impl EmbeddedNode {
 
 impl Drop for EmbeddedNode {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        if let Some(node) = self.node.take()
+            && let Err(error) = self.runtime.block_on(node.stop())
+        {
+            eprintln!("stopping the node: {error:#}");
         }
     }
 }

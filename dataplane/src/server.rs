@@ -1,5 +1,6 @@
-//! Serving a node: binds nothing itself. [`run`] takes bound listeners and a shutdown future,
-//! so tests and the benchmark can bind port 0, run a real server in-process and stop it cleanly.
+//! Serving a node. [`serve`] takes bound listeners and a shutdown future, so tests and the
+//! benchmark bind port 0, run a real node in their own process ([`InProcessNode`]) and stop it
+//! cleanly; [`start_and_run`] is the binary's entry.
 
 use crate::api::auth::KeyStore;
 use crate::api::metrics::Metrics;
@@ -53,21 +54,126 @@ impl Listeners {
     }
 }
 
-/// Binds the configured addresses, starts the node and serves it until `shutdown` completes.
+/// Binds the configured addresses, starts the node and serves it until `shutdown` completes
+/// (the `grape` binary's entry).
 pub async fn start_and_run(
     config: crate::config::Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let mut listeners = Listeners::bind(&config)?;
+    let listeners = Listeners::bind(&config)?;
+    serve(config, listeners, shutdown).await
+}
+
+/// Starts a node on bound `listeners` and serves it until `shutdown` completes, then drains
+/// requests and stops the node. Binds nothing itself: a caller binds port 0 and runs a real
+/// node in its own process (see [`InProcessNode`]).
+pub async fn serve(
+    config: crate::config::Config,
+    mut listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let node = start_node(config, &mut listeners).await?;
+    run(node, listeners, shutdown).await
+}
+
+/// Opens the node on the listeners' addresses and starts its node-to-node service (which
+/// takes the Raft listener).
+async fn start_node(
+    config: crate::config::Config,
+    listeners: &mut Listeners,
+) -> anyhow::Result<Arc<Node>> {
     let raft = listeners
         .raft
         .take()
         .context("the raft listener is bound")?;
     let api = listeners.api.local_addr()?;
-    let node = crate::cluster::start(config, raft, api)
+    crate::cluster::start(config, raft, api)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot start the node: {e}"))?;
-    run(node, listeners, shutdown).await
+        .map_err(|e| anyhow::anyhow!("cannot start the node: {e}"))
+}
+
+/// A node running in this process on the caller's tokio runtime: the same node and HTTP
+/// service as the `grape` binary, on the configured addresses (port 0 picks free ones).
+pub struct InProcessNode {
+    /// The running node, for callers that look inside (the benchmark's in-process search).
+    node: Arc<Node>,
+    /// `http(s)://HOST:PORT` of the API.
+    url: String,
+    /// `http://HOST:PORT` of the metrics listener, when enabled.
+    metrics_url: Option<String>,
+    /// Ends [`serve`]'s wait.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The serving task: drains requests and stops the node once told to.
+    serving: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl std::fmt::Debug for InProcessNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessNode")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InProcessNode {
+    /// Binds the configured addresses, starts the node and serves it in the background.
+    pub async fn start(config: crate::config::Config) -> anyhow::Result<InProcessNode> {
+        let mut listeners = Listeners::bind(&config)?;
+        let scheme = if config.security.enable_tls {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://{}", listeners.api.local_addr()?);
+        let metrics_url = match &listeners.metrics {
+            Some(listener) => Some(format!("http://{}", listener.local_addr()?)),
+            None => None,
+        };
+        let node = start_node(config, &mut listeners).await?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(run(Arc::clone(&node), listeners, async {
+            let _ = stopped.await;
+        }));
+        Ok(InProcessNode {
+            node,
+            url,
+            metrics_url,
+            stop: Some(stop),
+            serving: Some(serving),
+        })
+    }
+
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn metrics_url(&self) -> Option<&str> {
+        self.metrics_url.as_deref()
+    }
+
+    /// Stops serving (in-flight requests finish) and shuts the node down.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.serving.take() {
+            Some(serving) => serving.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for InProcessNode {
+    /// Without [`InProcessNode::stop`], the node stops in the background.
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 /// Builds the shared state of the HTTP layer for a node.
@@ -93,7 +199,7 @@ pub fn app_state(node: Arc<Node>) -> anyhow::Result<AppState> {
 
 /// Serves the API (and metrics) until `shutdown` completes, then drains in-flight requests
 /// for up to 10 s.
-pub async fn run(
+async fn run(
     node: Arc<Node>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,

@@ -437,8 +437,11 @@ impl std::fmt::Debug for WalSyncer {
 }
 
 impl WalSyncer {
-    pub fn start(storage: Arc<Storage>) -> WalSyncer {
+    pub fn start(storage: &Arc<Storage>) -> WalSyncer {
         let (requests, waiting) = std::sync::mpsc::channel::<Box<dyn FnOnce(Result<()>) + Send>>();
+        // The thread holds the database only while it syncs: the last owner closes it on its
+        // own thread, never this one while the process exits.
+        let storage = Arc::downgrade(storage);
         std::thread::Builder::new()
             .name("grape-wal-sync".into())
             .spawn(move || {
@@ -447,7 +450,13 @@ impl WalSyncer {
                     while let Ok(next) = waiting.try_recv() {
                         group.push(next);
                     }
-                    let result = storage.sync();
+                    let result = match storage.upgrade() {
+                        Some(storage) => storage.sync(),
+                        None => Err(Error::unavailable(
+                            ErrorCode::StorageError,
+                            "the storage is closed",
+                        )),
+                    };
                     for done in group {
                         done(match &result {
                             Ok(()) => Ok(()),

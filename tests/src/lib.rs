@@ -1,5 +1,6 @@
 //! Harness for black-box tests: real `grape` processes on loopback ports with temporary data
-//! directories, driven through the real HTTP client.
+//! directories ([`GrapeNode`], [`Cluster`]), or a real node served in the test's own process
+//! ([`LocalNode`]), driven through the real HTTP client.
 //!
 //! The binary is found through `GRAPE_BIN`, else next to the test executable
 //! (`target/<profile>/grape`); `cargo build --bins` (or the README's test command) builds it.
@@ -7,6 +8,8 @@
 pub mod load;
 
 use grape_client::GrapeClient;
+use grape_dataplane::config::{Config, Overrides};
+use grape_dataplane::server::InProcessNode;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -359,6 +362,77 @@ impl GrapeNode {
 impl Drop for GrapeNode {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A node served from the test's own process through `grape_dataplane::server::serve`: the
+/// same node and HTTP API as the `grape` binary, on ephemeral loopback ports, without a
+/// process to start. For single-node tests that never kill, restart or wipe a node (those
+/// use [`GrapeNode`]).
+pub struct LocalNode {
+    /// Stopped when the test drops it.
+    node: Option<InProcessNode>,
+    /// `http://127.0.0.1:PORT` of the API.
+    pub url: String,
+    /// `http://127.0.0.1:PORT` of the metrics listener, if enabled.
+    pub metrics_url: Option<String>,
+    /// The data directory; removed when the node is dropped.
+    pub data_dir: tempfile::TempDir,
+}
+
+/// The `grape` binary's command-line flags, to read [`NodeOptions::args`].
+#[derive(clap::Parser)]
+struct Flags {
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+impl LocalNode {
+    /// Starts a node with `options` (settings, flags and address as for [`GrapeNode`]) and
+    /// waits until it answers `/ready`.
+    pub async fn start(options: NodeOptions) -> LocalNode {
+        use clap::Parser;
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let ip = options.ip.as_deref().unwrap_or("127.0.0.1");
+        let mut overrides = Flags::try_parse_from(
+            std::iter::once("grape".to_string()).chain(options.args.iter().cloned()),
+        )
+        .expect("flags the grape binary takes")
+        .overrides;
+        overrides.data_dir = Some(data_dir.path().to_path_buf());
+        overrides.listen_address = Some(format!("{ip}:0"));
+        overrides.metrics_port = Some(0);
+        overrides.raft_address = Some(format!("{ip}:{}", options.raft_port.unwrap_or(0)));
+        let config = Config::load_from(&overrides, options.env.iter().cloned())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let node = InProcessNode::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("the node did not start: {e:#}"));
+        let local = LocalNode {
+            url: node.url().to_string(),
+            metrics_url: node.metrics_url().map(str::to_string),
+            node: Some(node),
+            data_dir,
+        };
+        let client = local.client();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !client.ready().await.unwrap_or(false) {
+            assert!(Instant::now() < deadline, "the node never became ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        local
+    }
+
+    /// A client for this node.
+    pub fn client(&self) -> GrapeClient {
+        GrapeClient::new(&self.url)
+    }
+
+    /// Stops serving and shuts the node down cleanly.
+    pub async fn stop(mut self) {
+        if let Some(node) = self.node.take() {
+            node.stop().await.expect("a clean stop");
+        }
     }
 }
 

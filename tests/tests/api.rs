@@ -1,9 +1,10 @@
-//! Every endpoint of a single node, through the real client against a real process.
+//! Every endpoint of a single node, through the real client against a real node served in the
+//! test's process (the same node and HTTP service as the binary).
 
 use grape_client::{
     CollectionConfig, Condition, DocumentInput, Filter, Metric, Range, SearchRequest,
 };
-use grape_e2e::{GrapeNode, NodeOptions, vector};
+use grape_e2e::{LocalNode, NodeOptions, vector};
 use serde_json::{Value, json};
 
 fn doc(id: &str, vector: Vec<f32>, metadata: Value) -> DocumentInput {
@@ -16,7 +17,7 @@ fn doc(id: &str, vector: Vec<f32>, metadata: Value) -> DocumentInput {
 
 #[tokio::test]
 async fn documents_can_be_written_read_listed_and_deleted() {
-    let node = GrapeNode::start(NodeOptions::dimension(4)).await;
+    let node = LocalNode::start(NodeOptions::dimension(4)).await;
     let grape = node.client();
     let docs = grape.default_collection();
 
@@ -105,7 +106,7 @@ fn uuid_shape(s: &str) -> bool {
 
 #[tokio::test]
 async fn search_ranks_by_the_collection_metric_and_filters_metadata() {
-    let node = GrapeNode::start(NodeOptions::dimension(2)).await;
+    let node = LocalNode::start(NodeOptions::dimension(2)).await;
     let grape = node.client();
     grape
         .create_collection(&CollectionConfig {
@@ -240,7 +241,7 @@ async fn search_ranks_by_the_collection_metric_and_filters_metadata() {
 
 #[tokio::test]
 async fn collections_can_be_created_inspected_used_and_dropped() {
-    let node = GrapeNode::start(NodeOptions::dimension(8)).await;
+    let node = LocalNode::start(NodeOptions::dimension(8)).await;
     let grape = node.client();
     let list = grape.list_collections().await.unwrap();
     assert_eq!(list.collections.len(), 1);
@@ -295,7 +296,7 @@ async fn collections_can_be_created_inspected_used_and_dropped() {
 
 #[tokio::test]
 async fn health_readiness_stats_checksums_and_metrics_report_the_node() {
-    let node = GrapeNode::start(NodeOptions::dimension(3).arg("--node-id").arg("probe-7")).await;
+    let node = LocalNode::start(NodeOptions::dimension(3).arg("--node-id").arg("probe-7")).await;
     let grape = node.client();
     let health = grape.health().await.unwrap();
     assert_eq!(
@@ -406,7 +407,7 @@ async fn health_readiness_stats_checksums_and_metrics_report_the_node() {
 
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_json_errors() {
-    let node = GrapeNode::start(NodeOptions::dimension(3)).await;
+    let node = LocalNode::start(NodeOptions::dimension(3)).await;
     let grape = node.client();
     let response = grape
         .request(reqwest::Method::GET, "/api/v1/nothing")

@@ -1,6 +1,6 @@
 //! Bad input gets a 4xx JSON error that names the problem, and changes nothing stored.
 
-use grape_e2e::{GrapeNode, NodeOptions};
+use grape_e2e::{LocalNode, NodeOptions};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -79,7 +79,7 @@ fn get(
 #[tokio::test]
 async fn every_bad_request_is_a_clear_4xx_and_changes_nothing() {
     let node =
-        GrapeNode::start(NodeOptions::dimension(3).setting("PERFORMANCE__MAX_BATCH_SIZE", "5"))
+        LocalNode::start(NodeOptions::dimension(3).setting("PERFORMANCE__MAX_BATCH_SIZE", "5"))
             .await;
     let grape = node.client();
     let docs = grape.default_collection();
@@ -506,7 +506,7 @@ async fn every_bad_request_is_a_clear_4xx_and_changes_nothing() {
 
 #[tokio::test]
 async fn a_body_over_the_size_cap_is_413_and_changes_nothing() {
-    let node = GrapeNode::start(
+    let node = LocalNode::start(
         NodeOptions::dimension(3).setting("PERFORMANCE__MAX_REQUEST_BODY_MB", "1"),
     )
     .await;

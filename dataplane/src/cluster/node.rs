@@ -111,7 +111,7 @@ impl Node {
             .await
             .map_err(|e| Error::Internal(format!("forced recovery panicked: {e}")))??;
         }
-        let syncer = Arc::new(WalSyncer::start(Arc::clone(&storage)));
+        let syncer = Arc::new(WalSyncer::start(&storage));
 
         let peers = Arc::new(Peers::new(
             peer_http_client(&config, raft)?,
