@@ -3,11 +3,13 @@
 //! backed by huge pages; upper-layer lists per node; the unvisited neighbours of a node
 //! prefetched together before their distances are computed; a visited set stamped with a
 //! generation number and reused between searches, and no allocation on the search path once a
-//! thread's scratch space exists. Neighbours are chosen with the usual diversity heuristic ("keep a candidate only if
-//! it is closer to the new node than to every neighbour already kept").
+//! thread's scratch space exists. Neighbours are chosen with the usual diversity heuristic
+//! ("keep a candidate only if it is closer to the new node than to every neighbour already
+//! kept").
 //!
 //! Concurrency: any number of threads search and insert at once. Capacity is fixed at creation
-//! (the owner grows a full graph with [`HnswGraph::grown`]). An inserter reserves a node, writes
+//! (the index's maintainer grows a full graph with [`HnswGraph::grown`], never while an insert
+//! runs). An inserter reserves a node, writes
 //! its vector and level before anyone can reach it, and only then links it in; each node's
 //! lists change under that node's lock, and readers take no lock: every slot always holds the
 //! id of a node that is fully written, so a reader racing a rewrite sees a mix of old and new
@@ -19,11 +21,12 @@
 //!   layer 0:  e ─ c ─ a ─ d ─ f ─ x ─ g ─ b ─ h    best-first search with breadth ef
 //! ```
 
+mod memory;
+
 use super::distance::GraphDistance;
+use memory::{Scratch, Slab};
 use parking_lot::Mutex;
-use std::cell::UnsafeCell;
 use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering as Mem};
 
@@ -54,187 +57,6 @@ impl Ord for Near {
         self.distance
             .total_cmp(&other.distance)
             .then(self.node.cmp(&other.node))
-    }
-}
-
-/// Every node's layer-0 list and vector side by side, as hnswlib lays them out: expanding a
-/// node reads the list right next to the vector its distance was computed from, so the list
-/// is usually in cache already. One block per node, a whole number of cache lines:
-///
-/// ```text
-///   | len | 2m neighbour ids | vector (dimension floats) | padding |
-/// ```
-struct Slab {
-    cells: Box<[UnsafeCell<u32>]>,
-    /// Words before node 0, so that every block starts on a cache line.
-    base: usize,
-    /// Words per node.
-    stride: usize,
-    /// Words of the list (length slot included).
-    list_words: usize,
-    dimension: usize,
-}
-
-// SAFETY: a node's vector is written exactly once, by the thread that reserved the node,
-// before any other thread can learn the node's id (ids are published through atomic stores
-// with release ordering and read with acquire ordering); afterwards it is only read. List
-// words are only ever accessed atomically.
-unsafe impl Sync for Slab {}
-
-const LINE_WORDS: usize = 16;
-
-impl Slab {
-    fn new(capacity: usize, list_words: usize, dimension: usize) -> Slab {
-        let stride = (list_words + dimension).next_multiple_of(LINE_WORDS);
-        let words = zeroed_words(capacity * stride + LINE_WORDS);
-        let misaligned = (words.as_ptr() as usize % (LINE_WORDS * 4)) / 4;
-        let base = (LINE_WORDS - misaligned) % LINE_WORDS;
-        // SAFETY: `UnsafeCell<u32>` has the size and alignment of `u32`.
-        let cells = unsafe { Box::from_raw(Box::into_raw(words) as *mut [UnsafeCell<u32>]) };
-        Slab {
-            cells,
-            base,
-            stride,
-            list_words,
-            dimension,
-        }
-    }
-
-    #[inline]
-    fn block(&self, node: Node) -> &[UnsafeCell<u32>] {
-        let start = self.base + node as usize * self.stride;
-        &self.cells[start..start + self.stride]
-    }
-
-    /// # Safety
-    /// Only the thread that reserved `node` may call this, once, before publishing `node`.
-    unsafe fn write(&self, node: Node, vector: &[f32]) {
-        assert_eq!(vector.len(), self.dimension);
-        let cells = &self.block(node)[self.list_words..self.list_words + self.dimension];
-        // SAFETY: the range is in bounds (checked by the slice above) and nobody reads or
-        // writes it concurrently (the caller's contract); f32 and u32 have the same size.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                vector.as_ptr(),
-                cells[0].get() as *mut f32,
-                self.dimension,
-            );
-        }
-    }
-
-    /// The vector of a published node.
-    #[inline]
-    fn get(&self, node: Node) -> &[f32] {
-        let cells = &self.block(node)[self.list_words..self.list_words + self.dimension];
-        // SAFETY: the words hold floats written before the node was published and never
-        // written again, so shared reads are sound.
-        unsafe { std::slice::from_raw_parts(cells.as_ptr() as *const f32, self.dimension) }
-    }
-
-    /// A node's layer-0 list: the length, then the neighbour slots.
-    #[inline]
-    fn list(&self, node: Node) -> &[AtomicU32] {
-        let cells = &self.block(node)[..self.list_words];
-        // SAFETY: `AtomicU32` has the layout of `u32`, and list words are only ever accessed
-        // through atomics.
-        unsafe { std::slice::from_raw_parts(cells.as_ptr() as *const AtomicU32, self.list_words) }
-    }
-
-    /// Asks the CPU to start loading a node's block (list and vector; the first
-    /// `PREFETCH_LINES` cache lines, the hardware streams the rest of a longer one).
-    #[inline]
-    fn prefetch(&self, node: Node) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            const PREFETCH_LINES: usize = 12;
-            let start = self.base + node as usize * self.stride;
-            let Some(block) = self.cells.get(start..start + self.stride) else {
-                return;
-            };
-            let first = block.as_ptr() as *const i8;
-            let bytes = (self.stride * 4).min(PREFETCH_LINES * 64);
-            for offset in (0..bytes).step_by(64) {
-                // SAFETY: prefetching is a hint; every address is inside the block.
-                unsafe {
-                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                        first.add(offset),
-                    );
-                }
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = node;
-    }
-}
-
-/// `len` zeroed words. The graph's big arrays are read at random, so with 4 KiB pages most
-/// reads would also miss the TLB: on Linux they ask for transparent huge pages (before any
-/// page is touched, so the kernel can back them with 2 MiB pages from the start).
-fn zeroed_words(len: usize) -> Box<[u32]> {
-    let words = vec![0u32; len].into_boxed_slice();
-    #[cfg(target_os = "linux")]
-    {
-        const PAGE: usize = 4096;
-        let bytes = len * 4;
-        if bytes >= 4 << 20 {
-            let start = words.as_ptr() as usize;
-            let aligned = start.next_multiple_of(PAGE);
-            let span = (start + bytes - aligned) / PAGE * PAGE;
-            // SAFETY: advice about memory this function owns; it changes no contents.
-            unsafe {
-                libc::madvise(aligned as *mut libc::c_void, span, libc::MADV_HUGEPAGE);
-            }
-        }
-    }
-    words
-}
-
-/// Per-search working memory, pooled so searches do not allocate.
-struct Scratch {
-    /// `visited[node] == stamp` marks a node seen by the current search.
-    visited: Vec<u32>,
-    stamp: u32,
-    candidates: BinaryHeap<Reverse<Near>>,
-    results: BinaryHeap<Near>,
-    /// Unvisited neighbours of the node being expanded.
-    fresh: Vec<Node>,
-}
-
-impl Scratch {
-    fn new(capacity: usize) -> Scratch {
-        Scratch {
-            visited: vec![0; capacity],
-            stamp: 0,
-            candidates: BinaryHeap::new(),
-            results: BinaryHeap::new(),
-            fresh: Vec::new(),
-        }
-    }
-
-    /// Starts a new search: nothing visited, empty heaps.
-    fn reset(&mut self, capacity: usize) {
-        if self.visited.len() < capacity {
-            self.visited.resize(capacity, 0);
-        }
-        if self.stamp == u32::MAX {
-            self.visited.fill(0);
-            self.stamp = 0;
-        }
-        self.stamp += 1;
-        self.candidates.clear();
-        self.results.clear();
-    }
-
-    /// Marks a node visited; false if it already was.
-    #[inline]
-    fn visit(&mut self, node: Node) -> bool {
-        let mark = &mut self.visited[node as usize];
-        if *mark == self.stamp {
-            false
-        } else {
-            *mark = self.stamp;
-            true
-        }
     }
 }
 
@@ -272,6 +94,17 @@ pub struct HnswGraph {
     /// Held by an insert that may raise the top layer.
     entry_change: Mutex<()>,
     scratch: Mutex<Vec<Scratch>>,
+    /// Inserts running now; [`HnswGraph::grown`] requires none.
+    inserting: AtomicUsize,
+}
+
+/// Counts an insert out when it ends, however it ends.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Mem::AcqRel);
+    }
 }
 
 const EMPTY: u64 = u64::MAX;
@@ -310,6 +143,7 @@ impl HnswGraph {
             entry: AtomicU64::new(EMPTY),
             entry_change: Mutex::new(()),
             scratch: Mutex::new(Vec::new()),
+            inserting: AtomicUsize::new(0),
         }
     }
 
@@ -326,8 +160,15 @@ impl HnswGraph {
         self.capacity
     }
 
-    /// A copy of this graph with room for `capacity` nodes. No insert may run meanwhile.
-    pub fn grown(&self, capacity: usize) -> HnswGraph {
+    /// A copy of this graph with room for `capacity` nodes. No insert may run meanwhile (a
+    /// half-inserted node would be copied half-written): only the index's single maintainer
+    /// calls this, between its insert batches, and it panics if an insert is in flight.
+    pub(super) fn grown(&self, capacity: usize) -> HnswGraph {
+        assert_eq!(
+            self.inserting.load(Mem::Acquire),
+            0,
+            "an HNSW graph was grown while inserts ran"
+        );
         let capacity = capacity.max(self.capacity);
         let grown = HnswGraph::new(self.vectors.dimension, self.distance, self.params, capacity);
         let len = self.len();
@@ -611,6 +452,12 @@ impl HnswGraph {
     /// Inserts a vector under the caller's id `label`. Panics when the graph is full (the
     /// owner checks [`HnswGraph::len`] against [`HnswGraph::capacity`] and grows it first).
     pub fn insert(&self, label: usize, vector: &[f32]) {
+        self.inserting.fetch_add(1, Mem::AcqRel);
+        let _done = InFlight(&self.inserting);
+        self.add(label, vector);
+    }
+
+    fn add(&self, label: usize, vector: &[f32]) {
         let node = self.reserved.fetch_add(1, Mem::AcqRel);
         assert!(node < self.capacity, "HNSW graph full ({})", self.capacity);
         let level = self.level_of(node);
@@ -701,175 +548,4 @@ struct LinkBuf {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use grape_client::Metric;
-
-    fn points(n: usize, dimension: usize, seed: u64) -> Vec<Vec<f32>> {
-        let mut state = seed.max(1);
-        (0..n)
-            .map(|_| {
-                (0..dimension)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        (state % 10_000) as f32 / 10_000.0
-                    })
-                    .collect()
-            })
-            .collect()
-    }
-
-    fn exact(vectors: &[Vec<f32>], query: &[f32], k: usize) -> Vec<usize> {
-        let d = GraphDistance::new(Metric::L2);
-        let mut all: Vec<(f32, usize)> = vectors
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (d.distance(query, v), i))
-            .collect();
-        all.sort_by(|a, b| a.0.total_cmp(&b.0));
-        all.into_iter().take(k).map(|(_, i)| i).collect()
-    }
-
-    fn graph(capacity: usize, dimension: usize) -> HnswGraph {
-        HnswGraph::new(
-            dimension,
-            GraphDistance::new(Metric::L2),
-            GraphParams {
-                m: 8,
-                ef_construction: 64,
-            },
-            capacity,
-        )
-    }
-
-    fn recall(g: &HnswGraph, vectors: &[Vec<f32>], queries: &[Vec<f32>], ef: usize) -> f64 {
-        let mut hits = 0;
-        for q in queries {
-            let want = exact(vectors, q, 10);
-            let got = g.search(q, 10, ef, None);
-            hits += got
-                .iter()
-                .filter(|n| want.contains(&g.label(n.node)))
-                .count();
-        }
-        hits as f64 / (10 * queries.len()) as f64
-    }
-
-    #[test]
-    fn an_empty_graph_finds_nothing_and_one_node_finds_itself() {
-        let g = graph(4, 3);
-        assert!(g.search(&[0.0, 0.0, 0.0], 5, 10, None).is_empty());
-        g.insert(77, &[1.0, 2.0, 3.0]);
-        let found = g.search(&[0.0, 0.0, 0.0], 5, 10, None);
-        assert_eq!(found.len(), 1);
-        assert_eq!(g.label(found[0].node), 77);
-        assert_eq!(found[0].distance, 14.0);
-    }
-
-    #[test]
-    fn search_matches_brute_force_closely() {
-        let vectors = points(3000, 16, 7);
-        let g = graph(3000, 16);
-        for (i, v) in vectors.iter().enumerate() {
-            g.insert(i, v);
-        }
-        let queries = points(50, 16, 99);
-        let r = recall(&g, &vectors, &queries, 100);
-        assert!(r >= 0.95, "recall@10 {r}");
-        // Results come nearest first, each with its true distance.
-        let q = &queries[0];
-        let found = g.search(q, 10, 100, None);
-        assert!(found.windows(2).all(|w| w[0].distance <= w[1].distance));
-        let d = GraphDistance::new(Metric::L2);
-        for n in &found {
-            assert_eq!(n.distance, d.distance(q, &vectors[g.label(n.node)]));
-        }
-    }
-
-    #[test]
-    fn lists_stay_within_their_size_and_never_point_at_themselves() {
-        let vectors = points(2000, 8, 3);
-        let g = graph(2000, 8);
-        for (i, v) in vectors.iter().enumerate() {
-            g.insert(i, v);
-        }
-        for node in 0..2000u32 {
-            let level = g.levels[node as usize].load(Mem::Relaxed) as usize;
-            for layer in 0..=level {
-                let list = g.list(node, layer);
-                let len = list[0].load(Mem::Relaxed) as usize;
-                assert!(len < list.len());
-                assert!(len > 0, "node {node} unlinked on layer {layer}");
-                for slot in &list[1..=len] {
-                    let n = slot.load(Mem::Relaxed);
-                    assert_ne!(n, node);
-                    assert!(g.levels[n as usize].load(Mem::Relaxed) as usize >= layer);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn concurrent_inserts_and_searches_build_a_good_graph() {
-        let vectors = points(4000, 16, 11);
-        let g = graph(4000, 16);
-        let next = AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(|| {
-                    loop {
-                        let i = next.fetch_add(1, Mem::Relaxed);
-                        if i >= vectors.len() {
-                            break;
-                        }
-                        g.insert(i, &vectors[i]);
-                        if i.is_multiple_of(50) {
-                            // Searching while others insert sees only whole nodes.
-                            for n in g.search(&vectors[i], 5, 32, None) {
-                                assert!(g.label(n.node) < vectors.len());
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        assert_eq!(g.len(), 4000);
-        let queries = points(50, 16, 5);
-        let r = recall(&g, &vectors, &queries, 100);
-        assert!(r >= 0.95, "recall@10 {r}");
-    }
-
-    #[test]
-    fn a_filter_keeps_results_to_accepted_nodes() {
-        let vectors = points(2000, 8, 21);
-        let g = graph(2000, 8);
-        for (i, v) in vectors.iter().enumerate() {
-            g.insert(i, v);
-        }
-        let even = |n: Node| g.label(n).is_multiple_of(2);
-        let found = g.search(&vectors[101], 10, 64, Some(&even));
-        assert_eq!(found.len(), 10);
-        assert!(found.iter().all(|n| g.label(n.node).is_multiple_of(2)));
-    }
-
-    #[test]
-    fn a_grown_graph_answers_like_the_original_and_takes_more() {
-        let vectors = points(1500, 8, 17);
-        let g = graph(1000, 8);
-        for (i, v) in vectors[..1000].iter().enumerate() {
-            g.insert(i, v);
-        }
-        let bigger = g.grown(1500);
-        for q in &vectors[..20] {
-            assert_eq!(g.search(q, 10, 50, None), bigger.search(q, 10, 50, None));
-        }
-        for (i, v) in vectors.iter().enumerate().skip(1000) {
-            bigger.insert(i, v);
-        }
-        let queries = points(30, 8, 8);
-        let r = recall(&bigger, &vectors, &queries, 100);
-        assert!(r >= 0.95, "recall@10 {r}");
-    }
-}
+mod tests;

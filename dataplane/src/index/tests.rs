@@ -1,0 +1,312 @@
+use super::*;
+use distance::prepare;
+
+fn grid(n: usize) -> Vec<Vec<f32>> {
+    (0..n)
+        .map(|i| vec![i as f32, (i % 7) as f32, 1.0])
+        .collect()
+}
+
+fn exact_top(
+    vectors: &[Vec<f32>],
+    query: &[f32],
+    k: usize,
+    live: impl Fn(usize) -> bool,
+) -> Vec<usize> {
+    let d = GraphDistance::new(Metric::L2);
+    let mut all: Vec<(f32, usize)> = vectors
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| live(*i))
+        .map(|(i, v)| (d.distance(query, v), i))
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    all.into_iter().take(k).map(|(_, i)| i).collect()
+}
+
+fn index_of(vectors: &[Vec<f32>], threshold: usize, engine: GraphEngine) -> VectorIndex {
+    let options = IndexOptions {
+        engine,
+        rebuild_threshold: threshold,
+    };
+    let index = VectorIndex::new(3, Metric::L2, HnswParams::default(), options);
+    for v in vectors {
+        index.add(v);
+    }
+    index
+}
+
+fn maintaining_without_a_limit_indexes_everything_once(engine: GraphEngine) {
+    let vectors = grid(300);
+    let index = index_of(&vectors, 1000, engine);
+    assert_eq!(index.maintain(usize::MAX), 300);
+    assert_eq!(index.stats().pending, 0);
+    // Nothing left: no work reported (an unbounded limit must not overflow).
+    assert_eq!(index.maintain(usize::MAX), 0);
+}
+
+fn unindexed_vectors_are_found_by_exact_scan(engine: GraphEngine) {
+    let vectors = grid(300);
+    let index = index_of(&vectors, 1000, engine);
+    assert_eq!(index.stats().pending, 300);
+    let hits = index.search(&[42.0, 0.0, 1.0], 3, 64, None);
+    let ids: Vec<usize> = hits.iter().map(|c| c.id).collect();
+    assert_eq!(ids, exact_top(&vectors, &[42.0, 0.0, 1.0], 3, |_| true));
+}
+
+fn graph_and_tail_answers_agree_with_brute_force(engine: GraphEngine) {
+    let vectors = grid(2000);
+    let index = index_of(&vectors, 10_000, engine);
+    while index.maintain(700) > 0 {}
+    let stats = index.stats();
+    assert_eq!((stats.indexed, stats.pending), (2000, 0));
+    // Half in the graph, half pending.
+    for v in grid(2200).into_iter().skip(2000) {
+        index.add(&v);
+    }
+    let all = grid(2200);
+    let mut agree = 0;
+    for q in [5.0f32, 500.0, 1500.0, 2100.0, 2199.0] {
+        let query = [q, 3.0, 1.0];
+        let got: Vec<usize> = index
+            .search(&query, 5, 128, None)
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        let want = exact_top(&all, &query, 5, |_| true);
+        agree += got.iter().filter(|id| want.contains(id)).count();
+    }
+    assert!(agree >= 24, "recall too low: {agree}/25");
+}
+
+fn removed_vectors_never_come_back_and_a_rebuild_drops_them(engine: GraphEngine) {
+    let vectors = grid(1000);
+    let index = index_of(&vectors, 50, engine);
+    while index.maintain(1000) > 0 {}
+    for id in 100..160 {
+        index.remove(id);
+    }
+    let hits = index.search(&[130.0, 4.0, 1.0], 10, 64, None);
+    assert!(hits.iter().all(|c| !(100..160).contains(&c.id)), "{hits:?}");
+    assert_eq!(hits.len(), 10);
+    assert_eq!(index.stats().dead_in_graph, 60);
+    assert!(index.needs_maintenance());
+    index.maintain(1000);
+    let stats = index.stats();
+    assert_eq!(
+        (stats.rebuilds, stats.dead_in_graph, stats.live),
+        (1, 0, 940)
+    );
+    let hits = index.search(&[130.0, 4.0, 1.0], 10, 64, None);
+    assert!(hits.iter().all(|c| !(100..160).contains(&c.id)));
+    assert_eq!(hits[0].id, 160, "{hits:?}");
+}
+
+fn accept_filter_restricts_results(engine: GraphEngine) {
+    let vectors = grid(1500);
+    let index = index_of(&vectors, 10_000, engine);
+    while index.maintain(1000) > 0 {}
+    let even = |id: usize| id.is_multiple_of(2);
+    let hits = index.search(&[701.0, 1.0, 1.0], 10, 200, Some(&even));
+    assert_eq!(hits.len(), 10);
+    assert!(hits.iter().all(|c| c.id % 2 == 0));
+    let exact = index.exact_search(&[701.0, 1.0, 1.0], 4, (0..1500).filter(|i| i % 2 == 0));
+    assert_eq!(exact.len(), 4);
+}
+
+fn cosine_index_ranks_by_angle(engine: GraphEngine) {
+    let index = VectorIndex::new(
+        2,
+        Metric::Cosine,
+        HnswParams::default(),
+        IndexOptions {
+            engine,
+            rebuild_threshold: 100,
+        },
+    );
+    let a = index.add(&prepare(Metric::Cosine, &[1.0, 0.0]).unwrap());
+    let b = index.add(&prepare(Metric::Cosine, &[0.0, 5.0]).unwrap());
+    let q = prepare(Metric::Cosine, &[10.0, 1.0]).unwrap();
+    let hits = index.search(&q, 2, 16, None);
+    assert_eq!(hits.iter().map(|c| c.id).collect::<Vec<_>>(), vec![a, b]);
+}
+
+fn a_rebuild_reclaims_the_vectors_of_replaced_documents(engine: GraphEngine) {
+    let vectors = grid(1000);
+    let index = index_of(&vectors, 50, engine);
+    while index.maintain(1000) > 0 {}
+    // 300 updates: each document gets a new id and a moved vector; 10 of the new ones are
+    // deleted again before they reach the graph.
+    // Spread through a cube (hnsw_rs leaves points of a second parallel line unreachable).
+    let moved = |i: usize| {
+        let at = |step: f64| ((i as f64 * step).fract() * 1000.0) as f32;
+        vec![at(0.618_034), at(0.414_214), at(0.732_051)]
+    };
+    for i in 0..300 {
+        index.remove(i);
+        assert_eq!(index.add(&moved(i)), 1000 + i);
+    }
+    for id in 1000..1010 {
+        index.remove(id);
+    }
+    assert_eq!(index.stats().stored, 1300);
+    index.maintain(1000);
+    let stats = index.stats();
+    assert_eq!(
+        (stats.rebuilds, stats.live, stats.stored, stats.pending),
+        (1, 990, 990, 290),
+        "{stats:?}"
+    );
+    // Every live id still reads its own vector; reclaimed ones are gone.
+    for id in [300, 301, 650, 999] {
+        assert_eq!(
+            index.with_vector(id, <[f32]>::to_vec),
+            Some(vectors[id].clone())
+        );
+    }
+    for id in [1010, 1150, 1299] {
+        assert_eq!(
+            index.with_vector(id, <[f32]>::to_vec),
+            Some(moved(id - 1000))
+        );
+    }
+    for id in [0, 299, 1000, 1009] {
+        assert_eq!(index.with_vector(id, |_| ()), None);
+    }
+    while index.maintain(1000) > 0 {}
+    // A second compaction over an already compacted store.
+    for id in 400..500 {
+        index.remove(id);
+    }
+    while index.maintain(1000) > 0 {}
+    let stats = index.stats();
+    assert_eq!(
+        (
+            stats.rebuilds,
+            stats.live,
+            stats.stored,
+            stats.dead_in_graph
+        ),
+        (2, 890, 890, 0),
+        "{stats:?}"
+    );
+    for (query, want) in [
+        (vectors[650].clone(), 650),
+        (moved(150), 1150),
+        (moved(20), 1020),
+    ] {
+        let hits = index.search(&query, 3, 64, None);
+        assert_eq!((hits[0].id, hits[0].distance), (want, 0.0), "{hits:?}");
+    }
+    let hits = index.search(&[450.0, 2.0, 1.0], 10, 64, None);
+    assert!(hits.iter().all(|c| !(400..500).contains(&c.id)), "{hits:?}");
+}
+
+fn as_many_dead_vectors_as_live_ones_are_reclaimed_below_the_threshold(engine: GraphEngine) {
+    let vectors = grid(1500);
+    let index = index_of(&vectors, 1_000_000, engine);
+    while index.maintain(usize::MAX) > 0 {}
+    for id in 0..700 {
+        index.remove(id);
+    }
+    while index.maintain(usize::MAX) > 0 {}
+    let stats = index.stats();
+    assert_eq!((stats.rebuilds, stats.stored), (0, 1500), "{stats:?}");
+    // 1,000 dead and 500 live: past RECLAIM_MIN and past the live count.
+    for id in 700..1000 {
+        index.remove(id);
+    }
+    assert!(index.needs_maintenance());
+    while index.maintain(usize::MAX) > 0 {}
+    let stats = index.stats();
+    assert_eq!(
+        (stats.rebuilds, stats.stored, stats.live),
+        (1, 500, 500),
+        "{stats:?}"
+    );
+    assert_eq!(index.search(&vectors[1200], 1, 32, None)[0].id, 1200);
+}
+
+fn updates_during_rebuilds_keep_every_vector_right(engine: GraphEngine) {
+    let docs = 200;
+    let vector_of =
+        |doc: usize, version: usize| vec![doc as f32, (version % 13) as f32, (version % 5) as f32];
+    let index = Arc::new(index_of(
+        &(0..docs).map(|d| vector_of(d, 0)).collect::<Vec<_>>(),
+        20,
+        engine,
+    ));
+    while index.maintain(usize::MAX) > 0 {}
+    let updates = 2000;
+    let writer = {
+        let index = Arc::clone(&index);
+        std::thread::spawn(move || {
+            let mut current: Vec<(VectorId, Vec<f32>)> =
+                (0..docs).map(|d| (d, vector_of(d, 0))).collect();
+            for version in 1..=updates {
+                let doc = (version * 37) % docs;
+                let vector = vector_of(doc, version);
+                index.remove(current[doc].0);
+                current[doc] = (index.add(&vector), vector);
+                if version % 100 == 0 {
+                    // Wait for the indexer to catch up, so that the next 100 updates remove
+                    // graph entries: each such round starts a rebuild that races with it.
+                    let waited = std::time::Instant::now();
+                    while index.stats().pending > 0
+                        && waited.elapsed() < std::time::Duration::from_secs(10)
+                    {
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                    }
+                }
+            }
+            current
+        })
+    };
+    let d = GraphDistance::new(Metric::L2);
+    while !writer.is_finished() {
+        index.maintain(64);
+        let query = vector_of(77, 3);
+        for hit in index.search(&query, 5, 32, None) {
+            // A hit may die right after the search; while live it reads its own vector.
+            if let Some(exact) = index.with_vector(hit.id, |v| d.distance(&query, v)) {
+                assert!((exact - hit.distance).abs() < 1e-4, "{hit:?} vs {exact}");
+            }
+        }
+    }
+    let current = writer.join().unwrap();
+    while index.maintain(usize::MAX) > 0 {}
+    let stats = index.stats();
+    assert_eq!(stats.live, docs as u64);
+    assert!(stats.rebuilds >= 20, "{stats:?}");
+    let issued = (docs + updates) as u64;
+    assert!(stats.stored < issued / 2, "nothing reclaimed: {stats:?}");
+    for (id, vector) in current {
+        assert_eq!(index.with_vector(id, <[f32]>::to_vec), Some(vector.clone()));
+        let hits = index.search(&vector, 1, docs, None);
+        assert_eq!((hits[0].id, hits[0].distance), (id, 0.0));
+    }
+}
+
+/// Runs each test against both graph engines.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod hnsw_rs_engine {
+            $(#[test] fn $name() { super::$name(super::GraphEngine::HnswRs) })*
+        }
+        mod grape_engine {
+            $(#[test] fn $name() { super::$name(super::GraphEngine::Grape) })*
+        }
+    };
+}
+
+on_both_engines!(
+    maintaining_without_a_limit_indexes_everything_once,
+    unindexed_vectors_are_found_by_exact_scan,
+    graph_and_tail_answers_agree_with_brute_force,
+    removed_vectors_never_come_back_and_a_rebuild_drops_them,
+    a_rebuild_reclaims_the_vectors_of_replaced_documents,
+    as_many_dead_vectors_as_live_ones_are_reclaimed_below_the_threshold,
+    updates_during_rebuilds_keep_every_vector_right,
+    accept_filter_restricts_results,
+    cosine_index_ranks_by_angle,
+);
