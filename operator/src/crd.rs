@@ -252,8 +252,8 @@ impl Default for RaftSpec {
 #[serde(rename_all = "camelCase")]
 pub struct SecuritySpec {
     /// Secret with an `api_keys.yaml` key (the seed guide's format). Authentication is on when
-    /// set. It must hold a key with the `admin` role under `operator` for the operator's own
-    /// calls (see the README).
+    /// set. It must also hold `operator-key`, an admin key in that file, for the operator's own
+    /// calls (see docs/kubernetes.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_keys_secret: Option<String>,
     /// Secret of type `kubernetes.io/tls` (`tls.crt`, `tls.key`, `ca.crt`): HTTPS for clients
