@@ -45,14 +45,10 @@ error_codes! {
     EmptyBatch = "empty_batch",
     /// A vector whose length is not the collection's dimension.
     DimensionMismatch = "dimension_mismatch",
-    /// The API keys file is malformed.
-    InvalidApiKeys = "invalid_api_keys",
     /// The body could not be read.
     InvalidBody = "invalid_body",
     /// A collection definition out of range.
     InvalidCollection = "invalid_collection",
-    /// A configuration that cannot start a node.
-    InvalidConfig = "invalid_config",
     /// A list cursor that this node did not issue.
     InvalidCursor = "invalid_cursor",
     /// A search `ef` out of range.
@@ -77,9 +73,10 @@ error_codes! {
     InvalidVector = "invalid_vector",
     /// Metadata over 64 KiB.
     MetadataTooLarge = "metadata_too_large",
-    // 401, 403
+    // 401
     /// No key, an unknown key or an expired key.
     Unauthorized = "unauthorized",
+    // 403
     /// The key lacks the permission, or the caller's address is not allowed.
     Forbidden = "forbidden",
     // 404
@@ -126,8 +123,6 @@ error_codes! {
     NotReady = "not_ready",
     /// A peer did not answer.
     PeerUnreachable = "peer_unreachable",
-    /// A peer answered with something other than Grape's error body.
-    PeerError = "peer_error",
     /// A search ran past `performance.query_timeout_ms`.
     QueryTimeout = "query_timeout",
     /// The storage failed; the write was not acknowledged.
@@ -137,8 +132,16 @@ error_codes! {
     // 500
     /// A bug: an invariant did not hold.
     InternalError = "internal_error",
+    // the peer's status: an answer from another node that this node passes on
+    /// A peer answered with something other than Grape's error body.
+    PeerError = "peer_error",
     /// A peer answered with a code this version does not know.
     RemoteError = "remote_error",
+    // start-up: the node refuses to start (never an HTTP answer)
+    /// The API keys file is malformed.
+    InvalidApiKeys = "invalid_api_keys",
+    /// A configuration that cannot start a node.
+    InvalidConfig = "invalid_config",
 }
 
 impl fmt::Display for ErrorCode {
@@ -178,6 +181,17 @@ mod tests {
             assert_eq!(ErrorCode::parse(code.as_str()), Some(*code));
             let json = serde_json::to_string(code).unwrap();
             assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), *code);
+        }
+    }
+
+    #[test]
+    fn the_api_documentation_lists_every_code() {
+        let docs = include_str!("../../docs/api.md");
+        for code in ErrorCode::ALL {
+            assert!(
+                docs.contains(&format!("| `{code}` |")),
+                "docs/api.md's error table lacks `{code}`"
+            );
         }
     }
 

@@ -18,16 +18,22 @@ pub enum ClientError {
         code: String,
         message: String,
     },
-    /// The request did not complete (connection refused, timeout, bad body).
+    /// The request did not complete (connection refused, timeout).
     #[error("request failed: {0}")]
     Transport(#[from] reqwest::Error),
+    /// The server answered with a success status, but not with the shape this client reads
+    /// (a server of another version): the request may well have taken effect.
+    #[error("{status}: unexpected answer: {message}")]
+    UnexpectedAnswer { status: StatusCode, message: String },
 }
 
 impl ClientError {
     /// The HTTP status, when the server answered.
     pub fn status(&self) -> Option<StatusCode> {
         match self {
-            ClientError::Api { status, .. } => Some(*status),
+            ClientError::Api { status, .. } | ClientError::UnexpectedAnswer { status, .. } => {
+                Some(*status)
+            }
             ClientError::Transport(e) => e.status(),
         }
     }
@@ -36,7 +42,7 @@ impl ClientError {
     pub fn code(&self) -> Option<&str> {
         match self {
             ClientError::Api { code, .. } => Some(code),
-            ClientError::Transport(_) => None,
+            ClientError::Transport(_) | ClientError::UnexpectedAnswer { .. } => None,
         }
     }
 
@@ -106,7 +112,11 @@ impl GrapeClient {
         let response = builder.send().await?;
         let status = response.status();
         if status.is_success() {
-            return Ok(response.json().await?);
+            let bytes = response.bytes().await?;
+            return serde_json::from_slice(&bytes).map_err(|e| ClientError::UnexpectedAnswer {
+                status,
+                message: e.to_string(),
+            });
         }
         let text = response.text().await.unwrap_or_default();
         let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {

@@ -21,7 +21,7 @@ pub struct Listeners {
     pub api: TcpListener,
     /// The unauthenticated metrics endpoint (`monitoring.metrics_port`), if enabled.
     pub metrics: Option<TcpListener>,
-    /// Node-to-node traffic (`node.raft_address`); taken by [`Node::start`].
+    /// Node-to-node traffic (`node.raft_address`); taken when the node starts ([`serve`]).
     pub raft: Option<TcpListener>,
 }
 

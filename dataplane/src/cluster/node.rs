@@ -440,7 +440,8 @@ fn raft_settings(config: &Config) -> Result<openraft::Config> {
         // A node whose data directory was wiped comes back under the same id with an empty
         // log: its leaders must re-seed it instead of treating the reverted log as a bug.
         // (A Raft member that loses acknowledged entries weakens the quorum guarantee, as any
-        // lost replica does: DESIGN.md's promise holds while a majority of replicas survive.)
+        // lost replica does: no acknowledged write is lost while a majority of its replicas
+        // survive.)
         allow_log_reversion: Some(true),
         ..Default::default()
     };

@@ -89,6 +89,26 @@ pub trait Rpc: Serialize + DeserializeOwned + Send + Sync + 'static {
     type Response: Serialize + DeserializeOwned + Send + 'static;
 }
 
+/// A call without arguments: on the wire a MessagePack nil, as `()` (what nodes of earlier
+/// versions send and expect), not the empty array serde makes of a unit struct.
+macro_rules! nil_request {
+    ($request:ident) => {
+        #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+        #[serde(from = "()", into = "()")]
+        pub struct $request;
+
+        impl From<()> for $request {
+            fn from((): ()) -> Self {
+                $request
+            }
+        }
+
+        impl From<$request> for () {
+            fn from(_: $request) {}
+        }
+    };
+}
+
 macro_rules! rpc {
     ($request:ty, $kind:ident, $response:ty) => {
         impl Rpc for $request {
@@ -145,14 +165,10 @@ rpc!(
     TransferLeaderResponse<TypeConfig>
 );
 
-/// Asks a node for its [`NodeStatus`].
-#[derive(Debug, Serialize, Deserialize)]
-pub struct StatusRpc;
+nil_request!(StatusRpc);
 rpc!(StatusRpc, Status, NodeStatus);
 
-/// Asks a node to answer with its id.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct PingRpc;
+nil_request!(PingRpc);
 rpc!(PingRpc, Ping, NodeId);
 
 /// A client write forwarded to a group's leader.
@@ -216,9 +232,7 @@ pub struct HandOverRpc {
 }
 rpc!(HandOverRpc, HandOver, ());
 
-/// Asks for the checksums of every replica a node holds.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ChecksumsRpc;
+nil_request!(ChecksumsRpc);
 rpc!(ChecksumsRpc, Checksums, Vec<ShardChecksum>);
 
 /// An administrative request that the meta leader carries out.
@@ -231,8 +245,10 @@ pub enum AdminRpc {
 }
 rpc!(AdminRpc, Admin, AdminAnswer);
 
-/// What the meta leader answers to an [`AdminRpc`].
+/// What the meta leader answers to an [`AdminRpc`]: on the wire the answer itself (untagged,
+/// the variants have disjoint fields), as nodes of earlier versions send and expect it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
 pub enum AdminAnswer {
     /// To `AddNode`.
     Added(AddNodeResponse),
@@ -400,6 +416,42 @@ impl From<RemoteError> for Error {
 mod tests {
     use super::super::types::{decode, encode};
     use super::*;
+
+    #[test]
+    fn calls_without_arguments_travel_as_nil_like_earlier_versions_sent_them() {
+        let nil = encode(&());
+        assert_eq!(encode(&StatusRpc), nil);
+        assert_eq!(encode(&PingRpc), nil);
+        assert_eq!(encode(&ChecksumsRpc), nil);
+        let _: StatusRpc = decode(&nil).unwrap();
+    }
+
+    #[test]
+    fn an_admin_answer_travels_as_the_bare_answer() {
+        let started = OperationStarted {
+            operation: 7,
+            moves: 3,
+            leaders: 2,
+        };
+        let wire = encode(&AdminAnswer::Started(started.clone()));
+        // An earlier node sent (and reads) the answer as a plain map.
+        let map: serde_json::Value = decode(&wire).unwrap();
+        assert_eq!(map["operation"], 7);
+        let old: serde_json::Value = serde_json::to_value(&started).unwrap();
+        match decode::<AdminAnswer>(&encode(&old)).unwrap() {
+            AdminAnswer::Started(read) => assert_eq!(read, started),
+            other => panic!("read back as {other:?}"),
+        }
+        let added = AddNodeResponse {
+            node_id: "node-4".into(),
+            address: "10.0.0.4:9000".into(),
+            state: "joining".into(),
+        };
+        assert!(matches!(
+            decode::<AdminAnswer>(&encode(&AdminAnswer::Added(added))).unwrap(),
+            AdminAnswer::Added(_)
+        ));
+    }
 
     #[test]
     fn every_kind_has_its_own_path() {

@@ -39,7 +39,9 @@ pub enum Target {
 
 /// Runs a request on a replica of `group` chosen by `target`: `here()` when that is this
 /// node, `there(peer, time_left)` otherwise. Follows leader hints, tries other replicas while
-/// one is unreachable, waits out elections, and answers `no_leader` after [`LEADER_WAIT`].
+/// one is unreachable, waits out elections, and answers `no_leader` after [`LEADER_WAIT`]:
+/// every attempt, here or on a peer, is bounded by the time left, so a request answers within
+/// [`LEADER_WAIT`] in all.
 ///
 /// A leader cut off from its quorum keeps a write pending: the loop gives up at the deadline
 /// without acknowledging it (the write may still commit later).
@@ -105,10 +107,11 @@ where
                 code: code @ (ErrorCode::PeerUnreachable | ErrorCode::NoLeader),
                 message,
             }) => {
-                let pause = match (target, code) {
-                    // Another replica may answer at once.
-                    (Target::AnyReplica, _) if attempt < replicas.len() => Duration::ZERO,
-                    (_, ErrorCode::NoLeader) => Duration::from_millis(50),
+                let pause = match target {
+                    Target::Write if code == ErrorCode::NoLeader => Duration::from_millis(50),
+                    Target::Write => Duration::from_millis(100),
+                    // A read tries every replica at once before it waits.
+                    _ if attempt < replicas.len() => Duration::ZERO,
                     _ => Duration::from_millis(100),
                 };
                 (message, pause)
