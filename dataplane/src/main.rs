@@ -116,6 +116,7 @@ mod dev_cluster {
 
     pub fn run(args: Args) -> anyhow::Result<()> {
         let exe = std::env::current_exe()?;
+        let secret = cluster_secret(&args.data_dir)?;
         let peers: Vec<String> = (1..=args.nodes)
             .map(|i| format!("node-{i}=127.0.0.1:{}", args.raft_port + i - 1))
             .collect();
@@ -138,6 +139,7 @@ mod dev_cluster {
                 .arg("--data-dir")
                 .arg(args.data_dir.join(&id))
                 .env("GRAPE__CLUSTER__ENABLED", "true")
+                .env("GRAPE__CLUSTER__SECRET_FILE", &secret)
                 .env("GRAPE_CLUSTER_PEERS", peers.join(","))
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
@@ -184,5 +186,28 @@ mod dev_cluster {
             let _ = child.wait();
         }
         Ok(())
+    }
+
+    /// The secret the local cluster's nodes prove to each other: `DATA_DIR/cluster.secret`,
+    /// made (random, readable by this user only) on first use.
+    fn cluster_secret(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join("cluster.secret");
+        if !path.exists() {
+            let secret = format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?
+                .write_all(format!("{secret}\n").as_bytes())?;
+        }
+        Ok(path)
     }
 }

@@ -19,7 +19,8 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams,
 };
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -183,6 +184,36 @@ async fn credentials(
     Ok((key, ca))
 }
 
+/// Creates the cluster's node-to-node secret, random, if it does not exist yet. Never
+/// rewritten: the nodes of a cluster must keep proving the same secret (rotation is by hand,
+/// see docs/security.md).
+async fn ensure_cluster_secret(
+    cluster: &GrapeCluster,
+    client: &Client,
+    namespace: &str,
+) -> Result<(), Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let name = Names::of(cluster).cluster_secret();
+    if secrets.get_opt(&name).await?.is_some() {
+        return Ok(());
+    }
+    let value: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    match secrets
+        .create(
+            &PostParams::default(),
+            &resources::cluster_secret(cluster, &value),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Created meanwhile (another reconcile): keep that one.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Observes, decides, applies, acts, reports.
 async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
     let names = Names::of(cluster);
@@ -259,6 +290,7 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
 
     // Apply the owned objects.
     if plan.apply {
+        ensure_cluster_secret(cluster, client, &namespace).await?;
         let desired =
             resources::desired(cluster, plan.statefulset_replicas, plan.bootstrap_replicas);
         server_side_apply(

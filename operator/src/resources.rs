@@ -6,6 +6,8 @@
 //!                        ├───> Service g                 clients (port 8080)
 //!                        ├───> StatefulSet g             pods g-0..g-(R-1), node.id = pod name
 //!                        ├───> PodDisruptionBudget g     maxUnavailable 1
+//!                        ├───> Secret g-cluster-secret   the secret node-to-node calls prove
+//!                        │                               (created once, random; see controller)
 //!                        └───> ServiceMonitor g          when spec.monitoring.serviceMonitor
 //! ```
 //!
@@ -22,8 +24,8 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    PodTemplateSpec, Probe, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -46,6 +48,8 @@ pub const DATA_DIR: &str = "/var/lib/grape-vector-db";
 pub const CONFIG_DIR: &str = "/etc/grape-vector-db";
 /// The API-key file inside the API-keys Secret.
 pub const API_KEYS_FILE: &str = "api_keys.yaml";
+/// The key inside the cluster Secret holding the node-to-node secret.
+pub const CLUSTER_SECRET_KEY: &str = "cluster.secret";
 /// The key inside the API-keys Secret holding the operator's own (admin) key.
 pub const OPERATOR_KEY: &str = "operator-key";
 /// Pod template annotation: hash of the rest of the pod template, rendered configuration
@@ -92,6 +96,10 @@ impl Names {
     }
     pub fn pdb(&self) -> String {
         self.cluster.clone()
+    }
+    /// The Secret holding the secret every node-to-node call proves.
+    pub fn cluster_secret(&self) -> String {
+        format!("{}-cluster-secret", self.cluster)
     }
     /// Pod `ordinal`'s name (also its Grape node id).
     pub fn pod(&self, ordinal: i32) -> String {
@@ -179,6 +187,7 @@ pub fn server_config(spec: &GrapeClusterSpec, names: &Names, bootstrap_replicas:
         "peers": peers,
         "election_timeout_ms": spec.raft.election_timeout_ms,
         "heartbeat_interval_ms": spec.raft.heartbeat_interval_ms,
+        "secret_file": format!("{CONFIG_DIR}/cluster/{CLUSTER_SECRET_KEY}"),
     });
     // Without an API-keys Secret there are no keys: authentication is off (the node would
     // otherwise turn it on because it listens beyond loopback, and refuse everything).
@@ -374,6 +383,20 @@ pub fn desired(
         }),
         ..Volume::default()
     }];
+    mounts.push(VolumeMount {
+        name: "cluster-secret".into(),
+        mount_path: format!("{CONFIG_DIR}/cluster"),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    });
+    volumes.push(Volume {
+        name: "cluster-secret".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(names.cluster_secret()),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
     if let Some(secret) = &spec.security.api_keys_secret {
         mounts.push(VolumeMount {
             name: "api-keys".into(),
@@ -619,4 +642,19 @@ pub fn pod_template_hash(template: &PodTemplateSpec) -> String {
         .and_then(|a| a.get(TEMPLATE_HASH_ANNOTATION))
         .cloned()
         .unwrap_or_default()
+}
+
+/// The Secret holding the node-to-node secret `value`, owned by `cluster`. Created once (the
+/// controller never overwrites it: every node of the cluster must keep the same secret).
+pub fn cluster_secret(cluster: &GrapeCluster, value: &str) -> Secret {
+    let names = Names::of(cluster);
+    Secret {
+        metadata: meta(cluster, &names, names.cluster_secret()),
+        type_: Some("Opaque".into()),
+        string_data: Some(BTreeMap::from([(
+            CLUSTER_SECRET_KEY.to_string(),
+            format!("{value}\n"),
+        )])),
+        ..Secret::default()
+    }
 }

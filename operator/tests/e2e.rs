@@ -68,6 +68,8 @@ struct StatefulSetSim {
     endpoints: Arc<LocalEndpoints>,
     /// Client-Service stand-in: URLs of the ready pods, for the writers.
     ready_urls: Arc<Mutex<Vec<String>>>,
+    /// Stand-in for the cluster Secret the operator creates and the pods mount.
+    cluster_secret: (tempfile::TempDir, std::path::PathBuf),
 }
 
 impl StatefulSetSim {
@@ -83,6 +85,10 @@ impl StatefulSetSim {
             server_yaml: String::new(),
             endpoints: Arc::default(),
             ready_urls: Arc::default(),
+            cluster_secret: grape_e2e::temp_file(
+                "cluster.secret",
+                "e2e-cluster-secret-0123456789abcdef\n",
+            ),
         }
     }
 
@@ -151,6 +157,11 @@ impl StatefulSetSim {
         options
             .env
             .push(("GRAPE_CLUSTER_PEERS".into(), peers.join(",")));
+        // The rendered configuration names the mounted Secret's path; here, a local file.
+        options.env.push((
+            "GRAPE__CLUSTER__SECRET_FILE".into(),
+            self.cluster_secret.1.display().to_string(),
+        ));
         (options, dir)
     }
 

@@ -84,6 +84,11 @@ fn default_spec_renders_every_owned_object() {
     assert_eq!(config["database"]["shard_count"], 16);
     assert_eq!(config["database"]["replication_factor"], 3);
     assert_eq!(config["cluster"]["election_timeout_ms"], 500);
+    // Node-to-node calls prove the cluster Secret the operator creates, mounted read-only.
+    assert_eq!(
+        config["cluster"]["secret_file"],
+        "/etc/grape-vector-db/cluster/cluster.secret"
+    );
     assert_eq!(config["node"]["data_dir"], "/var/lib/grape-vector-db");
     assert_eq!(config["security"]["enable_tls"], false);
     assert!(config["security"].get("api_keys_file").is_none());
@@ -221,7 +226,10 @@ fn full_spec_renders_resources_security_placement_and_monitoring() {
         .iter()
         .filter_map(|v| v["secret"]["secretName"].as_str())
         .collect();
-    assert_eq!(secrets, vec!["grape-keys", "grape-tls"]);
+    assert_eq!(
+        secrets,
+        vec!["vectors-cluster-secret", "grape-keys", "grape-tls"]
+    );
     assert_eq!(pod["nodeSelector"]["disktype"], "ssd");
     assert_eq!(pod["tolerations"][0]["value"], "grape");
     // The given affinity replaces the default spreading.

@@ -162,6 +162,30 @@ async fn reconcile_applies_every_owned_object_with_server_side_apply_then_patche
             StatusCode::OK,
             &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
         );
+        // The cluster's node-to-node secret: none yet, so one is created, random, owned.
+        let (method, path, _, _, _, send) = next(&mut handle).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            (
+                "GET",
+                "/api/v1/namespaces/default/secrets/test-cluster-secret"
+            )
+        );
+        respond(send, StatusCode::NOT_FOUND, &not_found());
+        let (method, path, _, _, body, send) = next(&mut handle).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("POST", "/api/v1/namespaces/default/secrets")
+        );
+        assert_eq!(body["metadata"]["name"], "test-cluster-secret");
+        assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        let secret = body["stringData"]["cluster.secret"]
+            .as_str()
+            .unwrap()
+            .trim();
+        assert_eq!(secret.len(), 64, "{secret}");
+        assert!(secret.chars().all(|c| c.is_ascii_hexdigit()), "{secret}");
+        respond(send, StatusCode::CREATED, &body);
         // Apply: each owned object, server-side, one field manager, forced.
         for (want_path, want_body) in expected {
             let (method, path, query, content_type, body, send) = next(&mut handle).await;
@@ -227,7 +251,22 @@ async fn a_failed_apply_is_a_reconcile_error_and_is_counted() {
             StatusCode::OK,
             &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
         );
-        let (_, path, _, _, _, send) = next(&mut handle).await;
+        // The cluster secret exists: it is left as it is (never rewritten).
+        let (method, path, _, _, _, send) = next(&mut handle).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            (
+                "GET",
+                "/api/v1/namespaces/default/secrets/test-cluster-secret"
+            )
+        );
+        respond(
+            send,
+            StatusCode::OK,
+            &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "test-cluster-secret", "namespace": "default"}, "data": {"cluster.secret": "c2VjcmV0"}}),
+        );
+        let (method, path, _, _, _, send) = next(&mut handle).await;
+        assert_eq!(method, "PATCH", "the existing secret is not created again");
         assert!(path.ends_with("/configmaps/test-config"));
         respond(
             send,

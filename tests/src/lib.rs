@@ -54,6 +54,9 @@ pub struct NodeOptions {
     pub ip: Option<String>,
     /// Fixed node-to-node port (default: any free one; peers need it fixed).
     pub raft_port: Option<u16>,
+    /// For [`Cluster`]: do not give the nodes a shared cluster secret (they must authenticate
+    /// each other some other way, e.g. verified TLS).
+    pub no_cluster_secret: bool,
 }
 
 impl NodeOptions {
@@ -463,10 +466,33 @@ pub struct Cluster {
     pub nodes: Vec<GrapeNode>,
     /// `127.A.B`: the cluster's loopback network.
     pub network: String,
+    /// Holds the cluster secret file (`cluster.secret`), unless the options declined one.
+    pub secret_dir: Option<tempfile::TempDir>,
     /// Options every node started with.
     options: NodeOptions,
     /// `id=address` of every node started so far.
     peers: Vec<String>,
+}
+
+/// `options` plus a fresh cluster secret file (`GRAPE__CLUSTER__SECRET_FILE`), unless they
+/// decline one; returns the directory holding the file.
+fn with_cluster_secret(mut options: NodeOptions) -> (NodeOptions, Option<tempfile::TempDir>) {
+    if options.no_cluster_secret {
+        return (options, None);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("cluster.secret");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+        ^ u128::from(std::process::id()) << 64;
+    std::fs::write(&path, format!("{seed:040x}\n")).expect("write the cluster secret");
+    options.env.push((
+        "GRAPE__CLUSTER__SECRET_FILE".into(),
+        path.to_string_lossy().into_owned(),
+    ));
+    (options, Some(dir))
 }
 
 /// `base` for member `node-i` of a cluster: its address, its fixed Raft port, and every
@@ -519,6 +545,7 @@ impl Cluster {
         let peers: Vec<String> = (1..=size)
             .map(|i| format!("node-{i}={network}.{i}:{}", ports[i - 1]))
             .collect();
+        let (options, secret_dir) = with_cluster_secret(options);
         let base_options = options.clone();
         let mut nodes = Vec::new();
         for i in 1..=size {
@@ -535,9 +562,18 @@ impl Cluster {
         Cluster {
             nodes,
             network,
+            secret_dir,
             options: base_options,
             peers,
         }
+    }
+
+    /// The cluster secret its nodes share, if they use one.
+    pub fn secret(&self) -> Option<String> {
+        let dir = self.secret_dir.as_ref()?;
+        std::fs::read_to_string(dir.path().join("cluster.secret"))
+            .ok()
+            .map(|s| s.trim().to_string())
     }
 
     /// Starts one more node (`node-N+1`, on the next address) that knows the others as its

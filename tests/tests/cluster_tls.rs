@@ -1,5 +1,6 @@
 //! With `cluster.enable_tls`, node-to-node traffic is TLS with peer verification: the cluster
-//! forms and replicates, and a peer without a certificate from the cluster's CA is refused.
+//! forms and replicates, a peer without a certificate from the cluster's CA is refused, and a
+//! certificate from that CA speaks only for a node whose host it names.
 
 use grape_e2e::load::{self, DIMENSION, doc};
 use grape_e2e::{Cluster, NodeOptions, temp_file};
@@ -24,7 +25,10 @@ async fn nodes_talk_over_mutually_verified_tls() {
     let (_b, cert_path) = temp_file("node.crt", &node_cert.pem());
     let (_c, key_path) = temp_file("node.key", &node_key.serialize_pem());
 
-    let options = NodeOptions::dimension(DIMENSION)
+    // Verified TLS alone authenticates the nodes: no cluster secret.
+    let mut options = NodeOptions::dimension(DIMENSION);
+    options.no_cluster_secret = true;
+    let options = options
         .setting("CLUSTER__ENABLE_TLS", "true")
         .setting("CLUSTER__TLS_CONFIG__VERIFY_PEER", "true")
         .setting("CLUSTER__TLS_CONFIG__CA_FILE", ca_path.to_str().unwrap())
@@ -69,5 +73,49 @@ async fn nodes_talk_over_mutually_verified_tls() {
     assert!(
         anonymous.is_err(),
         "a client without a certificate got through: {anonymous:?}"
+    );
+
+    // A certificate from the cluster's CA passes the handshake, but it must name the host of
+    // the node the caller claims to be.
+    let call = |cert_pem: String, key_pem: String, claimed: &'static str| {
+        let ca_pem = ca_cert.pem();
+        let raft = raft.clone();
+        async move {
+            let identity = reqwest::Identity::from_pem((cert_pem + &key_pem).as_bytes()).unwrap();
+            reqwest::Client::builder()
+                .tls_certs_only(vec![
+                    reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap(),
+                ])
+                .identity(identity)
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap()
+                .post(format!("https://{raft}/internal/ping"))
+                .header("x-grape-node", claimed)
+                .header("content-type", "application/msgpack")
+                .body(vec![0xc0])
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    };
+    let stranger_key = KeyPair::generate().unwrap();
+    let stranger = CertificateParams::new(vec![format!("{network}.9")])
+        .unwrap()
+        .signed_by(&stranger_key, &ca)
+        .unwrap();
+    assert_eq!(
+        call(stranger.pem(), stranger_key.serialize_pem(), "node-2")
+            .await
+            .unwrap(),
+        401,
+        "a certificate that does not name node-2's host cannot speak as node-2"
+    );
+    assert_eq!(
+        call(node_cert.pem(), node_key.serialize_pem(), "node-1")
+            .await
+            .unwrap(),
+        200,
+        "the nodes' own certificate names node-1's host"
     );
 }

@@ -5,6 +5,7 @@
 //! `status`, `tasks` and `server`.
 
 use super::activity::Activity;
+use super::raft::auth::PeerAuth;
 use super::raft::ids::{GroupId, META_GROUP, NodeAddr, NodeId};
 use super::raft::log_store::LogStore;
 use super::raft::meta_commands::NodeState;
@@ -43,6 +44,8 @@ pub struct Node {
     syncer: Arc<WalSyncer>,
     /// Connections to peers, shared by every group and every call.
     peers: Arc<Peers>,
+    /// Checks every call from peers (and signs ours, through `peers`).
+    peer_auth: Arc<PeerAuth>,
     /// The meta group.
     meta: MetaRaft,
     /// The meta group's state (this node's copy).
@@ -113,9 +116,18 @@ impl Node {
         }
         let syncer = Arc::new(WalSyncer::start(&storage));
 
+        let peer_auth = Arc::new(PeerAuth::from_config(&config)?);
+        if config.peer_auth_required() && !peer_auth.is_enforced() {
+            tracing::warn!(
+                "cluster.insecure is set: node-to-node calls are NOT authenticated; anyone who \
+                 reaches {} can write data and change the cluster's membership",
+                config.node.raft_address
+            );
+        }
         let peers = Arc::new(Peers::new(
             peer_http_client(&config, raft)?,
             config.cluster.enable_tls,
+            Arc::clone(&peer_auth),
         ));
         for peer in config.other_peers() {
             peers.learn(&peer.id, &peer.address);
@@ -159,6 +171,7 @@ impl Node {
             storage,
             syncer,
             peers,
+            peer_auth,
             meta,
             meta_state,
             meta_changes,
@@ -210,6 +223,11 @@ impl Node {
     /// Connections to peers.
     pub fn peers(&self) -> &Peers {
         &self.peers
+    }
+
+    /// What calls from peers must prove.
+    pub fn peer_auth(&self) -> &PeerAuth {
+        &self.peer_auth
     }
 
     /// The shard replicas held here.

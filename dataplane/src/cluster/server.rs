@@ -8,6 +8,7 @@
 
 use super::elastic::{self, leadership, membership};
 use super::node::Node;
+use super::raft::auth::{Call, NODE_HEADER, PROOF_HEADER};
 use super::raft::ids::META_GROUP;
 use super::raft::meta_sm::MetaRaft;
 use super::raft::rpc::{
@@ -20,12 +21,15 @@ use super::raft::tls::server_tls;
 use super::raft::types::{Snapshot, decode, encode};
 use super::route::{self, documents, search};
 use super::{status, tasks};
+use crate::config::parse_host_port;
 use crate::error::{Error, ErrorCode, Result};
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum_server::tls::TlsInfo;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -103,7 +107,60 @@ where
     )
 }
 
-/// Every node-to-node call, each served at the path its type names.
+/// Lets a call through only if it proves it comes from a node of this cluster
+/// ([`PeerAuth::check`]); otherwise answers 401 before any handler runs.
+async fn authenticate(
+    State(node): State<Arc<Node>>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    if !node.peer_auth().is_enforced() {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(body) => body,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("unreadable body: {e}")).into_response();
+        }
+    };
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let certificates = parts
+        .extensions
+        .get::<Arc<TlsInfo>>()
+        .map(|info| info.peer_certificates.as_slice())
+        .unwrap_or_default();
+    let call = Call {
+        path: parts.uri.path(),
+        node: header(NODE_HEADER),
+        proof: header(PROOF_HEADER),
+        body: &body,
+        certificates,
+    };
+    let host_of = |id: &str| {
+        node.peers()
+            .address(id)
+            .and_then(|address| parse_host_port(&address).map(|(host, _)| host))
+    };
+    if let Err(refusal) = node.peer_auth().check(&call, host_of) {
+        tracing::warn!(
+            path = call.path,
+            claimed = call.node.unwrap_or("-"),
+            reason = %refusal.0,
+            "refused a node-to-node call"
+        );
+        return (
+            StatusCode::UNAUTHORIZED,
+            format!("unauthenticated node-to-node call: {}", refusal.0),
+        )
+            .into_response();
+    }
+    next.run(axum::extract::Request::from_parts(parts, Body::from(body)))
+        .await
+}
+
+/// Every node-to-node call, each served at the path its type names, behind
+/// [`authenticate`].
 pub fn router(node: Arc<Node>) -> axum::Router {
     let mut app = axum::Router::new();
     for &kind in RpcKind::ALL {
@@ -166,7 +223,12 @@ pub fn router(node: Arc<Node>) -> axum::Router {
             }),
         };
     }
-    app.layer(DefaultBodyLimit::max(MAX_BODY)).with_state(node)
+    app.layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&node),
+            authenticate,
+        ))
+        .with_state(node)
 }
 
 /// Serves node-to-node traffic until the node shuts down.

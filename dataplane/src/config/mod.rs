@@ -77,13 +77,26 @@ pub struct PeerConfig {
 }
 
 /// `cluster.tls_config`: certificates for node-to-node TLS.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterTlsConfig {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
+    /// Callers must present a certificate from `ca_file` that names the host of the node they
+    /// claim to be. On by default.
     pub verify_peer: bool,
+}
+
+impl Default for ClusterTlsConfig {
+    fn default() -> Self {
+        ClusterTlsConfig {
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+            verify_peer: true,
+        }
+    }
 }
 
 /// `cluster`: replication settings.
@@ -101,6 +114,11 @@ pub struct ClusterConfig {
     pub snapshot_log_entries: u64,
     /// Replica moves (rebalance, drain, repair) running at the same time.
     pub max_concurrent_moves: usize,
+    /// Secrets every node-to-node call proves it knows (one per line; the first signs).
+    pub secret_file: Option<PathBuf>,
+    /// Accept unauthenticated node-to-node calls on a clustered node: anyone who reaches
+    /// `node.raft_address` can then write and change membership. Off by default.
+    pub insecure: bool,
 }
 
 impl Default for ClusterConfig {
@@ -114,6 +132,8 @@ impl Default for ClusterConfig {
             tls_config: ClusterTlsConfig::default(),
             snapshot_log_entries: 5_000,
             max_concurrent_moves: 2,
+            secret_file: None,
+            insecure: false,
         }
     }
 }
@@ -340,6 +360,21 @@ impl Config {
         }
         let (host, _) = parse_host_port(&self.node.listen_address)?;
         Some(join_host_port(&host, self.monitoring.metrics_port))
+    }
+
+    /// Whether node-to-node calls must be authenticated: in a cluster, or when the node-to-node
+    /// listener is reachable beyond this machine.
+    pub fn peer_auth_required(&self) -> bool {
+        self.cluster.enabled
+            || !parse_host_port(&self.node.raft_address)
+                .map(|(host, _)| is_loopback_host(&host))
+                .unwrap_or(false)
+    }
+
+    /// Whether node-to-node calls are authenticated (a cluster secret, or verified TLS).
+    pub fn peer_auth_configured(&self) -> bool {
+        self.cluster.secret_file.is_some()
+            || (self.cluster.enable_tls && self.cluster.tls_config.verify_peer)
     }
 
     /// The data directory of this node.

@@ -71,6 +71,16 @@ impl Config {
                 ),
             );
         }
+        if self.peer_auth_required() && !self.peer_auth_configured() && !self.cluster.insecure {
+            return fail(
+                "cluster.secret_file",
+                "node-to-node calls must be authenticated: set cluster.secret_file (environment \
+                 GRAPE__CLUSTER__SECRET_FILE) to a file holding a shared secret, or turn on \
+                 cluster.enable_tls with cluster.tls_config.verify_peer; cluster.insecure: true \
+                 accepts anyone who reaches node.raft_address"
+                    .into(),
+            );
+        }
         if self.cluster.snapshot_log_entries == 0 {
             return fail("cluster.snapshot_log_entries", "must be above 0".into());
         }
@@ -296,6 +306,15 @@ mod tests {
                 c.node.listen_address = "0.0.0.0:8080".into()
             }),
             ("security.cert_file", |c| c.security.enable_tls = true),
+            ("cluster.secret_file", |c| c.cluster.enabled = true),
+            ("cluster.secret_file", |c| {
+                c.node.raft_address = "0.0.0.0:9000".into()
+            }),
+            ("cluster.secret_file", |c| {
+                c.cluster.enabled = true;
+                c.cluster.enable_tls = true;
+                c.cluster.tls_config.verify_peer = false;
+            }),
         ]
     }
 
@@ -315,6 +334,30 @@ mod tests {
                 "expected a refusal naming {key}, got: {error}"
             );
         }
+    }
+
+    #[test]
+    fn a_clustered_node_starts_with_a_secret_verified_tls_or_an_explicit_opt_out() {
+        let clustered = || {
+            let mut config = Config::default();
+            config.cluster.enabled = true;
+            config
+        };
+        let mut secret = clustered();
+        secret.cluster.secret_file = Some("/etc/grape/cluster.secret".into());
+        secret.validate().unwrap();
+        let mut tls = clustered();
+        tls.cluster.enable_tls = true;
+        tls.validate().unwrap();
+        assert!(
+            tls.cluster.tls_config.verify_peer,
+            "verify_peer is on by default"
+        );
+        let mut insecure = clustered();
+        insecure.cluster.insecure = true;
+        insecure.validate().unwrap();
+        // A lone node on loopback needs none of them.
+        Config::default().validate().unwrap();
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //!   rpc (the contract) <- peers (client) <- network (openraft's network on peers)
 //! ```
 
+pub mod auth;
 pub mod ids;
 pub mod log_store;
 pub mod meta_commands;

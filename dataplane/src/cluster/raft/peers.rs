@@ -2,12 +2,14 @@
 //! carrying every group's Raft messages and the cluster's own calls, and the address book of
 //! where each peer listens.
 
+use super::auth::PeerAuth;
 use super::ids::NodeId;
 use super::rpc::{RemoteError, Rpc};
 use super::types::{decode, encode};
 use crate::error::{Error, ErrorCode};
 use parking_lot::RwLock;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a call to a peer failed.
@@ -42,6 +44,8 @@ impl From<CallError> for Error {
 /// Connections to every peer and where they listen.
 pub struct Peers {
     http: reqwest::Client,
+    /// Proves this node to its peers on every call.
+    auth: Arc<PeerAuth>,
     scheme: &'static str,
     /// Raft addresses by node id: from the configuration, the meta group's node records and
     /// Raft membership.
@@ -59,9 +63,10 @@ impl std::fmt::Debug for Peers {
 }
 
 impl Peers {
-    pub fn new(http: reqwest::Client, tls: bool) -> Peers {
+    pub fn new(http: reqwest::Client, tls: bool, auth: Arc<PeerAuth>) -> Peers {
         Peers {
             http,
+            auth,
             scheme: if tls { "https" } else { "http" },
             book: RwLock::new(HashMap::new()),
             answered: RwLock::new(HashMap::new()),
@@ -102,12 +107,18 @@ impl Peers {
         let address = self
             .address(target)
             .ok_or_else(|| CallError::Unreachable(format!("no address known for node {target}")))?;
-        let response = self
+        let path = R::KIND.path();
+        let body = encode(request);
+        let mut builder = self
             .http
-            .post(format!("{}://{address}{}", self.scheme, R::KIND.path()))
+            .post(format!("{}://{address}{path}", self.scheme))
             .header("content-type", "application/msgpack")
-            .timeout(timeout)
-            .body(encode(request))
+            .timeout(timeout);
+        for (name, value) in self.auth.headers(path, &body) {
+            builder = builder.header(name, value);
+        }
+        let response = builder
+            .body(body)
             .send()
             .await
             .map_err(|e| CallError::Unreachable(format!("{target} ({address}): {e}")))?;
