@@ -5,18 +5,15 @@
 use crate::error::{Error, ErrorCode, Result};
 use crate::index::distance;
 use crate::shard::filter::CompiledFilter;
-use crate::shard::{NewDocument, Shard, ShardHit, ShardId};
-use grape_client::{CollectionConfig, DocumentInput, Metric, SearchHit, SearchRequest};
+use crate::shard::{NewDocument, Shard, ShardHit, ShardId, check_document};
+use grape_client::{CollectionConfig, DocumentInput, SearchHit, SearchRequest};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// The collection the seed guide's `/api/v1/documents` paths use, defined by the node config.
 pub const DEFAULT_COLLECTION: &str = "default";
-/// Longest document id, in bytes.
-pub const MAX_ID_BYTES: usize = 256;
-/// Largest metadata object, serialised, in bytes.
-pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+pub use crate::shard::{MAX_ID_BYTES, MAX_METADATA_BYTES, check_vector};
 /// Largest vector dimension.
 pub const MAX_DIMENSION: usize = 65_536;
 /// Largest `top_k` a search may ask for.
@@ -132,81 +129,19 @@ pub fn validate_document(
     input: DocumentInput,
     position: Option<usize>,
 ) -> Result<NewDocument> {
-    let at = |message: String| match position {
-        Some(i) => format!("documents[{i}]: {message}"),
-        None => message,
-    };
-    let id = match input.id {
-        Some(id) => {
-            if id.is_empty() {
-                return Err(Error::invalid(
-                    ErrorCode::InvalidId,
-                    at("id must not be empty".into()),
-                ));
-            }
-            if id.len() > MAX_ID_BYTES {
-                return Err(Error::invalid(
-                    ErrorCode::InvalidId,
-                    at(format!(
-                        "id is {} bytes; at most {MAX_ID_BYTES} are allowed",
-                        id.len()
-                    )),
-                ));
-            }
-            id
-        }
-        None => uuid::Uuid::new_v4().to_string(),
-    };
-    check_vector(config, &input.vector).map_err(|e| match e {
-        Error::InvalidInput { code, message } => Error::InvalidInput {
-            code,
-            message: at(message),
-        },
-        other => other,
-    })?;
-    let metadata = input.metadata.unwrap_or_default();
-    let size = serde_json::to_vec(&metadata).map(|v| v.len()).unwrap_or(0);
-    if size > MAX_METADATA_BYTES {
-        return Err(Error::invalid(
-            ErrorCode::MetadataTooLarge,
-            at(format!(
-                "metadata is {size} bytes; at most {MAX_METADATA_BYTES} are allowed"
-            )),
-        ));
-    }
-    Ok(NewDocument {
-        id,
+    let document = NewDocument {
+        id: input.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         vector: input.vector,
-        metadata,
-    })
-}
-
-/// Checks a vector's dimension and values for a collection.
-pub fn check_vector(config: &CollectionConfig, vector: &[f32]) -> Result<()> {
-    if vector.len() != config.dimension {
-        return Err(Error::invalid(
-            ErrorCode::DimensionMismatch,
-            format!(
-                "vector has {} dimensions, collection '{}' expects {}",
-                vector.len(),
-                config.name,
-                config.dimension
-            ),
-        ));
-    }
-    if let Some(i) = vector.iter().position(|x| !x.is_finite()) {
-        return Err(Error::invalid(
-            ErrorCode::InvalidVector,
-            format!("vector[{i}] is not a finite number"),
-        ));
-    }
-    if config.metric == Metric::Cosine && vector.iter().all(|x| *x == 0.0) {
-        return Err(Error::invalid(
-            ErrorCode::InvalidVector,
-            "the zero vector has no direction; cosine similarity is undefined for it",
-        ));
-    }
-    Ok(())
+        metadata: input.metadata.unwrap_or_default(),
+    };
+    check_document(config, &document).map_err(|e| match (e, position) {
+        (Error::InvalidInput { code, message }, Some(i)) => Error::InvalidInput {
+            code,
+            message: format!("documents[{i}]: {message}"),
+        },
+        (other, _) => other,
+    })?;
+    Ok(document)
 }
 
 /// A position in a collection's document listing.

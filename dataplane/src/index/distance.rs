@@ -298,6 +298,74 @@ impl hnsw_rs::prelude::Distance<f32> for GraphDistance {
     }
 }
 
+/// The largest squared length a vector may have: distances between two such vectors stay
+/// finite in `f32` (|a - b|² <= 4 max(|a|², |b|²)).
+pub const MAX_SQUARED_NORM: f64 = f32::MAX as f64 / 4.0;
+/// The smallest squared length of a vector under cosine: shorter ones cannot be normalised
+/// reliably in `f32` (their squared components underflow).
+pub const MIN_COSINE_SQUARED_NORM: f64 = 1e-30;
+
+/// Why a vector cannot be indexed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VectorProblem {
+    /// Its length is not the collection's dimension.
+    Dimension { got: usize, want: usize },
+    /// A component is NaN or infinite.
+    NotFinite { at: usize },
+    /// Its squared length is above [`MAX_SQUARED_NORM`].
+    TooLong { squared_norm: f64 },
+    /// Under cosine, its squared length is below [`MIN_COSINE_SQUARED_NORM`] (the zero vector
+    /// included): it has no usable direction.
+    NoDirection { squared_norm: f64 },
+}
+
+impl std::fmt::Display for VectorProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VectorProblem::Dimension { got, want } => {
+                write!(f, "vector has {got} dimensions, expected {want}")
+            }
+            VectorProblem::NotFinite { at } => write!(f, "vector[{at}] is not a finite number"),
+            VectorProblem::TooLong { squared_norm } => write!(
+                f,
+                "the vector is too long to compare (|v|² = {squared_norm:e}, at most \
+                 {MAX_SQUARED_NORM:e}); scale it down"
+            ),
+            VectorProblem::NoDirection { squared_norm } if *squared_norm == 0.0 => f.write_str(
+                "the zero vector has no direction; cosine similarity is undefined for it",
+            ),
+            VectorProblem::NoDirection { squared_norm } => write!(
+                f,
+                "the vector is too short to have a direction under cosine (|v|² = \
+                 {squared_norm:e}, at least {MIN_COSINE_SQUARED_NORM:e}); scale it up"
+            ),
+        }
+    }
+}
+
+/// Whether `vector` can be stored and searched under `metric` in a collection of
+/// `dimension`: the one check writes, searches and the state machine share. Computed in `f64`,
+/// so every replica and platform agrees.
+pub fn check(metric: Metric, dimension: usize, vector: &[f32]) -> Result<(), VectorProblem> {
+    if vector.len() != dimension {
+        return Err(VectorProblem::Dimension {
+            got: vector.len(),
+            want: dimension,
+        });
+    }
+    if let Some(at) = vector.iter().position(|x| !x.is_finite()) {
+        return Err(VectorProblem::NotFinite { at });
+    }
+    let squared_norm: f64 = vector.iter().map(|x| f64::from(*x) * f64::from(*x)).sum();
+    if squared_norm > MAX_SQUARED_NORM {
+        return Err(VectorProblem::TooLong { squared_norm });
+    }
+    if metric == Metric::Cosine && squared_norm < MIN_COSINE_SQUARED_NORM {
+        return Err(VectorProblem::NoDirection { squared_norm });
+    }
+    Ok(())
+}
+
 /// Turns a vector into the form the index stores: unit length for cosine, unchanged otherwise.
 /// Returns `None` for a zero vector under cosine, which has no direction.
 pub fn prepare(metric: Metric, vector: &[f32]) -> Option<Vec<f32>> {
@@ -406,6 +474,62 @@ mod tests {
     #[test]
     fn cosine_rejects_the_zero_vector() {
         assert!(prepare(Metric::Cosine, &[0.0, 0.0]).is_none());
+    }
+
+    #[test]
+    fn vectors_the_index_cannot_use_are_refused_before_it_sees_them() {
+        let ok = |m, v: &[f32]| check(m, v.len(), v).is_ok();
+        assert!(ok(Metric::Cosine, &[0.1, 0.2, 0.3]));
+        assert!(
+            ok(Metric::L2, &[0.0, 0.0]),
+            "the zero vector is fine for l2"
+        );
+        assert!(ok(Metric::Dot, &[0.0, 0.0]));
+        for ghost in [
+            vec![1e-30f32; 4],
+            vec![1e-45, 0.0, 0.0, 0.0],
+            vec![0.0; 4],
+            vec![1e-16, 0.0, 0.0, 0.0],
+        ] {
+            assert!(
+                matches!(
+                    check(Metric::Cosine, 4, &ghost),
+                    Err(VectorProblem::NoDirection { .. })
+                ),
+                "{ghost:?}"
+            );
+            // Every vector that passes normalises to a finite unit vector.
+        }
+        for huge in [vec![1e20f32; 4], vec![f32::MAX, 0.0], vec![1e19, 1e19]] {
+            for metric in [Metric::Cosine, Metric::L2, Metric::Dot] {
+                assert!(
+                    matches!(
+                        check(metric, huge.len(), &huge),
+                        Err(VectorProblem::TooLong { .. })
+                    ),
+                    "{metric:?} {huge:?}"
+                );
+            }
+        }
+        assert_eq!(
+            check(Metric::L2, 3, &[0.0, f32::NAN, 0.0]),
+            Err(VectorProblem::NotFinite { at: 1 })
+        );
+        assert_eq!(
+            check(Metric::L2, 3, &[0.0, 1.0]),
+            Err(VectorProblem::Dimension { got: 2, want: 3 })
+        );
+        // At the edges: the shortest accepted cosine vector normalises, and two of the longest
+        // accepted vectors have a finite distance.
+        let short = [1.1e-15f32, 0.0, 0.0];
+        assert!(check(Metric::Cosine, 3, &short).is_ok());
+        let unit = prepare(Metric::Cosine, &short).unwrap();
+        assert!((unit[0] - 1.0).abs() < 1e-6, "{unit:?}");
+        let long = (MAX_SQUARED_NORM.sqrt() * 0.999) as f32;
+        let (a, b) = ([long, 0.0], [-long, 0.0]);
+        assert!(check(Metric::L2, 2, &a).is_ok());
+        let d: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+        assert!(d.is_finite(), "{d}");
         assert!(prepare(Metric::L2, &[0.0, 0.0]).is_some());
     }
 }

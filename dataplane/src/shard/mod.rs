@@ -14,7 +14,8 @@
 
 pub mod filter;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
+use crate::index::distance::VectorProblem;
 use crate::index::worker::{IndexWorker, Maintenance};
 use crate::index::{Candidate, IndexOptions, IndexStats, VectorId, VectorIndex, distance};
 use crate::storage::{Changes, Storage, decode_document, encode_document};
@@ -29,6 +30,11 @@ use xxhash_rust::xxh3::xxh3_64;
 /// Number of a shard within its collection.
 pub type ShardId = u32;
 
+/// Longest document id, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// Largest metadata object, serialised, in bytes.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+
 /// A document already validated against its collection, ready to store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewDocument {
@@ -37,8 +43,9 @@ pub struct NewDocument {
     pub metadata: Metadata,
 }
 
-/// A write to one shard. Commands are validated before they are numbered, so applying one
-/// cannot fail for reasons of content.
+/// A write to one shard. Commands are validated before they are logged; [`Shard::apply`]
+/// checks them again (a command from a peer of another version, or one that slipped past),
+/// and rejects a bad one whole, the same way on every replica.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ShardCommand {
     /// Insert or replace documents by id; later entries win over earlier ones.
@@ -71,6 +78,56 @@ pub enum ShardResponse {
     Deleted {
         existed: Vec<bool>,
     },
+    /// The command was not applied: what [`check_document`] found wrong with it.
+    Rejected {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// Checks one document against its collection: what a shard refuses to store. The API runs
+/// it before anything is logged (a 400), and [`Shard::apply`] runs it again, so a document the
+/// index could not use never reaches it.
+pub fn check_document(config: &CollectionConfig, document: &NewDocument) -> Result<()> {
+    let id = &document.id;
+    if id.is_empty() {
+        return Err(Error::invalid(ErrorCode::InvalidId, "id must not be empty"));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(Error::invalid(
+            ErrorCode::InvalidId,
+            format!(
+                "id is {} bytes; at most {MAX_ID_BYTES} are allowed",
+                id.len()
+            ),
+        ));
+    }
+    check_vector(config, &document.vector)?;
+    let size = serde_json::to_vec(&document.metadata)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_METADATA_BYTES {
+        return Err(Error::invalid(
+            ErrorCode::MetadataTooLarge,
+            format!("metadata is {size} bytes; at most {MAX_METADATA_BYTES} are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a vector (of a document or a query) against a collection: its dimension, finite
+/// values and a length the index can use under the metric.
+pub fn check_vector(config: &CollectionConfig, vector: &[f32]) -> Result<()> {
+    distance::check(config.metric, config.dimension, vector).map_err(|problem| match problem {
+        VectorProblem::Dimension { got, want } => Error::invalid(
+            ErrorCode::DimensionMismatch,
+            format!(
+                "vector has {got} dimensions, collection '{}' expects {want}",
+                config.name
+            ),
+        ),
+        other => Error::invalid(ErrorCode::InvalidVector, other.to_string()),
+    })
 }
 
 /// A document's in-memory entry, by vector id.
@@ -199,6 +256,21 @@ impl Shard {
     /// log is the durable record.
     pub fn apply(&self, commands: &[&ShardCommand], marker: &[u8]) -> Result<Vec<ShardResponse>> {
         let _applying = self.applying.lock();
+        // Commands this replica refuses, decided from their content and the collection alone,
+        // so every replica refuses the same ones.
+        let rejected: Vec<Option<Error>> = commands
+            .iter()
+            .map(|command| match command {
+                ShardCommand::Upsert { documents } => {
+                    documents.iter().enumerate().find_map(|(i, d)| {
+                        check_document(&self.config, d).err().map(|e| {
+                            Error::invalid(e.code(), format!("documents[{i}]: {}", e.message()))
+                        })
+                    })
+                }
+                ShardCommand::Delete { .. } => None,
+            })
+            .collect();
         let mut changes = Changes::default();
         let mut responses = Vec::with_capacity(commands.len());
         // Stored size of each upserted document, in order.
@@ -207,7 +279,14 @@ impl Shard {
             let state = self.state.read();
             // Whether ids exist after the earlier commands of this same batch.
             let mut overlay: HashMap<&str, bool> = HashMap::new();
-            for command in commands {
+            for (command, rejected) in commands.iter().zip(&rejected) {
+                if let Some(error) = rejected {
+                    responses.push(ShardResponse::Rejected {
+                        code: error.code(),
+                        message: error.message(),
+                    });
+                    continue;
+                }
                 match command {
                     ShardCommand::Upsert { documents } => {
                         for doc in documents {
@@ -243,7 +322,10 @@ impl Shard {
 
         let mut state = self.state.write();
         let mut sizes = sizes.into_iter();
-        for command in commands {
+        for (command, rejected) in commands.iter().zip(&rejected) {
+            if rejected.is_some() {
+                continue;
+            }
             match command {
                 ShardCommand::Upsert { documents } => {
                     for doc in documents {
@@ -520,18 +602,26 @@ fn put_in_memory(
     metadata: Metadata,
     size: usize,
 ) {
-    // Validated before the command was logged; a zero cosine vector never gets here.
-    let Some(prepared) = distance::prepare(config.metric, vector) else {
-        tracing::error!(%id, "skipping a document without direction under cosine");
-        return;
-    };
     if let Some(old) = state.by_id.get(id).copied() {
         if let Some(entry) = state.entries[old].take() {
             state.bytes -= u64::from(entry.size);
         }
         state.index.remove(old);
     }
-    let vid = state.index.add(&prepared);
+    // Commands are checked where they are applied; a document the index cannot use is one an
+    // earlier version stored. It stays readable and deletable, and is never searched.
+    let vid = match distance::check(config.metric, config.dimension, vector)
+        .ok()
+        .and_then(|()| distance::prepare(config.metric, vector))
+    {
+        Some(prepared) => state.index.add(&prepared),
+        None => {
+            tracing::warn!(%id, "a stored document's vector cannot be indexed: it is not searchable");
+            let vid = state.index.add(&vec![0.0; config.dimension]);
+            state.index.remove(vid);
+            vid
+        }
+    };
     debug_assert_eq!(vid, state.entries.len());
     let id: Arc<str> = Arc::from(id);
     state.entries.push(Some(Entry {

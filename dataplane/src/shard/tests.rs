@@ -189,3 +189,145 @@ fn a_snapshot_restores_an_identical_replica() {
     );
     assert_eq!(target.len(), 299, "and leaves the replica as it was");
 }
+
+/// A shard of a cosine collection of dimension 4.
+fn cosine_shard(storage: &Arc<Storage>) -> Shard {
+    Shard::open(
+        Arc::new(CollectionConfig::new("docs", 4)),
+        "cos/0",
+        Arc::clone(storage),
+        Arc::new(IndexWorker::new(1).unwrap()),
+        IndexOptions::default(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn invalid_commands_are_rejected_alike_on_every_replica_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage(dir.path());
+    // Two replicas of the same shard (in one RocksDB, two namespaces).
+    let replicas = [
+        cosine_shard(&storage),
+        Shard::open(
+            Arc::new(CollectionConfig::new("docs", 4)),
+            "cos/1",
+            Arc::clone(&storage),
+            Arc::new(IndexWorker::new(1).unwrap()),
+            IndexOptions::default(),
+        )
+        .unwrap(),
+    ];
+    let good = ShardCommand::Upsert {
+        documents: vec![doc("good", vec![0.1, 0.2, 0.3, 0.4], json!({}))],
+    };
+    let bad: Vec<(ErrorCode, NewDocument)> = vec![
+        (
+            ErrorCode::DimensionMismatch,
+            doc("d", vec![1.0; 3], json!({})),
+        ),
+        (
+            ErrorCode::DimensionMismatch,
+            doc("d", vec![1.0; 5], json!({})),
+        ),
+        (
+            ErrorCode::InvalidVector,
+            doc("d", vec![1.0, f32::NAN, 0.0, 0.0], json!({})),
+        ),
+        (
+            ErrorCode::InvalidVector,
+            doc("d", vec![f32::INFINITY, 0.0, 0.0, 0.0], json!({})),
+        ),
+        (
+            ErrorCode::InvalidVector,
+            doc("d", vec![1e-30; 4], json!({})),
+        ),
+        (
+            ErrorCode::InvalidVector,
+            doc("d", vec![1e-45, 0.0, 0.0, 0.0], json!({})),
+        ),
+        (ErrorCode::InvalidVector, doc("d", vec![1e20; 4], json!({}))),
+        (ErrorCode::InvalidVector, doc("d", vec![0.0; 4], json!({}))),
+        (ErrorCode::InvalidId, doc("", vec![1.0; 4], json!({}))),
+        (
+            ErrorCode::InvalidId,
+            doc(&"x".repeat(MAX_ID_BYTES + 1), vec![1.0; 4], json!({})),
+        ),
+        (
+            ErrorCode::MetadataTooLarge,
+            doc(
+                "d",
+                vec![1.0; 4],
+                json!({"blob": "x".repeat(MAX_METADATA_BYTES)}),
+            ),
+        ),
+    ];
+    for replica in &replicas {
+        replica.apply(&[&good], b"m1").unwrap();
+    }
+    let before: Vec<_> = replicas.iter().map(|r| r.checksum().unwrap()).collect();
+    assert_eq!(before[0], before[1]);
+    for (code, document) in bad {
+        // A bad command in the middle of a batch: rejected whole, its neighbours applied.
+        let bad = ShardCommand::Upsert {
+            documents: vec![doc("fine", vec![0.5; 4], json!({})), document],
+        };
+        let delete = ShardCommand::Delete {
+            ids: vec!["fine".into()],
+        };
+        for replica in &replicas {
+            let responses = replica.apply(&[&good, &bad, &delete], b"m2").unwrap();
+            assert_eq!(responses[0], ShardResponse::Upserted { count: 1 });
+            match &responses[1] {
+                ShardResponse::Rejected { code: got, message } => {
+                    assert_eq!(*got, code, "{message}");
+                    assert!(message.starts_with("documents[1]: "), "{message}");
+                }
+                other => panic!("{code}: applied as {other:?}"),
+            }
+            assert_eq!(
+                responses[2],
+                ShardResponse::Deleted {
+                    existed: vec![false]
+                },
+                "the rejected command wrote nothing"
+            );
+            assert_eq!(replica.checksum().unwrap(), before[0]);
+            assert_eq!(replica.applied_marker().as_deref(), Some(&b"m2"[..]));
+        }
+    }
+    // The index never saw them: searches still work and find only the good document.
+    for replica in &replicas {
+        let query = distance::prepare(Metric::Cosine, &[0.1, 0.2, 0.3, 0.4]).unwrap();
+        let hits = replica.search(&query, 5, 16, None);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(&*hits[0].id, "good");
+    }
+}
+
+#[test]
+fn a_stored_document_the_index_cannot_use_stays_readable_and_deletable() {
+    // An earlier version stored a vector the index cannot normalise (a "ghost").
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage(dir.path());
+    let mut changes = Changes::default();
+    let value = encode_document(&[1e-30; 4], &Metadata::new());
+    changes.put_document(&storage, "cos/0", "ghost", &value);
+    storage.commit(changes).unwrap();
+    let shard = cosine_shard(&storage);
+    assert_eq!(shard.len(), 1, "counted, as the checksum counts it");
+    assert!(shard.get("ghost").unwrap().is_some());
+    let query = distance::prepare(Metric::Cosine, &[1.0, 0.0, 0.0, 0.0]).unwrap();
+    assert!(shard.search(&query, 5, 16, None).is_empty());
+    let delete = ShardCommand::Delete {
+        ids: vec!["ghost".into()],
+    };
+    assert_eq!(
+        shard.apply(&[&delete], b"m").unwrap(),
+        vec![ShardResponse::Deleted {
+            existed: vec![true]
+        }]
+    );
+    assert_eq!(shard.len(), 0);
+    assert_eq!(shard.checksum().unwrap().0, 0);
+}

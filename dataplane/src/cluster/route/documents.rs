@@ -85,7 +85,11 @@ pub async fn upsert(
         }
     });
     for result in join_all(writes).await {
-        result?;
+        if let Response::Shard(ShardResponse::Rejected { code, message }) = result? {
+            // The shard's own check refused what the API's let through (another version's
+            // rules): the same answer a client would have had before the write.
+            return Err(Error::invalid(code, message));
+        }
     }
     Ok(ids)
 }
