@@ -17,6 +17,13 @@ use grape_dataplane::cluster::route::catalog;
 use grape_dataplane::collection::{merge_hits, search_shard};
 use grape_dataplane::config::Config;
 use grape_dataplane::index::GraphEngine;
+use grape_dataplane::shard::filter::FilterLimits;
+
+/// The benchmark's searches carry no filter.
+const NO_FILTER_LIMITS: FilterLimits = FilterLimits {
+    conditions: 0,
+    values: 0,
+};
 use grape_dataplane::server::InProcessNode;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -440,10 +447,14 @@ fn in_process_search(
                             ..SearchRequest::new(data.queries[q].clone(), args.top_k)
                         };
                         let t = Instant::now();
-                        let prepared = collection.prepare_search(&request)?;
-                        let found: Vec<_> = shards
+                        let prepared =
+                            collection.prepare_search(&request, NO_FILTER_LIMITS, None)?;
+                        let found = shards
                             .par_iter()
-                            .flat_map_iter(|shard| search_shard(shard, &prepared))
+                            .map(|shard| search_shard(shard, &prepared))
+                            .collect::<Result<Vec<_>, _>>()?
+                            .into_iter()
+                            .flatten()
                             .collect();
                         let found = merge_hits(found, args.top_k);
                         latencies.push(t.elapsed());

@@ -12,6 +12,10 @@ use std::collections::BTreeMap;
 pub struct ReadyResponse {
     pub status: String,
     pub node_id: String,
+    /// Replicas on this node whose index failed (`collection/shard`): the node stays ready,
+    /// as other replicas serve those shards, but they need a restart to be rebuilt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_shards: Vec<String>,
 }
 
 /// A member's part in one Raft group.

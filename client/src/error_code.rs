@@ -61,6 +61,8 @@ error_codes! {
     InvalidJson = "invalid_json",
     /// A page size out of range.
     InvalidLimit = "invalid_limit",
+    /// A path segment that is not valid percent-encoded UTF-8.
+    InvalidPath = "invalid_path",
     /// A malformed query string.
     InvalidQuery = "invalid_query",
     /// A well-formed body with a field of the wrong type, a missing field or a bad value.
@@ -121,10 +123,14 @@ error_codes! {
     NotLeader = "not_leader",
     /// This node has not caught up yet.
     NotReady = "not_ready",
+    /// The node is running as many searches as `limits.max_concurrent_searches` allows.
+    Overloaded = "overloaded",
     /// A peer did not answer.
     PeerUnreachable = "peer_unreachable",
     /// A search ran past `performance.query_timeout_ms`.
     QueryTimeout = "query_timeout",
+    /// This replica's index failed (a bug in index code); other replicas serve the shard.
+    ShardFailed = "shard_failed",
     /// The storage failed; the write was not acknowledged.
     StorageError = "storage_error",
     /// The node cannot serve this now.

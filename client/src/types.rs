@@ -374,6 +374,10 @@ pub struct ShardStats {
     pub replicas: Vec<String>,
     /// The node whose replica takes writes.
     pub leader: Option<String>,
+    /// Why this replica's index failed, if it did: it is not searched (other replicas serve
+    /// the shard) until a restart or a snapshot rebuilds it from storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 /// `GET /admin/stats/shards` answer.

@@ -2,10 +2,11 @@
 //! benchmark bind port 0, run a real node in their own process ([`InProcessNode`]) and stop it
 //! cleanly; [`start_and_run`] is the binary's entry.
 
-use crate::api::auth::KeyStore;
+use crate::api::keys::Keys;
 use crate::api::metrics::Metrics;
 use crate::api::{self, AppState, SlowQueryLog};
 use crate::cluster::Node;
+use crate::cluster::server::bounded;
 use anyhow::Context;
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
@@ -176,6 +177,15 @@ impl Drop for InProcessNode {
     }
 }
 
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Builds the shared state of the HTTP layer for a node.
 pub fn app_state(node: Arc<Node>) -> anyhow::Result<AppState> {
     let config = node.config();
@@ -185,9 +195,10 @@ pub fn app_state(node: Arc<Node>) -> anyhow::Result<AppState> {
             .api_keys_file
             .as_ref()
             .context("authentication is on but security.api_keys_file is not set")?;
-        KeyStore::load(path).map_err(|e| anyhow::anyhow!("{e}"))?
+        Keys::load(path.clone(), config.security.failed_auth_per_minute)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
     } else {
-        KeyStore::disabled()
+        Keys::disabled()
     };
     Ok(AppState {
         metrics: Arc::new(Metrics::new(node.id())?),
@@ -219,12 +230,15 @@ async fn run(
         "api listening on {scheme}://{api_addr}"
     );
 
+    // Revoked keys stop working without a restart.
+    let watching = tokio::spawn(Arc::clone(&state.keys).watch());
+    let _stop_watching = AbortOnDrop(watching);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(listener) = listeners.metrics {
         let addr = listener.local_addr()?;
         tracing::info!("metrics listening on http://{addr}/metrics");
         let app = api::metrics_router(state.clone());
-        let server = axum_server::from_tcp(listener)?.handle(handle.clone());
+        let server = bounded(axum_server::from_tcp(listener)?, &config).handle(handle.clone());
         tasks.spawn(async move {
             server
                 .serve(app.into_make_service_with_connect_info::<SocketAddr>())
@@ -249,10 +263,11 @@ async fn run(
                     key.display()
                 )
             })?;
-        let server = axum_server::from_tcp_rustls(listeners.api, tls)?.handle(handle.clone());
+        let server = bounded(axum_server::from_tcp_rustls(listeners.api, tls)?, &config)
+            .handle(handle.clone());
         tasks.spawn(async move { server.serve(app).await });
     } else {
-        let server = axum_server::from_tcp(listeners.api)?.handle(handle.clone());
+        let server = bounded(axum_server::from_tcp(listeners.api)?, &config).handle(handle.clone());
         tasks.spawn(async move { server.serve(app).await });
     }
 

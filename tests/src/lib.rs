@@ -283,6 +283,17 @@ impl GrapeNode {
         }
     }
 
+    /// Sends a signal (`HUP`, `STOP`, `CONT`, ...) to the running process.
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("the node is running");
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     /// SIGTERM and wait for a clean exit; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;

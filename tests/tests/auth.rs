@@ -295,7 +295,8 @@ async fn rate_limits_and_daily_quotas_answer_429_with_retry_after() {
     let seconds: u64 = retry_after.expect("Retry-After on 429").parse().unwrap();
     assert!((1..=2).contains(&seconds));
 
-    // documents_per_day: 3; searches_per_day: 2.
+    // documents_per_day: 3; searches_per_day: 2. Invalid requests are refused before they
+    // count; deletes count.
     let quota = node.client_with_key("sk-quota-0001");
     let docs = quota.default_collection();
     let doc = |i: u32| grape_client::DocumentInput {
@@ -303,9 +304,22 @@ async fn rate_limits_and_daily_quotas_answer_429_with_retry_after() {
         vector: vec![1.0, i as f32],
         metadata: None,
     };
+    for _ in 0..4 {
+        let wrong = grape_client::DocumentInput {
+            vector: vec![1.0, 2.0, 3.0],
+            ..doc(9)
+        };
+        let err = docs.upsert(&wrong).await.unwrap_err();
+        assert_eq!(err.code(), Some("dimension_mismatch"));
+        let err = docs
+            .search(&grape_client::SearchRequest::new(vec![1.0], 1))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some("dimension_mismatch"));
+    }
     docs.upsert_batch(&[doc(1), doc(2)]).await.unwrap();
-    docs.upsert(&doc(3)).await.unwrap();
-    let err = docs.upsert(&doc(4)).await.unwrap_err();
+    docs.delete("q2").await.unwrap();
+    let err = docs.upsert(&doc(3)).await.unwrap_err();
     assert_eq!(
         (err.status().map(|s| s.as_u16()), err.code()),
         (Some(429), Some("quota_exceeded"))
@@ -313,7 +327,7 @@ async fn rate_limits_and_daily_quotas_answer_429_with_retry_after() {
     assert!(
         node.client_with_key("sk-admin-0001")
             .default_collection()
-            .get("q4")
+            .get("q3")
             .await
             .is_err(),
         "nothing written past the quota"
@@ -337,6 +351,91 @@ async fn rate_limits_and_daily_quotas_answer_429_with_retry_after() {
         (1..=86_400).contains(&retry),
         "quota resets at UTC midnight: {retry}"
     );
+}
+
+#[tokio::test]
+async fn a_key_removed_from_the_file_stops_working_without_a_restart() {
+    let (dir, path) = temp_file("api_keys.yaml", KEYS);
+    let node = GrapeNode::start(
+        NodeOptions::dimension(2)
+            .setting("SECURITY__ENABLE_AUTH", "true")
+            .arg("--api-keys-file")
+            .arg(path.to_string_lossy().into_owned()),
+    )
+    .await;
+    assert_eq!(perform(&node, Some("sk-reader-0001"), List, "r").await, 200);
+    // Revoke the reader and add a key, as an operator rotating keys would (a new file moved
+    // into place, so the node never reads half a file).
+    let rotated = KEYS.replace("sk-reader-0001", "sk-reader-0002");
+    let staging = dir.path().join("next.yaml");
+    std::fs::write(&staging, &rotated).unwrap();
+    std::fs::rename(&staging, &path).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let old = perform(&node, Some("sk-reader-0001"), List, "r").await;
+        let new = perform(&node, Some("sk-reader-0002"), List, "r").await;
+        if (old, new) == (401, 200) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the file change did not take effect: old key {old}, new key {new}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // SIGHUP reloads at once; a broken file leaves the keys in force.
+    std::fs::write(&path, "api_keys: [broken").unwrap();
+    node.signal("HUP");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(perform(&node, Some("sk-reader-0002"), List, "r").await, 200);
+    std::fs::write(&path, KEYS).unwrap();
+    node.signal("HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while perform(&node, Some("sk-reader-0002"), List, "r").await != 401 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(perform(&node, Some("sk-reader-0001"), List, "r").await, 200);
+    assert!(node.is_running());
+}
+
+#[tokio::test]
+async fn an_address_guessing_keys_is_blocked_for_the_rest_of_the_minute() {
+    let (_dir, path) = temp_file("api_keys.yaml", KEYS);
+    let node = GrapeNode::start(
+        NodeOptions::dimension(2)
+            .setting("SECURITY__ENABLE_AUTH", "true")
+            .setting("SECURITY__FAILED_AUTH_PER_MINUTE", "5")
+            .arg("--api-keys-file")
+            .arg(path.to_string_lossy().into_owned()),
+    )
+    .await;
+    for i in 0..5 {
+        let key = format!("sk-guess-{i:04}");
+        assert_eq!(perform(&node, Some(&key), List, "g").await, 401);
+    }
+    let response = node
+        .client_with_key("sk-admin-0001")
+        .request(Method::GET, "/api/v1/documents")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        429,
+        "blocked whatever key it shows, so guessing learns nothing"
+    );
+    let retry: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // Probes need no key and stay open.
+    assert!(node.client().health().await.is_ok());
 }
 
 #[tokio::test]

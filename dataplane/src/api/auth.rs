@@ -134,11 +134,24 @@ pub struct ApiKey {
     pub name: String,
     /// Expanded permissions (role names resolved).
     grants: Vec<String>,
-    limiter: Option<DefaultDirectRateLimiter>,
+    /// Requests per second and burst, when limited.
+    rate: Option<(NonZeroU32, NonZeroU32)>,
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
     ip_whitelist: Vec<IpNet>,
     expires_at: Option<DateTime<Utc>>,
     quotas: Option<Quotas>,
-    usage: Mutex<DailyUsage>,
+    /// Shared with this key's entry in a reloaded file, so a reload resets no quota.
+    usage: Arc<Mutex<DailyUsage>>,
+}
+
+/// The SHA-256 digest of a key: keys are held and looked up only as digests, so the node's
+/// memory holds no key and no comparison runs over a key's bytes.
+pub type KeyDigest = [u8; 32];
+
+/// The digest under which a presented key is looked up.
+pub fn digest(key: &str) -> KeyDigest {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes()).into()
 }
 
 impl std::fmt::Debug for ApiKey {
@@ -210,7 +223,7 @@ impl ApiKey {
 pub struct KeyStore {
     /// Whether requests need a key at all.
     enabled: bool,
-    keys: HashMap<String, Arc<ApiKey>>,
+    keys: HashMap<KeyDigest, Arc<ApiKey>>,
 }
 
 impl KeyStore {
@@ -221,14 +234,24 @@ impl KeyStore {
 
     /// Loads a keys file; errors name the entry and field.
     pub fn load(path: &Path) -> Result<KeyStore> {
+        let content = std::fs::read(path).map_err(|e| {
+            Error::invalid(
+                ErrorCode::InvalidApiKeys,
+                format!(
+                    "security.api_keys_file {} cannot be read: {e}",
+                    path.display()
+                ),
+            )
+        })?;
+        KeyStore::parse(path, &content)
+    }
+
+    /// Parses a keys file's content (`path` names it in errors).
+    pub fn parse(path: &Path, content: &[u8]) -> Result<KeyStore> {
         let bad = |message: String| Error::invalid(ErrorCode::InvalidApiKeys, message);
-        if !path.is_file() {
-            return Err(bad(format!(
-                "security.api_keys_file {} does not exist",
-                path.display()
-            )));
-        }
-        let file: KeysFile = Figment::from(Yaml::file_exact(path))
+        let text = std::str::from_utf8(content)
+            .map_err(|e| bad(format!("{}: not UTF-8: {e}", path.display())))?;
+        let file: KeysFile = Figment::from(Yaml::string(text))
             .extract()
             .map_err(|e| bad(format!("{}: {e}", path.display())))?;
         let mut keys = HashMap::new();
@@ -254,7 +277,7 @@ impl KeyStore {
                     }
                 }
             }
-            let limiter = match entry.rate_limits {
+            let rate = match entry.rate_limits {
                 Some(limits) => {
                     let rate = NonZeroU32::new(limits.requests_per_second).ok_or_else(|| {
                         at("rate_limits.requests_per_second", "must be above 0".into())
@@ -264,12 +287,15 @@ impl KeyStore {
                             .ok_or_else(|| {
                                 at("rate_limits.burst_size", "must be above 0".into())
                             })?;
-                    Some(RateLimiter::direct(
-                        Quota::per_second(rate).allow_burst(burst),
-                    ))
+                    Some((rate, burst))
                 }
                 None => None,
             };
+            let limiter = rate.map(|(rate, burst)| {
+                Arc::new(RateLimiter::direct(
+                    Quota::per_second(rate).allow_burst(burst),
+                ))
+            });
             let ip_whitelist = entry
                 .ip_whitelist
                 .iter()
@@ -298,13 +324,14 @@ impl KeyStore {
             let key = ApiKey {
                 name: entry.name,
                 grants,
+                rate,
                 limiter,
                 ip_whitelist,
                 expires_at,
                 quotas: entry.quotas,
-                usage: Mutex::new(DailyUsage::default()),
+                usage: Arc::default(),
             };
-            if keys.insert(entry.key, Arc::new(key)).is_some() {
+            if keys.insert(digest(&entry.key), Arc::new(key)).is_some() {
                 return Err(at("key", "the same key appears twice".into()));
             }
         }
@@ -316,6 +343,32 @@ impl KeyStore {
 
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// Keys in this store.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Carries over from `earlier` what a reload must not reset: each remaining key's quota
+    /// usage, and its rate limiter when its limits did not change.
+    pub fn inherit(&mut self, earlier: &KeyStore) {
+        for (digest, key) in &mut self.keys {
+            let Some(old) = earlier.keys.get(digest) else {
+                continue;
+            };
+            let Some(key) = Arc::get_mut(key) else {
+                continue;
+            };
+            key.usage = Arc::clone(&old.usage);
+            if key.rate == old.rate {
+                key.limiter = old.limiter.clone();
+            }
+        }
     }
 
     /// Decides whether a request may proceed. Returns the caller's key (for quotas), or `None`
@@ -334,7 +387,7 @@ impl KeyStore {
         })?;
         let key = self
             .keys
-            .get(presented)
+            .get(&digest(presented))
             .ok_or_else(|| Error::Unauthorized("unknown API key".into()))?;
         if let Some(expiry) = key.expires_at
             && expiry <= Utc::now()
@@ -375,9 +428,6 @@ impl KeyStore {
                 message: format!("API key '{}' is over its rate limit", key.name),
                 retry_after: wait,
             });
-        }
-        if permission == Permission::SearchExecute {
-            key.charge(Usage::Searches, 1)?;
         }
         Ok(Some(Arc::clone(key)))
     }
@@ -532,15 +582,14 @@ api_keys:
             other => panic!("expected 429, got {other:?}"),
         }
 
-        let s = Permission::SearchExecute;
-        assert!(keys.authorize(Some("quota-key-1"), None, s).is_ok());
-        assert!(keys.authorize(Some("quota-key-1"), None, s).is_ok());
-        let err = keys.authorize(Some("quota-key-1"), None, s).unwrap_err();
-        assert_eq!((err.status(), err.code()), (429, ErrorCode::QuotaExceeded));
         let key = keys
             .authorize(Some("quota-key-1"), None, p)
             .unwrap()
             .unwrap();
+        assert!(key.charge(Usage::Searches, 1).is_ok());
+        assert!(key.charge(Usage::Searches, 1).is_ok());
+        let err = key.charge(Usage::Searches, 1).unwrap_err();
+        assert_eq!((err.status(), err.code()), (429, ErrorCode::QuotaExceeded));
         assert!(key.charge(Usage::Documents, 5).is_ok());
         assert_eq!(key.charge(Usage::Documents, 1).unwrap_err().status(), 429);
     }

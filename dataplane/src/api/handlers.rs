@@ -42,7 +42,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Target {
     async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self> {
         let Path(mut params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
             .await
-            .unwrap_or_else(|_| Path(HashMap::new()));
+            .map_err(path_rejection)?;
         Ok(Target {
             collection: params
                 .remove("name")
@@ -58,6 +58,31 @@ impl Target {
             .as_deref()
             .ok_or_else(|| Error::Internal("document route without an id".into()))
     }
+}
+
+/// One path segment (a collection name), strictly decoded.
+pub struct Segment(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Segment {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self> {
+        let Path(segment) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(path_rejection)?;
+        Ok(Segment(segment))
+    }
+}
+
+/// A path that does not decode is the caller's mistake, named, never a fallback.
+fn path_rejection(rejection: axum::extract::rejection::PathRejection) -> Error {
+    Error::invalid(
+        ErrorCode::InvalidPath,
+        format!(
+            "the path is not valid: {} (segments are percent-encoded UTF-8)",
+            rejection.body_text()
+        ),
+    )
 }
 
 fn charge(caller: &Caller, usage: Usage, amount: u64) -> Result<()> {
@@ -77,9 +102,15 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthResponse> {
 
 pub async fn ready(State(state): State<AppState>) -> Response {
     if state.node.is_ready() {
+        let failed_shards = status::shard_stats(&state.node)
+            .into_iter()
+            .filter(|s| s.failed.is_some())
+            .map(|s| format!("{}/{}", s.collection, s.shard))
+            .collect();
         Json(ReadyResponse {
             status: "ready".into(),
             node_id: state.node.id().to_string(),
+            failed_shards,
         })
         .into_response()
     } else {
@@ -93,8 +124,15 @@ pub async fn upsert_document(
     Extension(caller): Extension<Caller>,
     JsonBody(document): JsonBody<DocumentInput>,
 ) -> Result<(StatusCode, Json<InsertResponse>)> {
-    charge(&caller, Usage::Documents, 1)?;
-    let mut ids = documents::upsert(&state.node, &target.collection, vec![document], false).await?;
+    let admit = || charge(&caller, Usage::Documents, 1);
+    let mut ids = documents::upsert(
+        &state.node,
+        &target.collection,
+        vec![document],
+        false,
+        admit,
+    )
+    .await?;
     let id = ids
         .pop()
         .ok_or_else(|| Error::Internal("upsert returned no id".into()))?;
@@ -107,8 +145,16 @@ pub async fn upsert_batch(
     Extension(caller): Extension<Caller>,
     JsonBody(batch): JsonBody<BatchRequest>,
 ) -> Result<Json<BatchResponse>> {
-    charge(&caller, Usage::Documents, batch.documents.len() as u64)?;
-    let ids = documents::upsert(&state.node, &target.collection, batch.documents, true).await?;
+    let count = batch.documents.len() as u64;
+    let admit = || charge(&caller, Usage::Documents, count);
+    let ids = documents::upsert(
+        &state.node,
+        &target.collection,
+        batch.documents,
+        true,
+        admit,
+    )
+    .await?;
     Ok(Json(BatchResponse {
         inserted: ids.len(),
         ids,
@@ -140,9 +186,11 @@ pub async fn get_document(
 pub async fn delete_document(
     State(state): State<AppState>,
     target: Target,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<DeleteResponse>> {
     let id = target.id()?;
-    if documents::delete(&state.node, &target.collection, id).await? {
+    let admit = || charge(&caller, Usage::Documents, 1);
+    if documents::delete(&state.node, &target.collection, id, admit).await? {
         Ok(Json(DeleteResponse { deleted: true }))
     } else {
         Err(Error::not_found(
@@ -186,10 +234,12 @@ pub async fn list_documents(
 pub async fn search(
     State(state): State<AppState>,
     target: Target,
+    Extension(caller): Extension<Caller>,
     JsonBody(request): JsonBody<SearchRequest>,
 ) -> Result<Json<SearchResponse>> {
     let started = Instant::now();
-    let results = search::search(&state.node, &target.collection, &request).await?;
+    let admit = || charge(&caller, Usage::Searches, 1);
+    let results = search::search(&state.node, &target.collection, &request, admit).await?;
     let took = started.elapsed();
     state.metrics.observe_search(&target.collection, took);
     let took_ms = took.as_secs_f64() * 1000.0;
@@ -225,7 +275,7 @@ pub async fn create_collection(
 
 pub async fn get_collection(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Segment(name): Segment,
 ) -> Result<Response> {
     let collection = catalog::collection(&state.node, &name)?;
     Ok(Json(catalog::info(&state.node, &collection)).into_response())
@@ -233,7 +283,7 @@ pub async fn get_collection(
 
 pub async fn drop_collection(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Segment(name): Segment,
 ) -> Result<Json<DeleteResponse>> {
     catalog::drop(&state.node, &name).await?;
     Ok(Json(DeleteResponse { deleted: true }))

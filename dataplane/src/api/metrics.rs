@@ -20,6 +20,7 @@ pub struct Metrics {
     search_duration: HistogramVec,
     documents: IntGaugeVec,
     index_pending: IntGaugeVec,
+    failed_shards: IntGaugeVec,
     memory_usage: IntGauge,
     memory_limit: IntGauge,
     disk_usage: IntGauge,
@@ -110,6 +111,11 @@ impl Metrics {
                 "Documents written but not yet in an HNSW graph (searched exactly meanwhile)",
                 &["collection"],
             )?,
+            failed_shards: gauge_vec(
+                "grape_shards_failed",
+                "Replicas on this node whose index failed (not searched until rebuilt), by collection",
+                &["collection"],
+            )?,
             memory_usage: gauge("grape_db_memory_usage_bytes", "Resident memory of the node")?,
             memory_limit: gauge(
                 "grape_db_memory_limit_bytes",
@@ -186,9 +192,10 @@ impl Metrics {
     pub fn render(&self, node: &Node) -> String {
         self.documents.reset();
         self.index_pending.reset();
-        let mut documents: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+        self.failed_shards.reset();
+        let mut documents: std::collections::BTreeMap<String, (u64, u64, u64)> = Default::default();
         for collection in catalog::collections(node) {
-            documents.insert(collection.name().to_string(), (0, 0));
+            documents.insert(collection.name().to_string(), (0, 0, 0));
         }
         for local in node.replicas().all() {
             let figures = local.shard.figures();
@@ -197,14 +204,18 @@ impl Metrics {
                 .or_default();
             entry.0 += figures.documents;
             entry.1 += figures.index.pending;
+            entry.2 += u64::from(figures.failed.is_some());
         }
-        for (collection, (count, pending)) in documents {
+        for (collection, (count, pending, failed)) in documents {
             self.documents
                 .with_label_values(&[&collection])
                 .set(count as i64);
             self.index_pending
                 .with_label_values(&[&collection])
                 .set(pending as i64);
+            self.failed_shards
+                .with_label_values(&[&collection])
+                .set(failed as i64);
         }
         self.memory_usage.set(resident_memory() as i64);
         self.memory_limit.set(memory_limit() as i64);

@@ -3,11 +3,12 @@
 
 pub mod auth;
 mod handlers;
+pub mod keys;
 pub mod metrics;
 
 use crate::cluster::Node;
 use crate::error::{Error, ErrorCode};
-use auth::{ApiKey, KeyStore, Permission};
+use auth::{ApiKey, Permission};
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, MatchedPath, Request};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -16,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use grape_client::{ErrorBody, ErrorDetail, SlowQuery};
+use keys::Keys;
 use metrics::Metrics;
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
@@ -23,12 +25,13 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub node: Arc<Node>,
-    pub keys: Arc<KeyStore>,
+    pub keys: Arc<Keys>,
     pub metrics: Arc<Metrics>,
     pub slow_queries: Arc<SlowQueryLog>,
 }
@@ -68,6 +71,8 @@ impl IntoResponse for Error {
             Error::RateLimited { retry_after, .. } => {
                 Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }
+            // Not ready, no leader, timed out, saturated: worth retrying shortly.
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
         };
         let body = ErrorBody {
@@ -221,6 +226,8 @@ fn data_routes(state: &AppState) -> Router<AppState> {
 pub fn router(state: AppState) -> Router {
     use handlers::*;
     let body_limit = state.node.config().performance.max_request_body_mb * 1024 * 1024;
+    let body_timeout =
+        std::time::Duration::from_millis(state.node.config().performance.body_read_timeout_ms);
     let collections_read = Router::new()
         .route("/api/v1/collections", get(list_collections))
         .route("/api/v1/collections/{name}", get(get_collection));
@@ -271,6 +278,7 @@ pub fn router(state: AppState) -> Router {
             move |request: Request, next: Next| record(state.clone(), request, next)
         }))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .with_state(state)
 }
 

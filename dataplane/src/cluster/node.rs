@@ -67,6 +67,8 @@ pub struct Node {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Wakes the server when the node asks to be restarted (forced recovery).
     exit: Arc<tokio::sync::Notify>,
+    /// Permits for searches running at once (`performance.max_concurrent_searches`).
+    searches: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Node {
@@ -83,6 +85,9 @@ impl Node {
     /// Serving and background work are started by [`super::start`].
     pub async fn open(config: Config, raft: SocketAddr, api: SocketAddr) -> Result<Arc<Node>> {
         let config = Arc::new(config);
+        let searches = Arc::new(tokio::sync::Semaphore::new(
+            config.performance.max_concurrent_searches,
+        ));
         let id = config.node.id.clone();
         let addr = NodeAddr {
             raft: advertised(config.node.advertise_raft_address.as_deref(), raft),
@@ -182,6 +187,7 @@ impl Node {
             was_ready: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
             exit: Arc::new(tokio::sync::Notify::new()),
+            searches,
         });
         node.activity
             .watch(META_GROUP.to_string(), node.meta.metrics());
@@ -301,6 +307,16 @@ impl Node {
             .iter()
             .filter(|m| **m != self.id && self.is_reachable(m))
             .count()
+    }
+
+    /// A permit to run one search, if fewer than `performance.max_concurrent_searches` run.
+    pub fn search_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.searches).try_acquire_owned().ok()
+    }
+
+    /// Whether this node has been ready at least once since it started.
+    pub fn has_been_ready(&self) -> bool {
+        self.was_ready.load(Ordering::Acquire)
     }
 
     /// Whether this node has caught up: it is a voting member, the meta group and every

@@ -32,6 +32,8 @@ use axum::routing::post;
 use axum_server::tls::TlsInfo;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 /// Largest request body: snapshots carry whole shards.
 const MAX_BODY: usize = 4 * 1024 * 1024 * 1024;
@@ -223,12 +225,28 @@ pub fn router(node: Arc<Node>) -> axum::Router {
             }),
         };
     }
+    let body_timeout = Duration::from_millis(node.config().performance.body_read_timeout_ms);
     app.layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&node),
             authenticate,
         ))
         .with_state(node)
+}
+
+/// A server that closes connections whose client takes longer than
+/// `performance.header_read_timeout_ms` to start a request or send its headers.
+pub fn bounded<A: axum_server::Address, Acc>(
+    mut server: axum_server::Server<A, Acc>,
+    config: &crate::config::Config,
+) -> axum_server::Server<A, Acc> {
+    let headers = Duration::from_millis(config.performance.header_read_timeout_ms);
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(Some(headers));
+    server.first_request_timeout(headers)
 }
 
 /// Serves node-to-node traffic until the node shuts down.
@@ -248,15 +266,24 @@ pub fn serve(
         "raft listening on {address} (advertised as {})",
         node.addr().raft
     );
+    let config = node.config().clone();
     let app = router(node);
     Ok(tokio::spawn(async move {
         let result = match tls {
             Some(tls) => match axum_server::from_tcp_rustls(listener, tls) {
-                Ok(server) => server.serve(app.into_make_service()).await,
+                Ok(server) => {
+                    bounded(server, &config)
+                        .serve(app.into_make_service())
+                        .await
+                }
                 Err(e) => Err(e),
             },
             None => match axum_server::from_tcp(listener) {
-                Ok(server) => server.serve(app.into_make_service()).await,
+                Ok(server) => {
+                    bounded(server, &config)
+                        .serve(app.into_make_service())
+                        .await
+                }
                 Err(e) => Err(e),
             },
         };

@@ -72,6 +72,7 @@ pub fn shard_stats(node: &Node) -> Vec<ShardStats> {
                 rebuilds: figures.index.rebuilds,
                 replicas: record.map(|r| r.replicas.clone()).unwrap_or_default(),
                 leader: local.raft.metrics().borrow_watched().current_leader.clone(),
+                failed: figures.failed,
             }
         })
         .collect()

@@ -4,11 +4,12 @@
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::index::distance;
-use crate::shard::filter::CompiledFilter;
+use crate::shard::filter::{CompiledFilter, FilterLimits};
 use crate::shard::{NewDocument, Shard, ShardHit, ShardId, check_document};
 use grape_client::{CollectionConfig, DocumentInput, SearchHit, SearchRequest};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use std::time::Instant;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// The collection the seed guide's `/api/v1/documents` paths use, defined by the node config.
@@ -192,6 +193,8 @@ pub struct PreparedSearch {
     pub ef: usize,
     pub filter: Option<CompiledFilter>,
     pub include_vectors: bool,
+    /// When the search gives up (`performance.query_timeout_ms` after it arrived).
+    pub deadline: Option<Instant>,
 }
 
 /// A collection: its fixed settings and the incarnation that distinguishes it from earlier
@@ -225,7 +228,12 @@ impl Collection {
     }
 
     /// Validates a search request against this collection.
-    pub fn prepare_search(&self, request: &SearchRequest) -> Result<PreparedSearch> {
+    pub fn prepare_search(
+        &self,
+        request: &SearchRequest,
+        limits: FilterLimits,
+        deadline: Option<Instant>,
+    ) -> Result<PreparedSearch> {
         if request.top_k == 0 || request.top_k > MAX_TOP_K {
             return Err(Error::invalid(
                 ErrorCode::InvalidTopK,
@@ -244,7 +252,7 @@ impl Collection {
         let filter = request
             .filter
             .as_ref()
-            .map(CompiledFilter::new)
+            .map(|filter| CompiledFilter::new(filter, limits))
             .transpose()?;
         let query = distance::prepare(self.config.metric, &request.vector).ok_or_else(|| {
             Error::invalid(
@@ -261,6 +269,7 @@ impl Collection {
                 .max(request.top_k),
             filter,
             include_vectors: request.include_vectors,
+            deadline,
         })
     }
 }
@@ -273,13 +282,19 @@ pub fn parse_group(group: &str) -> Option<(&str, ShardId, u64)> {
 }
 
 /// Searches one shard replica.
-pub fn search_shard(shard: &Shard, search: &PreparedSearch) -> Vec<ShardHit> {
-    shard.search(
-        &search.query,
-        search.top_k,
-        search.ef,
-        search.filter.as_ref(),
-    )
+///
+/// A panic in the search (a bug) answers an internal error; the node goes on.
+pub fn search_shard(shard: &Shard, search: &PreparedSearch) -> Result<Vec<ShardHit>> {
+    crate::index::worker::contain(|| {
+        shard.search(
+            &search.query,
+            search.top_k,
+            search.ef,
+            search.filter.as_ref(),
+            search.deadline,
+        )
+    })
+    .map_err(|reason| Error::Internal(format!("searching {}: {reason}", shard.namespace())))?
 }
 
 /// Merges per-shard results into the best `top_k`, best first.

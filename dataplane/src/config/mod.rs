@@ -267,6 +267,16 @@ pub struct PerformanceConfig {
     pub max_request_body_mb: usize,
     /// Searches slower than this are kept for `/admin/slow-queries`.
     pub slow_query_ms: u64,
+    /// Searches one node runs at once; more answer `503 overloaded` with `Retry-After`.
+    pub max_concurrent_searches: usize,
+    /// Conditions one search filter may hold (`must`, `should` and `must_not` together).
+    pub max_filter_conditions: usize,
+    /// Values one search filter may list in all its `match_any` conditions.
+    pub max_filter_values: usize,
+    /// Time a client has to send a request's headers (and, on a new connection, to start).
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send each part of a request body; a stalled body answers 400.
+    pub body_read_timeout_ms: u64,
     // Seed keys accepted without effect (see `inert_keys`).
     pub enable_query_cache: Option<bool>,
     pub cache_ttl_seconds: Option<u64>,
@@ -280,6 +290,11 @@ impl Default for PerformanceConfig {
             query_timeout_ms: 10_000,
             max_request_body_mb: 100,
             slow_query_ms: 100,
+            max_concurrent_searches: 64,
+            max_filter_conditions: 64,
+            max_filter_values: 10_000,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
             enable_query_cache: None,
             cache_ttl_seconds: None,
         }
@@ -311,7 +326,7 @@ impl Default for MonitoringConfig {
 }
 
 /// `security`: API keys and TLS for clients.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
     /// Require `X-API-Key`. Unset: required unless the node listens on loopback only.
@@ -320,6 +335,22 @@ pub struct SecurityConfig {
     pub enable_tls: bool,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// Failed authentications one client address may make in a minute; past it, its requests
+    /// answer 429 until the minute ends, whatever key they show (0: no limit).
+    pub failed_auth_per_minute: u32,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            enable_auth: None,
+            api_keys_file: None,
+            enable_tls: false,
+            cert_file: None,
+            key_file: None,
+            failed_auth_per_minute: 100,
+        }
+    }
 }
 
 /// A configuration that cannot start a node; the message names the key.

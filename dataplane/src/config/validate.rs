@@ -105,6 +105,32 @@ impl Config {
         if self.performance.max_request_body_mb == 0 {
             return fail("performance.max_request_body_mb", "must be above 0".into());
         }
+        for (key, value) in [
+            (
+                "performance.max_concurrent_searches",
+                self.performance.max_concurrent_searches as u64,
+            ),
+            (
+                "performance.max_filter_conditions",
+                self.performance.max_filter_conditions as u64,
+            ),
+            (
+                "performance.max_filter_values",
+                self.performance.max_filter_values as u64,
+            ),
+            (
+                "performance.header_read_timeout_ms",
+                self.performance.header_read_timeout_ms,
+            ),
+            (
+                "performance.body_read_timeout_ms",
+                self.performance.body_read_timeout_ms,
+            ),
+        ] {
+            if value == 0 {
+                return fail(key, "must be above 0".into());
+            }
+        }
         if !["error", "warn", "info", "debug", "trace"]
             .contains(&self.monitoring.log_level.as_str())
         {
@@ -298,6 +324,21 @@ mod tests {
             }),
             ("performance.max_request_body_mb", |c| {
                 c.performance.max_request_body_mb = 0
+            }),
+            ("performance.max_concurrent_searches", |c| {
+                c.performance.max_concurrent_searches = 0
+            }),
+            ("performance.max_filter_conditions", |c| {
+                c.performance.max_filter_conditions = 0
+            }),
+            ("performance.max_filter_values", |c| {
+                c.performance.max_filter_values = 0
+            }),
+            ("performance.header_read_timeout_ms", |c| {
+                c.performance.header_read_timeout_ms = 0
+            }),
+            ("performance.body_read_timeout_ms", |c| {
+                c.performance.body_read_timeout_ms = 0
             }),
             ("monitoring.log_level", |c| {
                 c.monitoring.log_level = "loud".into()

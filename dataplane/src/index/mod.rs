@@ -206,6 +206,17 @@ pub struct VectorIndex {
     /// graph (which needs no insert running) and keeps hnsw_rs inserts on one thread (they
     /// risk lock-order inversions when concurrent).
     maintenance: Mutex<()>,
+    /// Faults a test injects, as a bug in index code would raise them.
+    #[cfg(test)]
+    pub(crate) faults: TestFaults,
+}
+
+/// Panics a test can arm: each fires once.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct TestFaults {
+    pub maintain: std::sync::atomic::AtomicBool,
+    pub add: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for VectorIndex {
@@ -246,6 +257,8 @@ impl VectorIndex {
             rebuild_threshold: options.rebuild_threshold.max(1),
             rebuilds: AtomicU64::new(0),
             maintenance: Mutex::new(()),
+            #[cfg(test)]
+            faults: TestFaults::default(),
         }
     }
 
@@ -260,6 +273,10 @@ impl VectorIndex {
     /// Appends a prepared vector (see [`distance::prepare`]) and returns its id.
     pub fn add(&self, vector: &[f32]) -> VectorId {
         debug_assert_eq!(vector.len(), self.dimension);
+        #[cfg(test)]
+        if self.faults.add.swap(false, AtomicOrdering::Relaxed) {
+            panic!("injected fault in add");
+        }
         let mut store = self.vectors.write();
         let id = store.live.len();
         let slot = VectorStore::push(&mut store.data, vector, self.dimension);
@@ -428,6 +445,10 @@ impl VectorIndex {
         let Some(_maintainer) = self.maintenance.try_lock() else {
             return 0;
         };
+        #[cfg(test)]
+        if self.faults.maintain.swap(false, AtomicOrdering::Relaxed) {
+            panic!("injected fault in maintain");
+        }
         if self.needs_rebuild() {
             return self.rebuild();
         }

@@ -3,8 +3,9 @@
 //! without waiting for graph insertion.
 
 use super::VectorIndex;
-use std::sync::Arc;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// Vectors inserted per maintenance step, between which the job re-checks for other work.
 const STEP: usize = 512;
@@ -29,6 +30,9 @@ pub struct Maintenance {
     scheduled: AtomicBool,
     /// The index was dropped: stop maintaining it.
     closed: AtomicBool,
+    /// Work on the index panicked: what it said. The index is no longer trusted; nothing
+    /// maintains or searches it until it is rebuilt from storage (a restart or a snapshot).
+    failed: OnceLock<String>,
 }
 
 impl Maintenance {
@@ -36,6 +40,31 @@ impl Maintenance {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
     }
+
+    /// Marks the index failed (the first reason is kept) and stops maintaining it.
+    pub fn fail(&self, reason: String) {
+        if self.failed.set(reason).is_ok() {
+            self.close();
+        }
+    }
+
+    /// Why the index failed, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
+    }
+}
+
+/// Runs `work`, turning a panic into an error carrying its message: a bug in index code
+/// must cost one shard, not the process.
+pub fn contain<R>(work: impl FnOnce() -> R) -> Result<R, String> {
+    catch_unwind(AssertUnwindSafe(work)).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string());
+        format!("index work panicked: {message}")
+    })
 }
 
 impl IndexWorker {
@@ -59,8 +88,15 @@ impl IndexWorker {
         self.pool.spawn(move || {
             loop {
                 while !state.closed.load(Ordering::Acquire) {
-                    if index.maintain(STEP) == 0 {
-                        break;
+                    // A panic here would abort the process (rayon's default for spawned jobs).
+                    match contain(|| index.maintain(STEP)) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(reason) => {
+                            tracing::error!(%reason, "graph maintenance failed; the shard is marked failed");
+                            state.fail(reason);
+                            return;
+                        }
                     }
                 }
                 state.scheduled.store(false, Ordering::Release);

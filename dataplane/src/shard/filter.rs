@@ -3,9 +3,18 @@
 use crate::error::{Error, ErrorCode, Result};
 use grape_client::{Condition, Filter, Metadata, Range};
 use serde_json::Value;
+use std::collections::HashSet;
 
-/// Conditions one filter may hold in all.
-const MAX_CONDITIONS: usize = 1024;
+/// What one filter may ask for (`performance.max_filter_conditions`, `max_filter_values`):
+/// its cost per document grows with its conditions, and a search scans many documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilterLimits {
+    pub conditions: usize,
+    pub values: usize,
+}
+
+/// Longest key a condition may name, in bytes.
+const MAX_KEY_BYTES: usize = 1024;
 
 /// A validated filter, ready to evaluate.
 #[derive(Debug, Clone)]
@@ -25,17 +34,71 @@ struct CompiledCondition {
 #[derive(Debug, Clone)]
 enum Test {
     Equals(Value),
-    AnyOf(Vec<Value>),
+    AnyOf(ValueSet),
     Within(Range),
+}
+
+/// The values of a `match_any`, looked up in constant or logarithmic time whatever their
+/// number.
+#[derive(Debug, Clone, Default)]
+struct ValueSet {
+    strings: HashSet<String>,
+    /// Sorted, compared by value (`1` matches `1.0`).
+    numbers: Vec<f64>,
+    bools: [bool; 2],
+}
+
+impl ValueSet {
+    fn insert(&mut self, value: &Value) {
+        match value {
+            Value::String(s) => {
+                self.strings.insert(s.clone());
+            }
+            Value::Number(n) => self.numbers.extend(n.as_f64()),
+            Value::Bool(b) => self.bools[usize::from(*b)] = true,
+            _ => {}
+        }
+    }
+
+    fn seal(mut self) -> ValueSet {
+        self.numbers.sort_by(f64::total_cmp);
+        self.numbers.dedup();
+        self
+    }
+
+    fn contains(&self, value: &Value) -> bool {
+        match value {
+            Value::String(s) => self.strings.contains(s),
+            Value::Number(n) => n.as_f64().is_some_and(|x| {
+                self.numbers
+                    .binary_search_by(|probe| probe.total_cmp(&x))
+                    .is_ok()
+            }),
+            Value::Bool(b) => self.bools[usize::from(*b)],
+            _ => false,
+        }
+    }
 }
 
 impl CompiledFilter {
     /// Checks a filter and prepares it; a 400 `invalid_filter` names what is wrong.
-    pub fn new(filter: &Filter) -> Result<CompiledFilter> {
+    pub fn new(filter: &Filter, limits: FilterLimits) -> Result<CompiledFilter> {
         let total = filter.must.len() + filter.should.len() + filter.must_not.len();
-        if total > MAX_CONDITIONS {
+        if total > limits.conditions {
             return Err(invalid(format!(
-                "filter has {total} conditions; at most {MAX_CONDITIONS} are allowed"
+                "filter has {total} conditions; at most {} are allowed (performance.max_filter_conditions)",
+                limits.conditions
+            )));
+        }
+        let values: usize = [&filter.must, &filter.should, &filter.must_not]
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.match_any.as_ref().map(Vec::len))
+            .sum();
+        if values > limits.values {
+            return Err(invalid(format!(
+                "filter lists {values} match_any values; at most {} are allowed (performance.max_filter_values)",
+                limits.values
             )));
         }
         let compile = |clause: &str, conditions: &[Condition]| {
@@ -71,6 +134,12 @@ fn compile_condition(condition: &Condition) -> std::result::Result<CompiledCondi
     if condition.key.is_empty() {
         return Err("key must not be empty".into());
     }
+    if condition.key.len() > MAX_KEY_BYTES {
+        return Err(format!(
+            "key is {} bytes long; at most {MAX_KEY_BYTES} are allowed",
+            condition.key.len()
+        ));
+    }
     let path: Vec<String> = condition.key.split('.').map(str::to_string).collect();
     if path.iter().any(String::is_empty) {
         return Err(format!("key {:?} has an empty segment", condition.key));
@@ -99,10 +168,12 @@ fn compile_condition(condition: &Condition) -> std::result::Result<CompiledCondi
                 condition.key
             ));
         }
+        let mut set = ValueSet::default();
         for value in values {
             check_scalar(value)?;
+            set.insert(value);
         }
-        Test::AnyOf(values.clone())
+        Test::AnyOf(set.seal())
     } else if let Some(range) = condition.range {
         if range.gt.is_none() && range.gte.is_none() && range.lt.is_none() && range.lte.is_none() {
             return Err(format!(
@@ -149,7 +220,7 @@ impl Test {
     fn holds(&self, value: &Value) -> bool {
         match self {
             Test::Equals(expected) => same_scalar(value, expected),
-            Test::AnyOf(options) => options.iter().any(|o| same_scalar(value, o)),
+            Test::AnyOf(options) => options.contains(value),
             Test::Within(range) => {
                 let Some(x) = value.as_f64() else {
                     return false;
@@ -178,8 +249,13 @@ mod tests {
 
     fn filter(value: Value) -> Result<CompiledFilter> {
         let filter: Filter = serde_json::from_value(value).unwrap();
-        CompiledFilter::new(&filter)
+        CompiledFilter::new(&filter, LIMITS)
     }
+
+    const LIMITS: FilterLimits = FilterLimits {
+        conditions: 8,
+        values: 100,
+    };
 
     fn meta(value: Value) -> Metadata {
         value.as_object().unwrap().clone()
@@ -224,6 +300,33 @@ mod tests {
     }
 
     #[test]
+    fn match_any_finds_each_kind_of_value_by_value() {
+        let values: Vec<Value> = (0..99)
+            .map(|i| match i % 3 {
+                0 => json!(format!("s{i}")),
+                1 => json!(i),
+                _ => json!(f64::from(i) + 0.5),
+            })
+            .chain([json!(true)])
+            .collect();
+        let f = filter(json!({"must": [{"key": "v", "match_any": values}]})).unwrap();
+        for (value, expected) in [
+            (json!("s0"), true),
+            (json!("s1"), false),
+            (json!(1), true),
+            (json!(1.0), true),
+            (json!(2), false),
+            (json!(2.5), true),
+            (json!(true), true),
+            (json!(false), false),
+            (json!(null), false),
+            (json!(["x", 4]), true),
+        ] {
+            assert_eq!(f.matches(&meta(json!({ "v": value }))), expected, "{value}");
+        }
+    }
+
+    #[test]
     fn invalid_filters_are_rejected_with_their_position() {
         for (bad, expect) in [
             (json!({"must": [{"key": "a"}]}), "filter.must[0]"),
@@ -244,6 +347,19 @@ mod tests {
             (
                 json!({"must": [{"key": "a", "match": {"x": 1}}]}),
                 "string, number or boolean",
+            ),
+            (
+                json!({"must": (0..9).map(|i| json!({"key": format!("k{i}"), "match": 1})).collect::<Vec<_>>()}),
+                "9 conditions; at most 8",
+            ),
+            (
+                json!({"must": [{"key": "a", "match_any": (0..60).collect::<Vec<_>>()}],
+                       "should": [{"key": "b", "match_any": (0..41).collect::<Vec<_>>()}]}),
+                "101 match_any values; at most 100",
+            ),
+            (
+                json!({"must": [{"key": "k".repeat(1025), "match": 1}]}),
+                "1025 bytes long",
             ),
         ] {
             let err = filter(bad.clone()).unwrap_err();

@@ -16,15 +16,16 @@ pub mod filter;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::index::distance::VectorProblem;
-use crate::index::worker::{IndexWorker, Maintenance};
+use crate::index::worker::{IndexWorker, Maintenance, contain};
 use crate::index::{Candidate, IndexOptions, IndexStats, VectorId, VectorIndex, distance};
 use crate::storage::{Changes, Storage, decode_document, encode_document};
 use filter::CompiledFilter;
 use grape_client::{CollectionConfig, Document, Metadata};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// Number of a shard within its collection.
@@ -166,13 +167,18 @@ pub struct ShardHit {
 }
 
 /// Figures for `/admin/stats/shards`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardFigures {
     pub documents: u64,
     /// Stored bytes of the live documents (encoded vector and metadata).
     pub bytes: u64,
     pub index: IndexStats,
+    /// Why this replica's index failed, if it did (see [`Shard::failure`]).
+    pub failed: Option<String>,
 }
+
+/// Documents a filtered search checks between two chances for writers to take the lock.
+const SCAN_CHUNK: usize = 4096;
 
 /// Filters matching at most this many documents are answered by exact scan: small candidate
 /// sets are where graph search loses recall, and scanning them is cheap.
@@ -277,6 +283,8 @@ impl Shard {
         let mut sizes = Vec::new();
         {
             let state = self.state.read();
+            // A failed replica's memory may be behind its storage: ask storage.
+            let failed = state.maintenance.failure().is_some();
             // Whether ids exist after the earlier commands of this same batch.
             let mut overlay: HashMap<&str, bool> = HashMap::new();
             for (command, rejected) in commands.iter().zip(&rejected) {
@@ -302,10 +310,13 @@ impl Shard {
                     ShardCommand::Delete { ids } => {
                         let mut existed = Vec::with_capacity(ids.len());
                         for id in ids {
-                            let exists = overlay
-                                .get(id.as_str())
-                                .copied()
-                                .unwrap_or_else(|| state.by_id.contains_key(id.as_str()));
+                            let exists = match overlay.get(id.as_str()) {
+                                Some(exists) => *exists,
+                                None if failed => {
+                                    self.storage.get_document(&self.namespace, id)?.is_some()
+                                }
+                                None => state.by_id.contains_key(id.as_str()),
+                            };
                             existed.push(exists);
                             if exists {
                                 changes.delete_document(&self.storage, &self.namespace, id);
@@ -321,35 +332,12 @@ impl Shard {
         self.storage.commit(changes)?;
 
         let mut state = self.state.write();
-        let mut sizes = sizes.into_iter();
-        for (command, rejected) in commands.iter().zip(&rejected) {
-            if rejected.is_some() {
-                continue;
-            }
-            match command {
-                ShardCommand::Upsert { documents } => {
-                    for doc in documents {
-                        let size = sizes.next().unwrap_or(0);
-                        put_in_memory(
-                            &self.config,
-                            &mut state,
-                            doc.id.as_str(),
-                            &doc.vector,
-                            doc.metadata.clone(),
-                            size,
-                        );
-                    }
-                }
-                ShardCommand::Delete { ids } => {
-                    for id in ids {
-                        if let Some(vid) = state.by_id.remove(id.as_str()) {
-                            if let Some(entry) = state.entries[vid].take() {
-                                state.bytes -= u64::from(entry.size);
-                            }
-                            state.index.remove(vid);
-                        }
-                    }
-                }
+        if state.maintenance.failure().is_none() {
+            let outcome =
+                contain(|| apply_in_memory(&self.config, &mut state, commands, &rejected, sizes));
+            if let Err(reason) = outcome {
+                tracing::error!(shard = %self.namespace, %reason, "applying to the index failed; the shard is marked failed");
+                state.maintenance.fail(reason);
             }
         }
         self.worker.schedule(&state.index, &state.maintenance);
@@ -422,16 +410,37 @@ impl Shard {
         k: usize,
         ef: usize,
         filter: Option<&CompiledFilter>,
-    ) -> Vec<ShardHit> {
-        let state = self.state.read();
+        deadline: Option<Instant>,
+    ) -> Result<Vec<ShardHit>> {
+        let mut state = self.state.read();
+        if let Some(reason) = state.maintenance.failure() {
+            return Err(failed_error(&self.namespace, reason));
+        }
         let candidates = match filter {
             None => state.index.search(query, k, ef, None),
             Some(filter) => {
-                let matching: Vec<bool> = state
-                    .entries
-                    .iter()
-                    .map(|e| e.as_ref().is_some_and(|e| filter.matches(&e.metadata)))
-                    .collect();
+                // The scan lets waiting writers in between chunks, and stops at the deadline.
+                let mut end = state.entries.len();
+                let mut matching = Vec::with_capacity(end);
+                while matching.len() < end {
+                    let index = Arc::as_ptr(&state.index);
+                    if deadline.is_some_and(|d| Instant::now() > d) {
+                        return Err(Error::unavailable(
+                            ErrorCode::QueryTimeout,
+                            "the search ran past performance.query_timeout_ms",
+                        ));
+                    }
+                    let chunk = matching.len()..(matching.len() + SCAN_CHUNK).min(end);
+                    for entry in &state.entries[chunk] {
+                        matching.push(entry.as_ref().is_some_and(|e| filter.matches(&e.metadata)));
+                    }
+                    RwLockReadGuard::bump(&mut state);
+                    if !std::ptr::eq(index, Arc::as_ptr(&state.index)) {
+                        // A snapshot replaced the shard meanwhile: start over on the new state.
+                        end = state.entries.len();
+                        matching.clear();
+                    }
+                }
                 let count = matching.iter().filter(|m| **m).count();
                 if count <= EXACT_FILTER_LIMIT || count * 10 <= state.by_id.len() {
                     state.index.exact_search(
@@ -451,7 +460,7 @@ impl Shard {
                 }
             }
         };
-        hits(&state, query, candidates)
+        Ok(hits(&state, query, candidates))
     }
 
     /// Count and order-independent hash of every stored document, read from storage.
@@ -473,7 +482,15 @@ impl Shard {
             documents: state.by_id.len() as u64,
             bytes: state.bytes,
             index: state.index.stats(),
+            failed: state.maintenance.failure().map(str::to_string),
         }
+    }
+
+    /// Why this replica's index failed, if it did: work on it panicked (a bug), so it is no
+    /// longer searched or maintained. Writes still reach storage and every replica answers
+    /// them alike; a restart or a snapshot rebuilds the index from storage.
+    pub fn failure(&self) -> Option<String> {
+        self.state.read().maintenance.failure().map(str::to_string)
     }
 
     /// A consistent copy of this replica: its applied marker and every document, encoded.
@@ -551,6 +568,15 @@ impl Shard {
     }
 }
 
+fn failed_error(namespace: &str, reason: &str) -> Error {
+    Error::unavailable(
+        ErrorCode::ShardFailed,
+        format!(
+            "the replica {namespace} failed and is not searched until it is rebuilt (a restart or a snapshot): {reason}"
+        ),
+    )
+}
+
 /// The hash one document contributes to its shard's checksum.
 fn document_hash(id: &str, value: &[u8]) -> u64 {
     let mut bytes = Vec::with_capacity(id.len() + 1 + value.len());
@@ -588,10 +614,57 @@ fn load_state(
     };
     storage.scan_documents(namespace, None, |id, value| {
         let (vector, metadata) = decode_document(value)?;
-        put_in_memory(config, &mut state, id, &vector, metadata, value.len());
-        Ok(true)
+        match contain(|| put_in_memory(config, &mut state, id, &vector, metadata, value.len())) {
+            Ok(()) => Ok(true),
+            Err(reason) => {
+                tracing::error!(%namespace, %reason, "loading the index failed; the shard is marked failed");
+                state.maintenance.fail(reason);
+                Ok(false)
+            }
+        }
     })?;
     Ok(state)
+}
+
+/// The in-memory half of [`Shard::apply`], once storage holds the commands.
+fn apply_in_memory(
+    config: &CollectionConfig,
+    state: &mut ShardState,
+    commands: &[&ShardCommand],
+    rejected: &[Option<Error>],
+    sizes: Vec<usize>,
+) {
+    let mut sizes = sizes.into_iter();
+    for (command, rejected) in commands.iter().zip(rejected) {
+        if rejected.is_some() {
+            continue;
+        }
+        match command {
+            ShardCommand::Upsert { documents } => {
+                for doc in documents {
+                    let size = sizes.next().unwrap_or(0);
+                    put_in_memory(
+                        config,
+                        state,
+                        doc.id.as_str(),
+                        &doc.vector,
+                        doc.metadata.clone(),
+                        size,
+                    );
+                }
+            }
+            ShardCommand::Delete { ids } => {
+                for id in ids {
+                    if let Some(vid) = state.by_id.remove(id.as_str()) {
+                        if let Some(entry) = state.entries[vid].take() {
+                            state.bytes -= u64::from(entry.size);
+                        }
+                        state.index.remove(vid);
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn put_in_memory(

@@ -68,7 +68,7 @@ fn commands_apply_in_order_and_survive_reopening() {
     assert_eq!(a.vector, vec![5.0, 5.0]);
     assert_eq!(a.metadata["k"], 2);
     assert!(shard.get("b").unwrap().is_none());
-    let hits = shard.search(&[5.0, 5.0], 5, 16, None);
+    let hits = shard.search(&[5.0, 5.0], 5, 16, None, None).unwrap();
     assert_eq!(hits.len(), 1);
     assert_eq!(&*hits[0].id, "a");
     assert_eq!(hits[0].score, 0.0);
@@ -96,8 +96,17 @@ fn selective_filters_are_answered_exactly() {
         "must": [{"key": "even", "match": false}, {"key": "i", "range": {"gte": 100}}]
     }))
     .unwrap();
-    let filter = CompiledFilter::new(&filter).unwrap();
-    let hits = shard.search(&[0.0, 0.0], 3, 16, Some(&filter));
+    let filter = CompiledFilter::new(
+        &filter,
+        filter::FilterLimits {
+            conditions: 8,
+            values: 8,
+        },
+    )
+    .unwrap();
+    let hits = shard
+        .search(&[0.0, 0.0], 3, 16, Some(&filter), None)
+        .unwrap();
     let ids: Vec<&str> = hits.iter().map(|h| &*h.id).collect();
     assert_eq!(ids, ["d101", "d103", "d105"]);
 }
@@ -181,7 +190,7 @@ fn a_snapshot_restores_an_identical_replica() {
     assert!(!target.contains("stale") && !target.contains("d5"));
     assert_eq!(target.checksum().unwrap(), source.checksum().unwrap());
     assert_eq!(target.applied_marker().as_deref(), Some(&b"at-8"[..]));
-    let hits = target.search(&[42.0, 1.0], 1, 16, None);
+    let hits = target.search(&[42.0, 1.0], 1, 16, None, None).unwrap();
     assert_eq!(&*hits[0].id, "d42");
     assert!(
         target.restore(b"x", &data[..data.len() - 3]).is_err(),
@@ -299,7 +308,7 @@ fn invalid_commands_are_rejected_alike_on_every_replica_and_change_nothing() {
     // The index never saw them: searches still work and find only the good document.
     for replica in &replicas {
         let query = distance::prepare(Metric::Cosine, &[0.1, 0.2, 0.3, 0.4]).unwrap();
-        let hits = replica.search(&query, 5, 16, None);
+        let hits = replica.search(&query, 5, 16, None, None).unwrap();
         assert_eq!(hits.len(), 1);
         assert_eq!(&*hits[0].id, "good");
     }
@@ -318,7 +327,7 @@ fn a_stored_document_the_index_cannot_use_stays_readable_and_deletable() {
     assert_eq!(shard.len(), 1, "counted, as the checksum counts it");
     assert!(shard.get("ghost").unwrap().is_some());
     let query = distance::prepare(Metric::Cosine, &[1.0, 0.0, 0.0, 0.0]).unwrap();
-    assert!(shard.search(&query, 5, 16, None).is_empty());
+    assert!(shard.search(&query, 5, 16, None, None).unwrap().is_empty());
     let delete = ShardCommand::Delete {
         ids: vec!["ghost".into()],
     };
@@ -330,4 +339,129 @@ fn a_stored_document_the_index_cannot_use_stays_readable_and_deletable() {
     );
     assert_eq!(shard.len(), 0);
     assert_eq!(shard.checksum().unwrap().0, 0);
+}
+
+/// Waits up to five seconds for `done`.
+fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn open_with(storage: &Arc<Storage>, namespace: &str, worker: &Arc<IndexWorker>) -> Shard {
+    let mut config = CollectionConfig::new("docs", 2);
+    config.metric = Metric::L2;
+    Shard::open(
+        Arc::new(config),
+        namespace,
+        Arc::clone(storage),
+        Arc::clone(worker),
+        IndexOptions::default(),
+    )
+    .unwrap()
+}
+
+fn points(ids: std::ops::Range<u32>) -> ShardCommand {
+    ShardCommand::Upsert {
+        documents: ids
+            .map(|i| doc(&format!("p{i}"), vec![i as f32, 1.0], json!({})))
+            .collect(),
+    }
+}
+
+#[test]
+fn a_panic_in_graph_maintenance_fails_that_replica_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage(dir.path());
+    let worker = Arc::new(IndexWorker::new(1).unwrap());
+    let broken = open_with(&storage, "docs/0", &worker);
+    let healthy = open_with(&storage, "docs/1", &worker);
+    let twin = open_with(&storage, "docs/2", &worker);
+    broken
+        .state
+        .read()
+        .index
+        .faults
+        .maintain
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    for shard in [&broken, &healthy, &twin] {
+        shard.apply(&[&points(0..50)], b"m1").unwrap();
+    }
+    eventually("the broken replica is marked failed", || {
+        broken.failure().is_some()
+    });
+    let reason = broken.failure().unwrap();
+    assert!(reason.contains("injected fault in maintain"), "{reason}");
+    assert_eq!(broken.figures().failed.as_deref(), Some(reason.as_str()));
+    match broken.search(&[3.0, 1.0], 1, 16, None, None) {
+        Err(error) => assert_eq!(error.code(), ErrorCode::ShardFailed),
+        Ok(hits) => panic!("a failed replica answered {hits:?}"),
+    }
+    // The process and the shared pool go on: the other replicas index and search.
+    for shard in [&healthy, &twin] {
+        eventually("indexed", || shard.figures().index.pending == 0);
+        let hits = shard.search(&[3.0, 1.0], 1, 16, None, None).unwrap();
+        assert_eq!(&*hits[0].id, "p3");
+        assert!(shard.failure().is_none());
+    }
+    // Writes still apply to the failed replica's storage, answered as a healthy one answers.
+    let delete = ShardCommand::Delete {
+        ids: vec!["p1".into(), "never".into(), "p60".into()],
+    };
+    let more = points(55..65);
+    let expected = twin.apply(&[&delete, &more], b"m2").unwrap();
+    assert_eq!(broken.apply(&[&delete, &more], b"m2").unwrap(), expected);
+    assert_eq!(
+        expected[0],
+        ShardResponse::Deleted {
+            existed: vec![true, false, false]
+        }
+    );
+    assert_eq!(broken.checksum().unwrap(), twin.checksum().unwrap());
+    // Reopening (a restart) rebuilds the index from storage: searchable again, nothing lost.
+    drop(broken);
+    let reopened = open_with(&storage, "docs/0", &worker);
+    assert!(reopened.failure().is_none());
+    assert_eq!(reopened.len(), 59);
+    eventually("reindexed", || reopened.figures().index.pending == 0);
+    let hits = reopened.search(&[60.0, 1.0], 1, 16, None, None).unwrap();
+    assert_eq!(&*hits[0].id, "p60");
+    assert!(reopened.get("p1").unwrap().is_none());
+}
+
+#[test]
+fn a_panic_while_applying_to_memory_keeps_replicas_in_agreement() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage(dir.path());
+    let worker = Arc::new(IndexWorker::new(1).unwrap());
+    let broken = open_with(&storage, "docs/0", &worker);
+    let twin = open_with(&storage, "docs/1", &worker);
+    broken
+        .state
+        .read()
+        .index
+        .faults
+        .add
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let first = points(0..10);
+    let second = ShardCommand::Delete {
+        ids: vec!["p2".into(), "p2".into(), "p99".into()],
+    };
+    let third = points(8..12);
+    for (commands, marker) in [
+        (vec![&first], &b"m1"[..]),
+        (vec![&second, &third], &b"m2"[..]),
+    ] {
+        let expected = twin.apply(&commands, marker).unwrap();
+        assert_eq!(broken.apply(&commands, marker).unwrap(), expected);
+    }
+    assert!(broken.failure().unwrap().contains("injected fault in add"));
+    assert_eq!(broken.checksum().unwrap(), twin.checksum().unwrap());
+    assert_eq!(broken.applied_marker().as_deref(), Some(&b"m2"[..]));
+    drop(broken);
+    let reopened = open_with(&storage, "docs/0", &worker);
+    assert_eq!(reopened.len(), 11);
+    assert!(reopened.failure().is_none());
 }

@@ -10,12 +10,20 @@ use grape_client::{CollectionConfig, CollectionInfo};
 use std::time::{Duration, Instant};
 
 /// A collection, or 404.
+///
+/// Until the node has been ready once, its catalogue may still be catching up: a missing
+/// collection is then `503 not_ready` (retry), never a 404 for one that is about to appear.
 pub fn collection(node: &Node, name: &str) -> Result<Collection> {
-    node.meta_read()
-        .collections
-        .get(name)
-        .cloned()
-        .ok_or_else(|| not_found(name))
+    if let Some(collection) = node.meta_read().collections.get(name) {
+        return Ok(collection.clone());
+    }
+    if !node.has_been_ready() && !node.is_ready() {
+        return Err(Error::unavailable(
+            ErrorCode::NotReady,
+            format!("this node is starting and cannot tell yet whether collection '{name}' exists"),
+        ));
+    }
+    Err(not_found(name))
 }
 
 fn not_found(name: &str) -> Error {

@@ -14,12 +14,14 @@ use grape_client::{Consistency, Document, DocumentInput};
 use std::collections::BTreeMap;
 
 /// Validates every document, then writes them, split by shard and committed in parallel, and
-/// returns their ids in input order. Nothing is written if any is invalid.
+/// returns their ids in input order. Nothing is written if any is invalid. `admit` runs once
+/// the request is known to be valid, before anything is written (the caller's quota).
 pub async fn upsert(
     node: &Node,
     name: &str,
     inputs: Vec<DocumentInput>,
     batch: bool,
+    admit: impl FnOnce() -> Result<()>,
 ) -> Result<Vec<String>> {
     let collection = collection(node, name)?;
     if batch {
@@ -65,6 +67,7 @@ pub async fn upsert(
             ));
         }
     }
+    admit()?;
     let ids: Vec<String> = documents.iter().map(|d| d.id.clone()).collect();
     let mut by_shard: BTreeMap<u32, Vec<_>> = BTreeMap::new();
     for document in documents {
@@ -94,9 +97,16 @@ pub async fn upsert(
     Ok(ids)
 }
 
-/// Deletes a document; false if it did not exist.
-pub async fn delete(node: &Node, name: &str, id: &str) -> Result<bool> {
+/// Deletes a document; false if it did not exist. `admit` runs once the request is known to
+/// be valid, before the delete is proposed.
+pub async fn delete(
+    node: &Node,
+    name: &str,
+    id: &str,
+    admit: impl FnOnce() -> Result<()>,
+) -> Result<bool> {
     let collection = collection(node, name)?;
+    admit()?;
     let group = collection.group(collection.shard_for(id));
     let command = ShardCommand::Delete {
         ids: vec![id.to_string()],

@@ -104,7 +104,8 @@ where
                 }
             }
             Err(Error::Unavailable {
-                code: code @ (ErrorCode::PeerUnreachable | ErrorCode::NoLeader),
+                code:
+                    code @ (ErrorCode::PeerUnreachable | ErrorCode::NoLeader | ErrorCode::ShardFailed),
                 message,
             }) => {
                 let pause = match target {

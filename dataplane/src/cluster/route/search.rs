@@ -8,11 +8,12 @@ use crate::cluster::raft::rpc::{RemoteHit, SearchRpc};
 use crate::cluster::replicas::LocalGroup;
 use crate::collection::{Collection, PreparedSearch, merge_hits, search_shard, to_search_hit};
 use crate::error::{Error, ErrorCode, Result};
+use crate::shard::filter::FilterLimits;
 use futures::future::{BoxFuture, join_all};
 use grape_client::{Consistency, SearchHit, SearchRequest};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Breadth times shards, weighted by [`GraphEngine::search_cost_per_ef`], up to which a
 /// search runs on the request's own thread (about a tenth of a millisecond of graph work on
@@ -22,11 +23,27 @@ use std::time::Duration;
 const INLINE_SEARCH_WORK: usize = 256;
 
 /// Searches a collection: one replica per shard, results merged, within
-/// `performance.query_timeout_ms`.
-pub async fn search(node: &Node, name: &str, request: &SearchRequest) -> Result<Vec<SearchHit>> {
+/// `performance.query_timeout_ms`. `admit` runs once the request is known to be valid (the
+/// caller's quota).
+pub async fn search(
+    node: &Node,
+    name: &str,
+    request: &SearchRequest,
+    admit: impl FnOnce() -> Result<()>,
+) -> Result<Vec<SearchHit>> {
     let collection = collection(node, name)?;
     // Validate here first: bad input is a 400 before any fan-out.
-    collection.prepare_search(request)?;
+    collection.prepare_search(request, filter_limits(node), None)?;
+    admit()?;
+    let Some(_permit) = node.search_permit() else {
+        return Err(Error::unavailable(
+            ErrorCode::Overloaded,
+            format!(
+                "this node is running {} searches, its limit (performance.max_concurrent_searches)",
+                node.config().performance.max_concurrent_searches
+            ),
+        ));
+    };
     let timeout = Duration::from_millis(node.config().performance.query_timeout_ms);
     match tokio::time::timeout(timeout, fan_out(node, &collection, request)).await {
         Ok(result) => result,
@@ -53,9 +70,13 @@ async fn fan_out(
         strong,
     };
     // Shards with a local replica are searched together in one blocking task.
-    let (local, remote): (Vec<u32>, Vec<u32>) = collection
-        .shard_ids()
-        .partition(|s| !strong && node.replicas().get(&collection.group(*s)).is_some());
+    let (local, remote): (Vec<u32>, Vec<u32>) = collection.shard_ids().partition(|s| {
+        !strong
+            && node
+                .replicas()
+                .get(&collection.group(*s))
+                .is_some_and(|local| local.shard.failure().is_none())
+    });
     let mut searches: Vec<BoxFuture<'_, Result<Vec<RemoteHit>>>> = Vec::new();
     if !local.is_empty() {
         let rpc = rpc(local);
@@ -110,7 +131,12 @@ async fn fan_out(
 
 /// Searches this node's replicas of the given shards (for our own fan-out or a peer's).
 pub async fn search_here(node: &Node, rpc: SearchRpc) -> Result<Vec<RemoteHit>> {
-    let prepared = rpc.collection.prepare_search(&rpc.request)?;
+    let timeout = Duration::from_millis(node.config().performance.query_timeout_ms);
+    let prepared = rpc.collection.prepare_search(
+        &rpc.request,
+        filter_limits(node),
+        Some(Instant::now() + timeout),
+    )?;
     let mut locals = Vec::with_capacity(rpc.shards.len());
     for shard in &rpc.shards {
         locals.push(local_read(node, &rpc.collection.group(*shard), rpc.strong).await?);
@@ -126,6 +152,15 @@ pub async fn search_here(node: &Node, rpc: SearchRpc) -> Result<Vec<RemoteHit>> 
         return search_locals(&locals, &prepared, false);
     }
     blocking(move || search_locals(&locals, &prepared, true)).await
+}
+
+/// What one search's filter may ask for on this node.
+fn filter_limits(node: &Node) -> FilterLimits {
+    let performance = &node.config().performance;
+    FilterLimits {
+        conditions: performance.max_filter_conditions,
+        values: performance.max_filter_values,
+    }
 }
 
 /// Keeps the best `top_k` of hits gathered from several shards.
@@ -149,7 +184,7 @@ fn search_locals(
 ) -> Result<Vec<RemoteHit>> {
     use rayon::prelude::*;
     let search = |local: &Arc<LocalGroup>| -> Result<Vec<RemoteHit>> {
-        search_shard(&local.shard, prepared)
+        search_shard(&local.shard, prepared)?
             .into_iter()
             .map(|hit| {
                 let vector = if prepared.include_vectors {
