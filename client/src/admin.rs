@@ -12,10 +12,15 @@ use std::collections::BTreeMap;
 pub struct ReadyResponse {
     pub status: String,
     pub node_id: String,
-    /// Replicas on this node whose index failed (`collection/shard`): the node stays ready,
-    /// as other replicas serve those shards, but they need a restart to be rebuilt.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failed_shards: Vec<String>,
+    /// How many replicas on this node have a failed index: the node stays ready, as other
+    /// replicas serve those shards, but they need a restart to be rebuilt (which ones:
+    /// `/admin/stats/shards`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed_shards: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A member's part in one Raft group.

@@ -672,3 +672,27 @@ fn iptables(action: &str, from: &str, to: &str) {
         .expect("iptables runs (scripts/setup.sh installs it; the partition test needs root)");
     assert!(status.success(), "iptables {action} {from} -> {to} failed");
 }
+
+/// The headers a node holding `secret` (or none) sends with a call to `path` carrying `body`
+/// on the node-to-node port, made by the node's own code.
+pub fn peer_headers(
+    node: &str,
+    secret: Option<&str>,
+    path: &str,
+    body: &[u8],
+) -> Vec<(String, String)> {
+    let mut config = Config::default();
+    config.node.id = node.to_string();
+    let _dir;
+    if let Some(secret) = secret {
+        let (dir, file) = temp_file("secret", secret);
+        _dir = dir;
+        config.cluster.secret_file = Some(file);
+    }
+    grape_dataplane::cluster::raft::auth::PeerAuth::from_config(&config)
+        .expect("a valid secret")
+        .headers(path, body)
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v))
+        .collect()
+}

@@ -3,34 +3,18 @@
 //! clustered node with no way to authenticate its peers refuses to start.
 
 use grape_client::DocumentInput;
-use grape_dataplane::cluster::raft::auth::PeerAuth;
 use grape_dataplane::cluster::raft::ids::NodeAddr;
 use grape_dataplane::cluster::raft::meta_commands::MetaCommand;
 use grape_dataplane::cluster::raft::rpc::{AdminRpc, PingRpc, ProposeRpc, RpcKind};
 use grape_dataplane::cluster::raft::types::{Request, encode};
 use grape_dataplane::collection::validate_document;
-use grape_dataplane::config::Config;
 use grape_dataplane::shard::ShardCommand;
 use grape_e2e::load::{self, DIMENSION};
-use grape_e2e::{Cluster, GrapeNode, NodeOptions, temp_file, vector};
+use grape_e2e::{Cluster, GrapeNode, NodeOptions, peer_headers, vector};
 use std::time::Duration;
 
-/// Headers a caller holding `secret` (or none) sends with a call to `path`.
 fn signed(node: &str, secret: Option<&str>, path: &str, body: &[u8]) -> Vec<(String, String)> {
-    let mut config = Config::default();
-    config.node.id = node.to_string();
-    let _dir;
-    if let Some(secret) = secret {
-        let (dir, file) = temp_file("secret", secret);
-        _dir = dir;
-        config.cluster.secret_file = Some(file);
-    }
-    PeerAuth::from_config(&config)
-        .unwrap()
-        .headers(path, body)
-        .into_iter()
-        .map(|(n, v)| (n.to_string(), v))
-        .collect()
+    peer_headers(node, secret, path, body)
 }
 
 async fn call(raft: &str, path: &str, headers: &[(String, String)], body: Vec<u8>) -> u16 {
@@ -88,6 +72,7 @@ async fn strangers_are_refused_on_every_internal_route_and_change_nothing() {
     let propose = encode(&ProposeRpc {
         group: shard,
         request: Request::Shard(ShardCommand::Upsert {
+            request: None,
             documents: vec![document],
         }),
     });

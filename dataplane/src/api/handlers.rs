@@ -102,11 +102,14 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthResponse> {
 
 pub async fn ready(State(state): State<AppState>) -> Response {
     if state.node.is_ready() {
-        let failed_shards = status::shard_stats(&state.node)
-            .into_iter()
-            .filter(|s| s.failed.is_some())
-            .map(|s| format!("{}/{}", s.collection, s.shard))
-            .collect();
+        // A count only: `/ready` needs no key, so it names nothing.
+        let failed_shards = state
+            .node
+            .replicas()
+            .all()
+            .iter()
+            .filter(|local| local.shard.failure().is_some())
+            .count();
         Json(ReadyResponse {
             status: "ready".into(),
             node_id: state.node.id().to_string(),

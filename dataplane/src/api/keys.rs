@@ -17,6 +17,26 @@ pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
 /// The window over which failed authentications from one address are counted.
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
+/// Addresses tracked at once; past it, new addresses are not counted (the table cannot grow
+/// without bound under a flood from many addresses).
+const MAX_TRACKED: usize = 100_000;
+
+/// The unit an address is counted in: itself for IPv4, its /64 for IPv6 (one host usually
+/// holds a whole /64).
+fn counted_as(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(segments.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
 /// Keys in force, and where they come from.
 pub struct Keys {
     /// The key file, when authentication is on.
@@ -201,7 +221,7 @@ impl Failures {
             return None;
         }
         let by_address = self.by_address.lock();
-        let (start, count) = by_address.get(&ip)?;
+        let (start, count) = by_address.get(&counted_as(ip))?;
         let left = FAILURE_WINDOW.checked_sub(start.elapsed())?;
         (*count >= self.limit).then_some(left)
     }
@@ -210,7 +230,14 @@ impl Failures {
         if self.limit == 0 {
             return;
         }
+        let ip = counted_as(ip);
         let mut by_address = self.by_address.lock();
+        if by_address.len() >= MAX_TRACKED && !by_address.contains_key(&ip) {
+            by_address.retain(|_, (start, _)| start.elapsed() < FAILURE_WINDOW);
+            if by_address.len() >= MAX_TRACKED {
+                return;
+            }
+        }
         let entry = by_address.entry(ip).or_insert((Instant::now(), 0));
         if entry.0.elapsed() >= FAILURE_WINDOW {
             *entry = (Instant::now(), 0);

@@ -117,11 +117,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 
 /// Parses JSON with the failing field's path in the message.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(Error::invalid(
-            ErrorCode::InvalidJson,
-            "the request body is empty; a JSON object is expected",
-        ));
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(Error::invalid(
+                ErrorCode::InvalidJson,
+                "the request body is empty; a JSON object is expected",
+            ));
+        }
+        // Every body is an object: `[]` must not read as a struct of defaults.
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(Error::invalid(
+                ErrorCode::InvalidJson,
+                "the request body must be a JSON object",
+            ));
+        }
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {

@@ -8,7 +8,7 @@
 
 use super::elastic::{self, leadership, membership};
 use super::node::Node;
-use super::raft::auth::{Call, NODE_HEADER, PROOF_HEADER};
+use super::raft::auth::{Call, DIGEST_HEADER, NODE_HEADER, PROOF_HEADER, Refusal};
 use super::raft::ids::META_GROUP;
 use super::raft::meta_sm::MetaRaft;
 use super::raft::rpc::{
@@ -120,45 +120,56 @@ async fn authenticate(
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(body) => body,
-        Err(e) => {
-            return (StatusCode::BAD_REQUEST, format!("unreadable body: {e}")).into_response();
-        }
-    };
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
     let certificates = parts
         .extensions
         .get::<Arc<TlsInfo>>()
         .map(|info| info.peer_certificates.as_slice())
         .unwrap_or_default();
-    let call = Call {
-        path: parts.uri.path(),
-        node: header(NODE_HEADER),
-        proof: header(PROOF_HEADER),
-        body: &body,
-        certificates,
-    };
     let host_of = |id: &str| {
         node.peers()
             .address(id)
             .and_then(|address| parse_host_port(&address).map(|(host, _)| host))
     };
+    let mut call = Call {
+        path: parts.uri.path(),
+        node: header(NODE_HEADER),
+        proof: header(PROOF_HEADER),
+        digest: header(DIGEST_HEADER),
+        body: &[],
+        certificates,
+    };
+    // A stranger is refused before its body is read (it could be gigabytes).
+    let limit = match node.peer_auth().precheck(&call, &host_of) {
+        Ok(limit) => limit.unwrap_or(MAX_BODY),
+        Err(refusal) => return refuse(&call, refusal),
+    };
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(body) => body,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("unreadable body: {e}")).into_response();
+        }
+    };
+    call.body = &body;
     if let Err(refusal) = node.peer_auth().check(&call, host_of) {
-        tracing::warn!(
-            path = call.path,
-            claimed = call.node.unwrap_or("-"),
-            reason = %refusal.0,
-            "refused a node-to-node call"
-        );
-        return (
-            StatusCode::UNAUTHORIZED,
-            format!("unauthenticated node-to-node call: {}", refusal.0),
-        )
-            .into_response();
+        return refuse(&call, refusal);
     }
     next.run(axum::extract::Request::from_parts(parts, Body::from(body)))
         .await
+}
+
+fn refuse(call: &Call<'_>, refusal: Refusal) -> Response {
+    tracing::warn!(
+        path = call.path,
+        claimed = call.node.unwrap_or("-"),
+        reason = %refusal.0,
+        "refused a node-to-node call"
+    );
+    (
+        StatusCode::UNAUTHORIZED,
+        format!("unauthenticated node-to-node call: {}", refusal.0),
+    )
+        .into_response()
 }
 
 /// Every node-to-node call, each served at the path its type names, behind
@@ -227,16 +238,21 @@ pub fn router(node: Arc<Node>) -> axum::Router {
     }
     let body_timeout = Duration::from_millis(node.config().performance.body_read_timeout_ms);
     app.layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&node),
             authenticate,
         ))
+        // Outermost, so that the authentication's own read of the body is bounded too.
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .with_state(node)
 }
 
+/// Largest request head (request line and headers) a server reads; larger ones answer 431.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// A server that closes connections whose client takes longer than
-/// `performance.header_read_timeout_ms` to start a request or send its headers.
+/// `performance.header_read_timeout_ms` to start a request or send its headers, and refuses
+/// request heads over [`MAX_HEADER_BYTES`].
 pub fn bounded<A: axum_server::Address, Acc>(
     mut server: axum_server::Server<A, Acc>,
     config: &crate::config::Config,
@@ -245,7 +261,12 @@ pub fn bounded<A: axum_server::Address, Acc>(
     server
         .http_builder()
         .http1()
-        .header_read_timeout(Some(headers));
+        .header_read_timeout(Some(headers))
+        .max_buf_size(MAX_HEADER_BYTES);
+    server
+        .http_builder()
+        .http2()
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
     server.first_request_timeout(headers)
 }
 

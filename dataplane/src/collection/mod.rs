@@ -283,7 +283,8 @@ pub fn parse_group(group: &str) -> Option<(&str, ShardId, u64)> {
 
 /// Searches one shard replica.
 ///
-/// A panic in the search (a bug) answers an internal error; the node goes on.
+/// A panic in the search (a bug in index code) marks the replica failed, as a panic in its
+/// maintenance does: the node goes on, and the shard's other replicas answer for it.
 pub fn search_shard(shard: &Shard, search: &PreparedSearch) -> Result<Vec<ShardHit>> {
     crate::index::worker::contain(|| {
         shard.search(
@@ -294,7 +295,13 @@ pub fn search_shard(shard: &Shard, search: &PreparedSearch) -> Result<Vec<ShardH
             search.deadline,
         )
     })
-    .map_err(|reason| Error::Internal(format!("searching {}: {reason}", shard.namespace())))?
+    .unwrap_or_else(|reason| {
+        shard.fail(reason.clone());
+        Err(Error::unavailable(
+            ErrorCode::ShardFailed,
+            format!("searching {} failed: {reason}", shard.namespace()),
+        ))
+    })
 }
 
 /// Merges per-shard results into the best `top_k`, best first.
@@ -341,6 +348,45 @@ mod tests {
             Some(("my-docs_2", 3, 17))
         );
         assert_eq!(parse_group("meta"), None);
+    }
+
+    #[test]
+    fn a_search_that_panics_fails_its_replica_and_the_process_goes_on() {
+        use crate::index::worker::IndexWorker;
+        use crate::storage::{Storage, StorageOptions};
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(dir.path(), &StorageOptions::default()).unwrap());
+        let config = CollectionConfig::new("c", 2);
+        let shard = Shard::open(
+            Arc::new(config.clone()),
+            "c/0",
+            storage,
+            Arc::new(IndexWorker::new(1).unwrap()),
+            crate::index::IndexOptions::default(),
+        )
+        .unwrap();
+        let collection = Collection { config, uid: 1 };
+        let request = SearchRequest::new(vec![1.0, 0.5], 3);
+        let limits = FilterLimits {
+            conditions: 1,
+            values: 1,
+        };
+        let prepared = collection.prepare_search(&request, limits, None).unwrap();
+        assert!(search_shard(&shard, &prepared).unwrap().is_empty());
+        shard.inject_search_panic();
+        let err = search_shard(&shard, &prepared).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::ShardFailed);
+        assert!(
+            shard
+                .failure()
+                .unwrap()
+                .contains("injected fault in search")
+        );
+        // Failed: refused from now on, not searched again.
+        assert_eq!(
+            search_shard(&shard, &prepared).unwrap_err().code(),
+            ErrorCode::ShardFailed
+        );
     }
 
     #[test]

@@ -217,6 +217,7 @@ pub struct VectorIndex {
 pub(crate) struct TestFaults {
     pub maintain: std::sync::atomic::AtomicBool,
     pub add: std::sync::atomic::AtomicBool,
+    pub search: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for VectorIndex {
@@ -356,6 +357,10 @@ impl VectorIndex {
     ) -> Vec<Candidate> {
         if k == 0 {
             return Vec::new();
+        }
+        #[cfg(test)]
+        if self.faults.search.swap(false, AtomicOrdering::Relaxed) {
+            panic!("injected fault in search");
         }
         let (graph, indexed_upto) = {
             let state = self.graph.read();

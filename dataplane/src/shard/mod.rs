@@ -13,6 +13,7 @@
 //! ```
 
 pub mod filter;
+pub mod requests;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::index::distance::VectorProblem;
@@ -22,6 +23,7 @@ use crate::storage::{Changes, Storage, decode_document, encode_document};
 use filter::CompiledFilter;
 use grape_client::{CollectionConfig, Document, Metadata};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use requests::{Answer, Recent, RequestId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,17 +52,49 @@ pub struct NewDocument {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ShardCommand {
     /// Insert or replace documents by id; later entries win over earlier ones.
-    Upsert { documents: Vec<NewDocument> },
+    Upsert {
+        documents: Vec<NewDocument>,
+        /// Identifies the proposal, so that a retry is answered, not applied again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<RequestId>,
+    },
     /// Remove documents by id.
-    Delete { ids: Vec<String> },
+    Delete {
+        ids: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<RequestId>,
+    },
 }
 
 impl ShardCommand {
+    /// An upsert with a fresh request id.
+    pub fn upsert(documents: Vec<NewDocument>) -> ShardCommand {
+        ShardCommand::Upsert {
+            documents,
+            request: Some(rand::random()),
+        }
+    }
+
+    /// A delete with a fresh request id.
+    pub fn delete(ids: Vec<String>) -> ShardCommand {
+        ShardCommand::Delete {
+            ids,
+            request: Some(rand::random()),
+        }
+    }
+
+    /// The proposal's id, if it carries one.
+    pub fn request(&self) -> Option<RequestId> {
+        match self {
+            ShardCommand::Upsert { request, .. } | ShardCommand::Delete { request, .. } => *request,
+        }
+    }
+
     /// Documents this command carries or names (for batching and quotas).
     pub fn len(&self) -> usize {
         match self {
-            ShardCommand::Upsert { documents } => documents.len(),
-            ShardCommand::Delete { ids } => ids.len(),
+            ShardCommand::Upsert { documents, .. } => documents.len(),
+            ShardCommand::Delete { ids, .. } => ids.len(),
         }
     }
 
@@ -177,6 +211,9 @@ pub struct ShardFigures {
     pub failed: Option<String>,
 }
 
+/// Breadth a filtered graph walk may widen to (it holds the shard's read lock throughout).
+const MAX_WIDENED_EF: usize = 4096;
+
 /// Documents a filtered search checks between two chances for writers to take the lock.
 const SCAN_CHUNK: usize = 4096;
 
@@ -203,6 +240,8 @@ pub struct Shard {
     applied: Mutex<Option<Vec<u8>>>,
     /// Serialises `apply` and `restore`: existence checks and memory updates assume one writer.
     applying: Mutex<()>,
+    /// Requests answered recently (guarded by `applying` in practice).
+    recent: Mutex<Recent>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -225,6 +264,7 @@ impl Shard {
     ) -> Result<Shard> {
         let state = load_state(&config, namespace, &storage, index_options)?;
         let applied = storage.applied(namespace)?;
+        let recent = Recent::load(&storage, namespace)?;
         let shard = Shard {
             namespace: namespace.to_string(),
             config,
@@ -234,6 +274,7 @@ impl Shard {
             index_options,
             applied: Mutex::new(applied),
             applying: Mutex::new(()),
+            recent: Mutex::new(recent),
         };
         shard.schedule_indexing();
         Ok(shard)
@@ -267,7 +308,7 @@ impl Shard {
         let rejected: Vec<Option<Error>> = commands
             .iter()
             .map(|command| match command {
-                ShardCommand::Upsert { documents } => {
+                ShardCommand::Upsert { documents, .. } => {
                     documents.iter().enumerate().find_map(|(i, d)| {
                         check_document(&self.config, d).err().map(|e| {
                             Error::invalid(e.code(), format!("documents[{i}]: {}", e.message()))
@@ -278,7 +319,13 @@ impl Shard {
             })
             .collect();
         let mut changes = Changes::default();
-        let mut responses = Vec::with_capacity(commands.len());
+        let mut responses: Vec<ShardResponse> = Vec::with_capacity(commands.len());
+        // Commands whose effect is not applied: rejected, or repeats of answered requests.
+        let mut skip = vec![false; commands.len()];
+        // Requests answered by this batch, in command order, and where their answers are.
+        let mut answered: Vec<(RequestId, usize)> = Vec::new();
+        let mut answered_here: HashMap<RequestId, usize> = HashMap::new();
+        let mut recent = self.recent.lock();
         // Stored size of each upserted document, in order.
         let mut sizes = Vec::new();
         {
@@ -287,16 +334,32 @@ impl Shard {
             let failed = state.maintenance.failure().is_some();
             // Whether ids exist after the earlier commands of this same batch.
             let mut overlay: HashMap<&str, bool> = HashMap::new();
-            for (command, rejected) in commands.iter().zip(&rejected) {
+            for (i, (command, rejected)) in commands.iter().zip(&rejected).enumerate() {
+                let request = command.request();
+                if let Some(id) = request {
+                    let first = match answered_here.get(&id) {
+                        Some(at) => Some(responses[*at].clone()),
+                        None => recent.get(id).cloned(),
+                    };
+                    if let Some(first) = first {
+                        // A retry: answered as the first time, applied once.
+                        responses.push(first);
+                        skip[i] = true;
+                        continue;
+                    }
+                    answered_here.insert(id, responses.len());
+                    answered.push((id, responses.len()));
+                }
                 if let Some(error) = rejected {
                     responses.push(ShardResponse::Rejected {
                         code: error.code(),
                         message: error.message(),
                     });
+                    skip[i] = true;
                     continue;
                 }
                 match command {
-                    ShardCommand::Upsert { documents } => {
+                    ShardCommand::Upsert { documents, .. } => {
                         for doc in documents {
                             let value = encode_document(&doc.vector, &doc.metadata);
                             sizes.push(value.len());
@@ -307,7 +370,7 @@ impl Shard {
                             count: documents.len(),
                         });
                     }
-                    ShardCommand::Delete { ids } => {
+                    ShardCommand::Delete { ids, .. } => {
                         let mut existed = Vec::with_capacity(ids.len());
                         for id in ids {
                             let exists = match overlay.get(id.as_str()) {
@@ -328,13 +391,23 @@ impl Shard {
                 }
             }
         }
+        let staged = recent.stage(
+            answered
+                .iter()
+                .map(|(id, at)| (*id, responses[*at].clone())),
+            &mut changes,
+            &self.storage,
+            &self.namespace,
+        );
         changes.set_applied(&self.storage, &self.namespace, marker);
         self.storage.commit(changes)?;
+        recent.commit(staged);
+        drop(recent);
 
         let mut state = self.state.write();
         if state.maintenance.failure().is_none() {
             let outcome =
-                contain(|| apply_in_memory(&self.config, &mut state, commands, &rejected, sizes));
+                contain(|| apply_in_memory(&self.config, &mut state, commands, &skip, sizes));
             if let Err(reason) = outcome {
                 tracing::error!(shard = %self.namespace, %reason, "applying to the index failed; the shard is marked failed");
                 state.maintenance.fail(reason);
@@ -455,7 +528,8 @@ impl Shard {
                 } else {
                     let accept = |id: VectorId| matching.get(id).copied().unwrap_or(false);
                     // A filter that rejects most entries needs a wider search to find k.
-                    let ef = (ef * state.by_id.len() / count.max(1)).clamp(ef, 4 * ef.max(k));
+                    let widest = (4 * ef.max(k)).min(MAX_WIDENED_EF).max(ef);
+                    let ef = (ef * state.by_id.len() / count.max(1)).clamp(ef, widest);
                     state.index.search(query, k, ef, Some(&accept))
                 }
             }
@@ -486,6 +560,23 @@ impl Shard {
         }
     }
 
+    /// Test only: the next search of this replica's index panics.
+    #[cfg(test)]
+    pub(crate) fn inject_search_panic(&self) {
+        self.state
+            .read()
+            .index
+            .faults
+            .search
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Marks this replica's index failed (work on it panicked).
+    pub fn fail(&self, reason: String) {
+        tracing::error!(shard = %self.namespace, %reason, "the shard is marked failed");
+        self.state.read().maintenance.fail(reason);
+    }
+
     /// Why this replica's index failed, if it did: work on it panicked (a bug), so it is no
     /// longer searched or maintained. Writes still reach storage and every replica answers
     /// them alike; a restart or a snapshot rebuilds the index from storage.
@@ -496,13 +587,21 @@ impl Shard {
     /// A consistent copy of this replica: its applied marker and every document, encoded.
     pub fn snapshot(&self) -> Result<(Option<Vec<u8>>, Vec<u8>)> {
         self.storage
-            .with_consistent_view(&self.namespace, |marker, scan| {
+            .with_consistent_view(&self.namespace, |marker, requests, scan| {
                 let mut data = Vec::new();
-                scan(&mut |id, value| {
+                let mut record = |id: &str, value: &[u8]| {
                     data.extend_from_slice(&(id.len() as u32).to_le_bytes());
                     data.extend_from_slice(id.as_bytes());
                     data.extend_from_slice(&(value.len() as u32).to_le_bytes());
                     data.extend_from_slice(value);
+                };
+                // Remembered answers travel with the documents, under the empty id (which no
+                // document can have), so the new replica answers retries as the others do.
+                for answer in requests {
+                    record("", &answer);
+                }
+                scan(&mut |id, value| {
+                    record(id, value);
                     Ok(true)
                 })?;
                 Ok((marker, data))
@@ -514,11 +613,16 @@ impl Shard {
         let corrupt = || Error::Internal(format!("snapshot of {} is corrupt", self.namespace));
         // Check the whole snapshot before touching anything.
         let mut records = Vec::new();
+        let mut answers: Vec<Answer> = Vec::new();
         let mut at = 0usize;
         while at < data.len() {
             let id = take_field(data, &mut at).ok_or_else(corrupt)?;
             let value = take_field(data, &mut at).ok_or_else(corrupt)?;
             let id = std::str::from_utf8(id).map_err(|_| corrupt())?;
+            if id.is_empty() {
+                answers.push(requests::decode(value)?);
+                continue;
+            }
             decode_document(value)?;
             records.push((id, value));
         }
@@ -536,8 +640,17 @@ impl Shard {
                 pending = 0;
             }
         }
+        for answer in &answers {
+            changes.put_request(
+                &self.storage,
+                &self.namespace,
+                answer.seq % requests::REMEMBERED,
+                &requests::encode(answer),
+            );
+        }
         changes.set_applied(&self.storage, &self.namespace, marker);
         self.storage.commit(changes)?;
+        *self.recent.lock() = Recent::from_answers(answers);
         let fresh = load_state(
             &self.config,
             &self.namespace,
@@ -631,16 +744,16 @@ fn apply_in_memory(
     config: &CollectionConfig,
     state: &mut ShardState,
     commands: &[&ShardCommand],
-    rejected: &[Option<Error>],
+    skip: &[bool],
     sizes: Vec<usize>,
 ) {
     let mut sizes = sizes.into_iter();
-    for (command, rejected) in commands.iter().zip(rejected) {
-        if rejected.is_some() {
+    for (command, skip) in commands.iter().zip(skip) {
+        if *skip {
             continue;
         }
         match command {
-            ShardCommand::Upsert { documents } => {
+            ShardCommand::Upsert { documents, .. } => {
                 for doc in documents {
                     let size = sizes.next().unwrap_or(0);
                     put_in_memory(
@@ -653,7 +766,7 @@ fn apply_in_memory(
                     );
                 }
             }
-            ShardCommand::Delete { ids } => {
+            ShardCommand::Delete { ids, .. } => {
                 for id in ids {
                     if let Some(vid) = state.by_id.remove(id.as_str()) {
                         if let Some(entry) = state.entries[vid].take() {

@@ -38,6 +38,7 @@ fn commands_apply_in_order_and_survive_reopening() {
         let storage = storage(dir.path());
         let shard = open_in(&storage, "docs/0");
         let upsert = ShardCommand::Upsert {
+            request: None,
             documents: vec![
                 doc("a", vec![0.0, 0.0], json!({"k": 1})),
                 doc("b", vec![1.0, 0.0], json!({})),
@@ -45,6 +46,7 @@ fn commands_apply_in_order_and_survive_reopening() {
             ],
         };
         let delete = ShardCommand::Delete {
+            request: None,
             ids: vec!["b".into(), "nope".into(), "b".into()],
         };
         let responses = shard.apply(&[&upsert, &delete], b"m2").unwrap();
@@ -90,7 +92,13 @@ fn selective_filters_are_answered_exactly() {
         })
         .collect();
     shard
-        .apply(&[&ShardCommand::Upsert { documents }], b"1")
+        .apply(
+            &[&ShardCommand::Upsert {
+                documents,
+                request: None,
+            }],
+            b"1",
+        )
         .unwrap();
     let filter: grape_client::Filter = serde_json::from_value(json!({
         "must": [{"key": "even", "match": false}, {"key": "i", "range": {"gte": 100}}]
@@ -122,6 +130,7 @@ fn checksums_depend_on_content_not_on_write_order() {
     let d2 = doc("y", vec![3.0, 4.0], json!({}));
     sa.apply(
         &[&ShardCommand::Upsert {
+            request: None,
             documents: vec![d1.clone(), d2.clone()],
         }],
         b"1",
@@ -129,6 +138,7 @@ fn checksums_depend_on_content_not_on_write_order() {
     .unwrap();
     sb.apply(
         &[&ShardCommand::Upsert {
+            request: None,
             documents: vec![d2],
         }],
         b"1",
@@ -136,6 +146,7 @@ fn checksums_depend_on_content_not_on_write_order() {
     .unwrap();
     sb.apply(
         &[&ShardCommand::Upsert {
+            request: None,
             documents: vec![d1.clone()],
         }],
         b"2",
@@ -146,6 +157,7 @@ fn checksums_depend_on_content_not_on_write_order() {
     changed.metadata.insert("t".into(), json!("changed"));
     sb.apply(
         &[&ShardCommand::Upsert {
+            request: None,
             documents: vec![changed],
         }],
         b"3",
@@ -163,11 +175,18 @@ fn a_snapshot_restores_an_identical_replica() {
         .map(|i| doc(&format!("d{i}"), vec![i as f32, 1.0], json!({"i": i})))
         .collect();
     source
-        .apply(&[&ShardCommand::Upsert { documents }], b"at-7")
+        .apply(
+            &[&ShardCommand::Upsert {
+                documents,
+                request: None,
+            }],
+            b"at-7",
+        )
         .unwrap();
     source
         .apply(
             &[&ShardCommand::Delete {
+                request: None,
                 ids: vec!["d5".into()],
             }],
             b"at-8",
@@ -180,6 +199,7 @@ fn a_snapshot_restores_an_identical_replica() {
     target
         .apply(
             &[&ShardCommand::Upsert {
+                request: None,
                 documents: vec![doc("stale", vec![0.0, 0.0], json!({}))],
             }],
             b"old",
@@ -228,6 +248,7 @@ fn invalid_commands_are_rejected_alike_on_every_replica_and_change_nothing() {
         .unwrap(),
     ];
     let good = ShardCommand::Upsert {
+        request: None,
         documents: vec![doc("good", vec![0.1, 0.2, 0.3, 0.4], json!({}))],
     };
     let bad: Vec<(ErrorCode, NewDocument)> = vec![
@@ -279,9 +300,11 @@ fn invalid_commands_are_rejected_alike_on_every_replica_and_change_nothing() {
     for (code, document) in bad {
         // A bad command in the middle of a batch: rejected whole, its neighbours applied.
         let bad = ShardCommand::Upsert {
+            request: None,
             documents: vec![doc("fine", vec![0.5; 4], json!({})), document],
         };
         let delete = ShardCommand::Delete {
+            request: None,
             ids: vec!["fine".into()],
         };
         for replica in &replicas {
@@ -329,6 +352,7 @@ fn a_stored_document_the_index_cannot_use_stays_readable_and_deletable() {
     let query = distance::prepare(Metric::Cosine, &[1.0, 0.0, 0.0, 0.0]).unwrap();
     assert!(shard.search(&query, 5, 16, None, None).unwrap().is_empty());
     let delete = ShardCommand::Delete {
+        request: None,
         ids: vec!["ghost".into()],
     };
     assert_eq!(
@@ -365,6 +389,7 @@ fn open_with(storage: &Arc<Storage>, namespace: &str, worker: &Arc<IndexWorker>)
 
 fn points(ids: std::ops::Range<u32>) -> ShardCommand {
     ShardCommand::Upsert {
+        request: None,
         documents: ids
             .map(|i| doc(&format!("p{i}"), vec![i as f32, 1.0], json!({})))
             .collect(),
@@ -408,6 +433,7 @@ fn a_panic_in_graph_maintenance_fails_that_replica_only() {
     }
     // Writes still apply to the failed replica's storage, answered as a healthy one answers.
     let delete = ShardCommand::Delete {
+        request: None,
         ids: vec!["p1".into(), "never".into(), "p60".into()],
     };
     let more = points(55..65);
@@ -447,6 +473,7 @@ fn a_panic_while_applying_to_memory_keeps_replicas_in_agreement() {
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let first = points(0..10);
     let second = ShardCommand::Delete {
+        request: None,
         ids: vec!["p2".into(), "p2".into(), "p99".into()],
     };
     let third = points(8..12);
@@ -464,4 +491,75 @@ fn a_panic_while_applying_to_memory_keeps_replicas_in_agreement() {
     let reopened = open_with(&storage, "docs/0", &worker);
     assert_eq!(reopened.len(), 11);
     assert!(reopened.failure().is_none());
+}
+
+#[test]
+fn a_retried_command_is_answered_as_the_first_time_and_applied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage(dir.path());
+    let worker = Arc::new(IndexWorker::new(1).unwrap());
+    let tagged = |request: u64, id: &str, x: f32| ShardCommand::Upsert {
+        documents: vec![doc(id, vec![x, 1.0], json!({"x": x}))],
+        request: Some(request),
+    };
+    let remove = |request: u64, id: &str| ShardCommand::Delete {
+        ids: vec![id.into()],
+        request: Some(request),
+    };
+    let replica = open_with(&storage, "docs/0", &worker);
+    replica.apply(&[&tagged(1, "a", 1.0)], b"m1").unwrap();
+    replica.apply(&[&tagged(2, "a", 2.0)], b"m2").unwrap();
+    // The first write's retry arrives late: it must not bring back the older value.
+    assert_eq!(
+        replica.apply(&[&tagged(1, "a", 1.0)], b"m3").unwrap(),
+        vec![ShardResponse::Upserted { count: 1 }]
+    );
+    assert_eq!(replica.get("a").unwrap().unwrap().vector, vec![2.0, 1.0]);
+    // A delete retried after it applied answers "existed", as the first time did.
+    let first = replica.apply(&[&remove(3, "a")], b"m4").unwrap();
+    assert_eq!(
+        first,
+        vec![ShardResponse::Deleted {
+            existed: vec![true]
+        }]
+    );
+    assert_eq!(replica.apply(&[&remove(3, "a")], b"m5").unwrap(), first);
+    // A retry in the same batch as its original.
+    let twice = replica
+        .apply(&[&tagged(4, "b", 4.0), &tagged(4, "b", 9.0)], b"m6")
+        .unwrap();
+    assert_eq!(twice[0], twice[1]);
+    assert_eq!(replica.get("b").unwrap().unwrap().vector, vec![4.0, 1.0]);
+    // Commands without an id (from older nodes) apply every time.
+    let untagged = ShardCommand::Delete {
+        ids: vec!["b".into()],
+        request: None,
+    };
+    assert_eq!(
+        replica.apply(&[&untagged, &untagged], b"m7").unwrap(),
+        vec![
+            ShardResponse::Deleted {
+                existed: vec![true]
+            },
+            ShardResponse::Deleted {
+                existed: vec![false]
+            }
+        ]
+    );
+
+    // The answers survive a restart and travel in snapshots.
+    drop(replica);
+    let reopened = open_with(&storage, "docs/0", &worker);
+    assert_eq!(reopened.apply(&[&remove(3, "a")], b"m8").unwrap(), first);
+    let (marker, data) = reopened.snapshot().unwrap();
+    let other = open_with(&storage, "docs/1", &worker);
+    other.restore(&marker.unwrap(), &data).unwrap();
+    for replica in [&reopened, &other] {
+        let retry = [&tagged(1, "a", 1.0), &remove(3, "a"), &tagged(5, "c", 5.0)];
+        let answers = replica.apply(&retry, b"m9").unwrap();
+        assert_eq!(answers[1], first[0]);
+        assert!(replica.get("a").unwrap().is_none(), "not written again");
+    }
+    assert_eq!(reopened.checksum().unwrap(), other.checksum().unwrap());
+    assert_eq!(reopened.len(), 1);
 }

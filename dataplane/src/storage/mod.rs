@@ -82,12 +82,21 @@ impl Changes {
             .put_cf(storage.cf(META), applied_key(namespace), marker);
     }
 
-    /// Removes a namespace's documents and applied marker.
+    /// Removes a namespace's documents, remembered answers and applied marker.
     pub fn clear_namespace(&mut self, storage: &Storage, namespace: &str) {
         let (from, to) = prefix_range(&prefix(namespace));
         self.batch.delete_range_cf(storage.cf(DOCUMENTS), from, to);
+        let (from, to) = prefix_range(&request_prefix(namespace));
+        self.batch.delete_range_cf(storage.cf(META), from, to);
         self.batch
             .delete_cf(storage.cf(META), applied_key(namespace));
+    }
+
+    /// Stores one remembered answer of a namespace in `slot` (replacing what it held).
+    pub fn put_request(&mut self, storage: &Storage, namespace: &str, slot: u64, value: &[u8]) {
+        let mut key = request_prefix(namespace);
+        key.extend_from_slice(&slot.to_be_bytes());
+        self.batch.put_cf(storage.cf(META), key, value);
     }
 
     /// A node-level record (the meta state machine, identity).
@@ -223,22 +232,57 @@ impl Storage {
         visit_prefix(iter, &prefix(namespace), namespace, visit)
     }
 
+    /// Visits a namespace's remembered answers (see [`Changes::put_request`]).
+    pub fn scan_requests(
+        &self,
+        namespace: &str,
+        mut visit: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let start = request_prefix(namespace);
+        let iter = self.db.iterator_cf(
+            self.cf(META),
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        for item in iter {
+            let (key, value) = item?;
+            if !key.starts_with(&start) {
+                break;
+            }
+            visit(&value)?;
+        }
+        Ok(())
+    }
+
     /// A namespace's applied marker, if it has applied anything.
     pub fn applied(&self, namespace: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.db.get_cf(self.cf(META), applied_key(namespace))?)
     }
 
-    /// Reads a namespace's documents and applied marker as of one instant, while writes go on.
+    /// Reads a namespace's documents, remembered answers and applied marker as of one
+    /// instant, while writes go on.
     pub fn with_consistent_view<T>(
         &self,
         namespace: &str,
         read: impl FnOnce(
             Option<Vec<u8>>,
+            Vec<Vec<u8>>,
             &mut dyn FnMut(&mut dyn FnMut(&str, &[u8]) -> Result<bool>) -> Result<()>,
         ) -> Result<T>,
     ) -> Result<T> {
         let snapshot = self.db.snapshot();
         let marker = snapshot.get_cf(self.cf(META), applied_key(namespace))?;
+        let requests_start = request_prefix(namespace);
+        let mut requests = Vec::new();
+        for item in snapshot.iterator_cf(
+            self.cf(META),
+            IteratorMode::From(&requests_start, Direction::Forward),
+        ) {
+            let (key, value) = item?;
+            if !key.starts_with(&requests_start) {
+                break;
+            }
+            requests.push(value.to_vec());
+        }
         let start = prefix(namespace);
         let mut scan = |visit: &mut dyn FnMut(&str, &[u8]) -> Result<bool>| {
             let iter = snapshot.iterator_cf(
@@ -247,7 +291,7 @@ impl Storage {
             );
             visit_prefix(iter, &start, namespace, |id, value| visit(id, value))
         };
-        read(marker, &mut scan)
+        read(marker, requests, &mut scan)
     }
 
     /// A node-level record.
@@ -388,6 +432,13 @@ fn start_key(namespace: &str, after: Option<&str>) -> Vec<u8> {
 fn applied_key(namespace: &str) -> Vec<u8> {
     let mut key = b"applied\0".to_vec();
     key.extend_from_slice(namespace.as_bytes());
+    key
+}
+
+fn request_prefix(namespace: &str) -> Vec<u8> {
+    let mut key = b"requests\0".to_vec();
+    key.extend_from_slice(namespace.as_bytes());
+    key.push(0);
     key
 }
 

@@ -55,7 +55,7 @@ fn documents_round_trip_and_scan_in_order_per_namespace() {
     );
 
     let viewed = storage
-        .with_consistent_view("docs/1", |marker, scan| {
+        .with_consistent_view("docs/1", |marker, _requests, scan| {
             let mut ids = Vec::new();
             scan(&mut |id, _| {
                 ids.push(id.to_string());

@@ -29,6 +29,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const NODE_HEADER: &str = "x-grape-node";
 /// Header carrying the proof of the cluster secret: `t=<unix seconds>,s=<hex HMAC>`.
 pub const PROOF_HEADER: &str = "x-grape-proof";
+/// Header carrying the hex SHA-256 of the body the proof covers, so that the proof is checked
+/// before the body is read. Calls from nodes of the previous version lack it.
+pub const DIGEST_HEADER: &str = "x-grape-body-sha256";
+/// Largest body read from a call whose proof cannot be checked before its body arrives (one
+/// from a node of the previous version, without [`DIGEST_HEADER`]).
+pub const UNVERIFIED_BODY_LIMIT: usize = 16 * 1024 * 1024;
 /// How far a proof's time may be from the receiver's clock.
 pub const PROOF_WINDOW: Duration = Duration::from_secs(300);
 
@@ -80,8 +86,10 @@ impl PeerAuth {
         let mut headers = vec![(NODE_HEADER, self.node_id.clone())];
         if let Some(secret) = self.secrets.first() {
             let at = unix_seconds(SystemTime::now());
-            let signature = sign(secret, &self.node_id, path, at, body);
+            let digest = hex(&Sha256::digest(body));
+            let signature = sign(secret, &self.node_id, path, at, &digest);
             headers.push((PROOF_HEADER, format!("t={at},s={}", hex(&signature))));
+            headers.push((DIGEST_HEADER, digest));
         }
         headers
     }
@@ -93,35 +101,69 @@ impl PeerAuth {
         call: &Call<'_>,
         host_of: impl Fn(&str) -> Option<String>,
     ) -> std::result::Result<(), Refusal> {
+        self.precheck(call, &host_of)?;
+        if self.is_enforced() && !self.secrets.is_empty() {
+            let digest = hex(&Sha256::digest(call.body));
+            match call.digest {
+                // The proof was checked against the declared digest: the body must match it.
+                Some(declared) if declared.eq_ignore_ascii_case(&digest) => {}
+                Some(_) => return Err(Refusal("the body is not the one the proof covers".into())),
+                None => self.check_proof(call.node.unwrap_or_default(), call, &digest)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// What can be checked before the body is read: the claimed node, the certificate and, when
+    /// the call declares its body's digest, the whole proof. Returns the largest body to read:
+    /// a stranger is refused before the node buffers anything, and a call whose proof needs
+    /// its body first (from a node of the previous version) may carry at most
+    /// [`UNVERIFIED_BODY_LIMIT`].
+    pub fn precheck(
+        &self,
+        call: &Call<'_>,
+        host_of: &impl Fn(&str) -> Option<String>,
+    ) -> std::result::Result<Option<usize>, Refusal> {
         if !self.is_enforced() {
-            return Ok(());
+            return Ok(None);
         }
         let caller = call.node.filter(|n| !n.is_empty()).ok_or_else(|| {
             Refusal(format!(
                 "a node-to-node call needs the {NODE_HEADER} header"
             ))
         })?;
-        if !self.secrets.is_empty() {
-            self.check_proof(caller, call)?;
-        }
         if self.verify_certificates {
-            check_certificate(caller, call.certificates, &host_of)?;
+            check_certificate(caller, call.certificates, host_of)?;
         }
-        Ok(())
+        if self.secrets.is_empty() {
+            return Ok(None);
+        }
+        match call.digest {
+            Some(digest) => {
+                self.check_proof(caller, call, digest)?;
+                Ok(None)
+            }
+            None => {
+                let (at, _) = call.proof.and_then(parse_proof).ok_or_else(|| {
+                    Refusal("the cluster secret's proof is missing or wrong".into())
+                })?;
+                fresh(at)?;
+                Ok(Some(UNVERIFIED_BODY_LIMIT))
+            }
+        }
     }
 
-    fn check_proof(&self, caller: &str, call: &Call<'_>) -> std::result::Result<(), Refusal> {
+    /// Checks the proof against the hex SHA-256 of the body it claims to cover.
+    fn check_proof(
+        &self,
+        caller: &str,
+        call: &Call<'_>,
+        digest: &str,
+    ) -> std::result::Result<(), Refusal> {
         let refused = || Refusal("the cluster secret's proof is missing or wrong".into());
         let (at, signature) = call.proof.and_then(parse_proof).ok_or_else(refused)?;
-        let now = unix_seconds(SystemTime::now());
-        if now.abs_diff(at) > PROOF_WINDOW.as_secs() {
-            return Err(Refusal(format!(
-                "the proof is {} s away from this node's clock (at most {} s): check the clocks",
-                now.abs_diff(at),
-                PROOF_WINDOW.as_secs()
-            )));
-        }
-        let message = message(caller, call.path, at, call.body);
+        fresh(at)?;
+        let message = message(caller, call.path, at, &digest.to_ascii_lowercase());
         let valid = self.secrets.iter().any(|secret| {
             let mut mac = mac(secret);
             mac.update(&message);
@@ -141,6 +183,8 @@ pub struct Call<'a> {
     pub node: Option<&'a str>,
     /// The proof ([`PROOF_HEADER`]).
     pub proof: Option<&'a str>,
+    /// The hex SHA-256 of the body the proof covers ([`DIGEST_HEADER`]), if declared.
+    pub digest: Option<&'a str>,
     /// The body as received.
     pub body: &'a [u8],
     /// The client certificate chain of the TLS connection, leaf first (DER).
@@ -213,19 +257,31 @@ fn mac(secret: &Secret) -> Hmac<Sha256> {
     <Hmac<Sha256> as Mac>::new_from_slice(&secret.0).unwrap_or_else(|_| unreachable!())
 }
 
-/// What the proof signs.
-fn message(caller: &str, path: &str, at: u64, body: &[u8]) -> Vec<u8> {
-    let digest = Sha256::digest(body);
-    format!("grape-peer-v1\n{caller}\n{path}\n{at}\n{}", hex(&digest)).into_bytes()
+/// What the proof signs (the body by its hex SHA-256).
+fn message(caller: &str, path: &str, at: u64, digest: &str) -> Vec<u8> {
+    format!("grape-peer-v1\n{caller}\n{path}\n{at}\n{digest}").into_bytes()
 }
 
-fn sign(secret: &Secret, caller: &str, path: &str, at: u64, body: &[u8]) -> Vec<u8> {
+fn sign(secret: &Secret, caller: &str, path: &str, at: u64, digest: &str) -> Vec<u8> {
     let mut mac = mac(secret);
-    mac.update(&message(caller, path, at, body));
+    mac.update(&message(caller, path, at, digest));
     mac.finalize().into_bytes().to_vec()
 }
 
 /// `t=<seconds>,s=<hex>` into its parts.
+/// Refuses a proof made too far from this node's clock.
+fn fresh(at: u64) -> std::result::Result<(), Refusal> {
+    let now = unix_seconds(SystemTime::now());
+    if now.abs_diff(at) > PROOF_WINDOW.as_secs() {
+        return Err(Refusal(format!(
+            "the proof is {} s away from this node's clock (at most {} s): check the clocks",
+            now.abs_diff(at),
+            PROOF_WINDOW.as_secs()
+        )));
+    }
+    Ok(())
+}
+
 fn parse_proof(proof: &str) -> Option<(u64, Vec<u8>)> {
     let (t, s) = proof.split_once(',')?;
     let at = t.strip_prefix("t=")?.parse().ok()?;
@@ -276,6 +332,7 @@ mod tests {
             path,
             node: get(NODE_HEADER),
             proof: get(PROOF_HEADER),
+            digest: get(DIGEST_HEADER),
             body,
             certificates: &[],
         }
@@ -343,10 +400,77 @@ mod tests {
     }
 
     #[test]
+    fn a_proof_is_checked_before_the_body_arrives() {
+        let sender = auth("node-1", &[SECRET]);
+        let receiver = auth("node-2", &[SECRET]);
+        let none = |_: &str| None;
+        let body = b"a large snapshot";
+        let headers = sender.headers("/raft/snapshot", body);
+        // Before the body: the proof over the declared digest is verified, no limit is set.
+        assert_eq!(
+            receiver.precheck(&call("/raft/snapshot", &headers, b""), &none),
+            Ok(None)
+        );
+        // A forged signature or a wrong secret is refused before the body is read.
+        let mut forged = headers.clone();
+        forged[1].1 = format!(
+            "{},s={}",
+            &forged[1].1[..forged[1].1.find(',').unwrap()],
+            "0".repeat(64)
+        );
+        assert!(
+            receiver
+                .precheck(&call("/raft/snapshot", &forged, b""), &none)
+                .is_err()
+        );
+        let wrong = auth("node-1", &[OTHER]).headers("/raft/snapshot", body);
+        assert!(
+            receiver
+                .precheck(&call("/raft/snapshot", &wrong, b""), &none)
+                .is_err()
+        );
+        // After the body: it must be the one the digest names.
+        assert_eq!(
+            receiver.check(&call("/raft/snapshot", &headers, body), none),
+            Ok(())
+        );
+        let refusal = receiver
+            .check(&call("/raft/snapshot", &headers, b"another body"), none)
+            .unwrap_err();
+        assert!(refusal.0.contains("not the one"), "{refusal:?}");
+        // A call of the previous version (no digest header) is checked once its body is read,
+        // and may carry a bounded body only.
+        let legacy: Vec<_> = headers
+            .iter()
+            .filter(|(name, _)| *name != DIGEST_HEADER)
+            .cloned()
+            .collect();
+        assert_eq!(
+            receiver.precheck(&call("/raft/snapshot", &legacy, b""), &none),
+            Ok(Some(UNVERIFIED_BODY_LIMIT))
+        );
+        assert_eq!(
+            receiver.check(&call("/raft/snapshot", &legacy, body), none),
+            Ok(())
+        );
+        assert!(
+            receiver
+                .check(&call("/raft/snapshot", &legacy, b"other"), none)
+                .is_err()
+        );
+    }
+
+    #[test]
     fn an_old_proof_is_refused() {
         let secret = Secret(SECRET.as_bytes().to_vec());
         let at = unix_seconds(SystemTime::now()) - PROOF_WINDOW.as_secs() - 5;
-        let signature = sign(&secret, "node-1", "/raft/vote", at, b"");
+        let signature = sign(
+            &secret,
+            "node-1",
+            "/raft/vote",
+            at,
+            &hex(&Sha256::digest(b"")),
+        );
         let headers = vec![
             (NODE_HEADER, "node-1".to_string()),
             (PROOF_HEADER, format!("t={at},s={}", hex(&signature))),

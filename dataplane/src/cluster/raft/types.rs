@@ -18,10 +18,10 @@ impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Request::Meta(command) => write!(f, "meta {command:?}"),
-            Request::Shard(ShardCommand::Upsert { documents }) => {
+            Request::Shard(ShardCommand::Upsert { documents, .. }) => {
                 write!(f, "upsert of {} documents", documents.len())
             }
-            Request::Shard(ShardCommand::Delete { ids }) => {
+            Request::Shard(ShardCommand::Delete { ids, .. }) => {
                 write!(f, "delete of {} ids", ids.len())
             }
         }

@@ -82,7 +82,7 @@ pub async fn upsert(
             propose(
                 node,
                 &group,
-                Request::Shard(ShardCommand::Upsert { documents }),
+                Request::Shard(ShardCommand::upsert(documents)),
             )
             .await
         }
@@ -108,9 +108,8 @@ pub async fn delete(
     let collection = collection(node, name)?;
     admit()?;
     let group = collection.group(collection.shard_for(id));
-    let command = ShardCommand::Delete {
-        ids: vec![id.to_string()],
-    };
+    // One id for every attempt: a retry after a lost answer is answered, not applied again.
+    let command = ShardCommand::delete(vec![id.to_string()]);
     match propose(node, &group, Request::Shard(command)).await? {
         Response::Shard(ShardResponse::Deleted { existed }) => {
             Ok(existed.first().copied().unwrap_or(false))

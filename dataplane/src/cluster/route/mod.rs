@@ -105,7 +105,10 @@ where
             }
             Err(Error::Unavailable {
                 code:
-                    code @ (ErrorCode::PeerUnreachable | ErrorCode::NoLeader | ErrorCode::ShardFailed),
+                    code @ (ErrorCode::PeerUnreachable
+                    | ErrorCode::NoLeader
+                    | ErrorCode::ShardFailed
+                    | ErrorCode::Overloaded),
                 message,
             }) => {
                 let pause = match target {

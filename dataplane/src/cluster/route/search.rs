@@ -35,15 +35,6 @@ pub async fn search(
     // Validate here first: bad input is a 400 before any fan-out.
     collection.prepare_search(request, filter_limits(node), None)?;
     admit()?;
-    let Some(_permit) = node.search_permit() else {
-        return Err(Error::unavailable(
-            ErrorCode::Overloaded,
-            format!(
-                "this node is running {} searches, its limit (performance.max_concurrent_searches)",
-                node.config().performance.max_concurrent_searches
-            ),
-        ));
-    };
     let timeout = Duration::from_millis(node.config().performance.query_timeout_ms);
     match tokio::time::timeout(timeout, fan_out(node, &collection, request)).await {
         Ok(result) => result,
@@ -137,6 +128,17 @@ pub async fn search_here(node: &Node, rpc: SearchRpc) -> Result<Vec<RemoteHit>> 
         filter_limits(node),
         Some(Instant::now() + timeout),
     )?;
+    // Searches of this node's replicas, for its own clients and its peers' alike, are
+    // bounded; the permit is held until the work ends, even past a caller's timeout.
+    let permit = node.search_permit().ok_or_else(|| {
+        Error::unavailable(
+            ErrorCode::Overloaded,
+            format!(
+                "this node is running {} searches, its limit (performance.max_concurrent_searches)",
+                node.config().performance.max_concurrent_searches
+            ),
+        )
+    })?;
     let mut locals = Vec::with_capacity(rpc.shards.len());
     for shard in &rpc.shards {
         locals.push(local_read(node, &rpc.collection.group(*shard), rpc.strong).await?);
@@ -151,7 +153,11 @@ pub async fn search_here(node: &Node, rpc: SearchRpc) -> Result<Vec<RemoteHit>> 
     if small {
         return search_locals(&locals, &prepared, false);
     }
-    blocking(move || search_locals(&locals, &prepared, true)).await
+    blocking(move || {
+        let _permit = permit;
+        search_locals(&locals, &prepared, true)
+    })
+    .await
 }
 
 /// What one search's filter may ask for on this node.
