@@ -17,8 +17,11 @@ cargo build --release --bin grape --bin grape-operator
 export GRAPE_BIN="$PWD/target/release/grape"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
+  # The cluster suite again, its nodes trusting each other through verified TLS, not a secret.
+  GRAPE_TEST_CLUSTER_TLS=1 cargo nextest run -p grape-e2e --test cluster --no-fail-fast
 else
   cargo test --workspace --no-fail-fast
+  GRAPE_TEST_CLUSTER_TLS=1 cargo test -p grape-e2e --test cluster --no-fail-fast
 fi
 # The compose cluster on a real Docker daemon (builds the image from the release binaries).
 ./tests/compose/run.sh

@@ -477,7 +477,8 @@ pub struct Cluster {
     pub nodes: Vec<GrapeNode>,
     /// `127.A.B`: the cluster's loopback network.
     pub network: String,
-    /// Holds the cluster secret file (`cluster.secret`), unless the options declined one.
+    /// Holds the cluster secret file (`cluster.secret`), or the TLS files when the cluster
+    /// authenticates with TLS ([`cluster_tls_from_env`]); none if the options declined one.
     pub secret_dir: Option<tempfile::TempDir>,
     /// Options every node started with.
     options: NodeOptions,
@@ -504,6 +505,50 @@ fn with_cluster_secret(mut options: NodeOptions) -> (NodeOptions, Option<tempfil
         path.to_string_lossy().into_owned(),
     ));
     (options, Some(dir))
+}
+
+/// Whether clusters trust each other through mutually verified TLS instead of a cluster secret
+/// (`GRAPE_TEST_CLUSTER_TLS=1`): the same cluster tests, over the other way peers authenticate.
+pub fn cluster_tls_from_env() -> bool {
+    std::env::var("GRAPE_TEST_CLUSTER_TLS").is_ok_and(|v| v == "1")
+}
+
+/// `options` plus node-to-node TLS with peer verification: a fresh CA, and one certificate
+/// naming every address a node of `network` may have (`{network}.1` to `.9`). Returns the
+/// directory holding the files.
+pub fn with_cluster_tls(
+    mut options: NodeOptions,
+    network: &str,
+) -> (NodeOptions, tempfile::TempDir) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("a CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("a CA certificate");
+    let ca = Issuer::new(ca_params, ca_key);
+    let node_key = KeyPair::generate().expect("a node key");
+    let names: Vec<String> = (1..=9).map(|i| format!("{network}.{i}")).collect();
+    let node_cert = CertificateParams::new(names)
+        .expect("node certificate parameters")
+        .signed_by(&node_key, &ca)
+        .expect("a node certificate");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, pem: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write a TLS file");
+        path.to_string_lossy().into_owned()
+    };
+    let ca_file = write("ca.crt", ca_cert.pem());
+    let cert_file = write("node.crt", node_cert.pem());
+    let key_file = write("node.key", node_key.serialize_pem());
+    options.no_cluster_secret = true;
+    let options = options
+        .setting("CLUSTER__ENABLE_TLS", "true")
+        .setting("CLUSTER__TLS_CONFIG__VERIFY_PEER", "true")
+        .setting("CLUSTER__TLS_CONFIG__CA_FILE", &ca_file)
+        .setting("CLUSTER__TLS_CONFIG__CERT_FILE", &cert_file)
+        .setting("CLUSTER__TLS_CONFIG__KEY_FILE", &key_file);
+    (options, dir)
 }
 
 /// `base` for member `node-i` of a cluster: its address, its fixed Raft port, and every
@@ -556,7 +601,12 @@ impl Cluster {
         let peers: Vec<String> = (1..=size)
             .map(|i| format!("node-{i}={network}.{i}:{}", ports[i - 1]))
             .collect();
-        let (options, secret_dir) = with_cluster_secret(options);
+        let (options, secret_dir) = if cluster_tls_from_env() && !options.no_cluster_secret {
+            let (options, dir) = with_cluster_tls(options, &network);
+            (options, Some(dir))
+        } else {
+            with_cluster_secret(options)
+        };
         let base_options = options.clone();
         let mut nodes = Vec::new();
         for i in 1..=size {

@@ -887,3 +887,55 @@ async fn a_cluster_answers_every_hostile_request_with_a_4xx_and_changes_nothing(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_listener_holds_at_most_max_connections_open() {
+    let node = GrapeNode::start(
+        NodeOptions::dimension(DIMENSION).setting("PERFORMANCE__MAX_CONNECTIONS", "8"),
+    )
+    .await;
+    let address = node.url.trim_start_matches("http://").to_string();
+    let (held, refused) = tokio::task::spawn_blocking(move || {
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for _ in 0..12 {
+            let mut stream = std::net::TcpStream::connect(&address).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut byte = [0u8; 1];
+            match stream.read(&mut byte) {
+                // Closed by the node at once: over the limit.
+                Ok(0) => refused += 1,
+                // Still open, waiting for a request.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    held.push(stream)
+                }
+                other => panic!("unexpected: {other:?}"),
+            }
+        }
+        (held, refused)
+    })
+    .await
+    .unwrap();
+    assert!(
+        (1..=8).contains(&held.len()) && refused >= 4,
+        "{} held open, {refused} refused",
+        held.len()
+    );
+    // Closing them frees their places.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while node.client().health().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the node never took connections again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

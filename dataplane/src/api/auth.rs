@@ -234,16 +234,7 @@ impl KeyStore {
 
     /// Loads a keys file; errors name the entry and field.
     pub fn load(path: &Path) -> Result<KeyStore> {
-        let content = std::fs::read(path).map_err(|e| {
-            Error::invalid(
-                ErrorCode::InvalidApiKeys,
-                format!(
-                    "security.api_keys_file {} cannot be read: {e}",
-                    path.display()
-                ),
-            )
-        })?;
-        KeyStore::parse(path, &content)
+        KeyStore::parse(path, &read_key_file(path)?)
     }
 
     /// Parses a keys file's content (`path` names it in errors).
@@ -431,6 +422,19 @@ impl KeyStore {
         }
         Ok(Some(Arc::clone(key)))
     }
+}
+
+/// The content of `security.api_keys_file`.
+pub fn read_key_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        Error::invalid(
+            ErrorCode::InvalidApiKeys,
+            format!(
+                "security.api_keys_file {} cannot be read: {e}",
+                path.display()
+            ),
+        )
+    })
 }
 
 /// IPv4-mapped IPv6 addresses compare as IPv4.

@@ -2,7 +2,7 @@
 //! process gets SIGHUP (a revoked key stops working without a restart), and failed
 //! authentications limited per client address.
 
-use super::auth::{ApiKey, KeyStore, Permission};
+use super::auth::{ApiKey, KeyStore, Permission, read_key_file};
 use crate::error::{Error, ErrorCode, Result};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -90,16 +90,12 @@ impl Keys {
         let Some(path) = &self.path else {
             return Ok(false);
         };
-        let content = std::fs::read(path).map_err(|e| {
-            Error::invalid(
-                ErrorCode::InvalidApiKeys,
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?;
-        if digest_of(&content) == *self.loaded.lock() {
+        let content = read_key_file(path)?;
+        let digest = digest_of(&content);
+        if digest == *self.loaded.lock() {
             return Ok(false);
         }
-        let (mut store, digest) = read(path)?;
+        let mut store = KeyStore::parse(path, &content)?;
         let mut current = self.current.write();
         store.inherit(&current);
         *current = Arc::new(store);
@@ -182,15 +178,7 @@ impl Keys {
 }
 
 fn read(path: &std::path::Path) -> Result<(KeyStore, [u8; 32])> {
-    let content = std::fs::read(path).map_err(|e| {
-        Error::invalid(
-            ErrorCode::InvalidApiKeys,
-            format!(
-                "security.api_keys_file {} cannot be read: {e}",
-                path.display()
-            ),
-        )
-    })?;
+    let content = read_key_file(path)?;
     let store = KeyStore::parse(path, &content)?;
     Ok((store, digest_of(&content)))
 }

@@ -22,6 +22,7 @@
 //! - [`tasks`]: the background work above; [`server`]: every call from peers.
 
 pub mod activity;
+pub mod connections;
 pub mod elastic;
 pub mod node;
 pub mod raft;

@@ -6,6 +6,7 @@
 //! its request type names: every call a peer can make is served, and every request enters
 //! through this one router.
 
+use super::connections::ConnectionLimit;
 use super::elastic::{self, leadership, membership};
 use super::node::Node;
 use super::raft::auth::{Call, DIGEST_HEADER, NODE_HEADER, PROOF_HEADER, Refusal};
@@ -251,12 +252,13 @@ pub fn router(node: Arc<Node>) -> axum::Router {
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// A server that closes connections whose client takes longer than
-/// `performance.header_read_timeout_ms` to start a request or send its headers, and refuses
-/// request heads over [`MAX_HEADER_BYTES`].
+/// `performance.header_read_timeout_ms` to start a request or send its headers, refuses
+/// request heads over [`MAX_HEADER_BYTES`], and holds at most `performance.max_connections`
+/// connections open.
 pub fn bounded<A: axum_server::Address, Acc>(
     mut server: axum_server::Server<A, Acc>,
     config: &crate::config::Config,
-) -> axum_server::Server<A, Acc> {
+) -> axum_server::Server<A, ConnectionLimit<Acc>> {
     let headers = Duration::from_millis(config.performance.header_read_timeout_ms);
     server
         .http_builder()
@@ -267,7 +269,10 @@ pub fn bounded<A: axum_server::Address, Acc>(
         .http_builder()
         .http2()
         .max_header_list_size(MAX_HEADER_BYTES as u32);
-    server.first_request_timeout(headers)
+    let limit = config.performance.max_connections;
+    server
+        .first_request_timeout(headers)
+        .map(|acceptor| ConnectionLimit::new(acceptor, limit))
 }
 
 /// Serves node-to-node traffic until the node shuts down.

@@ -277,6 +277,8 @@ pub struct PerformanceConfig {
     pub header_read_timeout_ms: u64,
     /// Time a client has to send each part of a request body; a stalled body answers 400.
     pub body_read_timeout_ms: u64,
+    /// Connections each listener holds open at once; past it, new ones are closed at once.
+    pub max_connections: usize,
     // Seed keys accepted without effect (see `inert_keys`).
     pub enable_query_cache: Option<bool>,
     pub cache_ttl_seconds: Option<u64>,
@@ -295,6 +297,7 @@ impl Default for PerformanceConfig {
             max_filter_values: 10_000,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
+            max_connections: 4096,
             enable_query_cache: None,
             cache_ttl_seconds: None,
         }

@@ -126,6 +126,10 @@ impl Config {
                 "performance.body_read_timeout_ms",
                 self.performance.body_read_timeout_ms,
             ),
+            (
+                "performance.max_connections",
+                self.performance.max_connections as u64,
+            ),
         ] {
             if value == 0 {
                 return fail(key, "must be above 0".into());
@@ -339,6 +343,9 @@ mod tests {
             }),
             ("performance.body_read_timeout_ms", |c| {
                 c.performance.body_read_timeout_ms = 0
+            }),
+            ("performance.max_connections", |c| {
+                c.performance.max_connections = 0
             }),
             ("monitoring.log_level", |c| {
                 c.monitoring.log_level = "loud".into()
