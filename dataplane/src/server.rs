@@ -198,6 +198,13 @@ pub fn app_state(node: Arc<Node>) -> anyhow::Result<AppState> {
         Keys::load(path.clone(), config.security.failed_auth_per_minute)
             .map_err(|e| anyhow::anyhow!("{e}"))?
     } else {
+        if config.security.enable_auth == Some(false) {
+            tracing::warn!(
+                "security.enable_auth is false: anyone who reaches {} may read, write and \
+                 administer this node without a key",
+                config.node.listen_address
+            );
+        }
         Keys::disabled()
     };
     Ok(AppState {

@@ -129,6 +129,12 @@ impl Node {
                 config.node.raft_address
             );
         }
+        if config.cluster.enable_tls && !config.cluster.tls_config.verify_peer {
+            tracing::warn!(
+                "cluster.tls_config.verify_peer is false: any TLS client is accepted on {}                  unless it also proves the cluster secret",
+                config.node.raft_address
+            );
+        }
         let peers = Arc::new(Peers::new(
             peer_http_client(&config, raft)?,
             config.cluster.enable_tls,

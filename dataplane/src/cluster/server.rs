@@ -141,11 +141,10 @@ async fn authenticate(
         certificates,
     };
     // A stranger is refused before its body is read (it could be gigabytes).
-    let limit = match node.peer_auth().precheck(&call, &host_of) {
-        Ok(limit) => limit.unwrap_or(MAX_BODY),
-        Err(refusal) => return refuse(&call, refusal),
-    };
-    let body = match axum::body::to_bytes(body, limit).await {
+    if let Err(refusal) = node.peer_auth().precheck(&call, &host_of) {
+        return refuse(&call, refusal);
+    }
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(body) => body,
         Err(e) => {
             return (StatusCode::BAD_REQUEST, format!("unreadable body: {e}")).into_response();

@@ -194,7 +194,10 @@ async fn control(node: Arc<Node>) {
         if !has_default {
             match node.config().default_collection() {
                 Ok(config) => {
-                    let command = Request::Meta(MetaCommand::CreateCollection { config });
+                    let command = Request::Meta(MetaCommand::CreateCollection {
+                        config,
+                        request: None,
+                    });
                     if let Err(e) = propose(&node, META_GROUP, command).await {
                         tracing::warn!(error = %e, "creating the default collection");
                     }

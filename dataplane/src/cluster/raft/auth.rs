@@ -30,11 +30,8 @@ pub const NODE_HEADER: &str = "x-grape-node";
 /// Header carrying the proof of the cluster secret: `t=<unix seconds>,s=<hex HMAC>`.
 pub const PROOF_HEADER: &str = "x-grape-proof";
 /// Header carrying the hex SHA-256 of the body the proof covers, so that the proof is checked
-/// before the body is read. Calls from nodes of the previous version lack it.
+/// before the body is read: a call without it is refused unread.
 pub const DIGEST_HEADER: &str = "x-grape-body-sha256";
-/// Largest body read from a call whose proof cannot be checked before its body arrives (one
-/// from a node of the previous version, without [`DIGEST_HEADER`]).
-pub const UNVERIFIED_BODY_LIMIT: usize = 16 * 1024 * 1024;
 /// How far a proof's time may be from the receiver's clock.
 pub const PROOF_WINDOW: Duration = Duration::from_secs(300);
 
@@ -103,29 +100,25 @@ impl PeerAuth {
     ) -> std::result::Result<(), Refusal> {
         self.precheck(call, &host_of)?;
         if self.is_enforced() && !self.secrets.is_empty() {
+            // The proof was checked against the declared digest: the body must match it.
             let digest = hex(&Sha256::digest(call.body));
-            match call.digest {
-                // The proof was checked against the declared digest: the body must match it.
-                Some(declared) if declared.eq_ignore_ascii_case(&digest) => {}
-                Some(_) => return Err(Refusal("the body is not the one the proof covers".into())),
-                None => self.check_proof(call.node.unwrap_or_default(), call, &digest)?,
+            if !call.digest.is_some_and(|d| d.eq_ignore_ascii_case(&digest)) {
+                return Err(Refusal("the body is not the one the proof covers".into()));
             }
         }
         Ok(())
     }
 
-    /// What can be checked before the body is read: the claimed node, the certificate and, when
-    /// the call declares its body's digest, the whole proof. Returns the largest body to read:
-    /// a stranger is refused before the node buffers anything, and a call whose proof needs
-    /// its body first (from a node of the previous version) may carry at most
-    /// [`UNVERIFIED_BODY_LIMIT`].
+    /// What is checked before the body is read: the claimed node, its certificate, and the
+    /// proof over the declared digest of the body. A stranger is refused before the node
+    /// buffers anything.
     pub fn precheck(
         &self,
         call: &Call<'_>,
         host_of: &impl Fn(&str) -> Option<String>,
-    ) -> std::result::Result<Option<usize>, Refusal> {
+    ) -> std::result::Result<(), Refusal> {
         if !self.is_enforced() {
-            return Ok(None);
+            return Ok(());
         }
         let caller = call.node.filter(|n| !n.is_empty()).ok_or_else(|| {
             Refusal(format!(
@@ -136,21 +129,14 @@ impl PeerAuth {
             check_certificate(caller, call.certificates, host_of)?;
         }
         if self.secrets.is_empty() {
-            return Ok(None);
+            return Ok(());
         }
-        match call.digest {
-            Some(digest) => {
-                self.check_proof(caller, call, digest)?;
-                Ok(None)
-            }
-            None => {
-                let (at, _) = call.proof.and_then(parse_proof).ok_or_else(|| {
-                    Refusal("the cluster secret's proof is missing or wrong".into())
-                })?;
-                fresh(at)?;
-                Ok(Some(UNVERIFIED_BODY_LIMIT))
-            }
-        }
+        let digest = call.digest.ok_or_else(|| {
+            Refusal(format!(
+                "a node-to-node call needs the {DIGEST_HEADER} header (nodes of the previous version do not send it: upgrade them)"
+            ))
+        })?;
+        self.check_proof(caller, call, digest)
     }
 
     /// Checks the proof against the hex SHA-256 of the body it claims to cover.
@@ -406,10 +392,10 @@ mod tests {
         let none = |_: &str| None;
         let body = b"a large snapshot";
         let headers = sender.headers("/raft/snapshot", body);
-        // Before the body: the proof over the declared digest is verified, no limit is set.
+        // Before the body: the proof over the declared digest is verified.
         assert_eq!(
             receiver.precheck(&call("/raft/snapshot", &headers, b""), &none),
-            Ok(None)
+            Ok(())
         );
         // A forged signature or a wrong secret is refused before the body is read.
         let mut forged = headers.clone();
@@ -438,26 +424,16 @@ mod tests {
             .check(&call("/raft/snapshot", &headers, b"another body"), none)
             .unwrap_err();
         assert!(refusal.0.contains("not the one"), "{refusal:?}");
-        // A call of the previous version (no digest header) is checked once its body is read,
-        // and may carry a bounded body only.
+        // A call without the digest (as the previous version sent them) is refused unread.
         let legacy: Vec<_> = headers
             .iter()
             .filter(|(name, _)| *name != DIGEST_HEADER)
             .cloned()
             .collect();
-        assert_eq!(
-            receiver.precheck(&call("/raft/snapshot", &legacy, b""), &none),
-            Ok(Some(UNVERIFIED_BODY_LIMIT))
-        );
-        assert_eq!(
-            receiver.check(&call("/raft/snapshot", &legacy, body), none),
-            Ok(())
-        );
-        assert!(
-            receiver
-                .check(&call("/raft/snapshot", &legacy, b"other"), none)
-                .is_err()
-        );
+        let refusal = receiver
+            .precheck(&call("/raft/snapshot", &legacy, b""), &none)
+            .unwrap_err();
+        assert!(refusal.0.contains(DIGEST_HEADER), "{refusal:?}");
     }
 
     #[test]
@@ -474,6 +450,7 @@ mod tests {
         let headers = vec![
             (NODE_HEADER, "node-1".to_string()),
             (PROOF_HEADER, format!("t={at},s={}", hex(&signature))),
+            (DIGEST_HEADER, hex(&Sha256::digest(b""))),
         ];
         let refusal = auth("node-2", &[SECRET])
             .check(&call("/raft/vote", &headers, b""), |_| None)

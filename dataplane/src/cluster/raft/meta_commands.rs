@@ -35,11 +35,31 @@ pub enum MetaCommand {
     /// An operation finished (or failed).
     FinishOperation { id: u64, outcome: OperationState },
     /// Creates a collection and places its shards' replicas.
-    CreateCollection { config: CollectionConfig },
+    CreateCollection {
+        config: CollectionConfig,
+        /// Identifies the proposal, so that a retry is answered, not applied again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<u64>,
+    },
     /// Drops a collection and its shards.
-    DropCollection { name: String },
+    DropCollection {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<u64>,
+    },
     /// A shard group has formed; nobody initializes it again.
     GroupInitialized { group: GroupId },
+}
+
+impl MetaCommand {
+    /// The proposal's id, for the commands a client's retry can repeat.
+    pub fn request(&self) -> Option<u64> {
+        match self {
+            MetaCommand::CreateCollection { request, .. }
+            | MetaCommand::DropCollection { request, .. } => *request,
+            _ => None,
+        }
+    }
 }
 
 /// What a meta command did.

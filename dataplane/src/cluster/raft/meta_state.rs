@@ -33,7 +33,14 @@ pub struct MetaState {
     pub operations: BTreeMap<u64, Operation>,
     #[serde(default)]
     pub moves: BTreeMap<u64, MoveRecord>,
+    /// The last answers to commands that carry a request id (collection creates and drops),
+    /// oldest first, so that a retried proposal is answered as the first time.
+    #[serde(default)]
+    pub answered: std::collections::VecDeque<(u64, MetaResponse)>,
 }
+
+/// Answers [`MetaState::answered`] keeps.
+const REMEMBERED: usize = 256;
 
 impl MetaState {
     /// Voters of the meta group: the cluster's members.
@@ -88,12 +95,29 @@ impl MetaState {
     }
 
     pub(super) fn apply(&mut self, log_id: &LogId, command: MetaCommand) -> MetaResponse {
+        let request = command.request();
+        if let Some(id) = request
+            && let Some((_, first)) = self.answered.iter().find(|(seen, _)| *seen == id)
+        {
+            return first.clone();
+        }
+        let response = self.apply_command(log_id, command);
+        if let Some(id) = request {
+            self.answered.push_back((id, response.clone()));
+            while self.answered.len() > REMEMBERED {
+                self.answered.pop_front();
+            }
+        }
+        response
+    }
+
+    fn apply_command(&mut self, log_id: &LogId, command: MetaCommand) -> MetaResponse {
         match command {
             MetaCommand::RegisterNode { id, addr } => {
                 self.nodes.insert(id, addr);
                 MetaResponse::Done
             }
-            MetaCommand::CreateCollection { config } => {
+            MetaCommand::CreateCollection { config, .. } => {
                 if self.collections.contains_key(&config.name) {
                     return MetaResponse::AlreadyExists;
                 }
@@ -130,7 +154,7 @@ impl MetaState {
                     .insert(collection.name().to_string(), collection.clone());
                 MetaResponse::Created { collection }
             }
-            MetaCommand::DropCollection { name } => match self.collections.remove(&name) {
+            MetaCommand::DropCollection { name, .. } => match self.collections.remove(&name) {
                 Some(_) => {
                     self.groups.retain(|_, g| g.collection != name);
                     // Moves of the dropped groups have nothing left to do.
@@ -294,6 +318,51 @@ pub fn place(members: &[NodeId], shard: u32, replication_factor: u32) -> Vec<Nod
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retried_drop_is_answered_as_the_first_time() {
+        let mut state = MetaState::default();
+        let config = grape_client::CollectionConfig::new("docs", 4);
+        state
+            .collections
+            .insert("docs".into(), Collection { config, uid: 1 });
+        let log_id = LogId::new(
+            openraft::impls::leader_id_adv::LeaderId {
+                term: 1,
+                node_id: "a".to_string(),
+            },
+            1,
+        );
+        let drop = |request| MetaCommand::DropCollection {
+            name: "docs".into(),
+            request,
+        };
+        assert!(matches!(
+            state.apply(&log_id, drop(Some(7))),
+            MetaResponse::Done
+        ));
+        assert!(
+            matches!(state.apply(&log_id, drop(Some(7))), MetaResponse::Done),
+            "the retry gets the first answer"
+        );
+        assert!(matches!(
+            state.apply(&log_id, drop(Some(8))),
+            MetaResponse::NotFound
+        ));
+        assert!(matches!(
+            state.apply(&log_id, drop(None)),
+            MetaResponse::NotFound
+        ));
+        // Bounded: the oldest answers are forgotten.
+        for id in 100..100 + REMEMBERED as u64 {
+            state.apply(&log_id, drop(Some(id)));
+        }
+        assert_eq!(state.answered.len(), REMEMBERED);
+        assert!(matches!(
+            state.apply(&log_id, drop(Some(7))),
+            MetaResponse::NotFound
+        ));
+    }
 
     #[test]
     fn placement_spreads_replicas_and_leaders_evenly() {

@@ -57,7 +57,16 @@ pub fn info(node: &Node, collection: &Collection) -> CollectionInfo {
 pub async fn create(node: &Node, config: CollectionConfig) -> Result<CollectionInfo> {
     validate_collection_config(&config)?;
     let name = config.name.clone();
-    let collection = match meta_command(node, MetaCommand::CreateCollection { config }).await? {
+    let collection = match meta_command(
+        node,
+        MetaCommand::CreateCollection {
+            config,
+            // One id for every attempt: a retry after a lost answer gets the first one.
+            request: Some(rand::random()),
+        },
+    )
+    .await?
+    {
         MetaResponse::Created { collection } => collection,
         MetaResponse::AlreadyExists => {
             return Err(Error::conflict(
@@ -111,6 +120,7 @@ pub async fn drop(node: &Node, name: &str) -> Result<()> {
     collection(node, name)?;
     let command = MetaCommand::DropCollection {
         name: name.to_string(),
+        request: Some(rand::random()),
     };
     match meta_command(node, command).await? {
         MetaResponse::NotFound => Err(not_found(name)),
