@@ -151,7 +151,8 @@ async fn authenticate(
         }
     };
     call.body = &body;
-    if let Err(refusal) = node.peer_auth().check(&call, host_of) {
+    // The caller was verified above; only the body is left to match its proof.
+    if let Err(refusal) = node.peer_auth().check_body(&call) {
         return refuse(&call, refusal);
     }
     next.run(axum::extract::Request::from_parts(parts, Body::from(body)))

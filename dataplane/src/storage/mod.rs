@@ -243,14 +243,7 @@ impl Storage {
             self.cf(META),
             IteratorMode::From(&start, Direction::Forward),
         );
-        for item in iter {
-            let (key, value) = item?;
-            if !key.starts_with(&start) {
-                break;
-            }
-            visit(&value)?;
-        }
-        Ok(())
+        visit_values(iter, &start, &mut visit)
     }
 
     /// A namespace's applied marker, if it has applied anything.
@@ -273,16 +266,17 @@ impl Storage {
         let marker = snapshot.get_cf(self.cf(META), applied_key(namespace))?;
         let requests_start = request_prefix(namespace);
         let mut requests = Vec::new();
-        for item in snapshot.iterator_cf(
-            self.cf(META),
-            IteratorMode::From(&requests_start, Direction::Forward),
-        ) {
-            let (key, value) = item?;
-            if !key.starts_with(&requests_start) {
-                break;
-            }
-            requests.push(value.to_vec());
-        }
+        visit_values(
+            snapshot.iterator_cf(
+                self.cf(META),
+                IteratorMode::From(&requests_start, Direction::Forward),
+            ),
+            &requests_start,
+            &mut |value| {
+                requests.push(value.to_vec());
+                Ok(())
+            },
+        )?;
         let start = prefix(namespace);
         let mut scan = |visit: &mut dyn FnMut(&str, &[u8]) -> Result<bool>| {
             let iter = snapshot.iterator_cf(
@@ -382,6 +376,22 @@ impl Storage {
     pub fn path(&self) -> &Path {
         self.db.path()
     }
+}
+
+/// Visits the values of the keys that start with `prefix`, in key order.
+fn visit_values<'a>(
+    iter: impl Iterator<Item = std::result::Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>> + 'a,
+    prefix: &[u8],
+    visit: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    for item in iter {
+        let (key, value) = item?;
+        if !key.starts_with(prefix) {
+            break;
+        }
+        visit(&value)?;
+    }
+    Ok(())
 }
 
 fn visit_prefix<'a>(

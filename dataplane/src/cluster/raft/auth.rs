@@ -99,14 +99,21 @@ impl PeerAuth {
         host_of: impl Fn(&str) -> Option<String>,
     ) -> std::result::Result<(), Refusal> {
         self.precheck(call, &host_of)?;
-        if self.is_enforced() && !self.secrets.is_empty() {
-            // The proof was checked against the declared digest: the body must match it.
-            let digest = hex(&Sha256::digest(call.body));
-            if !call.digest.is_some_and(|d| d.eq_ignore_ascii_case(&digest)) {
-                return Err(Refusal("the body is not the one the proof covers".into()));
-            }
+        self.check_body(call)
+    }
+
+    /// After [`PeerAuth::precheck`] passed and the body arrived: the body must be the one whose
+    /// digest the proof covers.
+    pub fn check_body(&self, call: &Call<'_>) -> std::result::Result<(), Refusal> {
+        if self.secrets.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let digest = hex(&Sha256::digest(call.body));
+        if call.digest.is_some_and(|d| d.eq_ignore_ascii_case(&digest)) {
+            Ok(())
+        } else {
+            Err(Refusal("the body is not the one the proof covers".into()))
+        }
     }
 
     /// What is checked before the body is read: the claimed node, its certificate, and the
