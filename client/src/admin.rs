@@ -52,6 +52,10 @@ pub struct ClusterStatus {
     /// Members of the cluster (voters of the meta group).
     pub nodes: Vec<MemberStatus>,
     pub groups: Vec<GroupSummary>,
+    /// Nodes admitted with `add-node` that are still catching up with the cluster's log (not
+    /// members yet: a rebalance waits for them).
+    #[serde(default)]
+    pub joining: Vec<String>,
 }
 
 /// One member in [`ClusterStatus`].

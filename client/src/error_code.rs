@@ -106,6 +106,9 @@ error_codes! {
     WouldLoseQuorum = "would_lose_quorum",
     /// Another rebalance, drain or repair is running.
     OperationRunning = "operation_running",
+    /// A rebalance while admitted nodes are still joining (catching up with the cluster's
+    /// log): it would leave them out.
+    NodesNotReady = "nodes_not_ready",
     /// A forced recovery asked of a node that still reaches a majority of the members.
     ClusterHealthy = "cluster_healthy",
     // 413

@@ -5,6 +5,7 @@
 //! The binary is found through `GRAPE_BIN`, else next to the test executable
 //! (`target/<profile>/grape`); `cargo build --bins` (or the README's test command) builds it.
 
+pub mod jepsen;
 pub mod load;
 
 use grape_client::GrapeClient;

@@ -414,3 +414,76 @@ fn accept_data_loss() -> ForceRecoveryRequest {
         accept_data_loss: true,
     }
 }
+
+/// The deployment guide's procedure done quickly: two nodes started and admitted, and a
+/// rebalance asked at once. The rebalance waits for both to finish joining, so that both get
+/// their share; a node admitted but never started makes it answer 409 naming that node, and
+/// removing that node lets the rebalance run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebalance_right_after_adding_two_nodes_gives_both_their_share() {
+    let mut cluster = Cluster::start(3, options(16)).await;
+    load_documents(&cluster, 3000).await;
+    let four = cluster.start_extra_node().await;
+    let five = cluster.start_extra_node().await;
+    let admin = cluster.node(1).client();
+    for i in [four, five] {
+        admin
+            .add_node(&AddNodeRequest {
+                node_id: format!("node-{i}"),
+                address: cluster.raft_address(i),
+                role: None,
+            })
+            .await
+            .unwrap();
+    }
+    let started = admin.rebalance(&rebalance()).await.unwrap();
+    assert!(started.moves >= 18, "{started:?}");
+    let done = wait_done(&cluster, Operations::Rebalance, Duration::from_secs(180)).await;
+    assert!(
+        done.moves.iter().any(|m| m.to == "node-4") && done.moves.iter().any(|m| m.to == "node-5"),
+        "{done:?}"
+    );
+    wait_ready(&cluster).await;
+    let spread = distribution(&cluster).await;
+    assert_eq!(spread.len(), 5, "{spread:?}");
+    for (node, (replicas, _, documents)) in &spread {
+        // 48 replicas over 5 nodes: 9 or 10 each, and about 3000 * 3 / 5 documents.
+        assert!((9..=10).contains(replicas), "{node}: {spread:?}");
+        assert!(*documents >= 1200, "{node}: {spread:?}");
+    }
+
+    // A node admitted but never started stays joining: the rebalance says so, by name.
+    let ghost = std::net::TcpListener::bind(format!("{}.9:0", cluster.network))
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    admin
+        .add_node(&AddNodeRequest {
+            node_id: "node-9".into(),
+            address: ghost.to_string(),
+            role: None,
+        })
+        .await
+        .unwrap();
+    let status = load::cluster_status(&cluster).await.unwrap();
+    assert_eq!(status.joining, vec!["node-9".to_string()], "{status:?}");
+    let refused = admin.rebalance(&rebalance()).await.unwrap_err();
+    assert_eq!(
+        refused.error_code(),
+        Some(grape_client::ErrorCode::NodesNotReady),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("node-9"), "{refused}");
+    admin
+        .remove_node(&RemoveNodeRequest {
+            node_id: "node-9".into(),
+            force: false,
+        })
+        .await
+        .unwrap();
+    let again = admin.rebalance(&rebalance()).await.unwrap();
+    assert_eq!(again.moves, 0, "already even: {again:?}");
+    let status = load::cluster_status(&cluster).await.unwrap();
+    assert!(status.joining.is_empty(), "{status:?}");
+    assert!(status.nodes.iter().all(|n| n.id != "node-9"), "{status:?}");
+}

@@ -162,6 +162,7 @@ pub async fn cluster_status(node: &Node) -> ClusterStatus {
                 .push((id.clone(), group.clone()));
         }
     }
+    let joining = state.joining();
     let groups = groups
         .into_iter()
         .map(|(group, members)| GroupSummary {
@@ -190,6 +191,7 @@ pub async fn cluster_status(node: &Node) -> ClusterStatus {
         leader: node.meta_metrics().current_leader,
         nodes,
         groups,
+        joining,
     }
 }
 

@@ -26,6 +26,7 @@ use crate::cluster::status::member_statuses;
 use crate::config::parse_host_port;
 use crate::error::{Error, ErrorCode, Result};
 use grape_client::{AddNodeResponse, OperationStarted, RaftRole};
+use openraft::ChangeMembers;
 use planner::{plan_leaders, plan_replicas};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -116,9 +117,28 @@ async fn add_node(node: &Node, id: NodeId, address: String) -> Result<AddNodeRes
     })
 }
 
-/// Plans moving every replica off `id`, then removing it from the cluster.
+/// Plans moving every replica off `id`, then removing it from the cluster. A node still
+/// joining holds nothing: it is removed at once (operation 0, no moves).
 async fn remove_node(node: &Node, id: NodeId, force: bool) -> Result<OperationStarted> {
     let state = node.meta_state();
+    if !state.members().contains(&id) && state.node_state(&id) == NodeState::Joining {
+        node.meta_raft()
+            .change_membership(
+                ChangeMembers::RemoveNodes(BTreeSet::from([id.clone()])),
+                false,
+            )
+            .await
+            .map_err(|e| {
+                Error::unavailable(ErrorCode::Unavailable, format!("removing {id}: {e}"))
+            })?;
+        meta_command(node, MetaCommand::ForgetNode { id: id.clone() }).await?;
+        tracing::info!(node = %id, "a joining node was removed");
+        return Ok(OperationStarted {
+            operation: 0,
+            moves: 0,
+            leaders: 0,
+        });
+    }
     if !state.members().contains(&id) {
         return Err(Error::not_found(
             ErrorCode::NotFound,
@@ -165,9 +185,41 @@ async fn remove_node(node: &Node, id: NodeId, force: bool) -> Result<OperationSt
     .await
 }
 
+/// How long a rebalance waits for admitted nodes that are still joining before it answers
+/// 409 `nodes_not_ready` (below the 30 s a forwarded admin call may take).
+const JOIN_WAIT: Duration = Duration::from_secs(20);
+
+/// Waits until no admitted node is joining, for up to `within`; answers 409
+/// `nodes_not_ready` naming those that still are.
+async fn wait_for_joining(node: &Node, within: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let waiting = node.meta_state().joining();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let them = if waiting.len() == 1 { "it" } else { "them" };
+            return Err(Error::conflict(
+                ErrorCode::NodesNotReady,
+                format!(
+                    "{} still joining after {} s (not caught up with the cluster's log), and a rebalance now would leave {them} out: retry once GET /admin/cluster/status no longer lists {them} under \"joining\", or remove-node {them}",
+                    waiting.join(", "),
+                    within.as_secs(),
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Plans moves that even out replicas (`even_distribution`) and leaders, or leaders only
-/// (`leaders_only`).
+/// (`leaders_only`). Admitted nodes still joining are waited for ([`JOIN_WAIT`]): a plan made
+/// without them would leave them empty.
 async fn rebalance(node: &Node, strategy: &str) -> Result<OperationStarted> {
+    if strategy == "even_distribution" {
+        wait_for_joining(node, JOIN_WAIT).await?;
+    }
     let state = node.meta_state();
     let placeable = state.placeable();
     match strategy {

@@ -3,7 +3,7 @@
 //! node; it also promotes joining nodes once they caught up.
 
 use super::leadership::transfer_group;
-use super::membership::{membership, membership_here};
+use super::membership::membership;
 use crate::cluster::node::Node;
 use crate::cluster::raft::ids::{META_GROUP, NodeId};
 use crate::cluster::raft::meta_commands::{
@@ -16,6 +16,7 @@ use crate::cluster::route::meta_command;
 use crate::cluster::status::member_statuses;
 use crate::error::{Error, ErrorCode, Result};
 use grape_client::RaftRole;
+use openraft::ChangeMembers;
 use openraft::type_config::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -284,12 +285,7 @@ async fn finish_operation(node: &Node, state: &MetaState, operation: &Operation)
 
 /// Makes joining nodes voters of the meta group once they have caught up.
 async fn promote_joining(node: &Node, state: &MetaState) {
-    let joining: Vec<NodeId> = state
-        .node_states
-        .iter()
-        .filter(|(_, s)| **s == NodeState::Joining)
-        .map(|(n, _)| n.clone())
-        .collect();
+    let joining = state.joining();
     if joining.is_empty() {
         return;
     }
@@ -304,13 +300,16 @@ async fn promote_joining(node: &Node, state: &MetaState) {
         if matched.is_none() || matched < committed {
             continue;
         }
-        let mut voters = state.members();
-        voters.insert(joiner.clone());
-        let rpc = MembershipRpc::SetVoters {
-            group: META_GROUP.into(),
-            voters,
-        };
-        if membership_here(node, rpc).await.is_ok() {
+        // Adds this voter to the current ones (a voter set computed from `state` would be
+        // stale after the previous joiner's promotion, and would drop that node again).
+        let promoted = node
+            .meta_raft()
+            .change_membership(
+                ChangeMembers::AddVoterIds(BTreeSet::from([joiner.clone()])),
+                false,
+            )
+            .await;
+        if promoted.is_ok() {
             let active = MetaCommand::SetNodeState {
                 id: joiner.clone(),
                 state: NodeState::Active,

@@ -79,6 +79,15 @@ impl MetaState {
             .unwrap_or(NodeState::Active)
     }
 
+    /// Nodes admitted with `add-node` that are still catching up (learners of the meta group).
+    pub fn joining(&self) -> Vec<NodeId> {
+        self.node_states
+            .iter()
+            .filter(|(_, s)| **s == NodeState::Joining)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     /// Members that may receive replicas: active ones.
     pub fn placeable(&self) -> BTreeSet<NodeId> {
         self.members()
