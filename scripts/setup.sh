@@ -10,6 +10,8 @@ command -v clang >/dev/null 2>&1 || need+=(clang)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # The partition test cuts a node off with iptables rules on loopback addresses (needs root).
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+# grape-jepsen's slow-link fault shapes loopback traffic with tc.
+command -v tc >/dev/null 2>&1 || need+=(iproute2)
 # scripts/check-k8s.sh fetches helm/kubectl from npm and kubernetes-validate from PyPI.
 command -v npm >/dev/null 2>&1 || need+=(npm)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need+=(python3-venv)

@@ -56,6 +56,10 @@ pub struct ClusterStatus {
     /// members yet: a rebalance waits for them).
     #[serde(default)]
     pub joining: Vec<String>,
+    /// Members below their free-disk reserve (`database.min_free_disk_mb`): writes to the
+    /// shards they hold are refused with 507 until space is freed.
+    #[serde(default)]
+    pub low_disk: Vec<String>,
 }
 
 /// One member in [`ClusterStatus`].

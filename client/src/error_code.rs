@@ -119,6 +119,10 @@ error_codes! {
     RateLimited = "rate_limited",
     /// Over the key's daily quota.
     QuotaExceeded = "quota_exceeded",
+    // 507
+    /// A node holding the data has less free disk than `database.min_free_disk_mb`: writes
+    /// are refused until space is freed (reads and deletes go on).
+    InsufficientStorage = "insufficient_storage",
     // 503: retry later.
     /// The group has no leader (an election, a lost quorum) or could not commit in time.
     NoLeader = "no_leader",

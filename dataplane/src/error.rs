@@ -41,6 +41,9 @@ pub enum Error {
         message: String,
         leader: Option<String>,
     },
+    /// A node holding the data is below its free-disk reserve; nothing was written.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// RocksDB failed; the write was not acknowledged.
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),
@@ -93,6 +96,7 @@ impl Error {
             Error::Forbidden(_) => ErrorCode::Forbidden,
             Error::NotLeader { .. } => ErrorCode::NotLeader,
             Error::Storage(_) => ErrorCode::StorageError,
+            Error::InsufficientStorage(_) => ErrorCode::InsufficientStorage,
             Error::Internal(_) => ErrorCode::InternalError,
         }
     }
@@ -108,6 +112,7 @@ impl Error {
             Error::PayloadTooLarge(_) => 413,
             Error::RateLimited { .. } => 429,
             Error::Unavailable { .. } | Error::NotLeader { .. } | Error::Storage(_) => 503,
+            Error::InsufficientStorage(_) => 507,
             Error::Internal(_) => 500,
         }
     }

@@ -58,6 +58,9 @@ pub struct NodeOptions {
     /// For [`Cluster`]: do not give the nodes a shared cluster secret (they must authenticate
     /// each other some other way, e.g. verified TLS).
     pub no_cluster_secret: bool,
+    /// Mount a tmpfs of this many MiB on the data directory (a small volume that fills; needs
+    /// root). Unmounted when the node is dropped.
+    pub tmpfs_mb: Option<u64>,
 }
 
 impl NodeOptions {
@@ -75,6 +78,12 @@ impl NodeOptions {
     /// Adds a command-line argument.
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
+        self
+    }
+
+    /// The data directory on a tmpfs of `mb` MiB ([`NodeOptions::tmpfs_mb`]).
+    pub fn on_tmpfs(mut self, mb: u64) -> Self {
+        self.tmpfs_mb = Some(mb);
         self
     }
 }
@@ -98,6 +107,18 @@ pub struct GrapeNode {
 impl GrapeNode {
     /// A node that has not been started, with `data_dir` as its data directory.
     fn unstarted(options: NodeOptions, data_dir: tempfile::TempDir) -> GrapeNode {
+        if let Some(mb) = options.tmpfs_mb {
+            let status = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+                .arg(data_dir.path())
+                .status()
+                .expect("mount runs (a tmpfs data directory needs root)");
+            assert!(
+                status.success(),
+                "mounting a tmpfs on {:?}",
+                data_dir.path()
+            );
+        }
         GrapeNode {
             data_dir,
             options,
@@ -377,6 +398,12 @@ impl GrapeNode {
 impl Drop for GrapeNode {
     fn drop(&mut self) {
         self.kill9();
+        if self.options.tmpfs_mb.is_some() {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.data_dir.path())
+                .status();
+        }
     }
 }
 
@@ -681,38 +708,36 @@ impl Cluster {
 
     /// Drops all traffic between node `i` and the other nodes (clients still reach it).
     pub fn isolate(&self, i: usize) {
-        for j in 1..=self.nodes.len() {
-            if j != i {
-                iptables(
-                    "-A",
-                    &format!("{}.{i}", self.network),
-                    &format!("{}.{j}", self.network),
-                );
-                iptables(
-                    "-A",
-                    &format!("{}.{j}", self.network),
-                    &format!("{}.{i}", self.network),
-                );
-            }
+        for j in (1..=self.nodes.len()).filter(|j| *j != i) {
+            self.cut(i, j);
         }
     }
 
     /// Undoes [`Cluster::isolate`].
     pub fn heal(&self, i: usize) {
-        for j in 1..=self.nodes.len() {
-            if j != i {
-                iptables(
-                    "-D",
-                    &format!("{}.{i}", self.network),
-                    &format!("{}.{j}", self.network),
-                );
-                iptables(
-                    "-D",
-                    &format!("{}.{j}", self.network),
-                    &format!("{}.{i}", self.network),
-                );
-            }
+        for j in (1..=self.nodes.len()).filter(|j| *j != i) {
+            self.uncut(i, j);
         }
+    }
+
+    /// Drops all traffic between nodes `i` and `j`, both ways.
+    pub fn cut(&self, i: usize, j: usize) {
+        let (a, b) = (
+            format!("{}.{i}", self.network),
+            format!("{}.{j}", self.network),
+        );
+        iptables("-A", &a, &b);
+        iptables("-A", &b, &a);
+    }
+
+    /// Undoes [`Cluster::cut`].
+    pub fn uncut(&self, i: usize, j: usize) {
+        let (a, b) = (
+            format!("{}.{i}", self.network),
+            format!("{}.{j}", self.network),
+        );
+        iptables("-D", &a, &b);
+        iptables("-D", &b, &a);
     }
 }
 

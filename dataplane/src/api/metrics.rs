@@ -25,6 +25,7 @@ pub struct Metrics {
     memory_limit: IntGauge,
     disk_usage: IntGauge,
     disk_free: IntGauge,
+    disk_low: IntGauge,
     disk_total: IntGauge,
     disk_reads: IntCounter,
     disk_writes: IntCounter,
@@ -129,6 +130,10 @@ impl Metrics {
                 "grape_db_disk_free_bytes",
                 "Free bytes on the data directory's filesystem",
             )?,
+            disk_low: gauge(
+                "grape_db_disk_low",
+                "1 while free space is below database.min_free_disk_mb and writes are refused",
+            )?,
             disk_total: gauge(
                 "grape_db_disk_total_bytes",
                 "Size of the data directory's filesystem",
@@ -227,6 +232,7 @@ impl Metrics {
                 .set((fs.blocks_available() * fragment) as i64);
             self.disk_total.set((fs.blocks() * fragment) as i64);
         }
+        self.disk_low.set(i64::from(node.disk().is_low()));
         advance(&self.disk_reads, node.storage().reads());
         advance(&self.disk_writes, node.storage().writes());
         advance(&self.raft_log_entries, node.activity().applied_total());

@@ -64,7 +64,10 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        if status.is_server_error()
+            && status != StatusCode::SERVICE_UNAVAILABLE
+            && status != StatusCode::INSUFFICIENT_STORAGE
+        {
             tracing::error!(error = %self, "request failed");
         }
         let retry_after = match &self {
@@ -73,6 +76,8 @@ impl IntoResponse for Error {
             }
             // Not ready, no leader, timed out, saturated: worth retrying shortly.
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            // Space is freed by an operator, not by waiting a second.
+            Error::InsufficientStorage(_) => Some(30),
             _ => None,
         };
         let body = ErrorBody {

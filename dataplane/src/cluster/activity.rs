@@ -31,12 +31,16 @@ pub struct Activity {
 }
 
 impl Activity {
-    /// Follows a group's metrics until the group shuts down.
+    /// Follows a group's metrics until the group shuts down. `stopped` is called once if the
+    /// group's Raft stops on a fatal error (a log write or fsync that failed: nothing it had
+    /// not made durable was acknowledged, and it accepts nothing more until a restart).
     pub fn watch(
         self: &Arc<Self>,
         group: GroupId,
         mut metrics: WatchReceiverOf<TypeConfig, RaftMetrics>,
+        stopped: impl FnOnce(String) + Send + 'static,
     ) {
+        let mut stopped = Some(stopped);
         let activity = Arc::downgrade(self);
         let task = tokio::spawn(async move {
             let mut last_leader: Option<NodeId> = None;
@@ -51,6 +55,12 @@ impl Activity {
                     return;
                 };
                 let m = metrics.borrow_watched().clone();
+                if let Err(fatal) = &m.running_state
+                    && let Some(stopped) = stopped.take()
+                {
+                    tracing::error!(%group, %fatal, "the group's Raft stopped; restart the node once its disk is healthy");
+                    stopped(fatal.to_string());
+                }
                 if m.state == ServerState::Candidate && last_state != ServerState::Candidate {
                     activity.elections.fetch_add(1, Ordering::Relaxed);
                 }

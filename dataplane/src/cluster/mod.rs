@@ -13,8 +13,8 @@
 //! Rooms, each depending only on those listed before it:
 //! - [`raft`]: the Raft type configuration, log store, meta and shard state machines, and the
 //!   node-to-node contract ([`raft::rpc`]) with its client ([`raft::peers`]).
-//! - [`activity`], [`replicas`], [`node`]: a node's identity, storage, meta group, the registry
-//!   of local replicas, readiness and shutdown.
+//! - [`activity`], [`disk`], [`replicas`], [`node`]: a node's identity, storage (and its
+//!   free-space reserve), meta group, the registry of local replicas, readiness and shutdown.
 //! - [`route`]: the one route-and-retry loop; documents, search and collections on top of it.
 //! - [`status`]: what a node and the cluster report.
 //! - [`elastic`]: admin requests, placement planning, the move controller, leadership,
@@ -23,6 +23,7 @@
 
 pub mod activity;
 pub mod connections;
+pub mod disk;
 pub mod elastic;
 pub mod node;
 pub mod raft;

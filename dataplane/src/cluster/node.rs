@@ -5,6 +5,7 @@
 //! `status`, `tasks` and `server`.
 
 use super::activity::Activity;
+use super::disk::DiskReserve;
 use super::raft::auth::PeerAuth;
 use super::raft::ids::{GroupId, META_GROUP, NodeAddr, NodeId};
 use super::raft::log_store::LogStore;
@@ -69,6 +70,8 @@ pub struct Node {
     exit: Arc<tokio::sync::Notify>,
     /// Permits for searches running at once (`performance.max_concurrent_searches`).
     searches: Arc<tokio::sync::Semaphore>,
+    /// The data volume's free space against `database.min_free_disk_mb`.
+    disk: DiskReserve,
 }
 
 impl std::fmt::Debug for Node {
@@ -164,6 +167,10 @@ impl Node {
         check_default_collection(&config, &meta_state.read())?;
 
         let activity = Arc::new(Activity::default());
+        let disk = DiskReserve::new(
+            config.node.data_dir.clone(),
+            config.database.min_free_disk_mb,
+        );
         let replicas = Replicas::new(ReplicaParts {
             node_id: id.clone(),
             storage: Arc::clone(&storage),
@@ -194,9 +201,16 @@ impl Node {
             tasks: Mutex::new(Vec::new()),
             exit: Arc::new(tokio::sync::Notify::new()),
             searches,
+            disk,
         });
+        let weak = Arc::downgrade(&node);
         node.activity
-            .watch(META_GROUP.to_string(), node.meta.metrics());
+            .watch(META_GROUP.to_string(), node.meta.metrics(), move |_| {
+                // Without its meta group a node can route nothing: it stops being ready.
+                if let Some(node) = weak.upgrade() {
+                    node.set_unready();
+                }
+            });
         // Replicas this node held before it stopped.
         let held: Vec<(GroupId, Collection)> = {
             let state = node.meta_read();
@@ -226,6 +240,11 @@ impl Node {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The data volume's free space against the reserve.
+    pub fn disk(&self) -> &DiskReserve {
+        &self.disk
     }
 
     pub fn storage(&self) -> &Arc<Storage> {

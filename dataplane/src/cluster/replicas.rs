@@ -147,9 +147,14 @@ impl Replicas {
         self.groups
             .write()
             .insert(group.to_string(), Arc::clone(&local));
+        let shard = Arc::downgrade(&local.shard);
         parts
             .activity
-            .watch(group.to_string(), local.raft.metrics());
+            .watch(group.to_string(), local.raft.metrics(), move |fatal| {
+                if let Some(shard) = shard.upgrade() {
+                    shard.fail(format!("its Raft stopped: {fatal}"));
+                }
+            });
         tracing::info!(%group, "opened replica");
         Ok(local)
     }

@@ -192,6 +192,7 @@ pub async fn cluster_status(node: &Node) -> ClusterStatus {
         nodes,
         groups,
         joining,
+        low_disk: state.low_disk.iter().cloned().collect(),
     }
 }
 

@@ -24,6 +24,7 @@ pub fn spawn_all(node: &Arc<Node>) {
         tokio::spawn(reconcile(Arc::clone(node))),
         tokio::spawn(control(Arc::clone(node))),
         tokio::spawn(probe(Arc::clone(node))),
+        tokio::spawn(watch_disk(Arc::clone(node))),
     ] {
         node.add_task(task);
     }
@@ -299,4 +300,25 @@ pub async fn form_group(
             })?
     };
     node.replicas().form(group, &collection, members).await
+}
+
+/// Each second: reads the data volume's free space, and records in the meta group when this
+/// node went below its reserve or came back above it (until the record matches).
+async fn watch_disk(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let low = node.disk().refresh();
+        let recorded = node.meta_read().low_disk.contains(node.id());
+        if low == recorded || !node.meta_caught_up() {
+            continue;
+        }
+        let command = MetaCommand::SetDiskLow {
+            node: node.id().to_string(),
+            low,
+        };
+        if let Err(error) = propose(&node, META_GROUP, Request::Meta(command)).await {
+            tracing::debug!(%error, "recording the disk state failed; retrying");
+        }
+    }
 }

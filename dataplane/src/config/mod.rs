@@ -148,6 +148,10 @@ pub struct DatabaseConfig {
     pub metric: Metric,
     /// Upper bound on live documents on this node; writes past it get 409.
     pub max_documents: u64,
+    /// Free space kept on the data directory's filesystem: below it, the node refuses new
+    /// writes (507 `insufficient_storage`) to every shard it holds, and serves reads and
+    /// deletes. 0 turns the reserve off.
+    pub min_free_disk_mb: u64,
     /// RocksDB block cache.
     pub cache_size_mb: usize,
     /// LZ4-compress RocksDB blocks.
@@ -179,6 +183,7 @@ impl Default for DatabaseConfig {
             vector_dimension: 1536,
             metric: Metric::Cosine,
             max_documents: 10_000_000,
+            min_free_disk_mb: 512,
             cache_size_mb: 256,
             enable_compression: true,
             shard_count: 2,

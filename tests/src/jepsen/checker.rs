@@ -14,7 +14,7 @@
 //! wrong.
 
 use super::history::{Call, Observed, Op, Outcome};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// How a key's operation changes or reads the register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,13 +80,24 @@ pub fn linearize(ops: &[KeyOp], budget: usize) -> Verdict {
     }
     // The operations that may come next: invoked before every pending required operation
     // completed; earliest completion first.
+    // Scans start at the first operation not placed, and stop at the first invoked after the
+    // horizon (operations are sorted by invocation, and none completes before it begins).
     let candidates = |done: &[u64]| -> Vec<usize> {
-        let horizon = (0..n)
-            .filter(|&i| !is_done(done, i) && ops[i].required)
-            .map(|i| ops[i].complete)
-            .min()
-            .unwrap_or(u64::MAX);
-        let mut next: Vec<usize> = (0..n)
+        let first = done
+            .iter()
+            .position(|w| *w != u64::MAX)
+            .map(|w| w * 64 + done[w].trailing_ones() as usize)
+            .unwrap_or(n);
+        let mut horizon = u64::MAX;
+        for (i, op) in ops.iter().enumerate().skip(first) {
+            if op.invoke > horizon {
+                break;
+            }
+            if op.required && !is_done(done, i) {
+                horizon = horizon.min(op.complete);
+            }
+        }
+        let mut next: Vec<usize> = (first..n)
             .take_while(|&i| ops[i].invoke <= horizon)
             .filter(|&i| !is_done(done, i))
             .collect();
@@ -385,21 +396,6 @@ fn lost_writes(key: &str, ops: &[KeyOp], out: &mut Vec<String>) {
             last.op, read.op, read.step
         ));
     }
-}
-
-/// The keys a history touches.
-pub fn keys(history: &[Op]) -> BTreeSet<String> {
-    let mut keys = BTreeSet::new();
-    for op in history {
-        match &op.call {
-            Call::Write { key, .. } | Call::Delete { key } | Call::Read { key, .. } => {
-                keys.insert(key.clone());
-            }
-            Call::Batch { writes } => keys.extend(writes.iter().map(|(k, _)| k.clone())),
-            Call::Search => {}
-        }
-    }
-    keys
 }
 
 #[cfg(test)]

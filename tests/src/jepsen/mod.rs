@@ -4,3 +4,5 @@
 
 pub mod checker;
 pub mod history;
+pub mod nemesis;
+pub mod workload;

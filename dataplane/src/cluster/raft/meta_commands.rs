@@ -49,6 +49,8 @@ pub enum MetaCommand {
     },
     /// A shard group has formed; nobody initializes it again.
     GroupInitialized { group: GroupId },
+    /// A node's data volume went below its free-space reserve (`low`), or came back above it.
+    SetDiskLow { node: NodeId, low: bool },
 }
 
 impl MetaCommand {

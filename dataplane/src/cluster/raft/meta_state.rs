@@ -37,6 +37,9 @@ pub struct MetaState {
     /// oldest first, so that a retried proposal is answered as the first time.
     #[serde(default)]
     pub answered: std::collections::VecDeque<(u64, MetaResponse)>,
+    /// Nodes below their free-disk reserve: writes to the shards they hold are refused.
+    #[serde(default)]
+    pub low_disk: BTreeSet<NodeId>,
 }
 
 /// Answers [`MetaState::answered`] keeps.
@@ -192,7 +195,16 @@ impl MetaState {
                 }
                 MetaResponse::Done
             }
+            MetaCommand::SetDiskLow { node, low } => {
+                if low {
+                    self.low_disk.insert(node);
+                } else {
+                    self.low_disk.remove(&node);
+                }
+                MetaResponse::Done
+            }
             MetaCommand::ForgetNode { id } => {
+                self.low_disk.remove(&id);
                 self.node_states.remove(&id);
                 self.nodes.remove(&id);
                 MetaResponse::Done

@@ -401,6 +401,7 @@ impl From<RemoteError> for Error {
                 retry_after: Duration::from_millis(retry_after_ms.unwrap_or(1000)),
             },
             (503, code) => Error::Unavailable { code, message },
+            (507, _) => Error::InsufficientStorage(message),
             // The peer's message already says "internal error: ".
             _ => Error::Internal(
                 message

@@ -18,6 +18,7 @@ use super::raft::rpc::ProposeRpc;
 use super::raft::types::{Request, Response};
 use super::replicas::LocalGroup;
 use crate::error::{Error, ErrorCode, Result};
+use crate::shard::ShardCommand;
 use openraft::ReadPolicy;
 use std::future::Future;
 use std::sync::Arc;
@@ -172,6 +173,7 @@ pub async fn propose(node: &Node, group: &str, request: Request) -> Result<Respo
 /// Appends a command to a group whose leader should be this node (our own call, or a peer's
 /// forwarded write).
 pub async fn propose_here(node: &Node, group: &str, request: Request) -> Result<Response> {
+    admit_write(node, group, &request)?;
     let result = if group == META_GROUP {
         node.meta_raft().client_write(request).await.map(|r| r.data)
     } else {
@@ -188,6 +190,59 @@ pub async fn propose_here(node: &Node, group: &str, request: Request) -> Result<
         },
         None => Error::unavailable(ErrorCode::Unavailable, format!("{group}: {e}")),
     })
+}
+
+/// Refuses a write that adds data (an upsert, a collection create) when this node, or a node
+/// holding a replica of the group it goes to, is below its free-disk reserve. Deletes and
+/// drops free space and go through; so does everything the cluster does by itself.
+fn admit_write(node: &Node, group: &str, request: &Request) -> Result<()> {
+    let adds_data = matches!(
+        request,
+        Request::Shard(ShardCommand::Upsert { .. })
+            | Request::Meta(MetaCommand::CreateCollection { .. })
+    );
+    if !adds_data {
+        return Ok(());
+    }
+    if node.disk().refresh() {
+        return Err(Error::InsufficientStorage(format!(
+            "{} has {} MiB free on its data volume, less than database.min_free_disk_mb ({} MiB): writes are refused until space is freed; reads and deletes go on",
+            node.id(),
+            node.disk().free_bytes() >> 20,
+            node.disk().reserve_bytes() >> 20
+        )));
+    }
+    let state = node.meta_read();
+    if state.low_disk.is_empty() {
+        return Ok(());
+    }
+    let holders: Vec<&NodeId> = match state.groups.get(group) {
+        Some(record) => record
+            .replicas
+            .iter()
+            .chain(&record.learners)
+            .filter(|n| state.low_disk.contains(*n))
+            .collect(),
+        // A collection create places replicas on any member.
+        None => state.low_disk.iter().collect(),
+    };
+    match holders.first() {
+        None => Ok(()),
+        Some(_) => Err(Error::InsufficientStorage(format!(
+            "{} (holding {}) {} below the free-disk reserve (database.min_free_disk_mb): writes are refused until space is freed; reads and deletes go on",
+            holders
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if group == META_GROUP {
+                "the cluster's data"
+            } else {
+                group
+            },
+            if holders.len() == 1 { "is" } else { "are" }
+        ))),
+    }
 }
 
 /// Proposes a command to the meta group and returns what applying it answered.
