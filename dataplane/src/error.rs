@@ -41,7 +41,9 @@ pub enum Error {
         message: String,
         leader: Option<String>,
     },
-    /// A node holding the data is below its free-disk reserve; nothing was written.
+    /// A node holding the data is below its free-disk reserve: nothing was written (a batch is
+    /// checked whole first; in a race with a node crossing the line, shards other than the
+    /// refusing one may have been written).
     #[error("{0}")]
     InsufficientStorage(String),
     /// RocksDB failed; the write was not acknowledged.

@@ -55,7 +55,9 @@ impl Activity {
                     return;
                 };
                 let m = metrics.borrow_watched().clone();
+                // `Stopped` is a normal shutdown (a replica dropped, the node stopping).
                 if let Err(fatal) = &m.running_state
+                    && !matches!(fatal, openraft::errors::Fatal::Stopped)
                     && let Some(stopped) = stopped.take()
                 {
                     tracing::error!(%group, %fatal, "the group's Raft stopped; restart the node once its disk is healthy");

@@ -46,7 +46,7 @@ impl DiskReserve {
         let free = fs.blocks_available().saturating_mul(fs.fragment_size());
         self.free.store(free, Ordering::Relaxed);
         let low = if self.is_low() {
-            free < self.reserve + self.reserve / 10
+            free < self.reserve.saturating_add(self.reserve / 10)
         } else {
             free < self.reserve
         };

@@ -312,12 +312,19 @@ impl Node {
 
     /// The leader of a group as this node knows it (groups it holds, and the meta group).
     pub fn leader_of(&self, group: &str) -> Option<NodeId> {
+        // A Raft that stopped (a failed log write) still names the leader it last knew.
+        let known = |m: &RaftMetrics| {
+            m.running_state
+                .is_ok()
+                .then(|| m.current_leader.clone())
+                .flatten()
+        };
         if group == META_GROUP {
-            return self.meta.metrics().borrow_watched().current_leader.clone();
+            return known(&self.meta.metrics().borrow_watched());
         }
         self.replicas
             .get(group)
-            .and_then(|g| g.raft.metrics().borrow_watched().current_leader.clone())
+            .and_then(|g| known(&g.raft.metrics().borrow_watched()))
     }
 
     /// Whether `node` answered a call recently (this node always does).

@@ -309,8 +309,14 @@ async fn watch_disk(node: Arc<Node>) {
     loop {
         tick.tick().await;
         let low = node.disk().refresh();
-        let recorded = node.meta_read().low_disk.contains(node.id());
-        if low == recorded || !node.meta_caught_up() {
+        let (recorded, member) = {
+            let state = node.meta_read();
+            (
+                state.low_disk.contains(node.id()),
+                state.members().contains(node.id()),
+            )
+        };
+        if low == recorded || (low && !member) || !node.meta_caught_up() {
             continue;
         }
         let command = MetaCommand::SetDiskLow {

@@ -49,6 +49,10 @@ pub struct Storage {
     reads: AtomicU64,
     /// Write batches committed (the `grape_db_disk_writes_total` metric).
     writes: AtomicU64,
+    /// The first write or WAL sync that failed. RocksDB cannot go on writing after one (and
+    /// aborts on a sync after a failed write): every later write and sync is refused, reads go
+    /// on, and a restart reopens the database.
+    failed: parking_lot::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -173,6 +177,7 @@ impl Storage {
             db,
             reads: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            failed: parking_lot::Mutex::new(None),
         })
     }
 
@@ -185,17 +190,48 @@ impl Storage {
     /// Applies `changes` atomically. Not fsynced: call [`Storage::sync`] (or go through a
     /// [`WalSyncer`]) before acknowledging anything that must survive a crash.
     pub fn commit(&self, changes: Changes) -> Result<()> {
+        self.refuse_after_failure()?;
         let mut options = WriteOptions::default();
         options.set_sync(false);
-        self.db.write_opt(changes.batch, &options)?;
+        self.db
+            .write_opt(changes.batch, &options)
+            .map_err(|e| self.record_failure(e))?;
         self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The failure that stopped writes, if one did.
+    pub fn failure(&self) -> Option<String> {
+        self.failed.lock().clone()
+    }
+
+    fn refuse_after_failure(&self) -> Result<()> {
+        match &*self.failed.lock() {
+            None => Ok(()),
+            Some(first) => Err(Error::unavailable(
+                ErrorCode::StorageError,
+                format!(
+                    "writes are stopped since a storage write failed ({first}); restart the node once its disk is healthy"
+                ),
+            )),
+        }
+    }
+
+    fn record_failure(&self, error: rocksdb::Error) -> Error {
+        let mut failed = self.failed.lock();
+        if failed.is_none() {
+            tracing::error!(%error, "a storage write failed: this node stops writing until it is restarted");
+            *failed = Some(error.to_string());
+        }
+        Error::from(error)
     }
 
     /// Makes everything durable and stops RocksDB's background flushes and compactions, so
     /// that the process can exit without tearing down threads that are still working.
     pub fn shutdown(&self) {
-        if let Err(error) = self.db.flush_wal(true) {
+        if self.failure().is_none()
+            && let Err(error) = self.db.flush_wal(true)
+        {
             tracing::error!(%error, "syncing the WAL at shutdown");
         }
         self.db.cancel_all_background_work(true);
@@ -203,7 +239,10 @@ impl Storage {
 
     /// fsyncs the write-ahead log: every earlier commit is durable afterwards.
     pub fn sync(&self) -> Result<()> {
-        self.db.flush_wal(true)?;
+        self.refuse_after_failure()?;
+        self.db
+            .flush_wal(true)
+            .map_err(|e| self.record_failure(e))?;
         Ok(())
     }
 

@@ -186,8 +186,9 @@ async fn remove_node(node: &Node, id: NodeId, force: bool) -> Result<OperationSt
 }
 
 /// How long a rebalance waits for admitted nodes that are still joining before it answers
-/// 409 `nodes_not_ready` (below the 30 s a forwarded admin call may take).
-const JOIN_WAIT: Duration = Duration::from_secs(20);
+/// 409 `nodes_not_ready`: with the planning after it, within the 30 s a forwarded admin call
+/// may take.
+const JOIN_WAIT: Duration = Duration::from_secs(15);
 
 /// Waits until no admitted node is joining, for up to `within`; answers 409
 /// `nodes_not_ready` naming those that still are.

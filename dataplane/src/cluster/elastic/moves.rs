@@ -255,16 +255,17 @@ async fn finish_operation(node: &Node, state: &MetaState, operation: &Operation)
             return transfer_group(node, META_GROUP, &next).await;
         }
         if state.members().contains(leaving) {
-            let voters: BTreeSet<NodeId> = state
-                .members()
-                .into_iter()
-                .filter(|m| m != leaving)
-                .collect();
-            let rpc = MembershipRpc::SetVoters {
-                group: META_GROUP.into(),
-                voters,
-            };
-            membership(node, node.id(), rpc).await?;
+            // Removes this voter from the current ones (a voter set computed from `state` could
+            // miss a node promoted since, and drop it).
+            node.meta_raft()
+                .change_membership(
+                    ChangeMembers::RemoveVoters(BTreeSet::from([leaving.clone()])),
+                    false,
+                )
+                .await
+                .map_err(|e| {
+                    Error::unavailable(ErrorCode::Unavailable, format!("removing {leaving}: {e}"))
+                })?;
         }
         let forget = MetaCommand::ForgetNode {
             id: leaving.clone(),

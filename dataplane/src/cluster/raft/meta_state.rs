@@ -196,6 +196,10 @@ impl MetaState {
                 MetaResponse::Done
             }
             MetaCommand::SetDiskLow { node, low } => {
+                if low && !self.members().contains(&node) {
+                    // A node that left (or never joined) holds nothing to protect.
+                    return MetaResponse::NotFound;
+                }
                 if low {
                     self.low_disk.insert(node);
                 } else {

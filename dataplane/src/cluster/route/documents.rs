@@ -2,7 +2,7 @@
 //! leader (writes, `strong` reads) or nearest replica (`eventual` reads).
 
 use super::catalog::collection;
-use super::{Target, blocking, local_read, propose, route};
+use super::{Target, blocking, local_read, low_holders, propose, route};
 use crate::cluster::node::Node;
 use crate::cluster::raft::rpc::{GetRpc, ListRpc};
 use crate::cluster::raft::types::{Request, Response};
@@ -67,7 +67,6 @@ pub async fn upsert(
             ));
         }
     }
-    admit()?;
     let ids: Vec<String> = documents.iter().map(|d| d.id.clone()).collect();
     let mut by_shard: BTreeMap<u32, Vec<_>> = BTreeMap::new();
     for document in documents {
@@ -76,6 +75,12 @@ pub async fn upsert(
             .or_default()
             .push(document);
     }
+    // A batch refused for want of disk is refused whole, before any shard is written (each
+    // shard's leader checks again when it proposes).
+    for shard in by_shard.keys() {
+        low_holders(node, &collection.group(*shard))?;
+    }
+    admit()?;
     let writes = by_shard.into_iter().map(|(shard, documents)| {
         let group = collection.group(shard);
         async move {

@@ -17,6 +17,7 @@ use super::raft::meta_commands::{MetaCommand, MetaResponse};
 use super::raft::rpc::ProposeRpc;
 use super::raft::types::{Request, Response};
 use super::replicas::LocalGroup;
+use crate::collection::DEFAULT_COLLECTION;
 use crate::error::{Error, ErrorCode, Result};
 use crate::shard::ShardCommand;
 use openraft::ReadPolicy;
@@ -188,6 +189,11 @@ pub async fn propose_here(node: &Node, group: &str, request: Request) -> Result<
             message: format!("{} does not lead {group}", node.id()),
             leader: forward.leader_id.clone(),
         },
+        // This replica's Raft stopped (its log write failed): the route tries another.
+        None if e.fatal().is_some() => Error::unavailable(
+            ErrorCode::ShardFailed,
+            format!("{group} stopped on {}: {e}", node.id()),
+        ),
         None => Error::unavailable(ErrorCode::Unavailable, format!("{group}: {e}")),
     })
 }
@@ -196,11 +202,14 @@ pub async fn propose_here(node: &Node, group: &str, request: Request) -> Result<
 /// holding a replica of the group it goes to, is below its free-disk reserve. Deletes and
 /// drops free space and go through; so does everything the cluster does by itself.
 fn admit_write(node: &Node, group: &str, request: &Request) -> Result<()> {
-    let adds_data = matches!(
-        request,
-        Request::Shard(ShardCommand::Upsert { .. })
-            | Request::Meta(MetaCommand::CreateCollection { .. })
-    );
+    let adds_data = match request {
+        Request::Shard(ShardCommand::Upsert { .. }) => true,
+        // The cluster creates `default` by itself: an empty collection.
+        Request::Meta(MetaCommand::CreateCollection { config, .. }) => {
+            config.name != DEFAULT_COLLECTION
+        }
+        _ => false,
+    };
     if !adds_data {
         return Ok(());
     }
@@ -212,6 +221,12 @@ fn admit_write(node: &Node, group: &str, request: &Request) -> Result<()> {
             node.disk().reserve_bytes() >> 20
         )));
     }
+    low_holders(node, group)
+}
+
+/// Refuses a write to `group` when a node holding one of its replicas (or any member, for the
+/// meta group) is recorded below its free-disk reserve.
+pub fn low_holders(node: &Node, group: &str) -> Result<()> {
     let state = node.meta_read();
     if state.low_disk.is_empty() {
         return Ok(());
