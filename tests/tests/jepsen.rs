@@ -1,5 +1,5 @@
 //! The short run of `grape-jepsen` on every change: a 3-node cluster (growing to 4 and back),
-//! two rounds of every fault, clients on every node, and the history checked. The seed changes
+//! two rounds of every fault but the slow link, clients on every node, and the history checked. The seed changes
 //! with every run (it is printed, and a failing history is saved under target/jepsen/), so that
 //! CI explores new schedules over time; docs/verification.md has the long run.
 
@@ -17,9 +17,13 @@ fn a_short_jepsen_run_finds_no_violation() {
             "--nodes",
             "3",
             "--cycles",
-            "18",
+            "16",
             "--seed",
             &seed.to_string(),
+            // Every fault but the slow link, which shapes the machine's loopback device that
+            // the tests running beside this one share (the long run has it).
+            "--faults",
+            "kill,pause,partition-one,partition-halves,bridge,transfer,membership,wipe",
         ])
         .arg("--out")
         .arg(&out)
@@ -43,7 +47,6 @@ fn a_short_jepsen_run_finds_no_violation() {
         "transfer",
         "membership",
         "wipe",
-        "slow",
     ] {
         assert!(
             stdout.contains(&format!("| {fault} | 2 |")),

@@ -491,7 +491,7 @@ pub async fn wait_ready(client: &GrapeClient, within: Duration) -> bool {
 }
 
 /// Slows every packet to or from `ip` on loopback to a 256 kbit/s link (an `htb` class chosen
-/// by address filters; other loopback traffic goes through a 10 Gbit/s class): under load,
+/// by address filters; other loopback traffic goes through a 100 Gbit/s class): under load,
 /// packets queue for hundreds of milliseconds. (`netem`, which would add a fixed delay, is not
 /// in every kernel; this one is.)
 fn slow_link(ip: &str) -> Result<(), String> {
@@ -517,8 +517,8 @@ fn slow_link(ip: &str) -> Result<(), String> {
     ])
     .and_then(|()| {
         tc(&[
-            "class", "add", "dev", "lo", "parent", "1:", "classid", "1:1", "htb", "rate", "10gbit",
-            "quantum", "60000",
+            "class", "add", "dev", "lo", "parent", "1:", "classid", "1:1", "htb", "rate",
+            "100gbit", "quantum", "200000",
         ])
     })
     .and_then(|()| {
