@@ -1,7 +1,7 @@
 //! The short run of `grape-jepsen` on every change: a 3-node cluster (growing to 4 and back),
 //! two rounds of every fault but the slow link, clients on every node, and the history
 //! checked. The seed changes with every run (it is printed, and a failing history is saved
-//! under target/jepsen/), so that CI explores new schedules over time; docs/verification.md
+//! under target/tmp/jepsen/), so that CI explores new schedules over time; docs/verification.md
 //! has the long run.
 
 use std::process::Command;

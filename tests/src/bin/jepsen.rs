@@ -6,12 +6,12 @@
 //!
 //! ```sh
 //! cargo build --release --bin grape --bin grape-jepsen
-//! target/release/grape-jepsen --nodes 3 --cycles 10              # a short run (about a minute)
-//! target/release/grape-jepsen --nodes 5 --cycles 120 --seed 7    # the run in docs/verification.md
-//! target/release/grape-jepsen --check target/jepsen/7/history.jsonl
+//! target/release/grape-jepsen --nodes 3 --cycles 18                # a short run
+//! target/release/grape-jepsen --nodes 5 --max-nodes 6 --cycles 108 --seed 20261202
+//! target/release/grape-jepsen --check target/jepsen/20261202/history.jsonl
 //! ```
 //!
-//! It needs root: partitions are iptables rules, delays are `tc netem` on loopback.
+//! It needs root: partitions are iptables rules, the slow link is `tc` on loopback.
 
 use grape_client::{Consistency, GrapeClient};
 use grape_e2e::jepsen::checker::{self, Report};
