@@ -141,26 +141,19 @@ impl Nemesis {
         let fault = self.round.pop().expect("faults is not empty");
         let hold = self.hold();
         match fault {
-            Fault::Kill => {
+            Fault::Kill | Fault::Wipe => {
                 let i = self.pick_member();
-                self.recorder.fault("kill", "start", format!("node-{i}"));
+                let name = fault.name();
+                self.recorder.fault(name, "start", format!("node-{i}"));
                 self.cluster.node_mut(i).kill9();
+                if fault == Fault::Wipe {
+                    self.cluster.node_mut(i).wipe();
+                }
                 self.refresh_targets();
                 tokio::time::sleep(hold).await;
                 self.restart(i).await;
                 self.recorder
-                    .fault("kill", "end", format!("node-{i} restarted"));
-            }
-            Fault::Wipe => {
-                let i = self.pick_member();
-                self.recorder.fault("wipe", "start", format!("node-{i}"));
-                self.cluster.node_mut(i).kill9();
-                self.cluster.node_mut(i).wipe();
-                self.refresh_targets();
-                tokio::time::sleep(hold).await;
-                self.restart(i).await;
-                self.recorder
-                    .fault("wipe", "end", format!("node-{i} restarted empty"));
+                    .fault(name, "end", format!("node-{i} restarted"));
             }
             Fault::Pause => {
                 let i = self.pick_member();

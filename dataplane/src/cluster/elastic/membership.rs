@@ -2,8 +2,10 @@
 
 use crate::cluster::node::Node;
 use crate::cluster::raft::ids::META_GROUP;
+use crate::cluster::raft::ids::{NodeAddr, NodeId};
 use crate::cluster::raft::rpc::MembershipRpc;
 use crate::error::{Error, ErrorCode, Result};
+use openraft::ChangeMembers;
 use std::time::Duration;
 
 /// Carries out a membership change of a group this node leads (a peer's call, or ours).
@@ -77,4 +79,20 @@ pub async fn membership(node: &Node, leader: &str, rpc: MembershipRpc) -> Result
         .call(leader, &rpc, Duration::from_secs(30))
         .await
         .map_err(Error::from)
+}
+
+/// Changes the meta group's membership relative to its current one (add or remove these
+/// voters, remove these nodes); this node must lead the meta group. Relative changes never
+/// drop a node another change added meanwhile, as a voter set computed from a stale meta
+/// state would.
+pub async fn change_meta_membership(
+    node: &Node,
+    change: ChangeMembers<NodeId, NodeAddr>,
+    what: &str,
+) -> Result<()> {
+    node.meta_raft()
+        .change_membership(change, false)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::unavailable(ErrorCode::Unavailable, format!("{what}: {e}")))
 }

@@ -26,6 +26,7 @@ use crate::cluster::status::member_statuses;
 use crate::config::parse_host_port;
 use crate::error::{Error, ErrorCode, Result};
 use grape_client::{AddNodeResponse, OperationStarted, RaftRole};
+use membership::change_meta_membership;
 use openraft::ChangeMembers;
 use planner::{plan_leaders, plan_replicas};
 use std::collections::{BTreeMap, BTreeSet};
@@ -122,15 +123,8 @@ async fn add_node(node: &Node, id: NodeId, address: String) -> Result<AddNodeRes
 async fn remove_node(node: &Node, id: NodeId, force: bool) -> Result<OperationStarted> {
     let state = node.meta_state();
     if !state.members().contains(&id) && state.node_state(&id) == NodeState::Joining {
-        node.meta_raft()
-            .change_membership(
-                ChangeMembers::RemoveNodes(BTreeSet::from([id.clone()])),
-                false,
-            )
-            .await
-            .map_err(|e| {
-                Error::unavailable(ErrorCode::Unavailable, format!("removing {id}: {e}"))
-            })?;
+        let change = ChangeMembers::RemoveNodes(BTreeSet::from([id.clone()]));
+        change_meta_membership(node, change, &format!("removing {id}")).await?;
         meta_command(node, MetaCommand::ForgetNode { id: id.clone() }).await?;
         tracing::info!(node = %id, "a joining node was removed");
         return Ok(OperationStarted {

@@ -3,7 +3,7 @@
 //! node; it also promotes joining nodes once they caught up.
 
 use super::leadership::transfer_group;
-use super::membership::membership;
+use super::membership::{change_meta_membership, membership};
 use crate::cluster::node::Node;
 use crate::cluster::raft::ids::{META_GROUP, NodeId};
 use crate::cluster::raft::meta_commands::{
@@ -255,17 +255,8 @@ async fn finish_operation(node: &Node, state: &MetaState, operation: &Operation)
             return transfer_group(node, META_GROUP, &next).await;
         }
         if state.members().contains(leaving) {
-            // Removes this voter from the current ones (a voter set computed from `state` could
-            // miss a node promoted since, and drop it).
-            node.meta_raft()
-                .change_membership(
-                    ChangeMembers::RemoveVoters(BTreeSet::from([leaving.clone()])),
-                    false,
-                )
-                .await
-                .map_err(|e| {
-                    Error::unavailable(ErrorCode::Unavailable, format!("removing {leaving}: {e}"))
-                })?;
+            let change = ChangeMembers::RemoveVoters(BTreeSet::from([leaving.clone()]));
+            change_meta_membership(node, change, &format!("removing {leaving}")).await?;
         }
         let forget = MetaCommand::ForgetNode {
             id: leaving.clone(),
@@ -301,15 +292,8 @@ async fn promote_joining(node: &Node, state: &MetaState) {
         if matched.is_none() || matched < committed {
             continue;
         }
-        // Adds this voter to the current ones (a voter set computed from `state` would be
-        // stale after the previous joiner's promotion, and would drop that node again).
-        let promoted = node
-            .meta_raft()
-            .change_membership(
-                ChangeMembers::AddVoterIds(BTreeSet::from([joiner.clone()])),
-                false,
-            )
-            .await;
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([joiner.clone()]));
+        let promoted = change_meta_membership(node, change, "promoting").await;
         if promoted.is_ok() {
             let active = MetaCommand::SetNodeState {
                 id: joiner.clone(),
