@@ -4,8 +4,13 @@
 //! refuses it), no node may crash, and no stored data may change.
 
 use grape_client::GrapeClient;
-use grape_dataplane::cluster::raft::rpc::{ProposeRpc, RpcKind};
-use grape_dataplane::cluster::raft::types::{Request, Response, decode, encode};
+use grape_dataplane::cluster::raft::rpc::{
+    ProposeRpc, RemoteError, RpcKind, SnapshotChunkRpc, SnapshotFinish,
+};
+use grape_dataplane::cluster::raft::snapshot::Whole;
+use grape_dataplane::cluster::raft::types::{
+    Request, Response, SnapshotMeta, Vote, decode, encode,
+};
 use grape_dataplane::shard::{NewDocument, ShardCommand, ShardResponse};
 use grape_e2e::load::{self, DIMENSION};
 use grape_e2e::{Cluster, GrapeNode, NodeOptions, peer_headers, temp_file};
@@ -755,6 +760,80 @@ async fn raft_probes(raft: &str, secret: &str, shard_group: &str) -> (usize, Vec
             Err(e) => failures.push(format!("a proposal with {what}: {e}")),
         }
     }
+    // A trusted peer misusing snapshot transfers: refused, and nothing is installed or kept.
+    let path = RpcKind::SnapshotChunk.path();
+    let chunk = |group: &str, transfer: u64, offset: u64, data: &[u8], finish| SnapshotChunkRpc {
+        group: group.to_string(),
+        transfer,
+        offset,
+        data: data.to_vec(),
+        finish,
+    };
+    let finish = |data: &[u8]| {
+        Some(SnapshotFinish {
+            vote: Vote::new(1, "node-1".to_string()),
+            meta: SnapshotMeta::default(),
+            whole: Whole {
+                len: data.len() as u64,
+                digest: 0xbad,
+            },
+        })
+    };
+    let misuse = [
+        (
+            "a chunk of a group the node does not hold",
+            chunk("nope/0", 1, 0, b"x", None),
+            false,
+        ),
+        (
+            "a chunk of a transfer never started",
+            chunk(shard_group, 2, 5, b"x", None),
+            false,
+        ),
+        (
+            "the start of a transfer",
+            chunk(shard_group, 3, 0, &[7; 1024], None),
+            true,
+        ),
+        (
+            "a chunk with a gap",
+            chunk(shard_group, 3, 2048, b"x", None),
+            false,
+        ),
+        (
+            "a chunk of another transfer",
+            chunk(shard_group, 4, 1024, b"x", None),
+            false,
+        ),
+        (
+            "an end whose digest is wrong",
+            chunk(shard_group, 3, 1024, b"", finish(&[7; 1024])),
+            false,
+        ),
+        (
+            "an end of a dropped transfer",
+            chunk(shard_group, 3, 1024, b"", finish(&[7; 1024])),
+            false,
+        ),
+    ];
+    for (what, rpc, accepted) in misuse {
+        total += 1;
+        let body = encode(&rpc);
+        let headers = peer_headers("node-1", Some(secret), path, &body);
+        match call(path, headers, body).await {
+            Ok(r) if r.status() == 200 => {
+                let bytes = r.bytes().await.unwrap();
+                let answer: Result<Result<Option<Value>, RemoteError>, _> = decode(&bytes);
+                match answer {
+                    Ok(Ok(None)) if accepted => {}
+                    Ok(Err(e)) if !accepted && (400..500).contains(&e.status) => {}
+                    other => failures.push(format!("{what} answered {other:?}")),
+                }
+            }
+            Ok(r) => failures.push(format!("{what}: {}", r.status())),
+            Err(e) => failures.push(format!("{what}: {e}")),
+        }
+    }
     (total, failures)
 }
 
@@ -873,6 +952,11 @@ async fn a_cluster_answers_every_hostile_request_with_a_4xx_and_changes_nothing(
     for node in &cluster.nodes {
         assert!(node.is_running(), "a node crashed");
     }
+    let left: Vec<_> =
+        std::fs::read_dir(cluster.node(3).data_dir.path().join("snapshots/incoming"))
+            .unwrap()
+            .collect();
+    assert!(left.is_empty(), "refused snapshot data was kept: {left:?}");
     // Nothing changed on any replica.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

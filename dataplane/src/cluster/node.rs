@@ -15,6 +15,7 @@ use super::raft::meta_state::MetaState;
 use super::raft::network::{NetworkFactory, Router};
 use super::raft::peers::Peers;
 use super::raft::recovery;
+use super::raft::snapshot::{Incoming, Outgoing};
 use super::raft::tls::peer_http_client;
 use super::raft::types::RaftMetrics;
 use super::replicas::{ReplicaParts, Replicas};
@@ -72,6 +73,10 @@ pub struct Node {
     searches: Arc<tokio::sync::Semaphore>,
     /// The data volume's free space against `database.min_free_disk_mb`.
     disk: DiskReserve,
+    /// Snapshots being received from peers.
+    incoming: Arc<Incoming>,
+    /// Snapshots being sent to peers.
+    outgoing: Arc<Outgoing>,
 }
 
 impl std::fmt::Debug for Node {
@@ -147,8 +152,17 @@ impl Node {
             peers.learn(&peer.id, &peer.address);
         }
         peers.learn(&id, &addr.raft);
+        let snapshot_dir = config.node.data_dir.join("snapshots");
+        let incoming = Arc::new(Incoming::new(&snapshot_dir).map_err(|e| {
+            Error::unavailable(
+                ErrorCode::StorageError,
+                format!("cannot prepare {}: {e}", snapshot_dir.display()),
+            )
+        })?);
+        let outgoing = Arc::new(Outgoing::default());
         let network = Router {
             peers: Arc::clone(&peers),
+            outgoing: Arc::clone(&outgoing),
         };
         let raft_config = Arc::new(raft_settings(&config)?);
 
@@ -179,7 +193,7 @@ impl Node {
             raft_config,
             network,
             index: config.index.options(),
-            snapshot_dir: config.node.data_dir.join("snapshots"),
+            snapshot_dir,
             activity: Arc::clone(&activity),
         });
         let node = Arc::new(Node {
@@ -202,6 +216,8 @@ impl Node {
             exit: Arc::new(tokio::sync::Notify::new()),
             searches,
             disk,
+            incoming,
+            outgoing,
         });
         let weak = Arc::downgrade(&node);
         node.activity
@@ -245,6 +261,16 @@ impl Node {
     /// The data volume's free space against the reserve.
     pub fn disk(&self) -> &DiskReserve {
         &self.disk
+    }
+
+    /// Snapshots being received from peers.
+    pub fn incoming(&self) -> &Arc<Incoming> {
+        &self.incoming
+    }
+
+    /// Snapshots being sent to peers.
+    pub fn outgoing(&self) -> &Outgoing {
+        &self.outgoing
     }
 
     pub fn storage(&self) -> &Arc<Storage> {

@@ -14,12 +14,12 @@ use super::raft::ids::META_GROUP;
 use super::raft::meta_sm::MetaRaft;
 use super::raft::rpc::{
     AdminRpc, AppendRpc, ChecksumsRpc, GetRpc, HandOverRpc, InitGroupRpc, ListRpc, MembershipRpc,
-    PingRpc, PreVoteRpc, ProposeRpc, RemoteError, Rpc, RpcKind, SearchRpc, SnapshotRpc, StatusRpc,
-    TransferLeaderRpc, VoteRpc,
+    PingRpc, PreVoteRpc, ProposeRpc, RemoteError, Rpc, RpcKind, SearchRpc, SnapshotChunkRpc,
+    SnapshotRpc, StatusRpc, TransferLeaderRpc, VoteRpc,
 };
 use super::raft::shard_sm::ShardRaft;
 use super::raft::tls::server_tls;
-use super::raft::types::{Snapshot, decode, encode};
+use super::raft::types::{Snapshot, TypeConfig, decode, encode};
 use super::route::{self, documents, search};
 use super::{status, tasks};
 use crate::config::parse_host_port;
@@ -31,6 +31,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum_server::tls::TlsInfo;
+use openraft::raft::SnapshotResponse;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,6 +109,89 @@ where
             async move { answer(body, |request: R| handler(node, request)).await }
         }),
     )
+}
+
+/// Runs blocking file work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+}
+
+/// Refuses snapshot data for a group this node does not hold, or while its disk is low.
+fn may_receive(node: &Node, group: &str) -> Result<()> {
+    if group_raft(node, group).is_err() {
+        return Err(Error::not_found(
+            ErrorCode::NotFound,
+            format!("{} holds no replica of {group} (yet)", node.id()),
+        ));
+    }
+    if node.disk().is_low() {
+        // What arrived of it is dropped too: the sender starts over once space is freed.
+        node.incoming().discard(group);
+        return Err(Error::InsufficientStorage(format!(
+            "{} has less than {} MiB free: it receives no snapshot until space is freed",
+            node.id(),
+            node.disk().reserve_bytes() / (1024 * 1024)
+        )));
+    }
+    Ok(())
+}
+
+/// Appends a chunk of a snapshot to its file; the last chunk installs the whole.
+async fn receive_snapshot_chunk(
+    node: &Arc<Node>,
+    rpc: SnapshotChunkRpc,
+) -> Result<Option<SnapshotResponse<TypeConfig>>> {
+    may_receive(node, &rpc.group)?;
+    let SnapshotChunkRpc {
+        group,
+        transfer,
+        offset,
+        data,
+        finish,
+    } = rpc;
+    let incoming = Arc::clone(node.incoming());
+    let at = group.clone();
+    blocking(move || incoming.chunk(&at, transfer, offset, &data)).await?;
+    let Some(finish) = finish else {
+        return Ok(None);
+    };
+    let incoming = Arc::clone(node.incoming());
+    let (at, meta) = (group.clone(), finish.meta.clone());
+    let data = blocking(move || incoming.finish(&at, transfer, finish.whole, &meta)).await?;
+    let snapshot = Snapshot {
+        meta: finish.meta,
+        snapshot: data,
+    };
+    on_group!(node, &group, |raft| raft
+        .install_full_snapshot(finish.vote, snapshot))
+    .map(Some)
+}
+
+/// Installs a snapshot a node of an earlier version sent whole.
+async fn receive_whole_snapshot(
+    node: &Arc<Node>,
+    rpc: SnapshotRpc,
+) -> Result<SnapshotResponse<TypeConfig>> {
+    may_receive(node, &rpc.group)?;
+    let incoming = Arc::clone(node.incoming());
+    let SnapshotRpc {
+        group,
+        vote,
+        meta,
+        data,
+    } = rpc;
+    let (at, kept) = (group.clone(), meta.clone());
+    let data = blocking(move || incoming.whole(&at, &data, &kept)).await?;
+    let snapshot = Snapshot {
+        meta,
+        snapshot: data,
+    };
+    on_group!(node, &group, |raft| raft
+        .install_full_snapshot(vote, snapshot))
 }
 
 /// Lets a call through only if it proves it comes from a node of this cluster
@@ -189,13 +273,13 @@ pub fn router(node: Arc<Node>) -> axum::Router {
                 on_group!(node, &rpc.group, |raft| raft.pre_vote(rpc.rpc))
             }),
             RpcKind::Snapshot => serve_rpc(app, kind, |node, rpc: SnapshotRpc| async move {
-                let snapshot = Snapshot {
-                    meta: rpc.meta,
-                    snapshot: std::io::Cursor::new(rpc.data),
-                };
-                on_group!(node, &rpc.group, |raft| raft
-                    .install_full_snapshot(rpc.vote, snapshot))
+                receive_whole_snapshot(&node, rpc).await
             }),
+            RpcKind::SnapshotChunk => {
+                serve_rpc(app, kind, |node, rpc: SnapshotChunkRpc| async move {
+                    receive_snapshot_chunk(&node, rpc).await
+                })
+            }
             RpcKind::TransferLeader => {
                 serve_rpc(app, kind, |node, rpc: TransferLeaderRpc| async move {
                     on_group!(node, &rpc.group, |raft| raft

@@ -31,6 +31,7 @@ pub fn node_status(node: &Node) -> NodeStatus {
         let figures = local.shard.figures();
         status.documents = figures.documents;
         status.bytes = figures.bytes;
+        status.snapshot_sent = node.outgoing().of_group(&local.group);
         groups.push(status);
     }
     NodeStatus {

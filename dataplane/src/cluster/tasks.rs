@@ -309,6 +309,8 @@ async fn watch_disk(node: Arc<Node>) {
     loop {
         tick.tick().await;
         let low = node.disk().refresh();
+        // Snapshots whose sender went away stop holding disk space.
+        node.incoming().sweep();
         let (recorded, member) = {
             let state = node.meta_read();
             (

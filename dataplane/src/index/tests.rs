@@ -195,10 +195,12 @@ fn a_rebuild_reclaims_the_vectors_of_replaced_documents(engine: GraphEngine) {
         (moved(150), 1150),
         (moved(20), 1020),
     ] {
-        let hits = index.search(&query, 3, 64, None);
+        // A wide search: what is checked here is which vectors remain, not recall (the graph
+        // is built by parallel inserts, and a narrow walk misses an exact match now and then).
+        let hits = index.search(&query, 3, 512, None);
         assert_eq!((hits[0].id, hits[0].distance), (want, 0.0), "{hits:?}");
     }
-    let hits = index.search(&[450.0, 2.0, 1.0], 10, 64, None);
+    let hits = index.search(&[450.0, 2.0, 1.0], 10, 512, None);
     assert!(hits.iter().all(|c| !(400..500).contains(&c.id)), "{hits:?}");
 }
 

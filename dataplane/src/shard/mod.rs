@@ -19,7 +19,9 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::index::distance::VectorProblem;
 use crate::index::worker::{IndexWorker, Maintenance, contain};
 use crate::index::{Candidate, IndexOptions, IndexStats, VectorId, VectorIndex, distance};
-use crate::storage::{Changes, Storage, decode_document, encode_document};
+use crate::storage::{
+    Changes, Generations, Storage, decode_document, encode_document, generation_namespace,
+};
 use filter::CompiledFilter;
 use grape_client::{CollectionConfig, Document, Metadata};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
@@ -240,6 +242,9 @@ pub struct Shard {
     applied: Mutex<Option<Vec<u8>>>,
     /// Serialises `apply` and `restore`: existence checks and memory updates assume one writer.
     applying: Mutex<()>,
+    /// The storage generation writes go to (see [`crate::storage`]); changed only by
+    /// [`Shard::restore_from`], under `applying`.
+    generation: Mutex<u64>,
     /// Requests answered recently (guarded by `applying` in practice).
     recent: Mutex<Recent>,
 }
@@ -262,7 +267,24 @@ impl Shard {
         worker: Arc<IndexWorker>,
         index_options: IndexOptions,
     ) -> Result<Shard> {
-        let state = load_state(&config, namespace, &storage, index_options)?;
+        let generations = storage.generations(namespace)?;
+        if !generations.stale.is_empty() {
+            // What an interrupted snapshot install left: a half-written new generation, or
+            // the old one it replaced.
+            let mut changes = Changes::default();
+            for stale in &generations.stale {
+                changes.clear_generation(&storage, namespace, *stale);
+            }
+            let current = Generations {
+                current: generations.current,
+                stale: Vec::new(),
+            };
+            changes.set_generations(&storage, namespace, &current);
+            storage.commit(changes)?;
+            tracing::info!(%namespace, stale = ?generations.stale, "deleted what an interrupted snapshot install left");
+        }
+        let stored = generation_namespace(namespace, generations.current);
+        let state = load_state(&config, &stored, &storage, index_options)?;
         let applied = storage.applied(namespace)?;
         let recent = Recent::load(&storage, namespace)?;
         let shard = Shard {
@@ -274,6 +296,7 @@ impl Shard {
             index_options,
             applied: Mutex::new(applied),
             applying: Mutex::new(()),
+            generation: Mutex::new(generations.current),
             recent: Mutex::new(recent),
         };
         shard.schedule_indexing();
@@ -293,6 +316,11 @@ impl Shard {
         &self.config
     }
 
+    /// Where writes to the current generation go.
+    fn stored(&self) -> String {
+        generation_namespace(&self.namespace, *self.generation.lock())
+    }
+
     /// The marker stored with the last applied commands, if any.
     pub fn applied_marker(&self) -> Option<Vec<u8>> {
         self.applied.lock().clone()
@@ -303,6 +331,7 @@ impl Shard {
     /// log is the durable record.
     pub fn apply(&self, commands: &[&ShardCommand], marker: &[u8]) -> Result<Vec<ShardResponse>> {
         let _applying = self.applying.lock();
+        let stored = self.stored();
         // Commands this replica refuses, decided from their content and the collection alone,
         // so every replica refuses the same ones.
         let rejected: Vec<Option<Error>> = commands
@@ -363,7 +392,7 @@ impl Shard {
                         for doc in documents {
                             let value = encode_document(&doc.vector, &doc.metadata);
                             sizes.push(value.len());
-                            changes.put_document(&self.storage, &self.namespace, &doc.id, &value);
+                            changes.put_document(&self.storage, &stored, &doc.id, &value);
                             overlay.insert(&doc.id, true);
                         }
                         responses.push(ShardResponse::Upserted {
@@ -382,7 +411,7 @@ impl Shard {
                             };
                             existed.push(exists);
                             if exists {
-                                changes.delete_document(&self.storage, &self.namespace, id);
+                                changes.delete_document(&self.storage, &stored, id);
                             }
                             overlay.insert(id, false);
                         }
@@ -397,9 +426,9 @@ impl Shard {
                 .map(|(id, at)| (*id, responses[*at].clone())),
             &mut changes,
             &self.storage,
-            &self.namespace,
+            &stored,
         );
-        changes.set_applied(&self.storage, &self.namespace, marker);
+        changes.set_applied(&self.storage, &stored, marker);
         self.storage.commit(changes)?;
         recent.commit(staged);
         drop(recent);
@@ -424,7 +453,7 @@ impl Shard {
     pub fn mark_applied(&self, marker: &[u8]) -> Result<()> {
         let _applying = self.applying.lock();
         let mut changes = Changes::default();
-        changes.set_applied(&self.storage, &self.namespace, marker);
+        changes.set_applied(&self.storage, &self.stored(), marker);
         self.storage.commit(changes)?;
         *self.applied.lock() = Some(marker.to_vec());
         Ok(())
@@ -542,7 +571,7 @@ impl Shard {
         let mut count = 0u64;
         let mut sum = 0u64;
         self.storage
-            .scan_documents(&self.namespace, None, |id, value| {
+            .scan_all_documents(&self.namespace, |id, value| {
                 sum = sum.wrapping_add(document_hash(id, value));
                 count += 1;
                 Ok(true)
@@ -584,86 +613,163 @@ impl Shard {
         self.state.read().maintenance.failure().map(str::to_string)
     }
 
-    /// A consistent copy of this replica: its applied marker and every document, encoded.
-    pub fn snapshot(&self) -> Result<(Option<Vec<u8>>, Vec<u8>)> {
+    /// Writes a consistent copy of this replica to `out`, record by record (see
+    /// [`write_record`]): its remembered answers, then every document. Answers the applied
+    /// marker the copy is at. Memory use does not depend on the shard's size.
+    pub fn snapshot_into(&self, out: &mut dyn std::io::Write) -> Result<Option<Vec<u8>>> {
+        let written = |e: std::io::Error| {
+            Error::unavailable(
+                ErrorCode::StorageError,
+                format!("writing the snapshot of {}: {e}", self.namespace),
+            )
+        };
         self.storage
             .with_consistent_view(&self.namespace, |marker, requests, scan| {
-                let mut data = Vec::new();
-                let mut record = |id: &str, value: &[u8]| {
-                    data.extend_from_slice(&(id.len() as u32).to_le_bytes());
-                    data.extend_from_slice(id.as_bytes());
-                    data.extend_from_slice(&(value.len() as u32).to_le_bytes());
-                    data.extend_from_slice(value);
-                };
                 // Remembered answers travel with the documents, under the empty id (which no
                 // document can have), so the new replica answers retries as the others do.
                 for answer in requests {
-                    record("", &answer);
+                    write_record(out, "", &answer).map_err(written)?;
                 }
                 scan(&mut |id, value| {
-                    record(id, value);
+                    write_record(out, id, value).map_err(written)?;
                     Ok(true)
                 })?;
-                Ok((marker, data))
+                Ok(marker)
             })
     }
 
-    /// Replaces this replica's content with a [`Shard::snapshot`] taken elsewhere.
-    pub fn restore(&self, marker: &[u8], data: &[u8]) -> Result<()> {
-        let corrupt = || Error::Internal(format!("snapshot of {} is corrupt", self.namespace));
-        // Check the whole snapshot before touching anything.
-        let mut records = Vec::new();
-        let mut answers: Vec<Answer> = Vec::new();
-        let mut at = 0usize;
-        while at < data.len() {
-            let id = take_field(data, &mut at).ok_or_else(corrupt)?;
-            let value = take_field(data, &mut at).ok_or_else(corrupt)?;
-            let id = std::str::from_utf8(id).map_err(|_| corrupt())?;
-            if id.is_empty() {
-                answers.push(requests::decode(value)?);
-                continue;
-            }
-            decode_document(value)?;
-            records.push((id, value));
-        }
+    /// [`Shard::snapshot_into`] a buffer.
+    #[cfg(test)]
+    pub fn snapshot(&self) -> Result<(Option<Vec<u8>>, Vec<u8>)> {
+        let mut data = Vec::new();
+        let marker = self.snapshot_into(&mut data)?;
+        Ok((marker, data))
+    }
+
+    /// [`Shard::restore_from`] a buffer.
+    #[cfg(test)]
+    pub fn restore(&self, marker: &[u8], mut data: &[u8]) -> Result<()> {
+        self.restore_from(marker, &mut data)
+    }
+
+    /// Replaces this replica's content with a [`Shard::snapshot_into`] taken elsewhere, read
+    /// from `records` as a stream.
+    ///
+    /// The records go to a new storage generation (as table files, not through memory) while
+    /// the current one keeps serving reads and searches; one batch then makes the new
+    /// generation current together with `marker` (and is fsynced), memory switches to it, and
+    /// the old generation is deleted. A crash at
+    /// any point leaves the old content or the new, never a mix: [`Shard::open`] deletes
+    /// whichever generation was left over. A corrupt or truncated copy changes nothing.
+    pub fn restore_from(&self, marker: &[u8], records: &mut dyn std::io::Read) -> Result<()> {
         let _applying = self.applying.lock();
+        let generations = self.storage.generations(&self.namespace)?;
+        let old = generations.current;
+        let new = generations.next();
+        // Until it is complete, the new generation is stale: a crash leaves it to be deleted.
         let mut changes = Changes::default();
-        changes.clear_namespace(&self.storage, &self.namespace);
+        changes.clear_generation(&self.storage, &self.namespace, new);
+        let mut installing = generations.clone();
+        installing.stale.push(new);
+        changes.set_generations(&self.storage, &self.namespace, &installing);
         self.storage.commit(changes)?;
-        let mut changes = Changes::default();
-        let mut pending = 0usize;
-        for (id, value) in records {
-            changes.put_document(&self.storage, &self.namespace, id, value);
-            pending += value.len();
-            if pending > 16 * 1024 * 1024 {
-                self.storage.commit(std::mem::take(&mut changes))?;
-                pending = 0;
+        self.storage.sync()?;
+        // The new content, written and loaded into memory while the old one serves.
+        let stored = generation_namespace(&self.namespace, new);
+        let prepared = self.write_generation(&stored, records).and_then(|answers| {
+            let fresh = load_state(&self.config, &stored, &self.storage, self.index_options)?;
+            Ok((answers, fresh))
+        });
+        // Then one fsynced batch makes it current, and memory follows at once.
+        let mut switched = generations.clone();
+        switched.stale.push(old);
+        switched.current = new;
+        let switch = |(answers, fresh)| -> Result<(Vec<Answer>, ShardState)> {
+            let mut changes = Changes::default();
+            changes.set_applied(&self.storage, &stored, marker);
+            changes.set_generations(&self.storage, &self.namespace, &switched);
+            self.storage.commit(changes)?;
+            self.storage.sync()?;
+            Ok((answers, fresh))
+        };
+        let (answers, fresh) = match prepared.and_then(switch) {
+            Ok(done) => done,
+            Err(error) => {
+                let mut changes = Changes::default();
+                changes.clear_generation(&self.storage, &self.namespace, new);
+                changes.set_generations(&self.storage, &self.namespace, &generations);
+                if let Err(cleanup) = self.storage.commit(changes) {
+                    tracing::warn!(shard = %self.namespace, %cleanup, "removing a failed install; the next start removes it");
+                }
+                return Err(error);
             }
-        }
-        for answer in &answers {
-            changes.put_request(
-                &self.storage,
-                &self.namespace,
-                answer.seq % requests::REMEMBERED,
-                &requests::encode(answer),
-            );
-        }
-        changes.set_applied(&self.storage, &self.namespace, marker);
-        self.storage.commit(changes)?;
+        };
+        *self.generation.lock() = new;
         *self.recent.lock() = Recent::from_answers(answers);
-        let fresh = load_state(
-            &self.config,
-            &self.namespace,
-            &self.storage,
-            self.index_options,
-        )?;
         let mut state = self.state.write();
         state.maintenance.close();
         *state = fresh;
         self.worker.schedule(&state.index, &state.maintenance);
         drop(state);
         *self.applied.lock() = Some(marker.to_vec());
+        // Nothing reads the old generations any more: storage reads resolve the current one.
+        let mut changes = Changes::default();
+        for stale in &switched.stale {
+            changes.clear_generation(&self.storage, &self.namespace, *stale);
+        }
+        changes.set_generations(
+            &self.storage,
+            &self.namespace,
+            &Generations {
+                current: new,
+                stale: Vec::new(),
+            },
+        );
+        if let Err(error) = self.storage.commit(changes) {
+            tracing::warn!(shard = %self.namespace, %error, "deleting the replaced content; the next start deletes it");
+        }
         Ok(())
+    }
+
+    /// Writes `records` into the generation stored under `stored` (not yet current). Answers
+    /// the remembered answers they carried.
+    fn write_generation(
+        &self,
+        stored: &str,
+        records: &mut dyn std::io::Read,
+    ) -> Result<Vec<Answer>> {
+        let corrupt = |why: String| {
+            Error::Internal(format!("snapshot of {} is corrupt: {why}", self.namespace))
+        };
+        let mut answers: Vec<Answer> = Vec::new();
+        let mut changes = Changes::default();
+        // Documents go straight into table files (see `Storage::bulk_load`); the remembered
+        // answers, at most `REMEMBERED`, in one batch.
+        self.storage.bulk_load(stored, |put| {
+            while let Some((id, value)) =
+                read_record(records).map_err(|e| corrupt(e.to_string()))?
+            {
+                if id.is_empty() {
+                    if answers.len() as u64 >= requests::REMEMBERED {
+                        return Err(corrupt("more remembered answers than are kept".into()));
+                    }
+                    let answer = requests::decode(&value)?;
+                    changes.put_request(
+                        &self.storage,
+                        stored,
+                        answer.seq % requests::REMEMBERED,
+                        &requests::encode(&answer),
+                    );
+                    answers.push(answer);
+                    continue;
+                }
+                decode_document(&value).map_err(|e| corrupt(format!("document {id}: {e}")))?;
+                put(&id, &value).map_err(|e| corrupt(format!("document {id}: {e}")))?;
+            }
+            Ok(())
+        })?;
+        self.storage.commit(changes)?;
+        Ok(answers)
     }
 
     /// Stops background work and removes this replica's documents from storage.
@@ -699,17 +805,58 @@ fn document_hash(id: &str, value: &[u8]) -> u64 {
     xxh3_64(&bytes)
 }
 
-fn take_field<'a>(data: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
-    let len = u32::from_le_bytes(data.get(*at..*at + 4)?.try_into().ok()?) as usize;
-    let field = data.get(*at + 4..*at + 4 + len)?;
-    *at += 4 + len;
-    Some(field)
+/// Largest stored value a snapshot record may carry (a document is far smaller; a corrupt
+/// length must not allocate gigabytes).
+const MAX_RECORD_VALUE: usize = 64 * 1024 * 1024;
+
+/// One snapshot record: id length (u32 LE), id, value length (u32 LE), value.
+fn write_record(out: &mut dyn std::io::Write, id: &str, value: &[u8]) -> std::io::Result<()> {
+    out.write_all(&(id.len() as u32).to_le_bytes())?;
+    out.write_all(id.as_bytes())?;
+    out.write_all(&(value.len() as u32).to_le_bytes())?;
+    out.write_all(value)
 }
 
-/// Reads a namespace's documents from storage into a fresh in-memory state.
+/// Reads the next [`write_record`] record; `None` at the end of the stream.
+fn read_record(input: &mut dyn std::io::Read) -> std::io::Result<Option<(String, Vec<u8>)>> {
+    use std::io::{Error, ErrorKind, Read};
+    let mut len = [0u8; 4];
+    // The end of the stream is only allowed between records.
+    let mut got = 0;
+    while got < 4 {
+        match input.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(Error::new(ErrorKind::UnexpectedEof, "truncated record")),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    fn field(input: &mut dyn Read, limit: usize, len: [u8; 4]) -> std::io::Result<Vec<u8>> {
+        let len = u32::from_le_bytes(len) as usize;
+        if len > limit {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                format!("a record field of {len} bytes"),
+            ));
+        }
+        let mut bytes = vec![0; len];
+        input.read_exact(&mut bytes)?;
+        Ok(bytes)
+    }
+    let id = field(input, MAX_ID_BYTES, len)?;
+    let id =
+        String::from_utf8(id).map_err(|_| Error::new(ErrorKind::InvalidData, "id is not UTF-8"))?;
+    let mut len = [0u8; 4];
+    input.read_exact(&mut len)?;
+    let value = field(input, MAX_RECORD_VALUE, len)?;
+    Ok(Some((id, value)))
+}
+
+/// Reads the documents of one generation (`stored`) into a fresh in-memory state.
 fn load_state(
     config: &CollectionConfig,
-    namespace: &str,
+    stored: &str,
     storage: &Storage,
     index_options: IndexOptions,
 ) -> Result<ShardState> {
@@ -725,12 +872,12 @@ fn load_state(
         maintenance: Arc::new(Maintenance::default()),
         bytes: 0,
     };
-    storage.scan_documents(namespace, None, |id, value| {
+    storage.scan_generation(stored, |id, value| {
         let (vector, metadata) = decode_document(value)?;
         match contain(|| put_in_memory(config, &mut state, id, &vector, metadata, value.len())) {
             Ok(()) => Ok(true),
             Err(reason) => {
-                tracing::error!(%namespace, %reason, "loading the index failed; the shard is marked failed");
+                tracing::error!(shard = %stored, %reason, "loading the index failed; the shard is marked failed");
                 state.maintenance.fail(reason);
                 Ok(false)
             }

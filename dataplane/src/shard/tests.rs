@@ -219,6 +219,191 @@ fn a_snapshot_restores_an_identical_replica() {
     assert_eq!(target.len(), 299, "and leaves the replica as it was");
 }
 
+/// A shard "t/0" holding `n` documents `o0..`, applied at `marker`.
+fn shard_with(
+    storage: &Arc<Storage>,
+    namespace: &str,
+    prefix: &str,
+    n: usize,
+    marker: &[u8],
+) -> Shard {
+    let shard = open_in(storage, namespace);
+    let documents = (0..n)
+        .map(|i| {
+            doc(
+                &format!("{prefix}{i}"),
+                vec![i as f32, 1.0],
+                json!({"i": i}),
+            )
+        })
+        .collect();
+    shard
+        .apply(
+            &[&ShardCommand::Upsert {
+                documents,
+                request: Some(7),
+            }],
+            marker,
+        )
+        .unwrap();
+    shard
+}
+
+/// Reads from `data`, calling `during` before every read.
+struct Watched<'a> {
+    data: &'a [u8],
+    during: &'a mut dyn FnMut(usize),
+    at: usize,
+}
+
+impl std::io::Read for Watched<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        (self.during)(self.at);
+        let n = buffer.len().min(self.data.len() - self.at).min(4096);
+        buffer[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn readers_see_the_old_content_until_an_install_switches_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage(dir.path());
+    let source = shard_with(&storage, "s/0", "n", 3000, b"new");
+    let (_, data) = source.snapshot().unwrap();
+    let target = shard_with(&storage, "t/0", "o", 50, b"old");
+    let old_checksum = target.checksum().unwrap();
+    let mut reads = 0;
+    let mut during = |_at: usize| {
+        reads += 1;
+        // Mid-install, every read still answers from the whole old content.
+        assert_eq!(target.len(), 50);
+        assert!(target.get("o7").unwrap().is_some());
+        assert!(target.get("n7").unwrap().is_none());
+        assert_eq!(target.list(None, 100).unwrap().len(), 50);
+        assert_eq!(target.checksum().unwrap(), old_checksum);
+        let hits = target.search(&[7.0, 1.0], 1, 16, None, None).unwrap();
+        assert_eq!(&*hits[0].id, "o7");
+    };
+    target
+        .restore_from(
+            b"new",
+            &mut Watched {
+                data: &data,
+                during: &mut during,
+                at: 0,
+            },
+        )
+        .unwrap();
+    assert!(reads > 10, "the install read its input in pieces ({reads})");
+    assert_eq!(target.len(), 3000);
+    assert!(target.get("o7").unwrap().is_none());
+    assert_eq!(target.checksum().unwrap(), source.checksum().unwrap());
+    // The old generation is gone from storage, and a second install works the same way.
+    let old_rows = storage.rows_under(&generation_namespace("t/0", 0));
+    assert_eq!(old_rows, 0);
+    let (_, again) = shard_with(&storage, "u/0", "x", 5, b"x")
+        .snapshot()
+        .unwrap();
+    target.restore(b"x", &again).unwrap();
+    assert_eq!(target.len(), 5);
+    assert_eq!(
+        storage.generations("t/0").unwrap(),
+        Generations {
+            current: 2,
+            stale: vec![]
+        }
+    );
+}
+
+/// A batch writing document `n1` into generation 1 of `t/0`.
+fn document_in_generation_1(storage: &Storage) -> Changes {
+    let mut changes = Changes::default();
+    changes.put_document(
+        storage,
+        &generation_namespace("t/0", 1),
+        "n1",
+        &encode_document(&[1.0, 1.0], &Metadata::new()),
+    );
+    changes
+}
+
+#[test]
+fn a_crash_mid_install_leaves_the_old_content_and_no_leftovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = {
+        let storage = storage(dir.path());
+        let source = shard_with(&storage, "s/0", "n", 20_000, b"new");
+        source.snapshot().unwrap().1
+    };
+    let old_checksum;
+    {
+        let storage = storage(dir.path());
+        let target = shard_with(&storage, "t/0", "o", 50, b"old");
+        old_checksum = target.checksum().unwrap();
+        // The install dies (as a process would) while it writes the new content's files.
+        let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut during = |at: usize| {
+                if at > data.len() * 9 / 10 {
+                    panic!("crash");
+                }
+            };
+            let _ = target.restore_from(
+                b"new",
+                &mut Watched {
+                    data: &data,
+                    during: &mut during,
+                    at: 0,
+                },
+            );
+        }));
+        assert!(crashed.is_err());
+        assert_eq!(storage.generations("t/0").unwrap().stale, vec![1]);
+        let staged = std::fs::read_dir(dir.path().join("ingest"))
+            .unwrap()
+            .count();
+        assert_eq!(staged, 1, "the crash leaves its staged files behind");
+        // As if it had died later, with the new content ingested but not yet switched to.
+        let changes = document_in_generation_1(&storage);
+        storage.commit(changes).unwrap();
+    }
+    let storage = storage(dir.path());
+    assert!(
+        !dir.path().join("ingest").exists(),
+        "staged files are dropped at open"
+    );
+    let reopened = open_in(&storage, "t/0");
+    assert_eq!(reopened.len(), 50);
+    assert_eq!(reopened.checksum().unwrap(), old_checksum);
+    assert_eq!(reopened.applied_marker().as_deref(), Some(&b"old"[..]));
+    let leftovers = storage.rows_under(&generation_namespace("t/0", 1));
+    assert_eq!(leftovers, 0);
+    assert_eq!(storage.generations("t/0").unwrap(), Generations::default());
+    // And a crash after the switch, before the old generation was deleted, keeps the new.
+    let mut changes = document_in_generation_1(&storage);
+    changes.set_applied(&storage, &generation_namespace("t/0", 1), b"new");
+    changes.set_generations(
+        &storage,
+        "t/0",
+        &Generations {
+            current: 1,
+            stale: vec![0],
+        },
+    );
+    storage.commit(changes).unwrap();
+    drop(reopened);
+    let switched = open_in(&storage, "t/0");
+    assert_eq!(switched.len(), 1);
+    assert!(switched.contains("n1"));
+    assert_eq!(switched.applied_marker().as_deref(), Some(&b"new"[..]));
+    let old_rows = storage.rows_under(&generation_namespace("t/0", 0));
+    assert_eq!(old_rows, 0);
+    // Dropping the replica removes every generation.
+    switched.destroy().unwrap();
+    assert_eq!(open_in(&storage, "t/0").len(), 0);
+}
+
 /// A shard of a cosine collection of dimension 4.
 fn cosine_shard(storage: &Arc<Storage>) -> Shard {
     Shard::open(

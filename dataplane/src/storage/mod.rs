@@ -2,9 +2,19 @@
 //!
 //! - `documents`: `namespace \0 id` -> encoded document. A namespace is one shard replica.
 //! - `meta`: `applied\0namespace` -> the shard's applied-state marker (opaque bytes, written in
-//!   the same batch as the documents it covers), and `node\0KEY` -> node-level records.
+//!   the same batch as the documents it covers), `generation\0namespace` -> where the
+//!   namespace's content currently lives (see below), and `node\0KEY` -> node-level records.
 //! - `raft_log`: `group \0 index(u64 BE)` -> a Raft log entry.
 //! - `raft_state`: `group \0 KEY` -> vote, last purged log id, committed log id.
+//!
+//! A namespace's content (documents, remembered answers, applied marker) lives in one
+//! *generation*: generation 0 under the namespace itself, generation N under
+//! `namespace \x01 N`. Installing a snapshot writes a new generation beside the current one, in
+//! as many batches as it takes, then switches the `generation` record in one batch; the old
+//! generation is deleted afterwards. Reads resolve the current generation from the same
+//! RocksDB snapshot they read the content from, so they see the old content or the new, never
+//! a mix and never an empty namespace. A generation left over by a crash (a half-written
+//! install, or an old generation not yet deleted) is listed as stale and deleted at open.
 //!
 //! A write is one atomic `WriteBatch`. Durability comes from the Raft log: [`Storage::sync`]
 //! fsyncs the write-ahead log, and the [`WalSyncer`] shares one fsync among many waiters.
@@ -13,7 +23,7 @@ use crate::error::{Error, ErrorCode, Result};
 use grape_client::Metadata;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Direction,
-    IteratorMode, Options, WriteBatch, WriteOptions,
+    IngestExternalFileOptions, IteratorMode, Options, SstFileWriter, WriteBatch, WriteOptions,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +33,12 @@ const DOCUMENTS: &str = "documents";
 const META: &str = "meta";
 const RAFT_LOG: &str = "raft_log";
 const RAFT_STATE: &str = "raft_state";
+
+/// Where [`Storage::bulk_load`] stages its files, under the database directory.
+const INGEST_DIR: &str = "ingest";
+
+/// Size at which a bulk load starts its next file.
+const BULK_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Tuning taken from the `database` configuration section.
 #[derive(Debug, Clone)]
@@ -53,6 +69,8 @@ pub struct Storage {
     /// aborts on a sync after a failed write): every later write and sync is refused, reads go
     /// on, and a restart reopens the database.
     failed: parking_lot::Mutex<Option<String>>,
+    /// Whether tables are compressed (bulk-loaded files are written alike).
+    compression: bool,
 }
 
 impl std::fmt::Debug for Storage {
@@ -86,14 +104,47 @@ impl Changes {
             .put_cf(storage.cf(META), applied_key(namespace), marker);
     }
 
-    /// Removes a namespace's documents, remembered answers and applied marker.
+    /// Removes a namespace's documents, remembered answers and applied marker, in every
+    /// generation, and its generation record.
     pub fn clear_namespace(&mut self, storage: &Storage, namespace: &str) {
-        let (from, to) = prefix_range(&prefix(namespace));
+        // `namespace \0 ...` (generation 0) and `namespace \x01 ...` (the others).
+        let every = |key: Vec<u8>| {
+            let mut end = key.clone();
+            end.push(2);
+            (key, end)
+        };
+        let (from, to) = every(namespace.as_bytes().to_vec());
         self.batch.delete_range_cf(storage.cf(DOCUMENTS), from, to);
-        let (from, to) = prefix_range(&request_prefix(namespace));
+        let (from, to) = every(named_key(b"requests\0", namespace));
+        self.batch.delete_range_cf(storage.cf(META), from, to);
+        let (from, to) = every(applied_key(namespace));
         self.batch.delete_range_cf(storage.cf(META), from, to);
         self.batch
-            .delete_cf(storage.cf(META), applied_key(namespace));
+            .delete_cf(storage.cf(META), generation_key(namespace));
+    }
+
+    /// Removes one generation of a namespace: its documents, remembered answers and marker.
+    pub fn clear_generation(&mut self, storage: &Storage, namespace: &str, generation: u64) {
+        let stored = generation_namespace(namespace, generation);
+        let (from, to) = prefix_range(&prefix(&stored));
+        self.batch.delete_range_cf(storage.cf(DOCUMENTS), from, to);
+        let (from, to) = prefix_range(&request_prefix(&stored));
+        self.batch.delete_range_cf(storage.cf(META), from, to);
+        self.batch.delete_cf(storage.cf(META), applied_key(&stored));
+    }
+
+    /// Records which generation of a namespace is current and which are left to delete.
+    pub fn set_generations(
+        &mut self,
+        storage: &Storage,
+        namespace: &str,
+        generations: &Generations,
+    ) {
+        self.batch.put_cf(
+            storage.cf(META),
+            generation_key(namespace),
+            generations.encode(),
+        );
     }
 
     /// Stores one remembered answer of a namespace in `slot` (replacing what it held).
@@ -157,18 +208,11 @@ impl Storage {
         db_options.set_keep_log_file_num(5);
         // Raft logs are written by many groups; keep total WAL bounded.
         db_options.set_max_total_wal_size(256 * 1024 * 1024);
-        let mut cf_options = Options::default();
-        let mut table = BlockBasedOptions::default();
         let cache = Cache::new_lru_cache(options.cache_size_mb.max(1) * 1024 * 1024);
-        table.set_block_cache(&cache);
-        table.set_bloom_filter(10.0, false);
-        cf_options.set_block_based_table_factory(&table);
+        let mut cf_options = table_options(options.enable_compression, Some(&cache));
         cf_options.set_write_buffer_size(options.write_buffer_size_mb.max(1) * 1024 * 1024);
-        cf_options.set_compression_type(if options.enable_compression {
-            DBCompressionType::Lz4
-        } else {
-            DBCompressionType::None
-        });
+        // What a bulk load interrupted by a crash left.
+        let _ = std::fs::remove_dir_all(path.join(INGEST_DIR));
         let families = [DOCUMENTS, META, RAFT_LOG, RAFT_STATE]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, cf_options.clone()));
@@ -178,7 +222,76 @@ impl Storage {
             reads: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             failed: parking_lot::Mutex::new(None),
+            compression: options.enable_compression,
         })
+    }
+
+    /// Writes documents into `stored` (a namespace generation nothing reads or writes yet) as
+    /// table files ingested into the database whole, bypassing the memtables: memory does not
+    /// grow with what is loaded. `fill` calls `put(id, value)` in ascending id order (an id
+    /// out of order is an error). RocksDB fsyncs the files as it links them in.
+    pub fn bulk_load<T>(
+        &self,
+        stored: &str,
+        fill: impl FnOnce(&mut dyn FnMut(&str, &[u8]) -> Result<()>) -> Result<T>,
+    ) -> Result<T> {
+        self.refuse_after_failure()?;
+        let dir = self
+            .path()
+            .join(INGEST_DIR)
+            .join(format!("{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::unavailable(
+                ErrorCode::StorageError,
+                format!("cannot create {}: {e}", dir.display()),
+            )
+        })?;
+        let loaded = self.bulk_load_in(&dir, stored, fill);
+        let _ = std::fs::remove_dir_all(&dir);
+        loaded
+    }
+
+    fn bulk_load_in<T>(
+        &self,
+        dir: &Path,
+        stored: &str,
+        fill: impl FnOnce(&mut dyn FnMut(&str, &[u8]) -> Result<()>) -> Result<T>,
+    ) -> Result<T> {
+        let options = table_options(self.compression, None);
+        let key_prefix = prefix(stored);
+        let mut files = Vec::new();
+        let mut writer: Option<SstFileWriter<'_>> = None;
+        let answer = fill(&mut |id, value| {
+            if let Some(mut full) = writer.take_if(|w| w.file_size() >= BULK_FILE_BYTES) {
+                full.finish()?;
+            }
+            let current = match &mut writer {
+                Some(current) => current,
+                None => {
+                    let path = dir.join(format!("{}.sst", files.len()));
+                    let opened = SstFileWriter::create(&options);
+                    opened.open(&path)?;
+                    files.push(path);
+                    writer.insert(opened)
+                }
+            };
+            let mut key = key_prefix.clone();
+            key.extend_from_slice(id.as_bytes());
+            current.put(key, value)?;
+            Ok(())
+        })?;
+        if let Some(mut last) = writer {
+            last.finish()?;
+        }
+        if !files.is_empty() {
+            let mut ingest = IngestExternalFileOptions::default();
+            ingest.set_move_files(true);
+            self.db
+                .ingest_external_file_cf_opts(self.cf(DOCUMENTS), &ingest, files)
+                .map_err(|e| self.record_failure(e))?;
+            self.writes.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(answer)
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -246,12 +359,31 @@ impl Storage {
         Ok(())
     }
 
+    /// The generations of a namespace (see the module documentation).
+    pub fn generations(&self, namespace: &str) -> Result<Generations> {
+        Generations::decode(
+            self.db
+                .get_cf(self.cf(META), generation_key(namespace))?
+                .as_deref(),
+        )
+    }
+
+    /// Where a namespace's current content lives, as `snapshot` sees it.
+    fn current_in(&self, snapshot: &rocksdb::Snapshot<'_>, namespace: &str) -> Result<String> {
+        let generations = Generations::decode(
+            snapshot
+                .get_cf(self.cf(META), generation_key(namespace))?
+                .as_deref(),
+        )?;
+        Ok(generation_namespace(namespace, generations.current))
+    }
+
     /// One stored document's encoded value.
     pub fn get_document(&self, namespace: &str, id: &str) -> Result<Option<Vec<u8>>> {
         self.reads.fetch_add(1, Ordering::Relaxed);
-        Ok(self
-            .db
-            .get_cf(self.cf(DOCUMENTS), document_key(namespace, id))?)
+        let snapshot = self.db.snapshot();
+        let stored = self.current_in(&snapshot, namespace)?;
+        Ok(snapshot.get_cf(self.cf(DOCUMENTS), document_key(&stored, id))?)
     }
 
     /// Calls `visit(id, value)` for a namespace's documents in id order, starting after
@@ -262,13 +394,59 @@ impl Storage {
         after: Option<&str>,
         visit: impl FnMut(&str, &[u8]) -> Result<bool>,
     ) -> Result<()> {
+        self.scan(namespace, after, rocksdb::ReadOptions::default(), visit)
+    }
+
+    /// [`Storage::scan_documents`] of a whole namespace, without filling the block cache (a
+    /// whole-shard scan would evict what searches and reads use, and fill it with blocks
+    /// nobody reads again).
+    pub fn scan_all_documents(
+        &self,
+        namespace: &str,
+        visit: impl FnMut(&str, &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let mut options = rocksdb::ReadOptions::default();
+        options.fill_cache(false);
+        self.scan(namespace, None, options, visit)
+    }
+
+    /// Every document of one generation, `stored` as [`generation_namespace`] names it,
+    /// whether or not it is current (to load a generation before it becomes current); does
+    /// not fill the block cache.
+    pub fn scan_generation(
+        &self,
+        stored: &str,
+        visit: impl FnMut(&str, &[u8]) -> Result<bool>,
+    ) -> Result<()> {
         self.reads.fetch_add(1, Ordering::Relaxed);
-        let start = start_key(namespace, after);
-        let iter = self.db.iterator_cf(
+        let mut options = rocksdb::ReadOptions::default();
+        options.fill_cache(false);
+        let start = prefix(stored);
+        let iter = self.db.iterator_cf_opt(
             self.cf(DOCUMENTS),
+            options,
             IteratorMode::From(&start, Direction::Forward),
         );
-        visit_prefix(iter, &prefix(namespace), namespace, visit)
+        visit_prefix(iter, &start, stored, visit)
+    }
+
+    fn scan(
+        &self,
+        namespace: &str,
+        after: Option<&str>,
+        options: rocksdb::ReadOptions,
+        visit: impl FnMut(&str, &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let snapshot = self.db.snapshot();
+        let stored = self.current_in(&snapshot, namespace)?;
+        let start = start_key(&stored, after);
+        let iter = snapshot.iterator_cf_opt(
+            self.cf(DOCUMENTS),
+            options,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        visit_prefix(iter, &prefix(&stored), namespace, visit)
     }
 
     /// Visits a namespace's remembered answers (see [`Changes::put_request`]).
@@ -277,8 +455,9 @@ impl Storage {
         namespace: &str,
         mut visit: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
-        let start = request_prefix(namespace);
-        let iter = self.db.iterator_cf(
+        let snapshot = self.db.snapshot();
+        let start = request_prefix(&self.current_in(&snapshot, namespace)?);
+        let iter = snapshot.iterator_cf(
             self.cf(META),
             IteratorMode::From(&start, Direction::Forward),
         );
@@ -287,11 +466,14 @@ impl Storage {
 
     /// A namespace's applied marker, if it has applied anything.
     pub fn applied(&self, namespace: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get_cf(self.cf(META), applied_key(namespace))?)
+        let snapshot = self.db.snapshot();
+        let stored = self.current_in(&snapshot, namespace)?;
+        Ok(snapshot.get_cf(self.cf(META), applied_key(&stored))?)
     }
 
     /// Reads a namespace's documents, remembered answers and applied marker as of one
-    /// instant, while writes go on.
+    /// instant, while writes go on. The documents are read without filling the block cache
+    /// (a whole-shard scan would evict what searches and reads use).
     pub fn with_consistent_view<T>(
         &self,
         namespace: &str,
@@ -302,8 +484,9 @@ impl Storage {
         ) -> Result<T>,
     ) -> Result<T> {
         let snapshot = self.db.snapshot();
-        let marker = snapshot.get_cf(self.cf(META), applied_key(namespace))?;
-        let requests_start = request_prefix(namespace);
+        let stored = self.current_in(&snapshot, namespace)?;
+        let marker = snapshot.get_cf(self.cf(META), applied_key(&stored))?;
+        let requests_start = request_prefix(&stored);
         let mut requests = Vec::new();
         visit_values(
             snapshot.iterator_cf(
@@ -316,15 +499,30 @@ impl Storage {
                 Ok(())
             },
         )?;
-        let start = prefix(namespace);
+        let start = prefix(&stored);
         let mut scan = |visit: &mut dyn FnMut(&str, &[u8]) -> Result<bool>| {
-            let iter = snapshot.iterator_cf(
+            let mut options = rocksdb::ReadOptions::default();
+            options.fill_cache(false);
+            let iter = snapshot.iterator_cf_opt(
                 self.cf(DOCUMENTS),
+                options,
                 IteratorMode::From(&start, Direction::Forward),
             );
             visit_prefix(iter, &start, namespace, |id, value| visit(id, value))
         };
         read(marker, requests, &mut scan)
+    }
+
+    /// Test only: documents stored under exactly `stored` (one generation), unresolved.
+    #[cfg(test)]
+    pub(crate) fn rows_under(&self, stored: &str) -> usize {
+        let mut rows = 0;
+        self.scan_generation(stored, |_, _| {
+            rows += 1;
+            Ok(true)
+        })
+        .expect("scanning a generation");
+        rows
     }
 
     /// A node-level record.
@@ -417,6 +615,24 @@ impl Storage {
     }
 }
 
+/// Table settings of every column family: bloom filters, LZ4 when `compress`, and `cache` as
+/// the block cache (none for files written outside the database).
+fn table_options(compress: bool, cache: Option<&Cache>) -> Options {
+    let mut options = Options::default();
+    let mut table = BlockBasedOptions::default();
+    if let Some(cache) = cache {
+        table.set_block_cache(cache);
+    }
+    table.set_bloom_filter(10.0, false);
+    options.set_block_based_table_factory(&table);
+    options.set_compression_type(if compress {
+        DBCompressionType::Lz4
+    } else {
+        DBCompressionType::None
+    });
+    options
+}
+
 /// Visits the values of the keys that start with `prefix`, in key order.
 fn visit_values<'a>(
     iter: impl Iterator<Item = std::result::Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>> + 'a,
@@ -478,17 +694,74 @@ fn start_key(namespace: &str, after: Option<&str>) -> Vec<u8> {
     }
 }
 
-fn applied_key(namespace: &str) -> Vec<u8> {
-    let mut key = b"applied\0".to_vec();
+/// `tag` followed by `namespace`.
+fn named_key(tag: &[u8], namespace: &str) -> Vec<u8> {
+    let mut key = tag.to_vec();
     key.extend_from_slice(namespace.as_bytes());
     key
 }
 
+fn applied_key(namespace: &str) -> Vec<u8> {
+    named_key(b"applied\0", namespace)
+}
+
+fn generation_key(namespace: &str) -> Vec<u8> {
+    named_key(b"generation\0", namespace)
+}
+
 fn request_prefix(namespace: &str) -> Vec<u8> {
-    let mut key = b"requests\0".to_vec();
-    key.extend_from_slice(namespace.as_bytes());
+    let mut key = named_key(b"requests\0", namespace);
     key.push(0);
     key
+}
+
+/// Where generation `generation` of `namespace` is stored: generation 0 under the namespace
+/// itself (what nodes stored before generations existed), the others beside it.
+pub fn generation_namespace(namespace: &str, generation: u64) -> String {
+    if generation == 0 {
+        namespace.to_string()
+    } else {
+        format!("{namespace}\u{1}{generation}")
+    }
+}
+
+/// Which generation of a namespace holds its content, and which are left over to delete.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Generations {
+    pub current: u64,
+    pub stale: Vec<u64>,
+}
+
+impl Generations {
+    /// The next unused generation.
+    pub fn next(&self) -> u64 {
+        self.stale.iter().copied().fold(self.current, u64::max) + 1
+    }
+
+    /// `current`, then each stale generation, as u64 LE.
+    fn encode(&self) -> Vec<u8> {
+        std::iter::once(self.current)
+            .chain(self.stale.iter().copied())
+            .flat_map(u64::to_le_bytes)
+            .collect()
+    }
+
+    fn decode(bytes: Option<&[u8]>) -> Result<Generations> {
+        let Some(bytes) = bytes else {
+            return Ok(Generations::default());
+        };
+        if bytes.is_empty() || bytes.len() % 8 != 0 {
+            return Err(Error::Internal("a generation record is corrupt".into()));
+        }
+        let mut numbers = bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("chunks of 8")));
+        let current = numbers.next().unwrap_or(0);
+        Ok(Generations {
+            current,
+            stale: numbers.collect(),
+        })
+    }
 }
 
 fn node_key(name: &str) -> Vec<u8> {

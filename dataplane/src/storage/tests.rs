@@ -117,3 +117,64 @@ fn corrupt_values_are_reported_not_panicked_on() {
     assert!(decode_document(&[]).is_err());
     assert!(decode_document(&[1, 9, 0, 0, 0, 1]).is_err());
 }
+
+#[test]
+fn a_bulk_load_lands_whole_and_refuses_ids_out_of_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), &StorageOptions::default()).unwrap();
+    let value = encode_document(&[1.0], &Metadata::new());
+    let stored = generation_namespace("docs/1", 3);
+    storage
+        .bulk_load(&stored, |put| {
+            for i in 0..1000 {
+                put(&format!("id-{i:04}"), &value)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(storage.rows_under(&stored), 1000);
+    // Invisible under the namespace until its generation is current.
+    assert!(storage.get_document("docs/1", "id-0007").unwrap().is_none());
+    let mut changes = Changes::default();
+    changes.set_generations(
+        &storage,
+        "docs/1",
+        &Generations {
+            current: 3,
+            stale: vec![],
+        },
+    );
+    storage.commit(changes).unwrap();
+    assert!(storage.get_document("docs/1", "id-0007").unwrap().is_some());
+    let mut seen = 0;
+    storage
+        .scan_documents("docs/1", None, |_, _| {
+            seen += 1;
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(seen, 1000);
+
+    let refused = storage.bulk_load(&generation_namespace("docs/2", 1), |put| {
+        put("b", &value)?;
+        put("a", &value)
+    });
+    assert!(refused.is_err());
+    assert_eq!(storage.rows_under(&generation_namespace("docs/2", 1)), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("ingest"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    // Clearing the namespace removes every generation and the record.
+    let mut clear = Changes::default();
+    clear.clear_namespace(&storage, "docs/1");
+    storage.commit(clear).unwrap();
+    assert_eq!(storage.rows_under(&stored), 0);
+    assert_eq!(
+        storage.generations("docs/1").unwrap(),
+        Generations::default()
+    );
+}

@@ -196,18 +196,33 @@ async fn step_move(
             let current: BTreeSet<NodeId> = status.voters.iter().cloned().collect();
             if current != voters {
                 if record.from.as_deref() == Some(leader) {
-                    // The leader leaves: hand over first (to a voter that stays).
+                    // The leader leaves: hand over first, to a voter that stays (the target
+                    // last: it has only just caught up).
+                    let staying = |v: &&NodeId| current.contains(*v) && node.is_reachable(v);
                     let next = voters
                         .iter()
-                        .find(|v| **v != record.to && current.contains(*v) && node.is_reachable(v))
-                        .cloned()
-                        .ok_or_else(|| {
-                            Error::unavailable(
-                                ErrorCode::Unavailable,
-                                "no voter to hand leadership to",
+                        .filter(staying)
+                        .find(|v| **v != record.to)
+                        .or_else(|| voters.iter().find(staying))
+                        .cloned();
+                    match next {
+                        Some(next) => transfer_group(node, &record.group, &next).await?,
+                        None => {
+                            // No voter stays (a shard of one replica): the target votes
+                            // beside the leader first, then takes over.
+                            let mut joined = current.clone();
+                            joined.insert(record.to.clone());
+                            membership(
+                                node,
+                                leader,
+                                MembershipRpc::SetVoters {
+                                    group: record.group.clone(),
+                                    voters: joined,
+                                },
                             )
-                        })?;
-                    transfer_group(node, &record.group, &next).await?;
+                            .await?;
+                        }
+                    }
                     return Ok(());
                 }
                 membership(
@@ -305,16 +320,22 @@ async fn promote_joining(node: &Node, state: &MetaState) {
     }
 }
 
-/// How far a move's copy has come: the target's documents against the leader's.
+/// How far a move's copy has come: the target's documents against the leader's, and its
+/// bytes, or the bytes of the snapshot streamed to it so far, whichever is further.
 fn progress(view: &ClusterView<'_>, record: &MoveRecord, leader: &GroupStatus) -> MoveProgress {
     let target = view.group(&record.to, &record.group);
+    let streamed = leader.snapshot_sent.get(&record.to).copied().unwrap_or(0);
     MoveProgress {
         documents_total: leader.documents,
         documents_copied: target
             .map(|t| t.documents.min(leader.documents))
             .unwrap_or(0),
         bytes_total: leader.bytes,
-        bytes_copied: target.map(|t| t.bytes.min(leader.bytes)).unwrap_or(0),
+        bytes_copied: target
+            .map(|t| t.bytes)
+            .unwrap_or(0)
+            .max(streamed)
+            .min(leader.bytes),
     }
 }
 

@@ -80,7 +80,7 @@ impl RaftSnapshotBuilder<TypeConfig> for MetaStateMachine {
                 last_log_id: state.applied.last_applied.clone(),
                 last_membership: state.applied.membership.clone(),
             },
-            snapshot: std::io::Cursor::new(encode(&state)),
+            snapshot: SnapshotData::from_bytes(encode(&state)),
         })
     }
 }
@@ -140,8 +140,11 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> io::Result<()> {
-        let mut state: MetaState = decode(snapshot.get_ref())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let bytes = tokio::task::spawn_blocking(move || snapshot.to_bytes())
+            .await
+            .map_err(io::Error::other)??;
+        let mut state: MetaState =
+            decode(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         state.applied.last_applied = meta.last_log_id.clone();
         state.applied.membership = meta.last_membership.clone();
         self.persist(&state)?;

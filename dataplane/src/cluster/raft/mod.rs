@@ -5,6 +5,7 @@
 //! ```text
 //!   ids <- meta_commands <- types <- meta_state <- meta_sm
 //!                             ^- log_store, shard_sm
+//!   snapshot (files, chunks) <- types
 //!   rpc (the contract) <- peers (client) <- network (openraft's network on peers)
 //! ```
 
@@ -19,5 +20,6 @@ pub mod peers;
 pub mod recovery;
 pub mod rpc;
 pub mod shard_sm;
+pub mod snapshot;
 pub mod tls;
 pub mod types;

@@ -3,8 +3,13 @@
 
 use super::ids::{GroupId, NodeAddr, NodeId};
 use super::peers::{CallError, Peers};
-use super::rpc::{AppendRpc, PreVoteRpc, Rpc, SnapshotRpc, TransferLeaderRpc, VoteRpc};
-use super::types::{Snapshot, TypeConfig, Vote};
+use super::rpc::{
+    AppendRpc, PreVoteRpc, Rpc, SnapshotChunkRpc, SnapshotFinish, SnapshotRpc, TransferLeaderRpc,
+    VoteRpc,
+};
+use super::snapshot::{CHUNK_BYTES, Outgoing, SnapshotData, Whole};
+use super::types::{Snapshot, SnapshotMeta, TypeConfig, Vote};
+use crate::error::ErrorCode;
 use openraft::OptionalSend;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetworkFactory};
@@ -12,6 +17,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
+use openraft::type_config::TypeConfigExt;
 use openraft_multi::{GroupNetworkAdapter, GroupNetworkFactory, GroupRouter};
 use std::future::Future;
 use std::sync::Arc;
@@ -21,6 +27,21 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct Router {
     pub peers: Arc<Peers>,
+    /// Snapshots being sent, with their progress.
+    pub outgoing: Arc<Outgoing>,
+}
+
+/// How long one chunk of a snapshot may take (1 MiB over a slow link).
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the receiver may take to install a snapshot once the last chunk has arrived.
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(1800);
+
+fn streaming_error(e: CallError) -> StreamingError<TypeConfig> {
+    match e {
+        CallError::Unreachable(_) => StreamingError::Unreachable(unreachable(e)),
+        CallError::Remote(_) => StreamingError::Network(NetworkError::new(&e)),
+    }
 }
 
 fn unreachable(error: CallError) -> Unreachable<TypeConfig> {
@@ -80,30 +101,95 @@ impl GroupRouter<TypeConfig, GroupId> for Router {
             .await
     }
 
+    /// Streams the snapshot in chunks of [`CHUNK_BYTES`] (see [`super::snapshot`]), reading
+    /// each from the snapshot's file as it goes; the last chunk asks the receiver to install
+    /// it. A receiver of an earlier version (which does not know the chunked call) gets the
+    /// snapshot whole.
     async fn full_snapshot(
         &self,
         target: NodeId,
         group: GroupId,
         vote: Vote,
         snapshot: Snapshot,
-        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let body = SnapshotRpc {
-            group,
-            vote,
-            meta: snapshot.meta,
-            data: snapshot.snapshot.into_inner(),
+        let progress = self.outgoing.start(&group, &target);
+        let send = async {
+            let data = snapshot.snapshot;
+            let len = data.len();
+            tracing::info!(%group, %target, bytes = len, "sending a snapshot");
+            let transfer: u64 = rand::random();
+            let mut digest = xxhash_rust::xxh3::Xxh3::new();
+            let mut offset = 0u64;
+            loop {
+                let chunk = read_chunk(&data, offset).await?;
+                digest.update(&chunk);
+                let next = offset + chunk.len() as u64;
+                let last = next >= len;
+                if last
+                    && let Some(recorded) = data.recorded_digest()
+                    && recorded != digest.digest()
+                {
+                    tracing::error!(%group, "the kept snapshot is damaged: deleting it so that the next one is built afresh");
+                    data.remove_file();
+                    let damaged = std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the kept snapshot does not match its digest",
+                    );
+                    return Err(StreamingError::StorageError(
+                        openraft::StorageError::read_snapshot(
+                            Some(snapshot.meta.signature()),
+                            TypeConfig::err_from_error(&damaged),
+                        ),
+                    ));
+                }
+                let rpc = SnapshotChunkRpc {
+                    group: group.clone(),
+                    transfer,
+                    offset,
+                    data: chunk,
+                    finish: last.then(|| SnapshotFinish {
+                        vote: vote.clone(),
+                        meta: snapshot.meta.clone(),
+                        whole: Whole {
+                            len,
+                            digest: digest.digest(),
+                        },
+                    }),
+                };
+                let timeout = if last {
+                    INSTALL_TIMEOUT
+                } else {
+                    option.hard_ttl().max(CHUNK_TIMEOUT)
+                };
+                match self.peers.call(&target, &rpc, timeout).await {
+                    Ok(Some(response)) => return Ok(response),
+                    Ok(None) if !last => {
+                        offset = next;
+                        progress.sent(offset);
+                    }
+                    Ok(None) => {
+                        return Err(StreamingError::Network(NetworkError::new(
+                            &std::io::Error::other("the receiver did not install the snapshot"),
+                        )));
+                    }
+                    // The path itself is unknown (not an answer of ours): an older node.
+                    Err(CallError::Remote(e))
+                        if e.status == 404 && e.code == ErrorCode::PeerError && offset == 0 =>
+                    {
+                        return self
+                            .send_whole(&target, group.clone(), vote, snapshot.meta, data)
+                            .await;
+                    }
+                    Err(e) => return Err(streaming_error(e)),
+                }
+            }
         };
-        // A snapshot can be large: allow it time beyond a heartbeat's.
-        let timeout = option.hard_ttl().max(Duration::from_secs(120));
-        self.peers
-            .call(&target, &body, timeout)
-            .await
-            .map_err(|e| match e {
-                CallError::Unreachable(_) => StreamingError::Unreachable(unreachable(e)),
-                CallError::Remote(_) => StreamingError::Network(NetworkError::new(&e)),
-            })
+        tokio::select! {
+            sent = send => sent,
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        }
     }
 
     async fn transfer_leader(
@@ -126,6 +212,52 @@ impl GroupRouter<TypeConfig, GroupId> for Router {
                 .chain(std::iter::repeat(Duration::from_millis(500))),
         ))
     }
+}
+
+impl Router {
+    /// Sends a snapshot whole in one call, as nodes of earlier versions expect.
+    async fn send_whole(
+        &self,
+        target: &str,
+        group: GroupId,
+        vote: Vote,
+        meta: SnapshotMeta,
+        data: SnapshotData,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        tracing::info!(%target, %group, "the receiver predates chunked snapshots: sending it whole");
+        let data = tokio::task::spawn_blocking(move || data.to_bytes())
+            .await
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let body = SnapshotRpc {
+            group,
+            vote,
+            meta,
+            data,
+        };
+        self.peers
+            .call(target, &body, INSTALL_TIMEOUT)
+            .await
+            .map_err(streaming_error)
+    }
+}
+
+/// The chunk of `data` at `offset`, read off the async runtime.
+async fn read_chunk(
+    data: &SnapshotData,
+    offset: u64,
+) -> Result<Vec<u8>, StreamingError<TypeConfig>> {
+    let data = data.clone();
+    tokio::task::spawn_blocking(move || data.read_at(offset, CHUNK_BYTES))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|read| read)
+        .map_err(|e| {
+            StreamingError::StorageError(openraft::StorageError::read_snapshot(
+                None,
+                TypeConfig::err_from_error(&e),
+            ))
+        })
 }
 
 /// Builds each group's connections to its peers on the shared router.

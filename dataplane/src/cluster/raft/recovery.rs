@@ -15,7 +15,7 @@ use super::meta_sm::RECORD;
 use super::meta_state::MetaState;
 use super::types::{AppliedState, Entry, LogId, StoredMembership, Vote, decode, encode};
 use crate::error::{Error, ErrorCode, Result};
-use crate::storage::{Changes, Storage};
+use crate::storage::{Changes, Storage, generation_namespace};
 use openraft::entry::RaftEntry;
 use openraft::vote::RaftLeaderId;
 use std::collections::BTreeMap;
@@ -98,7 +98,9 @@ pub fn rewrite_as_single_node(
         applied.membership =
             StoredMembership::new(applied.last_applied.clone(), members.clone().into());
         let mut changes = Changes::default();
-        changes.set_applied(storage, &group, &encode(&applied));
+        // Where the shard's content currently lives (a snapshot may have moved it).
+        let stored = generation_namespace(&group, storage.generations(&group)?.current);
+        changes.set_applied(storage, &stored, &encode(&applied));
         storage.commit(changes)?;
         reset_raft(storage, &group, applied.last_applied, id)?;
     }

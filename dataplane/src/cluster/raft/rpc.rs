@@ -8,6 +8,7 @@
 //! [`Peers::call`]: super::peers::Peers::call
 
 use super::ids::{GroupId, NodeAddr, NodeId};
+use super::snapshot::Whole;
 use super::types::{RaftMetrics, Request, Response, SnapshotMeta, TypeConfig, Vote};
 use crate::collection::Collection;
 use crate::error::{Error, ErrorCode};
@@ -53,8 +54,10 @@ rpc_kinds! {
     Vote = "/raft/vote",
     /// Raft: ask whether a vote would be granted, without disturbing the leader.
     PreVote = "/raft/pre-vote",
-    /// Raft: install a whole snapshot.
+    /// Raft: install a whole snapshot sent in one call (what nodes of earlier versions send).
     Snapshot = "/raft/snapshot",
+    /// Raft: one chunk of a snapshot; the last one installs it.
+    SnapshotChunk = "/raft/snapshot-chunk",
     /// Raft: the leader hands its leadership to this node.
     TransferLeader = "/raft/transfer-leader",
     /// This node's view of itself and its groups.
@@ -152,6 +155,33 @@ pub struct SnapshotRpc {
     pub data: Vec<u8>,
 }
 rpc!(SnapshotRpc, Snapshot, SnapshotResponse<TypeConfig>);
+
+/// A chunk of a snapshot of one group, at `offset` of transfer `transfer`; the last chunk
+/// carries `finish` and is answered once the snapshot is installed (`None` before that).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotChunkRpc {
+    pub group: GroupId,
+    /// Chosen by the sender for each attempt; chunks of other attempts are refused.
+    pub transfer: u64,
+    pub offset: u64,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    pub finish: Option<SnapshotFinish>,
+}
+rpc!(
+    SnapshotChunkRpc,
+    SnapshotChunk,
+    Option<SnapshotResponse<TypeConfig>>
+);
+
+/// What the last chunk of a snapshot carries.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotFinish {
+    pub vote: Vote,
+    pub meta: SnapshotMeta,
+    /// Length and digest of the whole data, checked before it is installed.
+    pub whole: Whole,
+}
 
 /// Raft's own leadership hand-off message for one group.
 #[derive(Debug, Serialize, Deserialize)]
@@ -306,6 +336,9 @@ pub struct GroupStatus {
     pub documents: u64,
     /// Stored bytes of those documents.
     pub bytes: u64,
+    /// On the leader: bytes sent so far of each snapshot in flight, by target.
+    #[serde(default)]
+    pub snapshot_sent: BTreeMap<NodeId, u64>,
 }
 
 impl GroupStatus {
@@ -342,6 +375,7 @@ impl GroupStatus {
                 .unwrap_or_default(),
             documents: 0,
             bytes: 0,
+            snapshot_sent: BTreeMap::new(),
         }
     }
 }

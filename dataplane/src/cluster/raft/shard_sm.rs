@@ -2,9 +2,12 @@
 //! log order, together with the applied log id; snapshots are the shard's documents.
 //!
 //! The shard persists its state with every apply, so snapshots need not be kept: a snapshot is
-//! built when a follower needs one (or openraft's policy asks) and the latest is kept in a
-//! file under `snapshots/` so that it can be served again without rebuilding.
+//! built when a follower needs one (or openraft's policy asks), streamed from RocksDB into a
+//! file under `snapshots/`, and kept there so that it can be served again without rebuilding.
+//! An installed snapshot is kept the same way. Neither is ever held in memory whole (see
+//! [`super::snapshot`]).
 
+use super::snapshot::{self, file_stem};
 use super::types::{
     AppliedState, LogId, Request, Response, Snapshot, SnapshotData, SnapshotMeta, StoredMembership,
     TypeConfig, decode, encode,
@@ -35,80 +38,51 @@ pub struct ShardStateMachine {
     shard: Arc<Shard>,
     /// Where the latest built or installed snapshot is kept.
     snapshot_file: PathBuf,
+    /// Held while the kept snapshot is replaced: openraft builds snapshots beside installs,
+    /// and the file must only ever move forward in the log.
+    keeping: Arc<parking_lot::Mutex<()>>,
 }
 
 impl ShardStateMachine {
     pub fn new(shard: Arc<Shard>, snapshot_dir: &std::path::Path) -> Self {
-        let file_name: String = shard
-            .namespace()
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '.'
-                }
-            })
-            .collect();
+        let stem = file_stem(shard.namespace());
+        // Earlier versions kept snapshots whole under another name and format.
+        let _ = std::fs::remove_file(snapshot_dir.join(format!("{stem}.snapshot")));
         ShardStateMachine {
-            snapshot_file: snapshot_dir.join(format!("{file_name}.snapshot")),
+            snapshot_file: snapshot_dir.join(format!("{stem}.snap")),
             shard,
+            keeping: Arc::new(parking_lot::Mutex::new(())),
         }
     }
-}
 
-impl ShardStateMachine {
     /// Deletes the kept snapshot (the replica is being dropped).
     pub fn remove_file(&self) {
         let _ = std::fs::remove_file(&self.snapshot_file);
     }
 }
 
-/// Writes a snapshot file: meta length (u32 LE), meta (MessagePack), data.
-pub(crate) fn write_snapshot_file(
-    path: &std::path::Path,
-    meta: &SnapshotMeta,
-    data: &[u8],
-) -> io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let meta = encode(meta);
-    let temporary = path.with_extension("tmp");
-    let mut bytes = Vec::with_capacity(4 + meta.len() + data.len());
-    bytes.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&meta);
-    bytes.extend_from_slice(data);
-    std::fs::write(&temporary, bytes)?;
-    std::fs::rename(temporary, path)
+fn meta_of(marker: Option<&[u8]>) -> io::Result<SnapshotMeta> {
+    let applied: AppliedState = match marker {
+        Some(bytes) => decode(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
+        None => AppliedState::default(),
+    };
+    Ok(SnapshotMeta {
+        last_log_id: applied.last_applied,
+        last_membership: applied.membership,
+    })
 }
 
-/// Reads [`write_snapshot_file`]'s output.
-pub(crate) fn read_snapshot_file(path: &std::path::Path) -> io::Result<Option<Snapshot>> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let corrupt = || {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} is corrupt", path.display()),
-        )
-    };
-    let len = u32::from_le_bytes(
-        bytes
-            .get(..4)
-            .ok_or_else(corrupt)?
-            .try_into()
-            .map_err(|_| corrupt())?,
-    ) as usize;
-    let meta: SnapshotMeta =
-        decode(bytes.get(4..4 + len).ok_or_else(corrupt)?).map_err(|_| corrupt())?;
-    Ok(Some(Snapshot {
-        meta,
-        snapshot: std::io::Cursor::new(bytes[4 + len..].to_vec()),
-    }))
+/// Reads the kept snapshot at `path`, if there is a whole one.
+fn kept_snapshot(path: &std::path::Path) -> io::Result<Option<Snapshot>> {
+    match snapshot::open_file(path) {
+        Ok(found) => Ok(found.map(|(meta, snapshot)| Snapshot { meta, snapshot })),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            // Not a whole file (a crash while an earlier version wrote it): build a new one.
+            tracing::warn!(error = %e, "ignoring a damaged kept snapshot");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
@@ -117,23 +91,27 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
         let shard = Arc::clone(&self.shard);
         let path = self.snapshot_file.clone();
+        let keeping = Arc::clone(&self.keeping);
         tokio::task::spawn_blocking(move || {
-            let (marker, data) = shard.snapshot().map_err(io::Error::other)?;
-            let applied: AppliedState = match marker {
-                Some(bytes) => {
-                    decode(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+            // The meta is the marker the copy is at, known once the copy has started; the file
+            // carries it in its trailer.
+            let (temporary, meta) = snapshot::write_temporary(&path, |out| {
+                let marker = shard.snapshot_into(out).map_err(io::Error::other)?;
+                meta_of(marker.as_deref())
+            })?;
+            let _keeping = keeping.lock();
+            match kept_snapshot(&path)? {
+                // An install kept a later snapshot meanwhile: serve that one.
+                Some(kept) if kept.meta.last_log_id >= meta.last_log_id => {
+                    let _ = std::fs::remove_file(&temporary);
+                    Ok(kept)
                 }
-                None => AppliedState::default(),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: applied.last_applied,
-                last_membership: applied.membership,
-            };
-            write_snapshot_file(&path, &meta, &data)?;
-            Ok(Snapshot {
-                meta,
-                snapshot: std::io::Cursor::new(data),
-            })
+                _ => {
+                    snapshot::replace(&temporary, &path)?;
+                    kept_snapshot(&path)?
+                        .ok_or_else(|| io::Error::other(format!("{} vanished", path.display())))
+                }
+            }
         })
         .await
         .map_err(io::Error::other)?
@@ -222,11 +200,21 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         });
         let shard = Arc::clone(&self.shard);
         let path = self.snapshot_file.clone();
+        let keeping = Arc::clone(&self.keeping);
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || {
-            let data = snapshot.into_inner();
-            shard.restore(&marker, &data).map_err(io::Error::other)?;
-            write_snapshot_file(&path, &meta, &data)
+            let started = std::time::Instant::now();
+            tracing::info!(shard = %shard.namespace(), bytes = snapshot.len(), "installing a snapshot");
+            shard
+                .restore_from(&marker, &mut snapshot.reader())
+                .map_err(io::Error::other)?;
+            let keeping = keeping.lock();
+            if kept_snapshot(&path)?.is_none_or(|kept| kept.meta.last_log_id <= meta.last_log_id) {
+                snapshot.keep(&path, &meta)?;
+            }
+            drop(keeping);
+            tracing::info!(shard = %shard.namespace(), bytes = snapshot.len(), millis = started.elapsed().as_millis() as u64, "installed a snapshot");
+            Ok(())
         })
         .await
         .map_err(io::Error::other)?
@@ -234,7 +222,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
         let path = self.snapshot_file.clone();
-        tokio::task::spawn_blocking(move || read_snapshot_file(&path))
+        tokio::task::spawn_blocking(move || kept_snapshot(&path))
             .await
             .map_err(io::Error::other)?
     }

@@ -47,8 +47,8 @@ openraft::declare_raft_types!(
         Node = NodeAddr,
 );
 
-/// Snapshots travel whole, in memory.
-pub type SnapshotData = std::io::Cursor<Vec<u8>>;
+/// Snapshots are files (shards) or small buffers (meta), streamed in chunks.
+pub use super::snapshot::SnapshotData;
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
