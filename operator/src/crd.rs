@@ -183,7 +183,7 @@ pub struct IndexSpec {
     #[serde(default = "default_ef_search")]
     #[schemars(range(min = 1, max = 100000))]
     pub ef_search: i32,
-    /// HNSW implementation (`index.graph` of the nodes): `hnsw_rs` or `grape`. Graphs are
+    /// HNSW implementation (`index.graph` of the nodes): `grape` (the default) or `hnsw_rs`. Graphs are
     /// rebuilt from storage when a pod starts, so a change rolls through the pods.
     #[serde(default = "default_graph")]
     #[x_kube(validation = Rule::new("self in ['hnsw_rs', 'grape']").message("graph must be hnsw_rs or grape"))]
@@ -191,7 +191,7 @@ pub struct IndexSpec {
 }
 
 fn default_graph() -> String {
-    "hnsw_rs".to_string()
+    "grape".to_string()
 }
 
 fn default_m() -> i32 {

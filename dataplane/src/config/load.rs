@@ -252,6 +252,11 @@ mod tests {
         assert_eq!(from_file.database.vector_dimension, 64);
         assert_eq!(from_file.database.shard_count, 4);
         assert_eq!(from_file.node.listen_address, "127.0.0.1:8080", "a default");
+        assert_eq!(
+            from_file.index.graph,
+            crate::index::GraphEngine::Grape,
+            "Grape's graph unless the file names another engine"
+        );
 
         let vars = env(&[
             ("GRAPE_NODE_ID", "from-env"),

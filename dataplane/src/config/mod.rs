@@ -219,7 +219,7 @@ pub struct IndexConfig {
     pub rebuild_threshold: usize,
     /// Threads that insert into HNSW graphs (0: one per core).
     pub construction_threads: usize,
-    /// The HNSW implementation: `hnsw_rs` (default) or `grape` (Grape's own graph).
+    /// The HNSW implementation: `grape` (Grape's own graph, the default) or `hnsw_rs`.
     pub graph: GraphEngine,
     // Seed keys accepted without effect (see `inert_keys`).
     pub enable_parallel_construction: Option<bool>,

@@ -64,9 +64,10 @@ impl Ord for Candidate {
 #[serde(rename_all = "snake_case")]
 pub enum GraphEngine {
     /// hnsw_rs: one inserting thread per index.
-    #[default]
     HnswRs,
     /// Grape's graph ([`graph::HnswGraph`]): inserts in parallel, allocation-free searches.
+    /// The default.
+    #[default]
     Grape,
 }
 
