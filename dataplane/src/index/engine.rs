@@ -93,17 +93,28 @@ impl Graph {
     }
 
     /// Inserts a batch: hnsw_rs on this thread, Grape's graph on every thread of the current
-    /// rayon pool.
-    pub(super) fn insert(&self, batch: &[(VectorId, Vec<f32>)]) {
+    /// rayon pool. Answers the node of each entry in Grape's graph, in batch order (nothing for
+    /// hnsw_rs, whose nodes are not addressable).
+    pub(super) fn insert(&self, batch: &[(VectorId, Vec<f32>)]) -> Vec<graph::Node> {
         match self {
             Graph::HnswRs(g) => {
                 for (id, vector) in batch {
                     g.insert_slice((vector, *id));
                 }
+                Vec::new()
             }
             Graph::Grape(g) => batch
                 .par_iter()
-                .for_each(|(id, vector)| g.insert(*id, vector)),
+                .map(|(id, vector)| g.insert(*id, vector))
+                .collect(),
+        }
+    }
+
+    /// Grape's graph, which holds its vectors where the index can read them.
+    pub(super) fn grape(&self) -> Option<&Arc<HnswGraph>> {
+        match self {
+            Graph::Grape(g) => Some(g),
+            Graph::HnswRs(_) => None,
         }
     }
 }

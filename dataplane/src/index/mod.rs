@@ -2,9 +2,10 @@
 //! exact search over whatever the graph does not hold yet. It knows vectors and liveness only;
 //! documents, metadata and storage live in the layers above.
 //!
-//! Two graph engines exist, chosen per node with `index.graph` ([`GraphEngine`]): hnsw_rs
-//! (the default) and Grape's own graph ([`graph::HnswGraph`]), which inserts on every thread of
-//! the pool running maintenance and searches several times faster (docs/benchmarks.md).
+//! Two graph engines exist, chosen per node with `index.graph` ([`GraphEngine`]): Grape's own
+//! graph ([`graph::HnswGraph`], the default), which inserts on every thread of the pool running
+//! maintenance, searches several times faster (docs/benchmarks.md) and holds the vectors it
+//! indexes (the index keeps no second copy), and hnsw_rs.
 //!
 //! ```text
 //!   add(id) ──> pending (id >= indexed_upto) ──index_pending()──> in graph (id < indexed_upto)
@@ -26,6 +27,7 @@ pub mod worker;
 use distance::GraphDistance;
 use engine::Graph;
 use grape_client::{HnswParams, Metric};
+use graph::{HnswGraph, Node};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -101,17 +103,28 @@ impl Default for IndexOptions {
 
 /// Vectors by id, and which are still live.
 ///
+/// Each vector is held once. Grape's graph keeps the vectors of the ids it holds beside their
+/// neighbour lists, and the store reads them there; `data` holds only the vectors still
+/// waiting for the graph. hnsw_rs keeps private copies, so with it `data` holds every vector.
+///
 /// Ids only grow (an updated document gets a new id), so the vectors of dead ids would pile
-/// up; a rebuild compacts `data` to the ids it put in the new graph plus the pending ones.
-/// What stays per id ever issued is its liveness and slot (5 bytes).
+/// up; a rebuild drops them. What stays per id ever issued is its liveness and slot (5 bytes).
 struct VectorStore {
-    /// `dimension` floats per stored vector, in the prepared form (unit length for cosine).
+    /// `dimension` floats per vector held outside the graph, in the prepared form (unit
+    /// length for cosine).
     data: Vec<f32>,
-    /// Where each id's vector starts in `data`, in vectors; [`NOT_STORED`] once reclaimed.
+    /// Where each id's vector is: its node in `graph` for ids below `in_graph` (when `graph`
+    /// is set), else its slot in `data`, in vectors; [`NOT_STORED`] once reclaimed.
     slot: Vec<u32>,
     /// Whether each id is still a current document (false once deleted or replaced).
     live: Vec<bool>,
     live_count: usize,
+    /// Grape's graph, holding the vectors of the ids below `in_graph`.
+    graph: Option<Arc<HnswGraph>>,
+    in_graph: VectorId,
+    /// Ids at or above `in_graph` with a slot in `data`; the rest of `data` is vectors the
+    /// graph holds now, dropped by [`VectorStore::compact`].
+    outside: usize,
 }
 
 /// Dead vectors held below which a shard is not rebuilt to reclaim memory.
@@ -121,12 +134,29 @@ const RECLAIM_MIN: usize = 1000;
 const NOT_STORED: u32 = u32::MAX;
 
 impl VectorStore {
+    fn new() -> VectorStore {
+        VectorStore {
+            data: Vec::new(),
+            slot: Vec::new(),
+            live: Vec::new(),
+            live_count: 0,
+            graph: None,
+            in_graph: 0,
+            outside: 0,
+        }
+    }
+
     /// The vector of an id. Callers read only ids they found live under the same lock: a live
     /// id always has its vector stored.
     #[inline]
     fn vector(&self, id: VectorId, dimension: usize) -> &[f32] {
         let slot = self.slot[id];
         debug_assert_ne!(slot, NOT_STORED, "vector {id} was reclaimed");
+        if id < self.in_graph
+            && let Some(graph) = &self.graph
+        {
+            return graph.vector(slot);
+        }
         let start = slot as usize * dimension;
         &self.data[start..start + dimension]
     }
@@ -135,9 +165,9 @@ impl VectorStore {
         self.live.get(id).copied().unwrap_or(false)
     }
 
-    /// Vectors held, live or dead.
+    /// Vectors held, live or dead: in `data` and in Grape's graph.
     fn stored(&self, dimension: usize) -> usize {
-        self.data.len() / dimension.max(1)
+        self.data.len() / dimension.max(1) + self.graph.as_ref().map_or(0, |g| g.len())
     }
 
     /// The live ids in `ids` with a copy of their vectors: what a graph insert takes.
@@ -159,6 +189,63 @@ impl VectorStore {
             .expect("fewer than 2^32 - 1 vectors per shard");
         data.extend_from_slice(vector);
         slot
+    }
+
+    /// Grape's `graph` took the vectors of `ids` (the batch's ids at `nodes`; the others in
+    /// the range were dead): read them there from now on, and drop the copies in `data`.
+    fn hand_over(
+        &mut self,
+        graph: &Arc<HnswGraph>,
+        ids: std::ops::Range<VectorId>,
+        batch: &[(VectorId, Vec<f32>)],
+        nodes: &[Node],
+        dimension: usize,
+    ) {
+        debug_assert_eq!(ids.start, self.in_graph);
+        for id in ids.clone() {
+            if self.slot[id] != NOT_STORED {
+                self.outside -= 1;
+                self.slot[id] = NOT_STORED;
+            }
+        }
+        for ((id, _), node) in batch.iter().zip(nodes) {
+            self.slot[*id] = *node;
+        }
+        self.graph = Some(Arc::clone(graph));
+        self.in_graph = ids.end;
+        self.compact(dimension);
+    }
+
+    /// Drops from `data` the vectors the graph holds now: all of `data` once nothing waits
+    /// outside the graph, otherwise by rewriting it when as many vectors in it are stale as
+    /// current (so each vector is copied a bounded number of times, amortised).
+    fn compact(&mut self, dimension: usize) {
+        let held = self.data.len() / dimension.max(1);
+        let stale = held - self.outside;
+        if self.outside == 0 {
+            self.data = Vec::new();
+            return;
+        }
+        if stale < RECLAIM_MIN.max(self.outside) {
+            return;
+        }
+        let mut data = Vec::with_capacity(self.outside * dimension);
+        let mut outside = 0;
+        for id in self.in_graph..self.live.len() {
+            if self.slot[id] == NOT_STORED {
+                continue;
+            }
+            if self.live[id] {
+                let start = self.slot[id] as usize * dimension;
+                self.slot[id] =
+                    Self::push(&mut data, &self.data[start..start + dimension], dimension);
+                outside += 1;
+            } else {
+                self.slot[id] = NOT_STORED;
+            }
+        }
+        self.data = data;
+        self.outside = outside;
     }
 }
 
@@ -245,12 +332,7 @@ impl VectorIndex {
             params,
             engine: options.engine,
             distance,
-            vectors: RwLock::new(VectorStore {
-                data: Vec::new(),
-                slot: Vec::new(),
-                live: Vec::new(),
-                live_count: 0,
-            }),
+            vectors: RwLock::new(VectorStore::new()),
             graph: RwLock::new(GraphState {
                 graph: Graph::new(options.engine, dimension, params, distance, 1024),
                 indexed_upto: 0,
@@ -285,6 +367,7 @@ impl VectorIndex {
         store.slot.push(slot);
         store.live.push(true);
         store.live_count += 1;
+        store.outside += 1;
         id
     }
 
@@ -470,17 +553,24 @@ impl VectorIndex {
         if let Graph::Grape(g) = &graph
             && g.len() + batch.len() > g.capacity()
         {
-            // Searches keep using the old graph while the copy is made; nothing inserts.
-            let grown = Graph::Grape(Arc::new(
-                g.grown((2 * g.capacity()).max(g.len() + batch.len())),
-            ));
-            self.graph.write().graph = grown.share();
-            graph = grown;
+            // Searches keep using the old graph while the copy is made; nothing inserts. The
+            // copy keeps every node's number, so the store's slots stay right.
+            let grown = Arc::new(g.grown((2 * g.capacity()).max(g.len() + batch.len())));
+            let mut store = self.vectors.write();
+            if store.graph.is_some() {
+                store.graph = Some(Arc::clone(&grown));
+            }
+            self.graph.write().graph = Graph::Grape(Arc::clone(&grown));
+            drop(store);
+            graph = Graph::Grape(grown);
         }
-        graph.insert(&batch);
+        let nodes = graph.insert(&batch);
         // Lock order everywhere: vectors, then graph. Holding the vectors lock keeps `remove`
         // out while the watermark moves, so each removal is counted exactly once.
-        let store = self.vectors.read();
+        let mut store = self.vectors.write();
+        if let Some(g) = graph.grape() {
+            store.hand_over(g, start..end, &batch, &nodes, self.dimension);
+        }
         self.graph.write().indexed_upto = end;
         // Ids removed while they were being inserted are dead in the graph too.
         let died = batch.iter().filter(|(id, _)| !store.live[*id]).count();
@@ -489,9 +579,9 @@ impl VectorIndex {
     }
 
     /// Builds a new graph from the live vectors below the watermark and swaps it in, and
-    /// reclaims the memory of dead vectors: the store keeps what the new graph holds and the
-    /// live pending ids. Searches keep using the old graph meanwhile; vectors added meanwhile
-    /// stay pending. Returns the number of ids it went through.
+    /// reclaims the memory of dead vectors: what is held afterwards is what the new graph
+    /// holds and the live pending ids. Searches keep using the old graph meanwhile; vectors
+    /// added meanwhile stay pending. Returns the number of ids it went through.
     fn rebuild(&self) -> usize {
         let dimension = self.dimension;
         let watermark = self.graph.read().indexed_upto;
@@ -506,45 +596,53 @@ impl VectorIndex {
             self.distance,
             live_below.max(1024),
         );
-        // The compacted store, built beside the old one: the ids put in the new graph, in
-        // order, and their vectors.
-        let mut kept: Vec<VectorId> = Vec::with_capacity(live_below);
-        let mut data: Vec<f32> = Vec::with_capacity(live_below * dimension);
+        // Where each id put in the new graph finds its vector afterwards: its node in Grape's
+        // graph, or its slot in the new `data` beside hnsw_rs.
+        let mut kept: Vec<(VectorId, u32)> = Vec::with_capacity(live_below);
+        let mut data: Vec<f32> = Vec::new();
         const CHUNK: usize = 1024;
         let mut next = 0;
         while next < watermark {
             let end = (next + CHUNK).min(watermark);
             let chunk = self.vectors.read().live_batch(next..end, dimension);
-            for (id, vector) in &chunk {
-                VectorStore::push(&mut data, vector, dimension);
-                kept.push(*id);
+            let nodes = graph.insert(&chunk);
+            if graph.grape().is_some() {
+                kept.extend(chunk.iter().map(|(id, _)| *id).zip(nodes));
+            } else {
+                for (id, vector) in &chunk {
+                    kept.push((*id, VectorStore::push(&mut data, vector, dimension)));
+                }
             }
-            graph.insert(&chunk);
             next = end;
         }
         // Lock order: vectors, then graph. Nothing is added or removed while the store is
         // swapped, so every live id keeps its vector.
         let mut store = self.vectors.write();
         let mut slot = vec![NOT_STORED; store.live.len()];
-        for (i, id) in kept.iter().enumerate() {
-            slot[*id] = i as u32;
+        for (id, at) in &kept {
+            slot[*id] = *at;
         }
         // Pending ids (added at or after the watermark) move over unchanged; dead ones are
         // never read again.
+        let mut outside = 0;
         for (id, slot) in slot.iter_mut().enumerate().skip(watermark) {
             if store.live[id] {
                 *slot = VectorStore::push(&mut data, store.vector(id, dimension), dimension);
+                outside += 1;
             }
         }
         let held_before = store.stored(dimension);
         store.data = data;
         store.slot = slot;
-        let reclaimed = held_before - store.stored(dimension);
+        store.outside = outside;
+        store.graph = graph.grape().cloned();
+        store.in_graph = if store.graph.is_some() { watermark } else { 0 };
+        let reclaimed = held_before.saturating_sub(store.stored(dimension));
         let mut state = self.graph.write();
         state.graph = graph;
         state.indexed_upto = watermark;
         // Ids removed while the new graph was built are in it, dead.
-        let dead = kept.iter().filter(|id| !store.live[**id]).count();
+        let dead = kept.iter().filter(|(id, _)| !store.live[*id]).count();
         self.dead_in_graph.store(dead, AtomicOrdering::Relaxed);
         self.rebuilds.fetch_add(1, AtomicOrdering::Relaxed);
         tracing::info!(

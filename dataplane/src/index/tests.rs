@@ -289,6 +289,36 @@ fn updates_during_rebuilds_keep_every_vector_right(engine: GraphEngine) {
     }
 }
 
+#[test]
+fn grape_holds_each_indexed_vector_once() {
+    let vectors = grid(6000);
+    let index = index_of(&[], 1_000_000, GraphEngine::Grape);
+    // Writes arriving while the graph is being built: vectors wait outside the graph, then
+    // the graph holds them and the copies outside are dropped.
+    let mut held_most = 0;
+    for chunk in vectors.chunks(700) {
+        for v in chunk {
+            index.add(v);
+        }
+        index.maintain(512);
+        let stats = index.stats();
+        held_most = held_most.max(stats.stored);
+        // Never more than the graph's vectors plus twice those waiting (and a small floor).
+        assert!(
+            stats.stored <= stats.indexed + 2 * stats.pending + RECLAIM_MIN as u64,
+            "{stats:?}"
+        );
+    }
+    while index.maintain(512) > 0 {}
+    let stats = index.stats();
+    assert_eq!((stats.live, stats.stored, stats.pending), (6000, 6000, 0));
+    assert!(held_most < 2 * 6000, "{held_most}");
+    for (id, v) in vectors.iter().enumerate() {
+        assert_eq!(index.with_vector(id, <[f32]>::to_vec).as_ref(), Some(v));
+    }
+    assert_eq!(index.search(&vectors[4321], 1, 64, None)[0].id, 4321);
+}
+
 /// Runs each test against both graph engines.
 macro_rules! on_both_engines {
     ($($name:ident),* $(,)?) => {

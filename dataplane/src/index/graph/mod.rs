@@ -449,15 +449,22 @@ impl HnswGraph {
         self.write_list(target, layer, &buf.kept);
     }
 
-    /// Inserts a vector under the caller's id `label`. Panics when the graph is full (the
-    /// owner checks [`HnswGraph::len`] against [`HnswGraph::capacity`] and grows it first).
-    pub fn insert(&self, label: usize, vector: &[f32]) {
+    /// Inserts a vector under the caller's id `label` and answers its node. Panics when the
+    /// graph is full (the owner checks [`HnswGraph::len`] against [`HnswGraph::capacity`] and
+    /// grows it first).
+    pub fn insert(&self, label: usize, vector: &[f32]) -> Node {
         self.inserting.fetch_add(1, Mem::AcqRel);
         let _done = InFlight(&self.inserting);
-        self.add(label, vector);
+        self.add(label, vector)
     }
 
-    fn add(&self, label: usize, vector: &[f32]) {
+    /// The vector of a node that an insert has returned.
+    #[inline]
+    pub fn vector(&self, node: Node) -> &[f32] {
+        self.vectors.get(node)
+    }
+
+    fn add(&self, label: usize, vector: &[f32]) -> Node {
         let node = self.reserved.fetch_add(1, Mem::AcqRel);
         assert!(node < self.capacity, "HNSW graph full ({})", self.capacity);
         let level = self.level_of(node);
@@ -476,7 +483,7 @@ impl HnswGraph {
         let raising = self.entry_change.lock();
         let Some((entry, top)) = self.entry() else {
             self.set_entry(node, level);
-            return;
+            return node;
         };
         // Only an insert that raises the top layer keeps other raisers out.
         let raising = (level > top).then_some(raising);
@@ -513,6 +520,7 @@ impl HnswGraph {
         if raising.is_some() {
             self.set_entry(node, level);
         }
+        node
     }
 
     /// The `k` nearest nodes to `query` that `accept` lets through, nearest first, searching
