@@ -370,6 +370,10 @@ pub struct ShardStats {
     pub stored_vectors: u64,
     /// Graph rebuilds since start.
     pub rebuilds: u64,
+    /// Graph entries this replica loaded from its saved graph at start instead of inserting
+    /// them again (0: the graph was built from the documents).
+    #[serde(default)]
+    pub graph_loaded: u64,
     /// Nodes holding a replica of this shard.
     pub replicas: Vec<String>,
     /// The node whose replica takes writes.

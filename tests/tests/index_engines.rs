@@ -1,7 +1,8 @@
 //! Both graph engines (`index.graph: hnsw_rs | grape`) behind a real node: searches agree with
 //! brute force, updated documents are found at their new vectors, deleted ones never come
 //! back (also after the graphs are rebuilt without them), and all of it holds after `kill -9`
-//! and a restart that rebuilds the graphs from storage.
+//! and a restart that rebuilds the graphs from storage. Grape's graphs are saved and loaded
+//! at the next start instead of being built again, after `kill -9` and after a clean stop.
 
 use grape_client::{CollectionClient, CollectionConfig, DocumentInput, Metric, SearchRequest};
 use grape_e2e::{GrapeNode, NodeOptions, vector};
@@ -159,4 +160,121 @@ async fn hnsw_rs_engine_serves_correct_searches() {
 #[tokio::test]
 async fn grape_engine_serves_correct_searches() {
     engine_serves_correct_searches("grape").await;
+}
+
+/// Graph entries the `points` shards loaded from their saved graphs at start.
+async fn graph_loaded(node: &GrapeNode) -> u64 {
+    let shards = node.client().shard_stats().await.unwrap().shards;
+    shards
+        .iter()
+        .filter(|s| s.collection == "points")
+        .map(|s| s.graph_loaded)
+        .sum()
+}
+
+#[tokio::test]
+async fn a_restart_loads_the_saved_graphs_instead_of_building_them() {
+    let options = NodeOptions::dimension(DIMENSION).setting("INDEX__GRAPH_SAVE_INTERVAL_SECS", "1");
+    let mut node = GrapeNode::start(options).await;
+    let grape = node.client();
+    grape
+        .create_collection(&CollectionConfig {
+            metric: Metric::L2,
+            ..CollectionConfig::new("points", DIMENSION)
+        })
+        .await
+        .unwrap();
+    let shards = grape
+        .get_collection("points")
+        .await
+        .unwrap()
+        .config
+        .shard_count as usize;
+    let docs = grape.collection("points");
+    let mut live: BTreeMap<String, Vec<f32>> = (0..DOCUMENTS)
+        .map(|i| (format!("p{i}"), vector(i, DIMENSION)))
+        .collect();
+    let batch: Vec<DocumentInput> = live
+        .iter()
+        .map(|(id, v)| DocumentInput {
+            id: Some(id.clone()),
+            vector: v.clone(),
+            metadata: None,
+        })
+        .collect();
+    for chunk in batch.chunks(500) {
+        docs.upsert_batch(chunk).await.unwrap();
+    }
+    wait_indexed(&node).await;
+    // Each shard's graph is saved within the interval plus a tick of the saver.
+    let graphs = node.data_dir.path().join("graphs");
+    let saved = || {
+        std::fs::read_dir(&graphs)
+            .map(|dir| {
+                dir.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".graph"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while saved() < shards {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {shards} graphs saved",
+            saved()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Changes after the save, then a crash: whatever the last save held is reused, what
+    // changed since is inserted again, and answers are right either way.
+    let mut updated = BTreeMap::new();
+    let mut deleted = BTreeMap::new();
+    for i in 0..100u64 {
+        let id = format!("p{i}");
+        let v = vector(700_000 + i, DIMENSION);
+        docs.upsert(&DocumentInput {
+            id: Some(id.clone()),
+            vector: v.clone(),
+            metadata: None,
+        })
+        .await
+        .unwrap();
+        live.insert(id.clone(), v.clone());
+        updated.insert(id, v);
+        let gone = format!("p{}", 1000 + i);
+        docs.delete(&gone).await.unwrap();
+        deleted.insert(gone.clone(), live.remove(&gone).unwrap());
+    }
+    node.kill9();
+    // From here on, only a clean stop saves (the interval is never up).
+    node.set_options(
+        NodeOptions::dimension(DIMENSION).setting("INDEX__GRAPH_SAVE_INTERVAL_SECS", "3600"),
+    );
+    node.restart().await;
+    let loaded = graph_loaded(&node).await;
+    assert!(
+        (DOCUMENTS - 200..=DOCUMENTS).contains(&loaded),
+        "{loaded} graph entries loaded"
+    );
+    assert!(node.log_text().contains("read the saved graph"));
+    let grape = node.client();
+    let docs = grape.collection("points");
+    check_changes(&docs, &updated, &deleted).await;
+    wait_indexed(&node).await;
+    let after_crash = recall(&docs, &live).await;
+    assert!(after_crash >= 0.95, "recall@10 {after_crash}");
+
+    // A clean stop saves every changed graph: the next start loads all of it.
+    node.terminate();
+    node.restart().await;
+    let stats = node.client().stats().await.unwrap();
+    assert_eq!(graph_loaded(&node).await, live.len() as u64);
+    assert_eq!(stats.indexing_pending, 0, "{stats:?}");
+    let grape = node.client();
+    let docs = grape.collection("points");
+    check_changes(&docs, &updated, &deleted).await;
+    let after_stop = recall(&docs, &live).await;
+    assert!(after_stop >= 0.95, "recall@10 {after_stop}");
 }

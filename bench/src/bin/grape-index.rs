@@ -73,6 +73,7 @@ fn main() -> anyhow::Result<()> {
     let options = IndexOptions {
         engine,
         rebuild_threshold: usize::MAX,
+        ..Default::default()
     };
     let index = VectorIndex::new(dimension, metric, params, options);
     let prepared = |v: &Vec<f32>| prepare(metric, v).unwrap_or_else(|| v.clone());

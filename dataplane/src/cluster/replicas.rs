@@ -10,7 +10,7 @@ use crate::collection::Collection;
 use crate::error::{Error, ErrorCode, Result};
 use crate::index::IndexOptions;
 use crate::index::worker::IndexWorker;
-use crate::shard::Shard;
+use crate::shard::{Shard, saved_graph};
 use crate::storage::{Changes, Storage, WalSyncer};
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
@@ -228,6 +228,7 @@ impl Replicas {
                     changes.clear_raft_group(&storage, &group);
                     changes.clear_namespace(&storage, &group);
                     storage.commit(changes)?;
+                    let _ = std::fs::remove_file(saved_graph::path(storage.path(), &group));
                     tracing::info!(%group, "removed state of a dropped group");
                 }
             }
@@ -236,10 +237,33 @@ impl Replicas {
         .await;
     }
 
-    /// Stops every replica's Raft group.
+    /// Stops every replica's Raft group, then saves each changed graph so that the next
+    /// start loads it instead of building it.
     pub async fn shutdown(&self) {
-        for group in self.all() {
+        let groups = self.all();
+        for group in &groups {
             let _ = group.raft.shutdown().await;
         }
+        let _ = tokio::task::spawn_blocking(move || {
+            for group in groups {
+                if let Err(error) = group.shard.save_graph(true) {
+                    tracing::warn!(group = %group.group, %error, "the graph was not saved; the next start builds it");
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Saves the graphs that are due (see [`Shard::save_graph_if_due`]), one at a time.
+    pub async fn save_due_graphs(&self) {
+        let groups = self.all();
+        let _ = tokio::task::spawn_blocking(move || {
+            for group in groups {
+                if let Err(error) = group.shard.save_graph_if_due() {
+                    tracing::warn!(group = %group.group, %error, "the graph was not saved");
+                }
+            }
+        })
+        .await;
     }
 }

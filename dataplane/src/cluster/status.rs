@@ -71,6 +71,7 @@ pub fn shard_stats(node: &Node) -> Vec<ShardStats> {
                 tombstones: figures.index.dead_in_graph,
                 stored_vectors: figures.index.stored,
                 rebuilds: figures.index.rebuilds,
+                graph_loaded: figures.graph_loaded,
                 replicas: record.map(|r| r.replicas.clone()).unwrap_or_default(),
                 leader: local.raft.metrics().borrow_watched().current_leader.clone(),
                 failed: figures.failed,

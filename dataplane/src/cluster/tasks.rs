@@ -25,6 +25,7 @@ pub fn spawn_all(node: &Arc<Node>) {
         tokio::spawn(control(Arc::clone(node))),
         tokio::spawn(probe(Arc::clone(node))),
         tokio::spawn(watch_disk(Arc::clone(node))),
+        tokio::spawn(save_graphs(Arc::clone(node))),
     ] {
         node.add_task(task);
     }
@@ -300,6 +301,18 @@ pub async fn form_group(
             })?
     };
     node.replicas().form(group, &collection, members).await
+}
+
+/// Every few seconds: saves the graphs that are due (see `Shard::save_graph_if_due`), unless
+/// the data volume is below its reserve.
+async fn save_graphs(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        if !node.disk().is_low() {
+            node.replicas().save_due_graphs().await;
+        }
+    }
 }
 
 /// Each second: reads the data volume's free space, and records in the meta group when this

@@ -221,6 +221,9 @@ pub struct IndexConfig {
     pub construction_threads: usize,
     /// The HNSW implementation: `grape` (Grape's own graph, the default) or `hnsw_rs`.
     pub graph: GraphEngine,
+    /// Seconds between saves of a changed graph (Grape's graph only), which a restart loads
+    /// instead of building it again; graphs are also saved at shutdown. 0: never saved.
+    pub graph_save_interval_secs: u64,
     // Seed keys accepted without effect (see `inert_keys`).
     pub enable_parallel_construction: Option<bool>,
     pub enable_product_quantization: Option<bool>,
@@ -234,6 +237,8 @@ impl IndexConfig {
         IndexOptions {
             engine: self.graph,
             rebuild_threshold: self.rebuild_threshold,
+            graph_save_interval: (self.graph_save_interval_secs > 0)
+                .then(|| std::time::Duration::from_secs(self.graph_save_interval_secs)),
         }
     }
 }
@@ -250,6 +255,7 @@ impl Default for IndexConfig {
             rebuild_threshold: 100_000,
             construction_threads: 0,
             graph: GraphEngine::default(),
+            graph_save_interval_secs: 300,
             enable_parallel_construction: None,
             enable_product_quantization: None,
             pq_segments: None,

@@ -90,6 +90,9 @@ pub struct IndexOptions {
     pub engine: GraphEngine,
     /// Dead graph entries tolerated before a rebuild.
     pub rebuild_threshold: usize,
+    /// How often a changed graph is saved to disk, to be loaded at the next start instead of
+    /// built again (Grape's graph only); `None`: graphs are never saved.
+    pub graph_save_interval: Option<std::time::Duration>,
 }
 
 impl Default for IndexOptions {
@@ -97,6 +100,7 @@ impl Default for IndexOptions {
         IndexOptions {
             engine: GraphEngine::default(),
             rebuild_threshold: 100_000,
+            graph_save_interval: Some(std::time::Duration::from_secs(300)),
         }
     }
 }
@@ -290,6 +294,9 @@ pub struct VectorIndex {
     rebuild_threshold: usize,
     /// Completed rebuilds.
     rebuilds: AtomicU64,
+    /// Graph entries inserted so far, rebuilds included: whether the graph changed since it
+    /// was last saved.
+    graph_changes: AtomicU64,
     /// One maintainer (indexing or rebuild) at a time: it decides the watermark, grows Grape's
     /// graph (which needs no insert running) and keeps hnsw_rs inserts on one thread (they
     /// risk lock-order inversions when concurrent).
@@ -340,10 +347,95 @@ impl VectorIndex {
             dead_in_graph: AtomicUsize::new(0),
             rebuild_threshold: options.rebuild_threshold.max(1),
             rebuilds: AtomicU64::new(0),
+            graph_changes: AtomicU64::new(0),
             maintenance: Mutex::new(()),
             #[cfg(test)]
             faults: TestFaults::default(),
         }
+    }
+
+    /// An index over a graph [`VectorIndex::write_graph`] wrote, read from `input` (Grape's
+    /// engine only). Its ids are the graph's nodes, all dead until [`VectorIndex::revive`]d:
+    /// the caller checks each node's vector against what it stores.
+    pub fn read_graph(
+        input: &mut dyn std::io::Read,
+        dimension: usize,
+        metric: Metric,
+        params: HnswParams,
+        options: IndexOptions,
+    ) -> std::io::Result<VectorIndex> {
+        if options.engine != GraphEngine::Grape {
+            return Err(std::io::Error::other("only Grape's graph is saved"));
+        }
+        let index = VectorIndex::new(dimension, metric, params, options);
+        let graph = Arc::new(HnswGraph::read_from(
+            input,
+            dimension,
+            index.distance,
+            graph::GraphParams {
+                m: params.m,
+                ef_construction: params.ef_construction,
+            },
+        )?);
+        let nodes = graph.len();
+        {
+            let mut store = index.vectors.write();
+            store.slot = (0..nodes as u32).collect();
+            store.live = vec![false; nodes];
+            store.graph = Some(Arc::clone(&graph));
+            store.in_graph = nodes;
+        }
+        *index.graph.write() = GraphState {
+            graph: Graph::Grape(graph),
+            indexed_upto: nodes,
+        };
+        index.dead_in_graph.store(nodes, AtomicOrdering::Relaxed);
+        Ok(index)
+    }
+
+    /// Marks a node of a graph read by [`VectorIndex::read_graph`] live again. False if it
+    /// is not such a node, or is live already.
+    pub fn revive(&self, id: VectorId) -> bool {
+        let mut store = self.vectors.write();
+        if id >= store.in_graph || store.live[id] {
+            return false;
+        }
+        store.live[id] = true;
+        store.live_count += 1;
+        self.dead_in_graph.fetch_sub(1, AtomicOrdering::Relaxed);
+        true
+    }
+
+    /// Whether `id`, a node of a graph read by [`VectorIndex::read_graph`], holds exactly
+    /// `vector` (live or not).
+    pub fn holds(&self, id: VectorId, vector: &[f32]) -> bool {
+        let store = self.vectors.read();
+        id < store.in_graph && store.vector(id, self.dimension) == vector
+    }
+
+    /// Writes Grape's graph to `out` while no maintenance changes it (the graph alone: which
+    /// id each node holds is answered by `label`, for the caller to record). Waits for a
+    /// running maintainer when `wait`, else answers `None` when one is busy; `None` too with
+    /// hnsw_rs, whose graphs are not saved. Answers the graph's change count at the time, to
+    /// compare with [`VectorIndex::graph_changes`].
+    pub fn write_graph(
+        &self,
+        wait: bool,
+        out: &mut dyn FnMut(&HnswGraph) -> std::io::Result<()>,
+    ) -> Option<std::io::Result<u64>> {
+        let _maintainer = if wait {
+            self.maintenance.lock()
+        } else {
+            self.maintenance.try_lock()?
+        };
+        let graph = Arc::clone(self.graph.read().graph.grape()?);
+        let changes = self.graph_changes.load(AtomicOrdering::Acquire);
+        Some(out(&graph).map(|()| changes))
+    }
+
+    /// Graph entries inserted so far (see [`VectorIndex::write_graph`]).
+    pub fn graph_changes(&self) -> u64 {
+        self.graph_changes.load(AtomicOrdering::Acquire)
     }
 
     pub fn metric(&self) -> Metric {
@@ -565,6 +657,8 @@ impl VectorIndex {
             graph = Graph::Grape(grown);
         }
         let nodes = graph.insert(&batch);
+        self.graph_changes
+            .fetch_add(batch.len() as u64, AtomicOrdering::AcqRel);
         // Lock order everywhere: vectors, then graph. Holding the vectors lock keeps `remove`
         // out while the watermark moves, so each removal is counted exactly once.
         let mut store = self.vectors.write();
@@ -645,6 +739,8 @@ impl VectorIndex {
         let dead = kept.iter().filter(|(id, _)| !store.live[*id]).count();
         self.dead_in_graph.store(dead, AtomicOrdering::Relaxed);
         self.rebuilds.fetch_add(1, AtomicOrdering::Relaxed);
+        self.graph_changes
+            .fetch_add(kept.len().max(1) as u64, AtomicOrdering::AcqRel);
         tracing::info!(
             vectors = kept.len(),
             reclaimed,

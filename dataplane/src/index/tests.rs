@@ -28,6 +28,7 @@ fn index_of(vectors: &[Vec<f32>], threshold: usize, engine: GraphEngine) -> Vect
     let options = IndexOptions {
         engine,
         rebuild_threshold: threshold,
+        ..Default::default()
     };
     let index = VectorIndex::new(3, Metric::L2, HnswParams::default(), options);
     for v in vectors {
@@ -122,6 +123,7 @@ fn cosine_index_ranks_by_angle(engine: GraphEngine) {
         IndexOptions {
             engine,
             rebuild_threshold: 100,
+            ..Default::default()
         },
     );
     let a = index.add(&prepare(Metric::Cosine, &[1.0, 0.0]).unwrap());

@@ -14,6 +14,7 @@
 
 pub mod filter;
 pub mod requests;
+pub mod saved_graph;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::index::distance::VectorProblem;
@@ -28,8 +29,9 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use requests::{Answer, Recent, RequestId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use xxhash_rust::xxh3::xxh3_64;
 
 /// Number of a shard within its collection.
@@ -189,7 +191,34 @@ struct ShardState {
     maintenance: Arc<Maintenance>,
     /// Stored bytes of the live documents.
     bytes: u64,
+    /// Graph entries reused from the saved graph when this state was loaded.
+    loaded: u64,
+    /// How far the saved graph file is behind `index`.
+    saved: Mutex<SaveMark>,
 }
+
+/// The graph changes a saved file holds, and when it was written (or loaded).
+#[derive(Debug, Clone, Copy)]
+struct SaveMark {
+    changes: u64,
+    at: Instant,
+}
+
+impl SaveMark {
+    fn now(changes: u64) -> Mutex<SaveMark> {
+        Mutex::new(SaveMark {
+            changes,
+            at: Instant::now(),
+        })
+    }
+}
+
+/// Unsaved graph inserts that make a save due before the interval is up, once the graph has
+/// caught up with the writes (a bulk load just finished): a tenth of the graph, at least this.
+const SAVE_EARLY_MIN: u64 = 10_000;
+
+/// Shortest time between two saves of one graph.
+const SAVE_GAP: Duration = Duration::from_secs(30);
 
 /// One search result from a shard.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -209,6 +238,8 @@ pub struct ShardFigures {
     /// Stored bytes of the live documents (encoded vector and metadata).
     pub bytes: u64,
     pub index: IndexStats,
+    /// Graph entries reused from the saved graph at start (or 0: built from the documents).
+    pub graph_loaded: u64,
     /// Why this replica's index failed, if it did (see [`Shard::failure`]).
     pub failed: Option<String>,
 }
@@ -247,6 +278,8 @@ pub struct Shard {
     generation: Mutex<u64>,
     /// Requests answered recently (guarded by `applying` in practice).
     recent: Mutex<Recent>,
+    /// Where the graph is saved; `None` when graphs are not saved.
+    graph_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -284,7 +317,27 @@ impl Shard {
             tracing::info!(%namespace, stale = ?generations.stale, "deleted what an interrupted snapshot install left");
         }
         let stored = generation_namespace(namespace, generations.current);
-        let state = load_state(&config, &stored, &storage, index_options)?;
+        let graph_file = saved_graph::path(storage.path(), namespace);
+        let saved = if index_options.graph_save_interval.is_some() {
+            let started = Instant::now();
+            match saved_graph::read(&graph_file, &config, index_options) {
+                Ok(saved) => {
+                    if let Some(saved) = &saved {
+                        tracing::info!(%namespace, nodes = saved.labels.len(), generation = saved.header.generation, elapsed_ms = started.elapsed().as_millis() as u64, "read the saved graph");
+                    }
+                    saved
+                }
+                Err(error) => {
+                    tracing::warn!(%namespace, %error, file = %graph_file.display(), "the saved graph cannot be used; building the graph from the documents");
+                    let _ = std::fs::remove_file(&graph_file);
+                    None
+                }
+            }
+        } else {
+            let _ = std::fs::remove_file(&graph_file);
+            None
+        };
+        let state = load_state(&config, &stored, &storage, index_options, saved)?;
         let applied = storage.applied(namespace)?;
         let recent = Recent::load(&storage, namespace)?;
         let shard = Shard {
@@ -298,6 +351,7 @@ impl Shard {
             applying: Mutex::new(()),
             generation: Mutex::new(generations.current),
             recent: Mutex::new(recent),
+            graph_file: index_options.graph_save_interval.map(|_| graph_file),
         };
         shard.schedule_indexing();
         Ok(shard)
@@ -585,6 +639,7 @@ impl Shard {
             documents: state.by_id.len() as u64,
             bytes: state.bytes,
             index: state.index.stats(),
+            graph_loaded: state.loaded,
             failed: state.maintenance.failure().map(str::to_string),
         }
     }
@@ -677,7 +732,13 @@ impl Shard {
         // The new content, written and loaded into memory while the old one serves.
         let stored = generation_namespace(&self.namespace, new);
         let prepared = self.write_generation(&stored, records).and_then(|answers| {
-            let fresh = load_state(&self.config, &stored, &self.storage, self.index_options)?;
+            let fresh = load_state(
+                &self.config,
+                &stored,
+                &self.storage,
+                self.index_options,
+                None,
+            )?;
             Ok((answers, fresh))
         });
         // Then one fsynced batch makes it current, and memory follows at once.
@@ -772,13 +833,106 @@ impl Shard {
         Ok(answers)
     }
 
-    /// Stops background work and removes this replica's documents from storage.
+    /// Stops background work and removes this replica's documents from storage, and its
+    /// saved graph.
     pub fn destroy(&self) -> Result<()> {
         let _applying = self.applying.lock();
         self.state.read().maintenance.close();
         let mut changes = Changes::default();
         changes.clear_namespace(&self.storage, &self.namespace);
-        self.storage.commit(changes)
+        self.storage.commit(changes)?;
+        if let Some(file) = &self.graph_file {
+            let _ = std::fs::remove_file(file);
+        }
+        Ok(())
+    }
+
+    /// Saves the graph if it changed since it was last saved or loaded, and either the save
+    /// interval is up, or many inserts are unsaved and the graph has caught up with the
+    /// writes (a bulk load just ended). Skips a graph busy with maintenance. Answers the bytes
+    /// written, if it saved.
+    pub fn save_graph_if_due(&self) -> Result<Option<u64>> {
+        let Some(interval) = self.index_options.graph_save_interval else {
+            return Ok(None);
+        };
+        let (unsaved, since, stats) = {
+            let state = self.state.read();
+            let mark = *state.saved.lock();
+            let unsaved = state.index.graph_changes().saturating_sub(mark.changes);
+            (unsaved, mark.at.elapsed(), state.index.stats())
+        };
+        let early = unsaved >= (stats.indexed / 10).max(SAVE_EARLY_MIN) && stats.pending == 0;
+        if unsaved == 0 || since < SAVE_GAP.min(interval) || (since < interval && !early) {
+            return Ok(None);
+        }
+        self.save_graph(false)
+    }
+
+    /// Saves the graph now if it changed since it was last saved or loaded (at shutdown),
+    /// waiting for running maintenance when `wait`. Answers the bytes written, if it saved.
+    pub fn save_graph(&self, wait: bool) -> Result<Option<u64>> {
+        let Some(file) = &self.graph_file else {
+            return Ok(None);
+        };
+        let (index, mut header) = {
+            let state = self.state.read();
+            if state.maintenance.failure().is_some()
+                || state.index.graph_changes() == state.saved.lock().changes
+            {
+                return Ok(None);
+            }
+            let header = saved_graph::Header {
+                namespace: self.namespace.clone(),
+                generation: *self.generation.lock(),
+                applied: self
+                    .applied
+                    .lock()
+                    .as_deref()
+                    .map(|marker| marker.iter().map(|b| format!("{b:02x}")).collect()),
+                dimension: self.config.dimension,
+                metric: self.config.metric,
+                m: self.config.hnsw.m,
+                nodes: 0,
+            };
+            (Arc::clone(&state.index), header)
+        };
+        let started = Instant::now();
+        let written = index.write_graph(wait, &mut |graph| {
+            // Which document each node holds, from the same state as the graph.
+            let labels: Vec<Option<Arc<str>>> = {
+                let state = self.state.read();
+                if !Arc::ptr_eq(&state.index, &index) {
+                    return Err(std::io::Error::other("a snapshot replaced the shard"));
+                }
+                (0..graph.len() as u32)
+                    .map(|node| {
+                        let entry = state.entries.get(graph.label(node))?.as_ref()?;
+                        Some(Arc::clone(&entry.id))
+                    })
+                    .collect()
+            };
+            header.nodes = labels.len() as u64;
+            saved_graph::write(file, &header, graph, &labels).map(|bytes| {
+                tracing::info!(shard = %self.namespace, nodes = labels.len(), bytes, elapsed_ms = started.elapsed().as_millis() as u64, "saved the graph");
+            })
+        });
+        match written {
+            None => Ok(None),
+            Some(Ok(changes)) => {
+                let state = self.state.read();
+                if Arc::ptr_eq(&state.index, &index) {
+                    *state.saved.lock() = SaveMark {
+                        changes,
+                        at: Instant::now(),
+                    };
+                }
+                Ok(std::fs::metadata(file).ok().map(|m| m.len()))
+            }
+            Some(Err(e)) => Err(Error::unavailable(
+                ErrorCode::StorageError,
+                format!("saving the graph of {}: {e}", self.namespace),
+            )),
+        }
     }
 
     /// Stops background work on this replica.
@@ -853,27 +1007,56 @@ fn read_record(input: &mut dyn std::io::Read) -> std::io::Result<Option<(String,
     Ok(Some((id, value)))
 }
 
-/// Reads the documents of one generation (`stored`) into a fresh in-memory state.
+/// Reads the documents of one generation (`stored`) into a fresh in-memory state, reusing the
+/// nodes of a saved graph whose vectors are exactly their documents' (see [`saved_graph`]).
 fn load_state(
     config: &CollectionConfig,
     stored: &str,
     storage: &Storage,
     index_options: IndexOptions,
+    saved: Option<saved_graph::Loaded>,
 ) -> Result<ShardState> {
+    let (index, labels) = match saved {
+        Some(saved) => (saved.index, saved.labels),
+        None => (
+            VectorIndex::new(config.dimension, config.metric, config.hnsw, index_options),
+            Vec::new(),
+        ),
+    };
     let mut state = ShardState {
-        entries: Vec::new(),
+        entries: labels.iter().map(|_| None).collect(),
         by_id: HashMap::new(),
-        index: Arc::new(VectorIndex::new(
-            config.dimension,
-            config.metric,
-            config.hnsw,
-            index_options,
-        )),
+        index: Arc::new(index),
         maintenance: Arc::new(Maintenance::default()),
         bytes: 0,
+        loaded: 0,
+        saved: SaveMark::now(0),
     };
+    let mut nodes: HashMap<Box<str>, VectorId> = labels
+        .into_iter()
+        .enumerate()
+        .filter_map(|(node, id)| Some((id?, node)))
+        .collect();
     storage.scan_generation(stored, |id, value| {
         let (vector, metadata) = decode_document(value)?;
+        if let Some(node) = nodes.remove(id)
+            && let Some(prepared) = distance::check(config.metric, config.dimension, &vector)
+                .ok()
+                .and_then(|()| distance::prepare(config.metric, &vector))
+            && state.index.holds(node, &prepared)
+            && state.index.revive(node)
+        {
+            let id: Arc<str> = Arc::from(id);
+            state.entries[node] = Some(Entry {
+                id: Arc::clone(&id),
+                metadata: Arc::new(metadata),
+                size: value.len() as u32,
+            });
+            state.bytes += value.len() as u64;
+            state.by_id.insert(id, node);
+            state.loaded += 1;
+            return Ok(true);
+        }
         match contain(|| put_in_memory(config, &mut state, id, &vector, metadata, value.len())) {
             Ok(()) => Ok(true),
             Err(reason) => {
@@ -883,6 +1066,7 @@ fn load_state(
             }
         }
     })?;
+    state.saved = SaveMark::now(state.index.graph_changes());
     Ok(state)
 }
 

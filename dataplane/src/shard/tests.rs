@@ -748,3 +748,233 @@ fn a_retried_command_is_answered_as_the_first_time_and_applied_once() {
     assert_eq!(reopened.checksum().unwrap(), other.checksum().unwrap());
     assert_eq!(reopened.len(), 1);
 }
+
+mod saved_graphs {
+    use super::*;
+
+    const DIM: usize = 8;
+
+    fn options() -> IndexOptions {
+        IndexOptions {
+            rebuild_threshold: 1_000_000,
+            ..IndexOptions::default()
+        }
+    }
+
+    fn open(storage: &Arc<Storage>, options: IndexOptions) -> Shard {
+        let mut config = CollectionConfig::new("docs", DIM);
+        config.metric = Metric::L2;
+        Shard::open(
+            Arc::new(config),
+            "docs/0@1",
+            Arc::clone(storage),
+            Arc::new(IndexWorker::new(2).unwrap()),
+            options,
+        )
+        .unwrap()
+    }
+
+    /// A distinct vector per document and version.
+    fn vector(i: usize, version: usize) -> Vec<f32> {
+        (0..DIM)
+            .map(|d| match d {
+                0 => i as f32 * 0.01,
+                1 => version as f32 * 3.0,
+                _ => (((i * 31 + d * 17) % 101) as f32) * 0.37,
+            })
+            .collect()
+    }
+
+    fn upsert(shard: &Shard, docs: impl Iterator<Item = (usize, usize)>, tag: &str) {
+        let documents = docs
+            .map(|(i, version)| doc(&format!("d{i}"), vector(i, version), json!({ "tag": tag })))
+            .collect();
+        shard
+            .apply(
+                &[&ShardCommand::Upsert {
+                    request: None,
+                    documents,
+                }],
+                b"m",
+            )
+            .unwrap();
+    }
+
+    fn indexed(shard: &Shard) {
+        let started = Instant::now();
+        while shard.figures().index.pending > 0 {
+            assert!(started.elapsed() < Duration::from_secs(60), "never indexed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The top hit of each document's own vector is the document, at distance 0.
+    fn finds_itself(shard: &Shard, i: usize, version: usize) -> bool {
+        let hits = shard
+            .search(&vector(i, version), 1, 64, None, None)
+            .unwrap();
+        hits.first()
+            .is_some_and(|h| *h.id == *format!("d{i}") && h.distance == 0.0)
+    }
+
+    fn loaded_shard(dir: &std::path::Path) -> (Arc<Storage>, Shard) {
+        let storage = storage(dir);
+        let shard = open(&storage, options());
+        upsert(&shard, (0..2000).map(|i| (i, 0)), "a");
+        indexed(&shard);
+        (storage, shard)
+    }
+
+    fn graph_file(storage: &Storage) -> std::path::PathBuf {
+        saved_graph::path(storage.path(), "docs/0@1")
+    }
+
+    #[test]
+    fn a_saved_graph_is_loaded_instead_of_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, shard) = loaded_shard(dir.path());
+        assert!(shard.save_graph(true).unwrap().unwrap() > 2000 * DIM as u64 * 4);
+        // Nothing changed since: nothing to write.
+        assert_eq!(shard.save_graph(true).unwrap(), None);
+        drop(shard);
+        let shard = open(&storage, options());
+        let figures = shard.figures();
+        assert_eq!(figures.graph_loaded, 2000);
+        assert_eq!(
+            (
+                figures.index.live,
+                figures.index.pending,
+                figures.index.stored
+            ),
+            (2000, 0, 2000),
+            "{figures:?}"
+        );
+        assert!((0..2000).step_by(97).all(|i| finds_itself(&shard, i, 0)));
+        // Loaded and unchanged: still nothing to write.
+        assert_eq!(shard.save_graph(true).unwrap(), None);
+    }
+
+    #[test]
+    fn a_saved_graph_older_than_the_documents_reuses_only_unchanged_vectors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, shard) = loaded_shard(dir.path());
+        shard.save_graph(true).unwrap().unwrap();
+        // After the save: 100 vectors change, 50 documents change metadata only, 100 are
+        // deleted and 100 are new.
+        upsert(&shard, (0..100).map(|i| (i, 1)), "b");
+        upsert(&shard, (100..150).map(|i| (i, 0)), "c");
+        let delete = ShardCommand::Delete {
+            request: None,
+            ids: (150..250).map(|i| format!("d{i}")).collect(),
+        };
+        shard.apply(&[&delete], b"m").unwrap();
+        upsert(&shard, (2000..2100).map(|i| (i, 0)), "a");
+        drop(shard);
+        let shard = open(&storage, options());
+        assert_eq!(shard.figures().graph_loaded, 1800);
+        indexed(&shard);
+        let figures = shard.figures().index;
+        assert_eq!(
+            (figures.live, figures.dead_in_graph),
+            (2000, 200),
+            "{figures:?}"
+        );
+        assert!((0..100).all(|i| finds_itself(&shard, i, 1)));
+        assert!((100..150).all(|i| finds_itself(&shard, i, 0)));
+        assert_eq!(shard.get("d120").unwrap().unwrap().metadata["tag"], "c");
+        let hits = shard.search(&vector(120, 0), 1, 64, None, None).unwrap();
+        assert_eq!(hits[0].metadata["tag"], "c");
+        assert!((150..250).all(|i| !finds_itself(&shard, i, 0)));
+        assert!((2000..2100).all(|i| finds_itself(&shard, i, 0)));
+        assert!((250..2000).step_by(37).all(|i| finds_itself(&shard, i, 0)));
+    }
+
+    #[test]
+    fn a_damaged_saved_graph_is_deleted_and_the_graph_built_from_the_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, shard) = loaded_shard(dir.path());
+        shard.save_graph(true).unwrap().unwrap();
+        drop(shard);
+        let file = graph_file(&storage);
+        let good = std::fs::read(&file).unwrap();
+        let mut flipped = good.clone();
+        flipped[good.len() / 2] ^= 0x40;
+        let damages: [(&str, Vec<u8>); 4] = [
+            ("a flipped bit", flipped),
+            ("truncated", good[..good.len() - 100].to_vec()),
+            ("only the header", good[..40].to_vec()),
+            ("bytes after the end", [good.as_slice(), b"x"].concat()),
+        ];
+        for (what, bytes) in damages {
+            std::fs::write(&file, bytes).unwrap();
+            let shard = open(&storage, options());
+            assert_eq!(shard.figures().graph_loaded, 0, "{what}");
+            assert!(!file.exists(), "{what}: the damaged file stayed");
+            indexed(&shard);
+            assert_eq!(shard.figures().index.live, 2000, "{what}");
+            assert!(
+                (0..2000).step_by(97).all(|i| finds_itself(&shard, i, 0)),
+                "{what}"
+            );
+        }
+        // A file saved for another collection's settings is not used either.
+        std::fs::write(&file, &good).unwrap();
+        let mut config = CollectionConfig::new("docs", DIM + 1);
+        config.metric = Metric::L2;
+        let other = Shard::open(
+            Arc::new(config),
+            "docs/0@1",
+            Arc::clone(&storage),
+            Arc::new(IndexWorker::new(1).unwrap()),
+            options(),
+        )
+        .unwrap();
+        assert_eq!(other.figures().graph_loaded, 0);
+        assert!(!file.exists());
+    }
+
+    #[test]
+    fn without_saving_no_file_is_written_and_an_old_one_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, shard) = loaded_shard(dir.path());
+        shard.save_graph(true).unwrap().unwrap();
+        drop(shard);
+        let off = IndexOptions {
+            graph_save_interval: None,
+            ..options()
+        };
+        let shard = open(&storage, off);
+        assert!(!graph_file(&storage).exists());
+        assert_eq!(shard.figures().graph_loaded, 0);
+        indexed(&shard);
+        assert_eq!(shard.save_graph(true).unwrap(), None);
+        assert!(!graph_file(&storage).exists());
+        // Dropping a replica deletes its saved graph.
+        let shard = open(&storage, options());
+        indexed(&shard);
+        shard.save_graph(true).unwrap().unwrap();
+        assert!(graph_file(&storage).exists());
+        shard.destroy().unwrap();
+        assert!(!graph_file(&storage).exists());
+    }
+
+    #[test]
+    fn a_save_is_due_after_the_interval_or_once_a_bulk_load_is_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(dir.path());
+        let shard = open(
+            &storage,
+            IndexOptions {
+                graph_save_interval: Some(Duration::from_millis(300)),
+                ..options()
+            },
+        );
+        assert_eq!(shard.save_graph_if_due().unwrap(), None, "nothing to save");
+        upsert(&shard, (0..500).map(|i| (i, 0)), "a");
+        indexed(&shard);
+        assert_eq!(shard.save_graph_if_due().unwrap(), None, "too soon");
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(shard.save_graph_if_due().unwrap().is_some());
+        assert_eq!(shard.save_graph_if_due().unwrap(), None, "saved already");
+    }
+}

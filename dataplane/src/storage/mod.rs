@@ -615,6 +615,21 @@ impl Storage {
     }
 }
 
+/// A file-system-safe name for a group or storage namespace (files named after
+/// one: snapshots, saved graphs).
+pub fn file_stem(group: &str) -> String {
+    group
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '.'
+            }
+        })
+        .collect()
+}
+
 /// Table settings of every column family: bloom filters, LZ4 when `compress`, and `cache` as
 /// the block cache (none for files written outside the database).
 fn table_options(compress: bool, cache: Option<&Cache>) -> Options {

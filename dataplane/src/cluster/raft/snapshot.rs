@@ -337,19 +337,7 @@ fn read_trailer(file: &File, path: &Path) -> io::Result<(SnapshotMeta, u64, u64)
     Ok((meta, len, digest))
 }
 
-/// A file-system-safe name for a group.
-pub fn file_stem(group: &str) -> String {
-    group
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '.'
-            }
-        })
-        .collect()
-}
+pub use crate::storage::file_stem;
 
 /// Snapshots this node is receiving, one per group, each appended to a file under `dir`.
 pub struct Incoming {

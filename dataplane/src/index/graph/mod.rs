@@ -22,6 +22,7 @@
 //! ```
 
 mod memory;
+mod persist;
 
 use super::distance::GraphDistance;
 use memory::{Scratch, Slab};

@@ -168,3 +168,59 @@ fn a_grown_graph_answers_like_the_original_and_takes_more() {
     let r = recall(&bigger, &vectors, &queries, 100);
     assert!(r >= 0.95, "recall@10 {r}");
 }
+
+#[test]
+fn a_written_graph_reads_back_the_same_and_a_bad_one_is_refused() {
+    let vectors = points(1500, 12, 5);
+    let g = graph(2048, 12);
+    for (i, v) in vectors.iter().enumerate() {
+        // Labels are not written: node i comes back labelled i.
+        assert_eq!(g.insert(i, v) as usize, g.len() - 1);
+    }
+    let mut bytes = Vec::new();
+    g.write_to(&mut bytes).unwrap();
+    let read = |bytes: &[u8]| {
+        HnswGraph::read_from(
+            &mut &bytes[..],
+            12,
+            GraphDistance::new(Metric::L2),
+            GraphParams {
+                m: 8,
+                ef_construction: 64,
+            },
+        )
+    };
+    let copy = read(&bytes).unwrap();
+    assert_eq!(copy.len(), 1500);
+    for q in points(20, 12, 77) {
+        let a: Vec<(usize, f32)> = g
+            .search(&q, 10, 64, None)
+            .iter()
+            .map(|n| (g.label(n.node), n.distance))
+            .collect();
+        let b: Vec<(usize, f32)> = copy
+            .search(&q, 10, 64, None)
+            .iter()
+            .map(|n| (n.node as usize, n.distance))
+            .collect();
+        assert_eq!(a, b);
+    }
+    // The copy grows like any graph.
+    copy.insert(1500, &vectors[0]);
+    assert_eq!(copy.search(&vectors[0], 2, 32, None).len(), 2);
+    // A neighbour past the last node (layer-0 list of node 0 starts after the 24-byte head
+    // and 1,500 levels), a wrong dimension, a cut stream: refused.
+    let mut bad = bytes.clone();
+    let first_neighbour = 24 + 1500 + 4;
+    bad[first_neighbour..first_neighbour + 4].copy_from_slice(&5000u32.to_le_bytes());
+    assert!(
+        read(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("neighbour 5000")
+    );
+    let mut other = bytes.clone();
+    other[4] = 13;
+    assert!(read(&other).is_err());
+    assert!(read(&bytes[..bytes.len() - 1]).is_err());
+}
