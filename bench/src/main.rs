@@ -4,7 +4,9 @@
 //!
 //! By default it starts a node in this process (a temporary data directory, a loopback port)
 //! so that the in-process numbers use the very index the HTTP numbers used. `--url` measures
-//! an external node instead (HTTP numbers only).
+//! an external node instead (HTTP numbers only). `--process` starts a `grape` process (the
+//! binary at `GRAPE_BIN`, or the workspace's build) and adds its resident memory, and with
+//! `--restart` the time it takes to stop and start again with its saved graphs, and without.
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -18,6 +20,7 @@ use grape_dataplane::collection::{merge_hits, search_shard};
 use grape_dataplane::config::Config;
 use grape_dataplane::index::GraphEngine;
 use grape_dataplane::shard::filter::FilterLimits;
+use grape_e2e::{GrapeNode, NodeOptions};
 
 /// The benchmark's searches carry no filter.
 const NO_FILTER_LIMITS: FilterLimits = FilterLimits {
@@ -89,7 +92,7 @@ struct Args {
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
     /// Graph engine of the in-process node (`index.graph`): `hnsw_rs` or `grape`.
-    #[arg(long, default_value = "hnsw_rs")]
+    #[arg(long, default_value = "grape")]
     graph: String,
     /// Measure external nodes at these URLs (comma-separated; load is spread over them)
     /// instead of an in-process node.
@@ -104,6 +107,43 @@ struct Args {
     /// Write the JSON report here.
     #[arg(long, default_value = "bench-report.json")]
     report: std::path::PathBuf,
+    /// Run the node as a `grape` process (GRAPE_BIN, or the workspace's build) on a temporary
+    /// data directory: adds its resident memory; no in-process rows.
+    #[arg(long)]
+    process: bool,
+    /// With --process, after the searches: stop the node cleanly and start it again, timing
+    /// the stop, the start until ready and until every graph is complete; then once more
+    /// with graph saving off (the graphs built from the documents), for comparison.
+    #[arg(long)]
+    restart: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct MemoryFigures {
+    /// Resident memory of the node process once every graph is complete.
+    rss_mb: f64,
+    /// Its peak since start.
+    peak_mb: f64,
+    /// The raw vectors: count x dimension x 4 bytes.
+    raw_vectors_mb: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct RestartFigures {
+    /// Whether the node loaded saved graphs (or built them from the documents).
+    saved_graphs: bool,
+    /// SIGTERM to exit (a clean stop saves changed graphs).
+    stop_seconds: f64,
+    /// Start of the process to `/ready`.
+    ready_seconds: f64,
+    /// Start of the process until no document waits for a graph.
+    graphs_complete_seconds: f64,
+    /// Graph entries loaded from saved graphs.
+    graph_loaded: u64,
+    /// Resident memory once the graphs are complete.
+    rss_mb: f64,
+    /// Searches right after, 1 client.
+    search: SearchFigures,
 }
 
 #[derive(Debug, Serialize)]
@@ -130,6 +170,8 @@ struct Report {
     ingest_docs_per_second: f64,
     index_complete_seconds: f64,
     search: Vec<SearchFigures>,
+    memory: Option<MemoryFigures>,
+    restarts: Vec<RestartFigures>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -163,8 +205,18 @@ fn main() -> anyhow::Result<()> {
         args.top_k
     );
 
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut process = None;
     // The node under test, in its own runtime, as the `grape` binary would run it.
-    let (clients, node, _server) = if args.url.is_empty() {
+    let (clients, node, _server) = if args.process {
+        let grape = runtime.block_on(GrapeNode::start(process_options(&args, data.dimension)));
+        let client = grape.client();
+        process = Some(grape);
+        (vec![client], None, None)
+    } else if args.url.is_empty() {
         let engine: GraphEngine = serde_json::from_value(serde_json::json!(args.graph))
             .context("--graph must be hnsw_rs or grape")?;
         let (url, node, server) = EmbeddedNode::start(data.dimension, engine)?;
@@ -180,10 +232,6 @@ fn main() -> anyhow::Result<()> {
             .collect();
         (clients, None, None)
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let collection = CollectionConfig {
         metric,
         shard_count: args.shards,
@@ -203,6 +251,20 @@ fn main() -> anyhow::Result<()> {
         "ingest: {ingest_docs_per_second:.0} docs/s ({ingest_seconds:.1}s); graph complete after {index_complete_seconds:.1}s"
     );
 
+    let mb = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    let memory = process
+        .as_ref()
+        .and_then(GrapeNode::memory)
+        .map(|(rss, peak)| {
+            let figures = MemoryFigures {
+                rss_mb: mb(rss),
+                peak_mb: mb(peak),
+                raw_vectors_mb: mb((data.len() * data.dimension * 4) as u64),
+            };
+            eprintln!("{figures:?}");
+            figures
+        });
+
     let nodes = clients;
     let mut search = Vec::new();
     for &clients in &args.clients {
@@ -216,6 +278,21 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    let mut restarts = Vec::new();
+    if let (Some(grape), true) = (process.as_mut(), args.restart) {
+        for saved_graphs in [true, false] {
+            if !saved_graphs {
+                grape.set_options(
+                    process_options(&args, data.dimension)
+                        .setting("INDEX__GRAPH_SAVE_INTERVAL_SECS", "0"),
+                );
+            }
+            let figures = runtime.block_on(restart(grape, saved_graphs, &data, &truth, &args))?;
+            eprintln!("{figures:?}");
+            restarts.push(figures);
+        }
+    }
+
     let report = Report {
         machine: machine(),
         documents: data.len(),
@@ -226,12 +303,62 @@ fn main() -> anyhow::Result<()> {
         ingest_docs_per_second,
         index_complete_seconds,
         search,
+        memory,
+        restarts,
         args: args.clone(),
     };
     std::fs::write(&args.report, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("cannot write {}", args.report.display()))?;
     println!("{}", markdown(&report));
     Ok(())
+}
+
+/// Settings of a `grape` process under test.
+fn process_options(args: &Args, dimension: usize) -> NodeOptions {
+    NodeOptions::dimension(dimension)
+        .setting("PERFORMANCE__MAX_BATCH_SIZE", "10000")
+        .setting("INDEX__GRAPH", &args.graph)
+}
+
+/// Stops the process cleanly and starts it again, timing each step.
+async fn restart(
+    grape: &mut GrapeNode,
+    saved_graphs: bool,
+    data: &Dataset,
+    truth: &[Vec<usize>],
+    args: &Args,
+) -> anyhow::Result<RestartFigures> {
+    let stopping = Instant::now();
+    grape.terminate();
+    let stop_seconds = stopping.elapsed().as_secs_f64();
+    let starting = Instant::now();
+    grape.restart().await;
+    let ready_seconds = starting.elapsed().as_secs_f64();
+    let client = grape.client();
+    let (graphs_complete_seconds, graph_loaded) = loop {
+        let shards = client.shard_stats().await?.shards;
+        let bench = shards.iter().filter(|s| s.collection == "bench");
+        if bench.clone().all(|s| s.pending == 0) {
+            break (
+                starting.elapsed().as_secs_f64(),
+                bench.map(|s| s.graph_loaded).sum(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let rss_mb = grape
+        .memory()
+        .map_or(0.0, |(rss, _)| rss as f64 / (1 << 20) as f64);
+    let search = http_search(&[client], data, truth, 1, args).await?;
+    Ok(RestartFigures {
+        saved_graphs,
+        stop_seconds,
+        ready_seconds,
+        graphs_complete_seconds,
+        graph_loaded,
+        rss_mb,
+        search,
+    })
 }
 
 /// A node served from this process on a loopback port, with a temporary data directory.
@@ -538,7 +665,7 @@ fn markdown(report: &Report) -> String {
     out.push_str(&format!(
         "Machine: {}\nNodes: {}\nGraph engine: {}\nData: {} x {} ({}), M={}, ef_construction={}, ef_search={}, shards={}, replication factor {}\n\n",
         report.machine,
-        if report.args.url.is_empty() { "1 (in-process)".to_string() } else { report.args.url.join(", ") },
+        if report.args.process { "1 (a grape process)".to_string() } else if report.args.url.is_empty() { "1 (in-process)".to_string() } else { report.args.url.join(", ") },
         if report.args.url.is_empty() { report.args.graph.as_str() } else { "as configured on the nodes" },
         report.documents,
         report.dimension,
@@ -559,6 +686,32 @@ fn markdown(report: &Report) -> String {
             "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.4} |\n",
             s.mode, s.clients, s.queries, s.qps, s.p50_ms, s.p95_ms, s.p99_ms, s.recall_at_k
         ));
+    }
+    if let Some(m) = &report.memory {
+        out.push_str(&format!(
+            "\nResident memory of the node process with every graph complete: {:.0} MiB (peak {:.0} MiB); the raw vectors are {:.0} MiB ({:.2}x)\n",
+            m.rss_mb, m.peak_mb, m.raw_vectors_mb, m.rss_mb / m.raw_vectors_mb.max(1e-9)
+        ));
+    }
+    if !report.restarts.is_empty() {
+        out.push_str("\n| restart | stop s | start to ready s | start to graphs complete s | graph entries loaded | RSS MiB | QPS after (1 client) | recall@k after |\n|---|---|---|---|---|---|---|---|\n");
+        for r in &report.restarts {
+            out.push_str(&format!(
+                "| {} | {:.1} | {:.1} | {:.1} | {} | {:.0} | {:.0} | {:.4} |\n",
+                if r.saved_graphs {
+                    "with saved graphs"
+                } else {
+                    "graph saving off (built from the documents)"
+                },
+                r.stop_seconds,
+                r.ready_seconds,
+                r.graphs_complete_seconds,
+                r.graph_loaded,
+                r.rss_mb,
+                r.search.qps,
+                r.search.recall_at_k
+            ));
+        }
     }
     out
 }

@@ -152,6 +152,7 @@ impl Node {
             peers.learn(&peer.id, &peer.address);
         }
         peers.learn(&id, &addr.raft);
+        crate::shard::saved_graph::clean_temporary(&config.node.data_dir);
         let snapshot_dir = config.node.data_dir.join("snapshots");
         let incoming = Arc::new(Incoming::new(&snapshot_dir).map_err(|e| {
             Error::unavailable(

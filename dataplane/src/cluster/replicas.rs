@@ -11,7 +11,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::index::IndexOptions;
 use crate::index::worker::IndexWorker;
 use crate::shard::{Shard, saved_graph};
-use crate::storage::{Changes, Storage, WalSyncer};
+use crate::storage::{Changes, Storage, WalSyncer, file_stem};
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -228,10 +228,12 @@ impl Replicas {
                     changes.clear_raft_group(&storage, &group);
                     changes.clear_namespace(&storage, &group);
                     storage.commit(changes)?;
-                    let _ = std::fs::remove_file(saved_graph::path(storage.path(), &group));
                     tracing::info!(%group, "removed state of a dropped group");
                 }
             }
+            let held: std::collections::HashSet<String> =
+                wanted.iter().chain(&open).map(|g| file_stem(g)).collect();
+            saved_graph::remove_unless(storage.path(), |stem| held.contains(stem));
             Ok(())
         })
         .await;

@@ -62,6 +62,38 @@ pub fn path(data_dir: &Path, namespace: &str) -> PathBuf {
         .join(format!("{}.graph", crate::storage::file_stem(namespace)))
 }
 
+/// Deletes the temporary files of saves a crash interrupted (at start, before any save runs).
+pub fn clean_temporary(data_dir: &Path) {
+    for entry in std::fs::read_dir(data_dir.join(DIR))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if entry.path().extension().is_some_and(|e| e == "tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Deletes the saved graphs of namespaces `keep` refuses (replicas dropped while the file was
+/// being written, or while the node was away).
+pub fn remove_unless(data_dir: &Path, keep: impl Fn(&str) -> bool) {
+    for entry in std::fs::read_dir(data_dir.join(DIR))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".graph")) else {
+            continue;
+        };
+        if !stem.starts_with('.') && !keep(stem) {
+            let _ = std::fs::remove_file(entry.path());
+            tracing::info!(file = %entry.path().display(), "removed the saved graph of a replica this node no longer holds");
+        }
+    }
+}
+
 struct Hashing<T> {
     inner: T,
     hash: Xxh3,

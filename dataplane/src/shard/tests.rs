@@ -977,4 +977,33 @@ mod saved_graphs {
         assert!(shard.save_graph_if_due().unwrap().is_some());
         assert_eq!(shard.save_graph_if_due().unwrap(), None, "saved already");
     }
+
+    #[test]
+    fn leftovers_and_graphs_of_replicas_no_longer_held_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let graphs = dir.path().join(saved_graph::DIR);
+        std::fs::create_dir_all(&graphs).unwrap();
+        for name in [
+            "kept.0.1.graph",
+            "dropped.0.1.graph",
+            ".kept.0.1.graph.ab12.tmp",
+        ] {
+            std::fs::write(graphs.join(name), b"x").unwrap();
+        }
+        // While nodes run, only whole files of replicas not held go; an in-flight save's
+        // temporary file stays.
+        saved_graph::remove_unless(dir.path(), |stem| stem == "kept.0.1");
+        let names = || {
+            let mut names: Vec<String> = std::fs::read_dir(&graphs)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(), [".kept.0.1.graph.ab12.tmp", "kept.0.1.graph"]);
+        // At start, before any save, temporary files go.
+        saved_graph::clean_temporary(dir.path());
+        assert_eq!(names(), ["kept.0.1.graph"]);
+    }
 }
