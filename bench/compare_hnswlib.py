@@ -10,7 +10,8 @@ brute force, then hnswlib and Grape (`target/release/grape-index`, once per grap
 --graphs) build and search in alternating rounds: build time on --build-threads threads
 (Grape's hnsw_rs engine inserts on one), and for each ef recall@10 and queries/s on one search
 thread. hnswlib answers all queries in one knn_query call on one thread, so no Python overhead
-is counted per query. Medians over rounds.
+is counted per query. Medians over rounds. "index MiB" is the resident memory the index added
+to its process (vectors and graph), read from /proc/self/status before and after the build.
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile, time
 
@@ -53,13 +54,23 @@ def write_ivecs(path, x):
             f.write(row.astype(np.int32).tobytes())
 
 
+def resident_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def run_hnswlib(base, queries, truth, args):
+    before = resident_mb()
     index = hnswlib.Index(space="l2", dim=base.shape[1])
     index.init_index(max_elements=len(base), M=args.m, ef_construction=args.ef_construction, random_seed=100)
     index.set_num_threads(args.build_threads)
     start = time.perf_counter()
     index.add_items(base, np.arange(len(base)))
     build = time.perf_counter() - start
+    index_mb = resident_mb() - before
     index.set_num_threads(1)
     results = []
     for ef in args.ef:
@@ -73,7 +84,7 @@ def run_hnswlib(base, queries, truth, args):
         hits = sum(len(set(f) & set(t[:10])) for f, t in zip(found, truth))
         results.append({"ef": ef, "recall": hits / (10 * len(queries)), "qps": args.passes * len(queries) / seconds})
     return {"library": "hnswlib " + version("hnswlib"), "build_seconds": build,
-            "build_threads": args.build_threads, "results": results}
+            "build_threads": args.build_threads, "index_mb": index_mb, "results": results}
 
 
 def run_grape(files, graph, args):
@@ -124,16 +135,17 @@ def main():
           f"{args.queries} queries, seed {args.seed}; M={args.m}, ef_construction={args.ef_construction}; "
           f"medians of {args.rounds} alternating rounds; search on 1 thread")
     print()
-    print("| library | build (s) | build threads | " + " | ".join(f"ef={ef} recall / QPS" for ef in args.ef) + " |")
-    print("|---" * (3 + len(args.ef)) + "|")
+    print("| library | build (s) | build threads | index MiB | " + " | ".join(f"ef={ef} recall / QPS" for ef in args.ef) + " |")
+    print("|---" * (4 + len(args.ef)) + "|")
     for name, rs in runs.items():
         build = statistics.median(r["build_seconds"] for r in rs)
+        memory = statistics.median(r["index_mb"] for r in rs)
         cells = []
         for i, ef in enumerate(args.ef):
             recall = statistics.median(r["results"][i]["recall"] for r in rs)
             qps = statistics.median(r["results"][i]["qps"] for r in rs)
             cells.append(f"{recall:.3f} / {qps:,.0f}")
-        print(f"| {rs[0]['library']} | {build:.1f} | {rs[0]['build_threads']} | " + " | ".join(cells) + " |")
+        print(f"| {rs[0]['library']} | {build:.1f} | {rs[0]['build_threads']} | {memory:,.0f} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 //! `grape-index`: Grape's index layer alone, in-process: builds a shard index from an `.fvecs`
 //! file the way a shard does (vectors appended, then moved into the HNSW graph by the
 //! maintainer) and searches it on one thread at several `ef`, reporting recall@10 against an
-//! `.ivecs` ground truth and queries per second, as one JSON object. `bench/compare_hnswlib.py`
-//! runs it beside hnswlib on the same files.
+//! `.ivecs` ground truth and queries per second, as one JSON object, with the resident memory
+//! the index added. `bench/compare_hnswlib.py` runs it beside hnswlib on the same files.
 
 use anyhow::bail;
 use clap::Parser;
@@ -31,7 +31,7 @@ struct Args {
     #[arg(long, default_value_t = 200)]
     ef_construction: usize,
     /// Graph engine: `hnsw_rs` or `grape`.
-    #[arg(long, default_value = "hnsw_rs")]
+    #[arg(long, default_value = "grape")]
     graph: String,
     /// Threads inserting into the graph (Grape's engine; hnsw_rs inserts on one).
     #[arg(long, default_value_t = 2)]
@@ -75,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         rebuild_threshold: usize::MAX,
         ..Default::default()
     };
+    let before = resident_bytes();
     let index = VectorIndex::new(dimension, metric, params, options);
     let prepared = |v: &Vec<f32>| prepare(metric, v).unwrap_or_else(|| v.clone());
     let start = Instant::now();
@@ -82,13 +83,10 @@ fn main() -> anyhow::Result<()> {
         index.add(&prepared(vector));
     }
     // As a node does: the maintainer runs on the index pool, whose threads Grape's graph
-    // inserts on.
-    pool.install(|| {
-        while index.stats().pending > 0 {
-            index.maintain(usize::MAX);
-        }
-    });
+    // inserts on, in steps.
+    pool.install(|| while index.maintain(4096) > 0 {});
     let build_seconds = start.elapsed().as_secs_f64();
+    let index_mb = resident_bytes().saturating_sub(before) as f64 / (1 << 20) as f64;
     let queries: Vec<Vec<f32>> = queries.iter().map(prepared).collect();
 
     let mut results = Vec::new();
@@ -125,8 +123,20 @@ fn main() -> anyhow::Result<()> {
             "library": format!("grape ({})", args.graph),
             "build_seconds": build_seconds,
             "build_threads": build_threads,
+            "index_mb": index_mb,
             "results": results,
         })
     );
     Ok(())
+}
+
+/// This process's resident memory (`VmRSS`), in bytes.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
 }

@@ -463,6 +463,8 @@ impl Node {
         self.replicas.shutdown().await;
         let _ = self.meta.shutdown().await;
         let _ = self.syncer.sync().await;
+        // Everything acknowledged is durable by now; the graphs only save start-up time.
+        self.replicas.save_graphs_at_shutdown().await;
         let storage = Arc::clone(&self.storage);
         let _ = tokio::task::spawn_blocking(move || storage.shutdown()).await;
     }

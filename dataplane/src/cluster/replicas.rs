@@ -17,6 +17,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// How long a clean stop waits for one graph's maintenance before saving it.
+const SHUTDOWN_SAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A shard replica held by this node, with its Raft group.
 pub struct LocalGroup {
     pub group: GroupId,
@@ -239,17 +242,26 @@ impl Replicas {
         .await;
     }
 
-    /// Stops every replica's Raft group, then saves each changed graph so that the next
-    /// start loads it instead of building it.
+    /// Stops every replica's Raft group and graph maintenance.
     pub async fn shutdown(&self) {
-        let groups = self.all();
-        for group in &groups {
+        for group in self.all() {
             let _ = group.raft.shutdown().await;
+            group.shard.stop();
         }
+    }
+
+    /// Saves each changed graph so that the next start loads it instead of building it (the
+    /// last step of a clean stop), waiting up to [`SHUTDOWN_SAVE_WAIT`] for a graph's
+    /// maintenance to let go; a graph busy longer (a rebuild) is not saved.
+    pub async fn save_graphs_at_shutdown(&self) {
+        let groups = self.all();
         let _ = tokio::task::spawn_blocking(move || {
             for group in groups {
-                if let Err(error) = group.shard.save_graph(true) {
-                    tracing::warn!(group = %group.group, %error, "the graph was not saved; the next start builds it");
+                match group.shard.save_graph(SHUTDOWN_SAVE_WAIT) {
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(group = %group.group, %error, "the graph was not saved; the next start inserts what changed since it was");
+                    }
                 }
             }
         })

@@ -169,9 +169,19 @@ impl VectorStore {
         self.live.get(id).copied().unwrap_or(false)
     }
 
-    /// Vectors held, live or dead: in `data` and in Grape's graph.
+    /// Vectors in memory, live or dead: in `data` and in Grape's graph.
     fn stored(&self, dimension: usize) -> usize {
         self.data.len() / dimension.max(1) + self.graph.as_ref().map_or(0, |g| g.len())
+    }
+
+    /// Vectors of distinct ids held, live or dead: [`VectorStore::stored`] without the copies
+    /// in `data` of vectors the graph holds now (dropped by the next compaction, not by a
+    /// rebuild).
+    fn held(&self, dimension: usize) -> usize {
+        match &self.graph {
+            Some(graph) => graph.len() + self.outside,
+            None => self.stored(dimension),
+        }
     }
 
     /// The live ids in `ids` with a copy of their vectors: what a graph insert takes.
@@ -354,15 +364,16 @@ impl VectorIndex {
         }
     }
 
-    /// An index over a graph [`VectorIndex::write_graph`] wrote, read from `input` (Grape's
-    /// engine only). Its ids are the graph's nodes, all dead until [`VectorIndex::revive`]d:
-    /// the caller checks each node's vector against what it stores.
+    /// An index over a graph of `nodes` nodes that [`VectorIndex::write_graph`] wrote, read
+    /// from `input` (Grape's engine only). Its ids are the graph's nodes, all dead until
+    /// [`VectorIndex::revive`]d: the caller checks each node's vector against what it stores.
     pub fn read_graph(
         input: &mut dyn std::io::Read,
         dimension: usize,
         metric: Metric,
         params: HnswParams,
         options: IndexOptions,
+        nodes: usize,
     ) -> std::io::Result<VectorIndex> {
         if options.engine != GraphEngine::Grape {
             return Err(std::io::Error::other("only Grape's graph is saved"));
@@ -376,8 +387,8 @@ impl VectorIndex {
                 m: params.m,
                 ef_construction: params.ef_construction,
             },
+            nodes,
         )?);
-        let nodes = graph.len();
         {
             let mut store = index.vectors.write();
             store.slot = (0..nodes as u32).collect();
@@ -414,23 +425,25 @@ impl VectorIndex {
     }
 
     /// Writes Grape's graph to `out` while no maintenance changes it (the graph alone: which
-    /// id each node holds is answered by `label`, for the caller to record). Waits for a
-    /// running maintainer when `wait`, else answers `None` when one is busy; `None` too with
-    /// hnsw_rs, whose graphs are not saved. Answers the graph's change count at the time, to
-    /// compare with [`VectorIndex::graph_changes`].
+    /// id each node holds is answered by `label`, for the caller to record). Waits up to
+    /// `wait` for a running maintainer, else answers `None`; `None` too with hnsw_rs, whose
+    /// graphs are not saved. Answers the graph's change count at the time, to compare with
+    /// [`VectorIndex::graph_changes`]. Maintenance waits meanwhile: the caller schedules it
+    /// again afterwards.
     pub fn write_graph(
         &self,
-        wait: bool,
+        wait: std::time::Duration,
         out: &mut dyn FnMut(&HnswGraph) -> std::io::Result<()>,
     ) -> Option<std::io::Result<u64>> {
-        let _maintainer = if wait {
-            self.maintenance.lock()
-        } else {
-            self.maintenance.try_lock()?
-        };
+        let _maintainer = self.maintenance.try_lock_for(wait)?;
         let graph = Arc::clone(self.graph.read().graph.grape()?);
         let changes = self.graph_changes.load(AtomicOrdering::Acquire);
         Some(out(&graph).map(|()| changes))
+    }
+
+    /// Whether a maintainer (or a [`VectorIndex::write_graph`]) holds the index now.
+    pub fn maintainer_busy(&self) -> bool {
+        self.maintenance.is_locked()
     }
 
     /// Graph entries inserted so far (see [`VectorIndex::write_graph`]).
@@ -517,7 +530,7 @@ impl VectorIndex {
             return true;
         }
         let store = self.vectors.read();
-        let dead_held = store.stored(self.dimension) - store.live_count;
+        let dead_held = store.held(self.dimension) - store.live_count;
         dead_held >= RECLAIM_MIN && dead_held >= store.live_count
     }
 

@@ -48,6 +48,11 @@ impl Maintenance {
         }
     }
 
+    /// Whether [`Maintenance::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// Why the index failed, if it did.
     pub fn failure(&self) -> Option<&str> {
         self.failed.get().map(String::as_str)
@@ -101,9 +106,11 @@ impl IndexWorker {
                 }
                 state.scheduled.store(false, Ordering::Release);
                 // Work that arrived after the last step but before the flag cleared would
-                // otherwise wait for the next write.
+                // otherwise wait for the next write. While a graph is being saved nothing can
+                // be maintained: the saver schedules a job when it is done.
                 if state.closed.load(Ordering::Acquire)
                     || !index.needs_maintenance()
+                    || index.maintainer_busy()
                     || state.scheduled.swap(true, Ordering::AcqRel)
                 {
                     break;

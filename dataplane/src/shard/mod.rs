@@ -19,7 +19,9 @@ pub mod saved_graph;
 use crate::error::{Error, ErrorCode, Result};
 use crate::index::distance::VectorProblem;
 use crate::index::worker::{IndexWorker, Maintenance, contain};
-use crate::index::{Candidate, IndexOptions, IndexStats, VectorId, VectorIndex, distance};
+use crate::index::{
+    Candidate, GraphEngine, IndexOptions, IndexStats, VectorId, VectorIndex, distance,
+};
 use crate::storage::{
     Changes, Generations, Storage, decode_document, encode_document, generation_namespace,
 };
@@ -31,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -280,6 +283,8 @@ pub struct Shard {
     recent: Mutex<Recent>,
     /// Where the graph is saved; `None` when graphs are not saved.
     graph_file: Option<PathBuf>,
+    /// Set by [`Shard::stop`].
+    stopping: AtomicBool,
 }
 
 impl std::fmt::Debug for Shard {
@@ -318,7 +323,9 @@ impl Shard {
         }
         let stored = generation_namespace(namespace, generations.current);
         let graph_file = saved_graph::path(storage.path(), namespace);
-        let saved = if index_options.graph_save_interval.is_some() {
+        let saving = index_options.graph_save_interval.is_some()
+            && index_options.engine == GraphEngine::Grape;
+        let saved = if saving {
             let started = Instant::now();
             match saved_graph::read(&graph_file, &config, index_options) {
                 Ok(saved) => {
@@ -328,12 +335,21 @@ impl Shard {
                     saved
                 }
                 Err(error) => {
-                    tracing::warn!(%namespace, %error, file = %graph_file.display(), "the saved graph cannot be used; building the graph from the documents");
-                    let _ = std::fs::remove_file(&graph_file);
+                    // Damaged: deleted. Unreadable for now (no file handles, an I/O error):
+                    // kept for the next start.
+                    let damaged = matches!(
+                        error.kind(),
+                        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                    );
+                    tracing::warn!(%namespace, %error, file = %graph_file.display(), deleted = damaged, "the saved graph cannot be used; building the graph from the documents");
+                    if damaged {
+                        let _ = std::fs::remove_file(&graph_file);
+                    }
                     None
                 }
             }
         } else {
+            // Saving is off, or hnsw_rs builds the graphs: nothing will keep the file current.
             let _ = std::fs::remove_file(&graph_file);
             None
         };
@@ -351,7 +367,8 @@ impl Shard {
             applying: Mutex::new(()),
             generation: Mutex::new(generations.current),
             recent: Mutex::new(recent),
-            graph_file: index_options.graph_save_interval.map(|_| graph_file),
+            graph_file: saving.then_some(graph_file),
+            stopping: AtomicBool::new(false),
         };
         shard.schedule_indexing();
         Ok(shard)
@@ -865,18 +882,20 @@ impl Shard {
         if unsaved == 0 || since < SAVE_GAP.min(interval) || (since < interval && !early) {
             return Ok(None);
         }
-        self.save_graph(false)
+        self.save_graph(Duration::ZERO)
     }
 
-    /// Saves the graph now if it changed since it was last saved or loaded (at shutdown),
-    /// waiting for running maintenance when `wait`. Answers the bytes written, if it saved.
-    pub fn save_graph(&self, wait: bool) -> Result<Option<u64>> {
+    /// Saves the graph now if it changed since it was last saved or loaded, waiting up to
+    /// `wait` for running maintenance (a step of inserts, or a rebuild) to let go. Answers the
+    /// bytes written, if it saved. Maintenance pauses meanwhile and resumes after.
+    pub fn save_graph(&self, wait: Duration) -> Result<Option<u64>> {
         let Some(file) = &self.graph_file else {
             return Ok(None);
         };
         let (index, mut header) = {
             let state = self.state.read();
             if state.maintenance.failure().is_some()
+                || state.maintenance.is_closed() && !self.stopping.load(AtomicOrdering::Acquire)
                 || state.index.graph_changes() == state.saved.lock().changes
             {
                 return Ok(None);
@@ -904,6 +923,9 @@ impl Shard {
                 if !Arc::ptr_eq(&state.index, &index) {
                     return Err(std::io::Error::other("a snapshot replaced the shard"));
                 }
+                if state.maintenance.is_closed() && !self.stopping.load(AtomicOrdering::Acquire) {
+                    return Err(std::io::Error::other("the replica was dropped"));
+                }
                 (0..graph.len() as u32)
                     .map(|node| {
                         let entry = state.entries.get(graph.label(node))?.as_ref()?;
@@ -916,6 +938,11 @@ impl Shard {
                 tracing::info!(shard = %self.namespace, nodes = labels.len(), bytes, elapsed_ms = started.elapsed().as_millis() as u64, "saved the graph");
             })
         });
+        // Maintenance that found the index busy meanwhile waits for this.
+        {
+            let state = self.state.read();
+            self.worker.schedule(&state.index, &state.maintenance);
+        }
         match written {
             None => Ok(None),
             Some(Ok(changes)) => {
@@ -938,6 +965,14 @@ impl Shard {
     /// Stops background work on this replica.
     pub fn close(&self) {
         self.state.read().maintenance.close();
+    }
+
+    /// The node is stopping: background work stops after its current step, and a last
+    /// [`Shard::save_graph`] may still run (a closed replica is otherwise one being dropped,
+    /// whose graph is not saved).
+    pub fn stop(&self) {
+        self.stopping.store(true, AtomicOrdering::Release);
+        self.close();
     }
 }
 

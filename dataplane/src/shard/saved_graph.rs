@@ -186,6 +186,7 @@ pub fn read(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    let file_bytes = file.metadata()?.len();
     let mut input = Hashing {
         inner: BufReader::with_capacity(1 << 20, file),
         hash: Xxh3::new(),
@@ -220,20 +221,20 @@ pub fn read(
             config.hnsw.m
         )));
     }
+    // Every node takes at least its vector in the file: a count the file cannot hold is
+    // refused before the graph is allocated for it.
+    let nodes = usize::try_from(header.nodes)
+        .ok()
+        .filter(|n| (*n as u64).saturating_mul(config.dimension as u64 * 4) <= file_bytes)
+        .ok_or_else(|| invalid(format!("{} nodes in {file_bytes} bytes", header.nodes)))?;
     let index = VectorIndex::read_graph(
         &mut input,
         config.dimension,
         config.metric,
         config.hnsw,
         options,
+        nodes,
     )?;
-    let nodes = index.stats().stored as usize;
-    if nodes as u64 != header.nodes {
-        return Err(invalid(format!(
-            "{nodes} nodes, the header says {}",
-            header.nodes
-        )));
-    }
     let mut labels = Vec::with_capacity(nodes);
     for _ in 0..nodes {
         let len = read_u32(&mut input)?;

@@ -753,6 +753,7 @@ mod saved_graphs {
     use super::*;
 
     const DIM: usize = 8;
+    const WAIT: Duration = Duration::from_secs(10);
 
     fn options() -> IndexOptions {
         IndexOptions {
@@ -833,9 +834,9 @@ mod saved_graphs {
     fn a_saved_graph_is_loaded_instead_of_built() {
         let dir = tempfile::tempdir().unwrap();
         let (storage, shard) = loaded_shard(dir.path());
-        assert!(shard.save_graph(true).unwrap().unwrap() > 2000 * DIM as u64 * 4);
+        assert!(shard.save_graph(WAIT).unwrap().unwrap() > 2000 * DIM as u64 * 4);
         // Nothing changed since: nothing to write.
-        assert_eq!(shard.save_graph(true).unwrap(), None);
+        assert_eq!(shard.save_graph(WAIT).unwrap(), None);
         drop(shard);
         let shard = open(&storage, options());
         let figures = shard.figures();
@@ -851,14 +852,14 @@ mod saved_graphs {
         );
         assert!((0..2000).step_by(97).all(|i| finds_itself(&shard, i, 0)));
         // Loaded and unchanged: still nothing to write.
-        assert_eq!(shard.save_graph(true).unwrap(), None);
+        assert_eq!(shard.save_graph(WAIT).unwrap(), None);
     }
 
     #[test]
     fn a_saved_graph_older_than_the_documents_reuses_only_unchanged_vectors() {
         let dir = tempfile::tempdir().unwrap();
         let (storage, shard) = loaded_shard(dir.path());
-        shard.save_graph(true).unwrap().unwrap();
+        shard.save_graph(WAIT).unwrap().unwrap();
         // After the save: 100 vectors change, 50 documents change metadata only, 100 are
         // deleted and 100 are new.
         upsert(&shard, (0..100).map(|i| (i, 1)), "b");
@@ -893,7 +894,7 @@ mod saved_graphs {
     fn a_damaged_saved_graph_is_deleted_and_the_graph_built_from_the_documents() {
         let dir = tempfile::tempdir().unwrap();
         let (storage, shard) = loaded_shard(dir.path());
-        shard.save_graph(true).unwrap().unwrap();
+        shard.save_graph(WAIT).unwrap().unwrap();
         drop(shard);
         let file = graph_file(&storage);
         let good = std::fs::read(&file).unwrap();
@@ -937,7 +938,7 @@ mod saved_graphs {
     fn without_saving_no_file_is_written_and_an_old_one_is_removed() {
         let dir = tempfile::tempdir().unwrap();
         let (storage, shard) = loaded_shard(dir.path());
-        shard.save_graph(true).unwrap().unwrap();
+        shard.save_graph(WAIT).unwrap().unwrap();
         drop(shard);
         let off = IndexOptions {
             graph_save_interval: None,
@@ -947,12 +948,12 @@ mod saved_graphs {
         assert!(!graph_file(&storage).exists());
         assert_eq!(shard.figures().graph_loaded, 0);
         indexed(&shard);
-        assert_eq!(shard.save_graph(true).unwrap(), None);
+        assert_eq!(shard.save_graph(WAIT).unwrap(), None);
         assert!(!graph_file(&storage).exists());
         // Dropping a replica deletes its saved graph.
         let shard = open(&storage, options());
         indexed(&shard);
-        shard.save_graph(true).unwrap().unwrap();
+        shard.save_graph(WAIT).unwrap().unwrap();
         assert!(graph_file(&storage).exists());
         shard.destroy().unwrap();
         assert!(!graph_file(&storage).exists());
@@ -1005,5 +1006,55 @@ mod saved_graphs {
         // At start, before any save, temporary files go.
         saved_graph::clean_temporary(dir.path());
         assert_eq!(names(), ["kept.0.1.graph"]);
+    }
+
+    #[test]
+    fn indexing_resumes_after_a_save_that_paused_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(dir.path());
+        let shard = open(&storage, options());
+        upsert(&shard, (0..20_000).map(|i| (i, 0)), "a");
+        // Saved while the worker is inserting, and no write comes after: the worker finds the
+        // index busy and stops, and the save must hand the work back to it.
+        while shard.figures().index.indexed == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(shard.figures().index.pending > 0);
+        shard.save_graph(WAIT).unwrap().unwrap();
+        indexed(&shard);
+        assert_eq!(shard.figures().index.live, 20_000);
+    }
+
+    #[test]
+    fn a_header_claiming_more_nodes_than_the_file_holds_is_refused_before_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, shard) = loaded_shard(dir.path());
+        shard.save_graph(WAIT).unwrap().unwrap();
+        drop(shard);
+        let file = graph_file(&storage);
+        let good = std::fs::read(&file).unwrap();
+        let head_len = u32::from_le_bytes(good[12..16].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value =
+            serde_json::from_slice(&good[16..16 + head_len]).unwrap();
+        header["nodes"] = json!(1u64 << 40);
+        let head = serde_json::to_vec(&header).unwrap();
+        let crafted = [
+            &good[..12],
+            &(head.len() as u32).to_le_bytes(),
+            &head,
+            &good[16 + head_len..],
+        ]
+        .concat();
+        std::fs::write(&file, crafted).unwrap();
+        let mut config = CollectionConfig::new("docs", DIM);
+        config.metric = Metric::L2;
+        let error = saved_graph::read(&file, &config, options()).err().unwrap();
+        assert!(
+            error.to_string().contains("1099511627776 nodes in"),
+            "{error}"
+        );
+        let shard = open(&storage, options());
+        assert_eq!(shard.figures().graph_loaded, 0);
+        assert!(!file.exists());
     }
 }

@@ -93,13 +93,16 @@ impl HnswGraph {
     }
 
     /// Reads a graph [`HnswGraph::write_to`] wrote, with room for a quarter more nodes (at
-    /// least 1024) before it must grow, each node labelled with its own number. Refuses a graph of another `m` or dimension, and
-    /// anything inconsistent.
+    /// least 1024) before it must grow, each node labelled with its own number. Refuses a graph
+    /// of another `m` or dimension, of other than `nodes` nodes (checked before anything of
+    /// that size is allocated), and anything inconsistent: a neighbour that does not exist or
+    /// is not on the layer it is linked on, an entry point below the top layer.
     pub fn read_from(
         input: &mut dyn Read,
         dimension: usize,
         distance: GraphDistance,
         params: GraphParams,
+        nodes: usize,
     ) -> io::Result<HnswGraph> {
         let m = read_u32(input)? as usize;
         let stored_dimension = read_u32(input)? as usize;
@@ -113,8 +116,8 @@ impl HnswGraph {
         }
         let len = usize::try_from(len)
             .ok()
-            .filter(|l| *l < u32::MAX as usize)
-            .ok_or_else(|| invalid(format!("{len} nodes")))?;
+            .filter(|l| *l == nodes && *l < u32::MAX as usize)
+            .ok_or_else(|| invalid(format!("{len} nodes, not {nodes}")))?;
         // Bounded before anything of that size is allocated: a count the stream cannot back
         // fails at the first read past its end, not in the allocator.
         let mut levels = Vec::with_capacity(len.min(1 << 20));
@@ -130,20 +133,35 @@ impl HnswGraph {
         let graph = HnswGraph::new(dimension, distance, params, len + (len / 4).max(1024));
         let list_words = graph.vectors.list(0).len();
         let slots = list_words - 1;
-        let check_list = |words: &[u32], what: &str| -> io::Result<()> {
+        // A walk on `layer` only ever steps to nodes that have lists on that layer.
+        let check_list = |words: &[u32], layer: usize| -> io::Result<()> {
             let count = words[0] as usize;
             if count >= words.len() {
-                return Err(invalid(format!("{what}: {count} neighbours")));
+                return Err(invalid(format!(
+                    "a list on layer {layer}: {count} neighbours"
+                )));
             }
-            if let Some(n) = words[1..=count].iter().find(|n| **n as usize >= len) {
-                return Err(invalid(format!("{what}: neighbour {n} of {len} nodes")));
+            for n in &words[1..=count] {
+                match levels.get(*n as usize) {
+                    None => {
+                        return Err(invalid(format!(
+                            "a list on layer {layer}: neighbour {n} of {len} nodes"
+                        )));
+                    }
+                    Some(level) if (*level as usize) < layer => {
+                        return Err(invalid(format!(
+                            "a list on layer {layer}: neighbour {n} of level {level}"
+                        )));
+                    }
+                    Some(_) => {}
+                }
             }
             Ok(())
         };
         let mut buf = Vec::new();
         for node in 0..len as Node {
             let words = read_words(input, list_words + dimension, &mut buf)?;
-            check_list(&words[..list_words], "a layer-0 list")?;
+            check_list(&words[..list_words], 0)?;
             let vector: Vec<f32> = words[list_words..]
                 .iter()
                 .map(|w| f32::from_bits(*w))
@@ -165,8 +183,8 @@ impl HnswGraph {
             let level = *level as usize;
             if level > 0 {
                 let words = read_words(input, level * width, &mut buf)?;
-                for list in words.chunks_exact(width) {
-                    check_list(list, "an upper list")?;
+                for (layer, list) in words.chunks_exact(width).enumerate() {
+                    check_list(list, layer + 1)?;
                 }
                 let lists: Box<[AtomicU32]> = words.into_iter().map(AtomicU32::new).collect();
                 let _ = graph.upper[node].set(lists);
@@ -178,8 +196,11 @@ impl HnswGraph {
             }
         } else {
             let (node, level) = (entry as u32 as usize, (entry >> 32) as usize);
-            if node >= len || levels[node] as usize != level {
-                return Err(invalid(format!("entry point {node} at level {level}")));
+            let top = levels.iter().max().copied().unwrap_or(0) as usize;
+            if node >= len || levels[node] as usize != level || level != top {
+                return Err(invalid(format!(
+                    "entry point {node} at level {level}, the top layer is {top}"
+                )));
             }
         }
         graph.entry.store(entry, Mem::Release);

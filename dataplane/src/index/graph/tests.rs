@@ -188,6 +188,7 @@ fn a_written_graph_reads_back_the_same_and_a_bad_one_is_refused() {
                 m: 8,
                 ef_construction: 64,
             },
+            1500,
         )
     };
     let copy = read(&bytes).unwrap();
@@ -219,6 +220,22 @@ fn a_written_graph_reads_back_the_same_and_a_bad_one_is_refused() {
             .to_string()
             .contains("neighbour 5000")
     );
+    // An upper-layer link to a node that has no list on that layer, and an entry point below
+    // the top layer: a walk would leave the graph.
+    let levels: Vec<u8> = bytes[24..24 + 1500].to_vec();
+    let block = (17 + 12) * 4;
+    let upper_start = 24 + 1500 + 1500 * block;
+    let low = levels.iter().position(|l| *l == 0).unwrap() as u32;
+    let mut bad = bytes.clone();
+    bad[upper_start + 4..upper_start + 8].copy_from_slice(&low.to_le_bytes());
+    let error = read(&bad).unwrap_err().to_string();
+    assert!(
+        error.contains(&format!("neighbour {low} of level 0")),
+        "{error}"
+    );
+    let mut bad = bytes.clone();
+    bad[16..24].copy_from_slice(&(low as u64).to_le_bytes());
+    assert!(read(&bad).unwrap_err().to_string().contains("entry point"));
     let mut other = bytes.clone();
     other[4] = 13;
     assert!(read(&other).is_err());
