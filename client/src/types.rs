@@ -296,6 +296,29 @@ pub struct CollectionConfig {
     pub hnsw: HnswParams,
     #[serde(default)]
     pub quantization: Quantization,
+    /// Metadata keys indexed in every shard, so that a filter on them finds its matches
+    /// without reading every document. Fixed at creation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub payload_indexes: Vec<PayloadIndex>,
+}
+
+/// An index on one metadata key (`a.b` for nested objects; an array indexes each element).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadIndex {
+    pub key: String,
+    #[serde(rename = "type")]
+    pub kind: PayloadIndexKind,
+}
+
+/// What a payload index answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadIndexKind {
+    /// Strings and booleans, for `match` and `match_any`.
+    Keyword,
+    /// Numbers, for `range` (and `match` of a number).
+    Numeric,
 }
 
 impl CollectionConfig {
@@ -309,6 +332,7 @@ impl CollectionConfig {
             replication_factor: default_replication_factor(),
             hnsw: HnswParams::default(),
             quantization: Quantization::default(),
+            payload_indexes: Vec::new(),
         }
     }
 }

@@ -278,3 +278,114 @@ async fn a_restart_loads_the_saved_graphs_instead_of_building_them() {
     let after_stop = recall(&docs, &live).await;
     assert!(after_stop >= 0.95, "recall@10 {after_stop}");
 }
+
+/// Ids of the `k` nearest of `docs` to `query` whose metadata `keep` accepts.
+fn exact_filtered(
+    docs: &BTreeMap<String, (Vec<f32>, u64)>,
+    query: &[f32],
+    k: usize,
+    keep: impl Fn(u64) -> bool,
+) -> Vec<String> {
+    let mut found: Vec<(f32, &String)> = docs
+        .iter()
+        .filter(|(_, (_, bucket))| keep(*bucket))
+        .map(|(id, (v, _))| (l2(query, v), id))
+        .collect();
+    found.sort_by(|a, b| a.0.total_cmp(&b.0));
+    found
+        .into_iter()
+        .take(k)
+        .map(|(_, id)| id.clone())
+        .collect()
+}
+
+/// Which buckets a filter keeps.
+type BucketTest = Box<dyn Fn(u64) -> bool>;
+
+#[tokio::test]
+async fn payload_indexes_answer_filters_and_survive_restarts() {
+    let mut node = GrapeNode::start(NodeOptions::dimension(DIMENSION)).await;
+    let grape = node.client();
+    let config: CollectionConfig = serde_json::from_value(serde_json::json!({
+        "name": "tagged", "dimension": DIMENSION, "metric": "l2",
+        "payload_indexes": [{"key": "bucket", "type": "numeric"}, {"key": "kind", "type": "keyword"}]
+    }))
+    .unwrap();
+    grape.create_collection(&config).await.unwrap();
+    let shown = grape.get_collection("tagged").await.unwrap().config;
+    assert_eq!(shown.payload_indexes, config.payload_indexes);
+    let docs: BTreeMap<String, (Vec<f32>, u64)> = (0..DOCUMENTS)
+        .map(|i| (format!("t{i}"), (vector(i, DIMENSION), i % 100)))
+        .collect();
+    let batch: Vec<DocumentInput> = docs
+        .iter()
+        .map(|(id, (v, bucket))| DocumentInput {
+            id: Some(id.clone()),
+            vector: v.clone(),
+            metadata: serde_json::json!({"bucket": bucket, "kind": format!("k{}", bucket % 10)})
+                .as_object()
+                .cloned(),
+        })
+        .collect();
+    let collection = grape.collection("tagged");
+    for chunk in batch.chunks(500) {
+        collection.upsert_batch(chunk).await.unwrap();
+    }
+    wait_indexed(&node).await;
+    // 1%, 10% and 50% of the documents, by range and by keyword.
+    let cases: Vec<(serde_json::Value, BucketTest)> = vec![
+        (
+            serde_json::json!({"must": [{"key": "bucket", "match": 42}]}),
+            Box::new(|b| b == 42),
+        ),
+        (
+            serde_json::json!({"must": [{"key": "kind", "match": "k3"}]}),
+            Box::new(|b| b % 10 == 3),
+        ),
+        (
+            serde_json::json!({"must": [{"key": "bucket", "range": {"gte": 10, "lt": 60}}]}),
+            Box::new(|b| (10..60).contains(&b)),
+        ),
+        (
+            serde_json::json!({"must": [{"key": "bucket", "range": {"lt": 50}}], "must_not": [{"key": "kind", "match": "k1"}]}),
+            Box::new(|b| b < 50 && b % 10 != 1),
+        ),
+    ];
+    for round in 0..2 {
+        let collection = node.client();
+        let collection = collection.collection("tagged");
+        for (filter, keep) in &cases {
+            let mut hits = 0;
+            for q in 0..20u64 {
+                let query = vector(800_000 + q, DIMENSION);
+                let request: SearchRequest = serde_json::from_value(serde_json::json!({
+                    "vector": query, "top_k": 10, "ef": 256, "filter": filter
+                }))
+                .unwrap();
+                let found = collection.search(&request).await.unwrap();
+                let want = exact_filtered(&docs, &query, 10, keep);
+                for r in &found.results {
+                    let bucket = docs[&r.id].1;
+                    assert!(
+                        keep(bucket),
+                        "round {round}: {} (bucket {bucket}) does not match {filter}",
+                        r.id
+                    );
+                }
+                hits += found
+                    .results
+                    .iter()
+                    .filter(|r| want.contains(&r.id))
+                    .count();
+            }
+            let recall = hits as f64 / 200.0;
+            assert!(
+                recall >= 0.95,
+                "round {round}: recall@10 {recall} for {filter}"
+            );
+        }
+        // The indexes are rebuilt from the documents (and the saved graph) at start.
+        node.terminate();
+        node.restart().await;
+    }
+}

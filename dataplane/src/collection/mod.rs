@@ -40,6 +40,7 @@ pub enum CollectionField {
     HnswM,
     HnswEfConstruction,
     HnswEfSearch,
+    PayloadIndexes,
 }
 
 impl CollectionField {
@@ -53,6 +54,7 @@ impl CollectionField {
             CollectionField::HnswM => "hnsw.m",
             CollectionField::HnswEfConstruction => "hnsw.ef_construction",
             CollectionField::HnswEfSearch => "hnsw.ef_search",
+            CollectionField::PayloadIndexes => "payload_indexes",
         }
     }
 }
@@ -71,6 +73,9 @@ pub fn collection_problem(config: &CollectionConfig) -> Option<(CollectionField,
             CollectionField::Name,
             format!("name {name:?} must be 1 to 64 characters of letters, digits, '-' and '_'"),
         ));
+    }
+    if let Some(problem) = payload_index_problem(&config.payload_indexes) {
+        return Some((CollectionField::PayloadIndexes, problem));
     }
     let hnsw = &config.hnsw;
     let ranges = [
@@ -113,6 +118,30 @@ pub fn collection_problem(config: &CollectionConfig) -> Option<(CollectionField,
                 ),
             )
         })
+}
+
+/// Most payload indexes a collection may have (each costs memory and work on every write).
+pub const MAX_PAYLOAD_INDEXES: usize = 16;
+
+fn payload_index_problem(indexes: &[grape_client::PayloadIndex]) -> Option<String> {
+    if indexes.len() > MAX_PAYLOAD_INDEXES {
+        return Some(format!(
+            "payload_indexes lists {} keys; at most {MAX_PAYLOAD_INDEXES} are allowed",
+            indexes.len()
+        ));
+    }
+    for (i, index) in indexes.iter().enumerate() {
+        if let Err(why) = crate::shard::filter::check_key(&index.key) {
+            return Some(format!("payload_indexes[{i}]: {why}"));
+        }
+        if indexes[..i].iter().any(|earlier| earlier.key == index.key) {
+            return Some(format!(
+                "payload_indexes[{i}]: key {:?} is indexed twice",
+                index.key
+            ));
+        }
+    }
+    None
 }
 
 /// Checks a collection definition; the message names the offending field.

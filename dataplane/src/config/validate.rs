@@ -186,6 +186,7 @@ impl Config {
             } else {
                 Quantization::None
             },
+            payload_indexes: Vec::new(),
         };
         if let Some((field, message)) = collection_problem(&config) {
             // Name the configuration key, not the collection field it feeds.
@@ -196,7 +197,7 @@ impl Config {
                 CollectionField::HnswM => "index.hnsw_m",
                 CollectionField::HnswEfConstruction => "index.hnsw_ef_construction",
                 CollectionField::HnswEfSearch => "index.hnsw_ef_search",
-                CollectionField::Name => "database",
+                CollectionField::Name | CollectionField::PayloadIndexes => "database",
             };
             return Err(crate::Error::invalid(
                 ErrorCode::InvalidConfig,

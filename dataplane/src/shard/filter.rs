@@ -25,14 +25,14 @@ pub struct CompiledFilter {
 }
 
 #[derive(Debug, Clone)]
-struct CompiledCondition {
+pub(super) struct CompiledCondition {
     /// The dotted key, split.
-    path: Vec<String>,
-    test: Test,
+    pub(super) path: Vec<String>,
+    pub(super) test: Test,
 }
 
 #[derive(Debug, Clone)]
-enum Test {
+pub(super) enum Test {
     Equals(Value),
     AnyOf(ValueSet),
     Within(Range),
@@ -41,11 +41,11 @@ enum Test {
 /// The values of a `match_any`, looked up in constant or logarithmic time whatever their
 /// number.
 #[derive(Debug, Clone, Default)]
-struct ValueSet {
-    strings: HashSet<String>,
+pub(super) struct ValueSet {
+    pub(super) strings: HashSet<String>,
     /// Sorted, compared by value (`1` matches `1.0`).
-    numbers: Vec<f64>,
-    bools: [bool; 2],
+    pub(super) numbers: Vec<f64>,
+    pub(super) bools: [bool; 2],
 }
 
 impl ValueSet {
@@ -119,6 +119,15 @@ impl CompiledFilter {
     }
 
     /// Whether a document's metadata passes.
+    /// The conditions every match must meet, and whether there are others (`should`,
+    /// `must_not`).
+    pub(super) fn must(&self) -> (&[CompiledCondition], bool) {
+        (
+            &self.must,
+            !self.should.is_empty() || !self.must_not.is_empty(),
+        )
+    }
+
     pub fn matches(&self, metadata: &Metadata) -> bool {
         self.must.iter().all(|c| c.holds(metadata))
             && (self.should.is_empty() || self.should.iter().any(|c| c.holds(metadata)))
@@ -130,20 +139,26 @@ fn invalid(message: String) -> Error {
     Error::invalid(ErrorCode::InvalidFilter, message)
 }
 
-fn compile_condition(condition: &Condition) -> std::result::Result<CompiledCondition, String> {
-    if condition.key.is_empty() {
+/// Checks a metadata key (`a.b.c`) and splits it into its path.
+pub fn check_key(key: &str) -> std::result::Result<Vec<String>, String> {
+    if key.is_empty() {
         return Err("key must not be empty".into());
     }
-    if condition.key.len() > MAX_KEY_BYTES {
+    if key.len() > MAX_KEY_BYTES {
         return Err(format!(
             "key is {} bytes long; at most {MAX_KEY_BYTES} are allowed",
-            condition.key.len()
+            key.len()
         ));
     }
-    let path: Vec<String> = condition.key.split('.').map(str::to_string).collect();
+    let path: Vec<String> = key.split('.').map(str::to_string).collect();
     if path.iter().any(String::is_empty) {
-        return Err(format!("key {:?} has an empty segment", condition.key));
+        return Err(format!("key {key:?} has an empty segment"));
     }
+    Ok(path)
+}
+
+fn compile_condition(condition: &Condition) -> std::result::Result<CompiledCondition, String> {
+    let path = check_key(&condition.key)?;
     let given = [
         condition.match_value.is_some(),
         condition.match_any.is_some(),
@@ -217,7 +232,7 @@ impl CompiledCondition {
 }
 
 impl Test {
-    fn holds(&self, value: &Value) -> bool {
+    pub(super) fn holds(&self, value: &Value) -> bool {
         match self {
             Test::Equals(expected) => same_scalar(value, expected),
             Test::AnyOf(options) => options.contains(value),

@@ -13,6 +13,7 @@
 //! ```
 
 pub mod filter;
+pub mod payload;
 pub mod requests;
 pub mod saved_graph;
 
@@ -28,6 +29,7 @@ use crate::storage::{
 use filter::CompiledFilter;
 use grape_client::{CollectionConfig, Document, Metadata};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use payload::PayloadIndexes;
 use requests::{Answer, Recent, RequestId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -192,6 +194,8 @@ struct ShardState {
     index: Arc<VectorIndex>,
     /// Background graph maintenance of `index`.
     maintenance: Arc<Maintenance>,
+    /// The collection's payload indexes over `entries`.
+    payload: PayloadIndexes,
     /// Stored bytes of the live documents.
     bytes: u64,
     /// Graph entries reused from the saved graph when this state was loaded.
@@ -589,8 +593,34 @@ impl Shard {
         if let Some(reason) = state.maintenance.failure() {
             return Err(failed_error(&self.namespace, reason));
         }
+        let indexed = filter.and_then(|f| Some((f, state.payload.candidates(f)?)));
         let candidates = match filter {
             None => state.index.search(query, k, ef, None),
+            Some(_) if let Some((filter, (ids, exact))) = indexed => {
+                // The payload indexes found the candidates; the rest of the filter is checked
+                // on them alone.
+                let matching: Vec<VectorId> = ids
+                    .iter()
+                    .map(|id| id as VectorId)
+                    .filter(|&id| {
+                        state
+                            .entries
+                            .get(id)
+                            .and_then(Option::as_ref)
+                            .is_some_and(|e| exact || filter.matches(&e.metadata))
+                    })
+                    .collect();
+                let count = matching.len();
+                if count <= EXACT_FILTER_LIMIT || count * 10 <= state.by_id.len() {
+                    state.index.exact_search(query, k, matching.into_iter())
+                } else {
+                    let set: roaring::RoaringBitmap =
+                        matching.iter().map(|id| *id as u32).collect();
+                    let accept = |id: VectorId| u32::try_from(id).is_ok_and(|id| set.contains(id));
+                    let ef = widened_ef(ef, k, state.by_id.len(), count);
+                    state.index.search(query, k, ef, Some(&accept))
+                }
+            }
             Some(filter) => {
                 // The scan lets waiting writers in between chunks, and stops at the deadline.
                 let mut end = state.entries.len();
@@ -627,9 +657,7 @@ impl Shard {
                     )
                 } else {
                     let accept = |id: VectorId| matching.get(id).copied().unwrap_or(false);
-                    // A filter that rejects most entries needs a wider search to find k.
-                    let widest = (4 * ef.max(k)).min(MAX_WIDENED_EF).max(ef);
-                    let ef = (ef * state.by_id.len() / count.max(1)).clamp(ef, widest);
+                    let ef = widened_ef(ef, k, state.by_id.len(), count);
                     state.index.search(query, k, ef, Some(&accept))
                 }
             }
@@ -976,6 +1004,13 @@ impl Shard {
     }
 }
 
+/// The breadth of a filtered graph walk: a filter that rejects most of the `live` entries
+/// (`matching` of them pass) needs a wider search to find `k`.
+fn widened_ef(ef: usize, k: usize, live: usize, matching: usize) -> usize {
+    let widest = (4 * ef.max(k)).min(MAX_WIDENED_EF).max(ef);
+    (ef * live / matching.max(1)).clamp(ef, widest)
+}
+
 fn failed_error(namespace: &str, reason: &str) -> Error {
     Error::unavailable(
         ErrorCode::ShardFailed,
@@ -1063,6 +1098,7 @@ fn load_state(
         by_id: HashMap::new(),
         index: Arc::new(index),
         maintenance: Arc::new(Maintenance::default()),
+        payload: PayloadIndexes::new(&config.payload_indexes),
         bytes: 0,
         loaded: 0,
         saved: SaveMark::now(0),
@@ -1082,6 +1118,7 @@ fn load_state(
             && state.index.revive(node)
         {
             let id: Arc<str> = Arc::from(id);
+            state.payload.add(node, &metadata);
             state.entries[node] = Some(Entry {
                 id: Arc::clone(&id),
                 metadata: Arc::new(metadata),
@@ -1137,6 +1174,7 @@ fn apply_in_memory(
                     if let Some(vid) = state.by_id.remove(id.as_str()) {
                         if let Some(entry) = state.entries[vid].take() {
                             state.bytes -= u64::from(entry.size);
+                            state.payload.remove(vid, &entry.metadata);
                         }
                         state.index.remove(vid);
                     }
@@ -1157,6 +1195,7 @@ fn put_in_memory(
     if let Some(old) = state.by_id.get(id).copied() {
         if let Some(entry) = state.entries[old].take() {
             state.bytes -= u64::from(entry.size);
+            state.payload.remove(old, &entry.metadata);
         }
         state.index.remove(old);
     }
@@ -1175,6 +1214,7 @@ fn put_in_memory(
         }
     };
     debug_assert_eq!(vid, state.entries.len());
+    state.payload.add(vid, &metadata);
     let id: Arc<str> = Arc::from(id);
     state.entries.push(Some(Entry {
         id: Arc::clone(&id),

@@ -1058,3 +1058,169 @@ mod saved_graphs {
         assert!(!file.exists());
     }
 }
+
+mod payload_indexes {
+    use super::*;
+    use grape_client::{Filter, PayloadIndex, PayloadIndexKind};
+    use rand::{Rng, SeedableRng};
+
+    fn shard(storage: &Arc<Storage>, namespace: &str, indexed: bool) -> Shard {
+        let mut config = CollectionConfig::new("docs", 4);
+        config.metric = Metric::L2;
+        if indexed {
+            config.payload_indexes = [
+                ("tag", PayloadIndexKind::Keyword),
+                ("tags", PayloadIndexKind::Keyword),
+                ("n", PayloadIndexKind::Numeric),
+                ("a.b", PayloadIndexKind::Numeric),
+                ("flag", PayloadIndexKind::Keyword),
+            ]
+            .into_iter()
+            .map(|(key, kind)| PayloadIndex {
+                key: key.into(),
+                kind,
+            })
+            .collect();
+        }
+        Shard::open(
+            Arc::new(config),
+            namespace,
+            Arc::clone(storage),
+            Arc::new(IndexWorker::new(1).unwrap()),
+            IndexOptions::default(),
+        )
+        .unwrap()
+    }
+
+    fn metadata(rng: &mut impl Rng) -> serde_json::Value {
+        let tag = format!("t{}", rng.random_range(0..8));
+        let mut m = json!({
+            "tag": tag,
+            "tags": [format!("t{}", rng.random_range(0..8)), format!("t{}", rng.random_range(0..8))],
+            "n": rng.random_range(-50..50) as f64 / 2.0,
+            "a": {"b": rng.random_range(0..10)},
+            "flag": rng.random_bool(0.3),
+        });
+        // Values of other types under indexed keys are stored, never indexed.
+        if rng.random_bool(0.05) {
+            m["tag"] = json!(7);
+        }
+        if rng.random_bool(0.05) {
+            m["n"] = json!("seven");
+        }
+        m
+    }
+
+    fn condition(rng: &mut impl Rng) -> serde_json::Value {
+        let t = |rng: &mut dyn rand::RngCore| format!("t{}", rng.random_range(0..9));
+        match rng.random_range(0..9) {
+            0 => json!({"key": "tag", "match": t(rng)}),
+            1 => json!({"key": "tags", "match_any": [t(rng), t(rng)]}),
+            2 => {
+                json!({"key": "n", "range": {"gte": rng.random_range(-30..10), "lt": rng.random_range(-10..30)}})
+            }
+            3 => json!({"key": "n", "range": {"gt": rng.random_range(-30..30)}}),
+            4 => json!({"key": "a.b", "match": rng.random_range(0..10)}),
+            5 => json!({"key": "a.b", "match_any": [1, 2.0, 3]}),
+            6 => json!({"key": "flag", "match": true}),
+            7 => json!({"key": "tag", "match_any": [t(rng), 7]}),
+            _ => json!({"key": "n", "match": rng.random_range(-25..25) as f64 / 2.0}),
+        }
+    }
+
+    #[test]
+    fn filtered_searches_answer_alike_with_and_without_payload_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(dir.path());
+        let plain = shard(&storage, "plain/0", false);
+        let indexed = shard(&storage, "indexed/0", true);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let vector = |rng: &mut rand_chacha::ChaCha8Rng| -> Vec<f32> {
+            (0..4).map(|_| rng.random_range(-1.0..1.0)).collect()
+        };
+        // Writes, rewrites (metadata and vectors change) and deletes.
+        for round in 0..6 {
+            let documents: Vec<NewDocument> = (0..400)
+                .map(|i| {
+                    let i = (i * 7 + round * 131) % 1500;
+                    let meta = metadata(&mut rng);
+                    doc(&format!("d{i}"), vector(&mut rng), meta)
+                })
+                .collect();
+            let command = ShardCommand::Upsert {
+                request: None,
+                documents,
+            };
+            let delete = ShardCommand::Delete {
+                request: None,
+                ids: (0..40)
+                    .map(|i| format!("d{}", (i * 13 + round * 7) % 1500))
+                    .collect(),
+            };
+            for shard in [&plain, &indexed] {
+                shard.apply(&[&command, &delete], b"m").unwrap();
+            }
+        }
+        let limits = filter::FilterLimits {
+            conditions: 8,
+            values: 64,
+        };
+        let mut checked = 0;
+        for _ in 0..300 {
+            let must: Vec<serde_json::Value> = (0..rng.random_range(1..3))
+                .map(|_| condition(&mut rng))
+                .collect();
+            let mut filter = json!({ "must": must });
+            if rng.random_bool(0.3) {
+                filter["must_not"] = json!([condition(&mut rng)]);
+            }
+            let filter: Filter = serde_json::from_value(filter).unwrap();
+            let compiled = CompiledFilter::new(&filter, limits).unwrap();
+            let query = vector(&mut rng);
+            // Wide enough that both answer exactly (the collection is small).
+            let ids = |shard: &Shard| -> Vec<String> {
+                let mut ids: Vec<String> = shard
+                    .search(&query, 2000, 2000, Some(&compiled), None)
+                    .unwrap()
+                    .iter()
+                    .map(|h| h.id.to_string())
+                    .collect();
+                ids.sort();
+                ids
+            };
+            let want = ids(&plain);
+            assert_eq!(ids(&indexed), want, "{filter:?}");
+            checked += usize::from(!want.is_empty());
+        }
+        assert!(checked > 100, "too few filters matched anything: {checked}");
+    }
+
+    #[test]
+    fn bad_payload_indexes_are_refused_naming_the_entry() {
+        let mut config = CollectionConfig::new("docs", 4);
+        let index = |key: &str| PayloadIndex {
+            key: key.into(),
+            kind: PayloadIndexKind::Keyword,
+        };
+        for (indexes, says) in [
+            (vec![index("")], "payload_indexes[0]: key must not be empty"),
+            (
+                vec![index("a..b")],
+                "payload_indexes[0]: key \"a..b\" has an empty segment",
+            ),
+            (
+                vec![index("a"), index("a")],
+                "payload_indexes[1]: key \"a\" is indexed twice",
+            ),
+            (
+                (0..17).map(|i| index(&format!("k{i}"))).collect(),
+                "payload_indexes lists 17 keys; at most 16 are allowed",
+            ),
+        ] {
+            config.payload_indexes = indexes;
+            let error = crate::collection::validate_collection_config(&config).unwrap_err();
+            assert_eq!(error.code(), ErrorCode::InvalidCollection);
+            assert!(error.to_string().contains(says), "{error}");
+        }
+    }
+}
