@@ -81,6 +81,16 @@ impl Dataset {
 
     /// Exact top-`k` base indexes of every query under `metric`, nearest first.
     pub fn ground_truth(&self, metric: Metric, k: usize) -> Vec<Vec<usize>> {
+        self.ground_truth_where(metric, k, |_| true)
+    }
+
+    /// The exact `k` nearest of each query among the vectors whose position `keep` accepts.
+    pub fn ground_truth_where(
+        &self,
+        metric: Metric,
+        k: usize,
+        keep: impl Fn(usize) -> bool + Sync,
+    ) -> Vec<Vec<usize>> {
         let distance = GraphDistance::new(metric);
         let base: Vec<Vec<f32>> = self
             .vectors
@@ -93,6 +103,9 @@ impl Dataset {
                 let q = prepare(metric, q).unwrap_or_else(|| q.clone());
                 let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
                 for (i, v) in base.iter().enumerate() {
+                    if !keep(i) {
+                        continue;
+                    }
                     let d = distance.distance(&q, v);
                     if best.len() < k || d < best[best.len() - 1].0 {
                         let at = best.partition_point(|(bd, _)| *bd <= d);

@@ -12,7 +12,8 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use grape_bench::dataset::Dataset;
 use grape_client::{
-    CollectionConfig, DocumentInput, GrapeClient, HnswParams, Metric, SearchRequest,
+    CollectionConfig, DocumentInput, Filter, GrapeClient, HnswParams, Metric, PayloadIndex,
+    PayloadIndexKind, SearchRequest,
 };
 use grape_dataplane::cluster::Node;
 use grape_dataplane::cluster::route::catalog;
@@ -22,11 +23,14 @@ use grape_dataplane::index::GraphEngine;
 use grape_dataplane::shard::filter::FilterLimits;
 use grape_e2e::{GrapeNode, NodeOptions};
 
-/// The benchmark's searches carry no filter.
-const NO_FILTER_LIMITS: FilterLimits = FilterLimits {
-    conditions: 0,
+/// The benchmark's filters have one condition.
+const FILTER_LIMITS: FilterLimits = FilterLimits {
+    conditions: 1,
     values: 0,
 };
+
+/// Every document carries `bucket` = its position modulo this.
+const BUCKETS: usize = 100;
 use grape_dataplane::server::InProcessNode;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -116,6 +120,20 @@ struct Args {
     /// with graph saving off (the graphs built from the documents), for comparison.
     #[arg(long)]
     restart: bool,
+    /// Filtered searches to measure after the unfiltered ones, by the share of documents the
+    /// filter keeps (`bucket < share x 100`; each document's bucket is its position mod 100).
+    #[arg(long, value_delimiter = ',')]
+    filters: Vec<f64>,
+    /// Create the collection with a numeric payload index on `bucket`.
+    #[arg(long)]
+    payload_index: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct FilteredFigures {
+    /// The share of documents the filter keeps.
+    selectivity: f64,
+    search: Vec<SearchFigures>,
 }
 
 #[derive(Debug, Serialize)]
@@ -172,6 +190,7 @@ struct Report {
     search: Vec<SearchFigures>,
     memory: Option<MemoryFigures>,
     restarts: Vec<RestartFigures>,
+    filtered: Vec<FilteredFigures>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -241,6 +260,14 @@ fn main() -> anyhow::Result<()> {
             ef_construction: args.ef_construction,
             ef_search: args.ef_search.unwrap_or(HnswParams::default().ef_search),
         },
+        payload_indexes: if args.payload_index {
+            vec![PayloadIndex {
+                key: "bucket".into(),
+                kind: PayloadIndexKind::Numeric,
+            }]
+        } else {
+            Vec::new()
+        },
         ..CollectionConfig::new("bench", data.dimension)
     };
     let ef_search = collection.hnsw.ef_search;
@@ -266,16 +293,34 @@ fn main() -> anyhow::Result<()> {
         });
 
     let nodes = clients;
-    let mut search = Vec::new();
-    for &clients in &args.clients {
-        let figures = runtime.block_on(http_search(&nodes, &data, &truth, clients, &args))?;
-        eprintln!("{figures:?}");
-        search.push(figures);
-        if let Some(node) = &node {
-            let figures = in_process_search(node, &data, &truth, clients, &args)?;
+    let measure = |filter: Option<&Filter>, truth: &[Vec<usize>]| -> anyhow::Result<Vec<SearchFigures>> {
+        let mut search = Vec::new();
+        for &clients in &args.clients {
+            let figures =
+                runtime.block_on(http_search(&nodes, &data, truth, clients, &args, filter))?;
             eprintln!("{figures:?}");
             search.push(figures);
+            if let Some(node) = &node {
+                let figures = in_process_search(node, &data, truth, clients, &args, filter)?;
+                eprintln!("{figures:?}");
+                search.push(figures);
+            }
         }
+        Ok(search)
+    };
+    let search = measure(None, &truth)?;
+    let mut filtered = Vec::new();
+    for &selectivity in &args.filters {
+        let below = (selectivity * BUCKETS as f64).round();
+        let truth = data.ground_truth_where(metric, args.top_k, |i| ((i % BUCKETS) as f64) < below);
+        let filter: Filter = serde_json::from_value(
+            serde_json::json!({"must": [{"key": "bucket", "range": {"lt": below}}]}),
+        )?;
+        eprintln!("filter keeping {selectivity}: {}", serde_json::to_string(&filter)?);
+        filtered.push(FilteredFigures {
+            selectivity,
+            search: measure(Some(&filter), &truth)?,
+        });
     }
 
     let mut restarts = Vec::new();
@@ -305,6 +350,7 @@ fn main() -> anyhow::Result<()> {
         search,
         memory,
         restarts,
+        filtered,
         args: args.clone(),
     };
     std::fs::write(&args.report, serde_json::to_string_pretty(&report)?)
@@ -349,7 +395,7 @@ async fn restart(
     let rss_mb = grape
         .memory()
         .map_or(0.0, |(rss, _)| rss as f64 / (1 << 20) as f64);
-    let search = http_search(&[client], data, truth, 1, args).await?;
+    let search = http_search(&[client], data, truth, 1, args, None).await?;
     Ok(RestartFigures {
         saved_graphs,
         stop_seconds,
@@ -443,7 +489,7 @@ async fn load(
                         id: Some(i.to_string()),
                         vector: data[i].clone(),
                         metadata: Some(
-                            serde_json::json!({"i": i})
+                            serde_json::json!({"i": i, "bucket": i % BUCKETS})
                                 .as_object()
                                 .cloned()
                                 .unwrap_or_default(),
@@ -488,6 +534,7 @@ async fn http_search(
     truth: &[Vec<usize>],
     clients: usize,
     args: &Args,
+    filter: Option<&Filter>,
 ) -> anyhow::Result<SearchFigures> {
     let queries = Arc::new(data.queries.clone());
     let truth = Arc::new(truth.to_vec());
@@ -498,7 +545,7 @@ async fn http_search(
         let client = nodes[c % nodes.len()].clone();
         let queries = Arc::clone(&queries);
         let truth = Arc::clone(&truth);
-        let (top_k, ef) = (args.top_k, args.ef_search);
+        let (top_k, ef, filter) = (args.top_k, args.ef_search, filter.cloned());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let (mut hits, mut asked) = (0usize, 0usize);
@@ -506,6 +553,7 @@ async fn http_search(
             while Instant::now() < deadline {
                 let request = SearchRequest {
                     ef,
+                    filter: filter.clone(),
                     ..SearchRequest::new(queries[q].clone(), top_k)
                 };
                 let t = Instant::now();
@@ -545,6 +593,7 @@ fn in_process_search(
     truth: &[Vec<usize>],
     clients: usize,
     args: &Args,
+    filter: Option<&Filter>,
 ) -> anyhow::Result<SearchFigures> {
     let collection = catalog::collection(node, "bench")?;
     let shards: Vec<_> = node
@@ -571,11 +620,12 @@ fn in_process_search(
                     while !stop.load(Ordering::Relaxed) {
                         let request = SearchRequest {
                             ef: args.ef_search,
+                            filter: filter.cloned(),
                             ..SearchRequest::new(data.queries[q].clone(), args.top_k)
                         };
                         let t = Instant::now();
                         let prepared =
-                            collection.prepare_search(&request, NO_FILTER_LIMITS, None)?;
+                            collection.prepare_search(&request, FILTER_LIMITS, None)?;
                         let found = shards
                             .par_iter()
                             .map(|shard| search_shard(shard, &prepared))
@@ -692,6 +742,20 @@ fn markdown(report: &Report) -> String {
             "\nResident memory of the node process with every graph complete: {:.0} MiB (peak {:.0} MiB); the raw vectors are {:.0} MiB ({:.2}x)\n",
             m.rss_mb, m.peak_mb, m.raw_vectors_mb, m.rss_mb / m.raw_vectors_mb.max(1e-9)
         ));
+    }
+    if !report.filtered.is_empty() {
+        out.push_str(&format!(
+            "\nFiltered searches (`bucket < share x 100`), payload index on `bucket`: {}\n\n| share kept | mode | clients | QPS | p50 ms | p99 ms | recall@k |\n|---|---|---|---|---|---|---|\n",
+            if report.args.payload_index { "yes" } else { "no" }
+        ));
+        for f in &report.filtered {
+            for s in &f.search {
+                out.push_str(&format!(
+                    "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.4} |\n",
+                    f.selectivity, s.mode, s.clients, s.qps, s.p50_ms, s.p99_ms, s.recall_at_k
+                ));
+            }
+        }
     }
     if !report.restarts.is_empty() {
         out.push_str("\n| restart | stop s | start to ready s | start to graphs complete s | graph entries loaded | RSS MiB | QPS after (1 client) | recall@k after |\n|---|---|---|---|---|---|---|---|\n");
