@@ -293,21 +293,22 @@ fn main() -> anyhow::Result<()> {
         });
 
     let nodes = clients;
-    let measure = |filter: Option<&Filter>, truth: &[Vec<usize>]| -> anyhow::Result<Vec<SearchFigures>> {
-        let mut search = Vec::new();
-        for &clients in &args.clients {
-            let figures =
-                runtime.block_on(http_search(&nodes, &data, truth, clients, &args, filter))?;
-            eprintln!("{figures:?}");
-            search.push(figures);
-            if let Some(node) = &node {
-                let figures = in_process_search(node, &data, truth, clients, &args, filter)?;
+    let measure =
+        |filter: Option<&Filter>, truth: &[Vec<usize>]| -> anyhow::Result<Vec<SearchFigures>> {
+            let mut search = Vec::new();
+            for &clients in &args.clients {
+                let figures =
+                    runtime.block_on(http_search(&nodes, &data, truth, clients, &args, filter))?;
                 eprintln!("{figures:?}");
                 search.push(figures);
+                if let Some(node) = &node {
+                    let figures = in_process_search(node, &data, truth, clients, &args, filter)?;
+                    eprintln!("{figures:?}");
+                    search.push(figures);
+                }
             }
-        }
-        Ok(search)
-    };
+            Ok(search)
+        };
     let search = measure(None, &truth)?;
     let mut filtered = Vec::new();
     for &selectivity in &args.filters {
@@ -316,7 +317,10 @@ fn main() -> anyhow::Result<()> {
         let filter: Filter = serde_json::from_value(
             serde_json::json!({"must": [{"key": "bucket", "range": {"lt": below}}]}),
         )?;
-        eprintln!("filter keeping {selectivity}: {}", serde_json::to_string(&filter)?);
+        eprintln!(
+            "filter keeping {selectivity}: {}",
+            serde_json::to_string(&filter)?
+        );
         filtered.push(FilteredFigures {
             selectivity,
             search: measure(Some(&filter), &truth)?,
@@ -624,8 +628,7 @@ fn in_process_search(
                             ..SearchRequest::new(data.queries[q].clone(), args.top_k)
                         };
                         let t = Instant::now();
-                        let prepared =
-                            collection.prepare_search(&request, FILTER_LIMITS, None)?;
+                        let prepared = collection.prepare_search(&request, FILTER_LIMITS, None)?;
                         let found = shards
                             .par_iter()
                             .map(|shard| search_shard(shard, &prepared))

@@ -54,7 +54,8 @@ impl ValueSet {
             Value::String(s) => {
                 self.strings.insert(s.clone());
             }
-            Value::Number(n) => self.numbers.extend(n.as_f64()),
+            // Numbers compare by value: -0 is 0 (as `match` has it).
+            Value::Number(n) => self.numbers.extend(n.as_f64().map(|x| x + 0.0)),
             Value::Bool(b) => self.bools[usize::from(*b)] = true,
             _ => {}
         }
@@ -70,6 +71,7 @@ impl ValueSet {
         match value {
             Value::String(s) => self.strings.contains(s),
             Value::Number(n) => n.as_f64().is_some_and(|x| {
+                let x = x + 0.0;
                 self.numbers
                     .binary_search_by(|probe| probe.total_cmp(&x))
                     .is_ok()

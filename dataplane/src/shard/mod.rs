@@ -31,6 +31,7 @@ use grape_client::{CollectionConfig, Document, Metadata};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use payload::PayloadIndexes;
 use requests::{Answer, Recent, RequestId};
+use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -593,70 +594,21 @@ impl Shard {
         if let Some(reason) = state.maintenance.failure() {
             return Err(failed_error(&self.namespace, reason));
         }
-        let indexed = filter.and_then(|f| Some((f, state.payload.candidates(f)?)));
         let candidates = match filter {
             None => state.index.search(query, k, ef, None),
-            Some(_) if let Some((filter, (ids, exact))) = indexed => {
-                // The payload indexes found the candidates; the rest of the filter is checked
-                // on them alone.
-                let matching: Vec<VectorId> = ids
-                    .iter()
-                    .map(|id| id as VectorId)
-                    .filter(|&id| {
-                        state
-                            .entries
-                            .get(id)
-                            .and_then(Option::as_ref)
-                            .is_some_and(|e| exact || filter.matches(&e.metadata))
-                    })
-                    .collect();
-                let count = matching.len();
-                if count <= EXACT_FILTER_LIMIT || count * 10 <= state.by_id.len() {
-                    state.index.exact_search(query, k, matching.into_iter())
-                } else {
-                    let set: roaring::RoaringBitmap =
-                        matching.iter().map(|id| *id as u32).collect();
-                    let accept = |id: VectorId| u32::try_from(id).is_ok_and(|id| set.contains(id));
-                    let ef = widened_ef(ef, k, state.by_id.len(), count);
-                    state.index.search(query, k, ef, Some(&accept))
-                }
-            }
             Some(filter) => {
-                // The scan lets waiting writers in between chunks, and stops at the deadline.
-                let mut end = state.entries.len();
-                let mut matching = Vec::with_capacity(end);
-                while matching.len() < end {
-                    let index = Arc::as_ptr(&state.index);
-                    if deadline.is_some_and(|d| Instant::now() > d) {
-                        return Err(Error::unavailable(
-                            ErrorCode::QueryTimeout,
-                            "the search ran past performance.query_timeout_ms",
-                        ));
-                    }
-                    let chunk = matching.len()..(matching.len() + SCAN_CHUNK).min(end);
-                    for entry in &state.entries[chunk] {
-                        matching.push(entry.as_ref().is_some_and(|e| filter.matches(&e.metadata)));
-                    }
-                    RwLockReadGuard::bump(&mut state);
-                    if !std::ptr::eq(index, Arc::as_ptr(&state.index)) {
-                        // A snapshot replaced the shard meanwhile: start over on the new state.
-                        end = state.entries.len();
-                        matching.clear();
-                    }
-                }
-                let count = matching.iter().filter(|m| **m).count();
+                let matching = match indexed_matches(&mut state, filter, deadline)? {
+                    Some(matching) => matching,
+                    None => scanned_matches(&mut state, filter, deadline)?,
+                };
+                let count = matching.len() as usize;
                 if count <= EXACT_FILTER_LIMIT || count * 10 <= state.by_id.len() {
-                    state.index.exact_search(
-                        query,
-                        k,
-                        matching
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, m)| **m)
-                            .map(|(i, _)| i),
-                    )
+                    state
+                        .index
+                        .exact_search(query, k, matching.iter().map(|id| id as VectorId))
                 } else {
-                    let accept = |id: VectorId| matching.get(id).copied().unwrap_or(false);
+                    let accept =
+                        |id: VectorId| u32::try_from(id).is_ok_and(|id| matching.contains(id));
                     let ef = widened_ef(ef, k, state.by_id.len(), count);
                     state.index.search(query, k, ef, Some(&accept))
                 }
@@ -1002,6 +954,102 @@ impl Shard {
         self.stopping.store(true, AtomicOrdering::Release);
         self.close();
     }
+}
+
+fn timed_out() -> Error {
+    Error::unavailable(
+        ErrorCode::QueryTimeout,
+        "the search ran past performance.query_timeout_ms",
+    )
+}
+
+/// The live entries `filter` matches, found through the payload indexes; `None` when no
+/// condition of the filter names an indexed key. When the indexes answer every condition
+/// their answer is the matches; otherwise the rest of the filter is checked on the candidates
+/// alone, in chunks that let waiting writers in and stop at the deadline.
+fn indexed_matches(
+    state: &mut RwLockReadGuard<'_, ShardState>,
+    filter: &CompiledFilter,
+    deadline: Option<Instant>,
+) -> Result<Option<RoaringBitmap>> {
+    'over: loop {
+        let Some((candidates, exact)) = state.payload.candidates(filter) else {
+            return Ok(None);
+        };
+        if exact {
+            // The indexes hold live entries only.
+            return Ok(Some(candidates));
+        }
+        let candidates: Vec<u32> = candidates.iter().collect();
+        let mut matching = Vec::with_capacity(candidates.len());
+        for chunk in candidates.chunks(SCAN_CHUNK) {
+            if deadline.is_some_and(|d| Instant::now() > d) {
+                return Err(timed_out());
+            }
+            let index = Arc::as_ptr(&state.index);
+            for id in chunk {
+                // Deleted or replaced since (even during a bump below): no longer a match.
+                if state
+                    .entries
+                    .get(*id as VectorId)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|e| filter.matches(&e.metadata))
+                {
+                    matching.push(*id);
+                }
+            }
+            RwLockReadGuard::bump(state);
+            if !std::ptr::eq(index, Arc::as_ptr(&state.index)) {
+                // A snapshot replaced the shard meanwhile: start over on the new state.
+                continue 'over;
+            }
+        }
+        return Ok(Some(ids_bitmap(matching)));
+    }
+}
+
+/// A bitmap of ascending ids.
+fn ids_bitmap(ids: Vec<u32>) -> RoaringBitmap {
+    RoaringBitmap::from_sorted_iter(ids).expect("ids in ascending order")
+}
+
+/// The live entries `filter` matches, found by reading every entry's metadata, in chunks that
+/// let waiting writers in and stop at the deadline.
+fn scanned_matches(
+    state: &mut RwLockReadGuard<'_, ShardState>,
+    filter: &CompiledFilter,
+    deadline: Option<Instant>,
+) -> Result<RoaringBitmap> {
+    let mut end = state.entries.len();
+    let mut matching = Vec::new();
+    let mut next = 0;
+    while next < end {
+        let index = Arc::as_ptr(&state.index);
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            return Err(timed_out());
+        }
+        let chunk = next..(next + SCAN_CHUNK).min(end);
+        for id in chunk.clone() {
+            if state.entries[id]
+                .as_ref()
+                .is_some_and(|e| filter.matches(&e.metadata))
+                && let Ok(id) = u32::try_from(id)
+            {
+                matching.push(id);
+            }
+        }
+        next = chunk.end;
+        RwLockReadGuard::bump(state);
+        if !std::ptr::eq(index, Arc::as_ptr(&state.index)) {
+            // A snapshot replaced the shard meanwhile: start over on the new state.
+            end = state.entries.len();
+            matching.clear();
+            next = 0;
+        }
+    }
+    // Entries deleted or replaced during a bump: no longer matches.
+    matching.retain(|id| state.entries[*id as VectorId].is_some());
+    Ok(ids_bitmap(matching))
 }
 
 /// The breadth of a filtered graph walk: a filter that rejects most of the `live` entries

@@ -14,7 +14,6 @@ use grape_client::{Metadata, PayloadIndex, PayloadIndexKind};
 use roaring::RoaringBitmap;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
-use std::ops::Bound;
 
 /// The indexes of one shard.
 #[derive(Debug, Default)]
@@ -26,7 +25,15 @@ pub struct PayloadIndexes {
 struct FieldIndex {
     path: Vec<String>,
     values: Values,
+    /// Live documents with values under this key that are not indexed (more than
+    /// [`MAX_VALUES_PER_DOCUMENT`], or an id past 2^32): while there are any, the index
+    /// answers nothing and filters on the key read every document.
+    unindexed: usize,
 }
+
+/// Values one document may have indexed under one key (an array's elements): a document with
+/// more is not indexed, so that one write cannot grow the index without bound.
+pub const MAX_VALUES_PER_DOCUMENT: usize = 256;
 
 #[derive(Debug)]
 enum Values {
@@ -51,12 +58,21 @@ fn order_key(x: f64) -> u64 {
     }
 }
 
+#[cfg(test)]
 fn number_of(key: u64) -> f64 {
     f64::from_bits(if key >> 63 == 1 {
         key & !(1 << 63)
     } else {
         !key
     })
+}
+
+/// A bitmap of ids given in any order (sorting first is much faster than inserting at random).
+fn sorted(ids: impl Iterator<Item = u32>) -> RoaringBitmap {
+    let mut ids: Vec<u32> = ids.collect();
+    ids.sort_unstable();
+    ids.dedup();
+    RoaringBitmap::from_sorted_iter(ids).expect("sorted and deduplicated")
 }
 
 /// The values at `path` in `metadata`: the value itself, or each element of an array.
@@ -76,11 +92,6 @@ fn values_at<'a>(metadata: &'a Metadata, path: &[String]) -> Vec<&'a Value> {
     }
 }
 
-/// Ids are below 2^32 (see `VectorStore::push`).
-fn id32(id: VectorId) -> u32 {
-    u32::try_from(id).expect("fewer than 2^32 vectors per shard")
-}
-
 impl PayloadIndexes {
     /// Empty indexes on the given keys (checked by the collection's validation).
     pub fn new(indexes: &[PayloadIndex]) -> PayloadIndexes {
@@ -89,6 +100,7 @@ impl PayloadIndexes {
                 .iter()
                 .map(|index| FieldIndex {
                     path: index.key.split('.').map(str::to_string).collect(),
+                    unindexed: 0,
                     values: match index.kind {
                         PayloadIndexKind::Keyword => Values::Keyword(HashMap::new()),
                         PayloadIndexKind::Numeric => Values::Numeric(BTreeSet::new()),
@@ -113,9 +125,20 @@ impl PayloadIndexes {
     }
 
     fn update(&mut self, id: VectorId, metadata: &Metadata, add: bool) {
-        let id = id32(id);
         for field in &mut self.fields {
-            for value in values_at(metadata, &field.path) {
+            let values = values_at(metadata, &field.path);
+            let id = match u32::try_from(id) {
+                Ok(id) if values.len() <= MAX_VALUES_PER_DOCUMENT => id,
+                _ => {
+                    if add {
+                        field.unindexed += 1;
+                    } else {
+                        field.unindexed = field.unindexed.saturating_sub(1);
+                    }
+                    continue;
+                }
+            };
+            for value in values {
                 match (&mut field.values, value) {
                     (Values::Keyword(map), Value::String(_) | Value::Bool(_)) => {
                         let keyword = match value {
@@ -171,7 +194,10 @@ impl PayloadIndexes {
 
     /// Every id the condition holds for, if an index on its key can tell.
     fn answer(&self, condition: &CompiledCondition) -> Option<RoaringBitmap> {
-        let field = self.fields.iter().find(|f| f.path == condition.path)?;
+        let field = self
+            .fields
+            .iter()
+            .find(|f| f.path == condition.path && f.unindexed == 0)?;
         match (&field.values, &condition.test) {
             (Values::Keyword(map), Test::Equals(value)) => {
                 let keyword = match value {
@@ -197,11 +223,9 @@ impl PayloadIndexes {
             }
             (Values::Numeric(set), Test::Equals(Value::Number(n))) => {
                 let key = order_key(n.as_f64()?);
-                Some(
-                    set.range((key, 0)..=(key, u32::MAX))
-                        .map(|(_, id)| *id)
-                        .collect(),
-                )
+                Some(sorted(
+                    set.range((key, 0)..=(key, u32::MAX)).map(|(_, id)| *id),
+                ))
             }
             (Values::Numeric(set), Test::AnyOf(values))
                 if values.strings.is_empty() && !values.bools.iter().any(|b| *b) =>
@@ -209,32 +233,30 @@ impl PayloadIndexes {
                 let mut ids = RoaringBitmap::new();
                 for x in &values.numbers {
                     let key = order_key(*x);
-                    ids.extend(set.range((key, 0)..=(key, u32::MAX)).map(|(_, id)| *id));
+                    ids |= sorted(set.range((key, 0)..=(key, u32::MAX)).map(|(_, id)| *id));
                 }
                 Some(ids)
             }
             (Values::Numeric(set), Test::Within(range)) => {
-                let low = match range.gte.into_iter().chain(range.gt).reduce(f64::max) {
-                    Some(x) => Bound::Included((order_key(x), 0)),
-                    None => Bound::Unbounded,
-                };
-                let high = match range.lte.into_iter().chain(range.lt).reduce(f64::min) {
-                    Some(x) => Bound::Included((order_key(x), u32::MAX)),
-                    None => Bound::Unbounded,
-                };
-                if let (Bound::Included(l), Bound::Included(h)) = (low, high)
-                    && l > h
-                {
+                // Inclusive bounds in key order: one number has one key, so "greater than x"
+                // starts at the next key and "less than x" ends at the one before (finite
+                // numbers' keys are neither 0 nor u64::MAX).
+                let lows = [
+                    range.gte.map(order_key),
+                    range.gt.map(|x| order_key(x).saturating_add(1)),
+                ];
+                let highs = [
+                    range.lte.map(order_key),
+                    range.lt.map(|x| order_key(x).saturating_sub(1)),
+                ];
+                let low = lows.into_iter().flatten().max().unwrap_or(0);
+                let high = highs.into_iter().flatten().min().unwrap_or(u64::MAX);
+                if low > high {
                     return Some(RoaringBitmap::new());
                 }
-                // The bounds are inclusive; strict ones are applied to each number.
-                let test = Test::Within(*range);
-                Some(
-                    set.range((low, high))
-                        .filter(|(key, _)| test.holds(&Value::from(number_of(*key))))
-                        .map(|(_, id)| *id)
-                        .collect(),
-                )
+                Some(sorted(
+                    set.range((low, 0)..=(high, u32::MAX)).map(|(_, id)| *id),
+                ))
             }
             _ => None,
         }
@@ -244,6 +266,61 @@ impl PayloadIndexes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn filter(value: serde_json::Value) -> CompiledFilter {
+        let filter: grape_client::Filter = serde_json::from_value(value).unwrap();
+        let limits = super::super::filter::FilterLimits {
+            conditions: 4,
+            values: 4,
+        };
+        CompiledFilter::new(&filter, limits).unwrap()
+    }
+
+    #[test]
+    fn a_document_with_too_many_values_turns_its_key_over_to_scans_until_it_goes() {
+        let mut indexes = PayloadIndexes::new(&[PayloadIndex {
+            key: "tags".into(),
+            kind: PayloadIndexKind::Keyword,
+        }]);
+        let some = |n: usize| -> Metadata {
+            serde_json::from_value(serde_json::json!({
+                "tags": (0..n).map(|i| format!("t{i}")).collect::<Vec<_>>()
+            }))
+            .unwrap()
+        };
+        let wants = filter(serde_json::json!({"must": [{"key": "tags", "match": "t1"}]}));
+        indexes.add(0, &some(3));
+        let (ids, exact) = indexes.candidates(&wants).unwrap();
+        assert_eq!((ids.iter().collect::<Vec<_>>(), exact), (vec![0], true));
+        indexes.add(1, &some(MAX_VALUES_PER_DOCUMENT + 1));
+        assert!(indexes.candidates(&wants).is_none());
+        indexes.remove(1, &some(MAX_VALUES_PER_DOCUMENT + 1));
+        assert_eq!(indexes.candidates(&wants).unwrap().0.len(), 1);
+        // Ids past 2^32 are not indexed either.
+        indexes.add(1 << 32, &some(2));
+        assert!(indexes.candidates(&wants).is_none());
+    }
+
+    #[test]
+    fn minus_zero_is_zero_with_and_without_an_index() {
+        let mut indexes = PayloadIndexes::new(&[PayloadIndex {
+            key: "n".into(),
+            kind: PayloadIndexKind::Numeric,
+        }]);
+        let negative: Metadata = serde_json::from_str(r#"{"n": -0.0}"#).unwrap();
+        let positive: Metadata = serde_json::from_str(r#"{"n": 0}"#).unwrap();
+        indexes.add(0, &negative);
+        indexes.add(1, &positive);
+        for wanted in [r#"[0]"#, r#"[-0.0]"#, r#"[-0.0, 0]"#] {
+            let any: serde_json::Value = serde_json::from_str(&format!(
+                r#"{{"must": [{{"key": "n", "match_any": {wanted}}}]}}"#
+            ))
+            .unwrap();
+            let f = filter(any);
+            assert!(f.matches(&negative) && f.matches(&positive), "{wanted}");
+            assert_eq!(indexes.candidates(&f).unwrap().0.len(), 2, "{wanted}");
+        }
+    }
 
     #[test]
     fn number_keys_keep_the_order_of_numbers() {
