@@ -83,16 +83,6 @@ async fn a_filling_disk_refuses_writes_keeps_serving_reads_and_resumes_once_spac
             node.data_dir.path()
         );
     }
-    // The refusal holds on every node, for single upserts too, and for a new collection.
-    for node in &cluster.nodes {
-        let e = node
-            .client()
-            .default_collection()
-            .upsert(&batch(next, 1)[0])
-            .await
-            .unwrap_err();
-        assert_eq!(e.error_code(), Some(ErrorCode::InsufficientStorage), "{e}");
-    }
     // The cluster records which nodes are low (each node checks every second).
     let deadline = Instant::now() + Duration::from_secs(10);
     let low = loop {
@@ -106,6 +96,17 @@ async fn a_filling_disk_refuses_writes_keeps_serving_reads_and_resumes_once_spac
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // Once recorded, the refusal holds on every node (a leader that is not low itself learns
+    // it from the record), for single upserts too, and for a new collection.
+    for node in &cluster.nodes {
+        let e = node
+            .client()
+            .default_collection()
+            .upsert(&batch(next, 1)[0])
+            .await
+            .unwrap_err();
+        assert_eq!(e.error_code(), Some(ErrorCode::InsufficientStorage), "{e}");
+    }
     let metrics = cluster
         .node(Cluster::index_of(&low[0]))
         .client()
