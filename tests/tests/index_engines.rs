@@ -28,6 +28,25 @@ async fn wait_indexed(node: &GrapeNode) {
     }
 }
 
+/// Writes `DOCUMENTS` points (`p0`, `p1`, ...) and answers them by id.
+async fn load_points(docs: &CollectionClient<'_>) -> BTreeMap<String, Vec<f32>> {
+    let live: BTreeMap<String, Vec<f32>> = (0..DOCUMENTS)
+        .map(|i| (format!("p{i}"), vector(i, DIMENSION)))
+        .collect();
+    let batch: Vec<DocumentInput> = live
+        .iter()
+        .map(|(id, v)| DocumentInput {
+            id: Some(id.clone()),
+            vector: v.clone(),
+            metadata: None,
+        })
+        .collect();
+    for chunk in batch.chunks(500) {
+        docs.upsert_batch(chunk).await.unwrap();
+    }
+    live
+}
+
 /// recall@10 over 40 queries against brute force over `live`.
 async fn recall(docs: &CollectionClient<'_>, live: &BTreeMap<String, Vec<f32>>) -> f64 {
     let mut hits = 0;
@@ -90,20 +109,7 @@ async fn engine_serves_correct_searches(engine: &str) {
         .await
         .unwrap();
     let docs = grape.collection("points");
-    let mut live: BTreeMap<String, Vec<f32>> = (0..DOCUMENTS)
-        .map(|i| (format!("p{i}"), vector(i, DIMENSION)))
-        .collect();
-    let batch: Vec<DocumentInput> = live
-        .iter()
-        .map(|(id, v)| DocumentInput {
-            id: Some(id.clone()),
-            vector: v.clone(),
-            metadata: None,
-        })
-        .collect();
-    for chunk in batch.chunks(500) {
-        docs.upsert_batch(chunk).await.unwrap();
-    }
+    let mut live = load_points(&docs).await;
     wait_indexed(&node).await;
     let first = recall(&docs, &live).await;
     assert!(first >= 0.95, "{engine}: recall@10 {first}");
@@ -191,20 +197,7 @@ async fn a_restart_loads_the_saved_graphs_instead_of_building_them() {
         .config
         .shard_count as usize;
     let docs = grape.collection("points");
-    let mut live: BTreeMap<String, Vec<f32>> = (0..DOCUMENTS)
-        .map(|i| (format!("p{i}"), vector(i, DIMENSION)))
-        .collect();
-    let batch: Vec<DocumentInput> = live
-        .iter()
-        .map(|(id, v)| DocumentInput {
-            id: Some(id.clone()),
-            vector: v.clone(),
-            metadata: None,
-        })
-        .collect();
-    for chunk in batch.chunks(500) {
-        docs.upsert_batch(chunk).await.unwrap();
-    }
+    let mut live = load_points(&docs).await;
     wait_indexed(&node).await;
     // Each shard's graph is saved within the interval plus a tick of the saver.
     let graphs = node.data_dir.path().join("graphs");
