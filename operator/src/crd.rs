@@ -183,8 +183,8 @@ pub struct IndexSpec {
     #[serde(default = "default_ef_search")]
     #[schemars(range(min = 1, max = 100000))]
     pub ef_search: i32,
-    /// HNSW implementation (`index.graph` of the nodes): `grape` (the default) or `hnsw_rs`. Graphs are
-    /// rebuilt from storage when a pod starts, so a change rolls through the pods.
+    /// HNSW implementation (`index.graph` of the nodes): `grape` (the default) or `hnsw_rs`. A change
+    /// rolls through the pods; each builds the new engine's graphs from storage when it starts.
     #[serde(default = "default_graph")]
     #[x_kube(validation = Rule::new("self in ['hnsw_rs', 'grape']").message("graph must be hnsw_rs or grape"))]
     pub graph: String,
