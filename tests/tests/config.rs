@@ -184,6 +184,11 @@ fn unknown_keys_and_invalid_values_stop_startup_naming_the_key() {
         ),
         (
             NodeOptions::default(),
+            Some("index:\n  graph_save_interval_secs: -5\n"),
+            "index.graph_save_interval_secs",
+        ),
+        (
+            NodeOptions::default(),
             Some("node:\n  listen_address: nowhere\n"),
             "node.listen_address",
         ),

@@ -1004,13 +1004,8 @@ fn indexed_matches(
                 continue 'over;
             }
         }
-        return Ok(Some(ids_bitmap(matching)));
+        return Ok(Some(payload::sorted(matching.into_iter())));
     }
-}
-
-/// A bitmap of ascending ids.
-fn ids_bitmap(ids: Vec<u32>) -> RoaringBitmap {
-    RoaringBitmap::from_sorted_iter(ids).expect("ids in ascending order")
 }
 
 /// The live entries `filter` matches, found by reading every entry's metadata, in chunks that
@@ -1049,7 +1044,7 @@ fn scanned_matches(
     }
     // Entries deleted or replaced during a bump: no longer matches.
     matching.retain(|id| state.entries[*id as VectorId].is_some());
-    Ok(ids_bitmap(matching))
+    Ok(payload::sorted(matching.into_iter()))
 }
 
 /// The breadth of a filtered graph walk: a filter that rejects most of the `live` entries

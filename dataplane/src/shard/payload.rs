@@ -68,7 +68,7 @@ fn number_of(key: u64) -> f64 {
 }
 
 /// A bitmap of ids given in any order (sorting first is much faster than inserting at random).
-fn sorted(ids: impl Iterator<Item = u32>) -> RoaringBitmap {
+pub(super) fn sorted(ids: impl Iterator<Item = u32>) -> RoaringBitmap {
     let mut ids: Vec<u32> = ids.collect();
     ids.sort_unstable();
     ids.dedup();

@@ -832,6 +832,16 @@ mod saved_graphs {
         saved_graph::path(storage.path(), "docs/0@1")
     }
 
+    /// A loaded shard's graph saved and the shard closed: its storage, the file and its bytes.
+    fn saved_file(dir: &std::path::Path) -> (Arc<Storage>, std::path::PathBuf, Vec<u8>) {
+        let (storage, shard) = loaded_shard(dir);
+        shard.save_graph(WAIT).unwrap().unwrap();
+        drop(shard);
+        let file = graph_file(&storage);
+        let good = std::fs::read(&file).unwrap();
+        (storage, file, good)
+    }
+
     #[test]
     fn a_saved_graph_is_loaded_instead_of_built() {
         let dir = tempfile::tempdir().unwrap();
@@ -895,11 +905,7 @@ mod saved_graphs {
     #[test]
     fn a_damaged_saved_graph_is_deleted_and_the_graph_built_from_the_documents() {
         let dir = tempfile::tempdir().unwrap();
-        let (storage, shard) = loaded_shard(dir.path());
-        shard.save_graph(WAIT).unwrap().unwrap();
-        drop(shard);
-        let file = graph_file(&storage);
-        let good = std::fs::read(&file).unwrap();
+        let (storage, file, good) = saved_file(dir.path());
         let mut flipped = good.clone();
         flipped[good.len() / 2] ^= 0x40;
         let damages: [(&str, Vec<u8>); 4] = [
@@ -1030,11 +1036,7 @@ mod saved_graphs {
     #[test]
     fn a_header_claiming_more_nodes_than_the_file_holds_is_refused_before_allocating() {
         let dir = tempfile::tempdir().unwrap();
-        let (storage, shard) = loaded_shard(dir.path());
-        shard.save_graph(WAIT).unwrap().unwrap();
-        drop(shard);
-        let file = graph_file(&storage);
-        let good = std::fs::read(&file).unwrap();
+        let (storage, file, good) = saved_file(dir.path());
         let head_len = u32::from_le_bytes(good[12..16].try_into().unwrap()) as usize;
         let mut header: serde_json::Value =
             serde_json::from_slice(&good[16..16 + head_len]).unwrap();
