@@ -392,6 +392,10 @@ pub struct ShardStats {
     /// Vectors held in memory: the live ones and dead ones a rebuild has not reclaimed yet.
     #[serde(default)]
     pub stored_vectors: u64,
+    /// Bytes those vectors take in memory (full vectors, or quantized codes; not the graph's
+    /// neighbour lists).
+    #[serde(default)]
+    pub vector_bytes: u64,
     /// Graph rebuilds since start.
     pub rebuilds: u64,
     /// Graph entries this replica loaded from its saved graph at start instead of inserting

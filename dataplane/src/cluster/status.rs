@@ -70,6 +70,7 @@ pub fn shard_stats(node: &Node) -> Vec<ShardStats> {
                 pending: figures.index.pending,
                 tombstones: figures.index.dead_in_graph,
                 stored_vectors: figures.index.stored,
+                vector_bytes: figures.index.vector_bytes,
                 rebuilds: figures.index.rebuilds,
                 graph_loaded: figures.graph_loaded,
                 replicas: record.map(|r| r.replicas.clone()).unwrap_or_default(),

@@ -14,7 +14,7 @@ pub use address::{advertised, parse_host_port};
 use address::{is_loopback_host, join_host_port};
 pub use load::{Overrides, parse_peer_list};
 
-use crate::index::{GraphEngine, IndexOptions};
+use crate::index::{GraphEngine, IndexOptions, OriginalsPlace};
 use grape_client::{HnswParams, Metric};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -224,6 +224,9 @@ pub struct IndexConfig {
     /// Seconds between saves of a changed graph (Grape's graph only), which a restart loads
     /// instead of building it again; graphs are also saved at shutdown. 0: never saved.
     pub graph_save_interval_secs: u64,
+    /// Where quantized collections keep their full vectors for re-scoring: `memory` (the
+    /// default) or `disk`.
+    pub quantized_originals: OriginalsPlace,
     // Seed keys accepted without effect (see `inert_keys`).
     pub enable_parallel_construction: Option<bool>,
     pub enable_product_quantization: Option<bool>,
@@ -239,6 +242,7 @@ impl IndexConfig {
             rebuild_threshold: self.rebuild_threshold,
             graph_save_interval: (self.graph_save_interval_secs > 0)
                 .then(|| std::time::Duration::from_secs(self.graph_save_interval_secs)),
+            quantized_originals: self.quantized_originals,
         }
     }
 }
@@ -256,6 +260,7 @@ impl Default for IndexConfig {
             construction_threads: 0,
             graph: GraphEngine::default(),
             graph_save_interval_secs: 300,
+            quantized_originals: OriginalsPlace::default(),
             enable_parallel_construction: None,
             enable_product_quantization: None,
             pq_segments: None,

@@ -272,12 +272,24 @@ impl GraphDistance {
     pub fn distance(&self, a: &[f32], b: &[f32]) -> f32 {
         match self.metric {
             Metric::L2 => (self.l2)(a, b),
-            Metric::Cosine => (1.0 - (self.dot)(a, b)).max(0.0),
-            Metric::Dot => {
-                let d = -(self.dot)(a, b);
+            Metric::Cosine | Metric::Dot => self.of_dot((self.dot)(a, b)),
+        }
+    }
+
+    /// The graph distance of two vectors of cosine or dot metric, from their dot product.
+    #[inline]
+    pub fn of_dot(&self, dot: f32) -> f32 {
+        match self.metric {
+            Metric::Cosine => (1.0 - dot).max(0.0),
+            _ => {
+                let d = -dot;
                 if d >= 0.0 { 1.0 + d } else { 1.0 / (1.0 - d) }
             }
         }
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.metric
     }
 
     /// The user-facing score of two prepared vectors: similarity for cosine and dot, Euclidean

@@ -3,6 +3,7 @@
 
 use super::distance::GraphDistance;
 use super::graph::{self, GraphParams, HnswGraph};
+use super::quantize::Space;
 use super::{Candidate, GraphEngine, VectorId};
 use grape_client::HnswParams;
 use hnsw_rs::prelude::Hnsw;
@@ -23,6 +24,7 @@ impl Graph {
         dimension: usize,
         params: HnswParams,
         distance: GraphDistance,
+        space: Space,
         capacity: usize,
     ) -> Graph {
         match engine {
@@ -35,7 +37,7 @@ impl Graph {
             ))),
             GraphEngine::Grape => Graph::Grape(Arc::new(HnswGraph::new(
                 dimension,
-                distance,
+                space,
                 GraphParams {
                     m: params.m,
                     ef_construction: params.ef_construction,

@@ -22,13 +22,15 @@
 pub mod distance;
 mod engine;
 pub mod graph;
+pub mod quantize;
 pub mod worker;
 
 use distance::GraphDistance;
 use engine::Graph;
-use grape_client::{HnswParams, Metric};
+use grape_client::{HnswParams, Metric, Quantization};
 use graph::{HnswGraph, Node};
 use parking_lot::{Mutex, RwLock};
+use quantize::{Codebook, Space, TRAINING_SAMPLE};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -93,6 +95,8 @@ pub struct IndexOptions {
     /// How often a changed graph is saved to disk, to be loaded at the next start instead of
     /// built again (Grape's graph only); `None`: graphs are never saved.
     pub graph_save_interval: Option<std::time::Duration>,
+    /// Where a quantized graph's full vectors are kept for re-scoring.
+    pub quantized_originals: OriginalsPlace,
 }
 
 impl Default for IndexOptions {
@@ -101,8 +105,75 @@ impl Default for IndexOptions {
             engine: GraphEngine::default(),
             rebuild_threshold: 100_000,
             graph_save_interval: Some(std::time::Duration::from_secs(300)),
+            quantized_originals: OriginalsPlace::default(),
         }
     }
+}
+
+/// Where the full vectors of a quantized graph's nodes are kept, for re-scoring
+/// (`index.quantized_originals`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OriginalsPlace {
+    /// In memory beside the codes: fastest re-scoring, no memory saved.
+    #[default]
+    Memory,
+    /// In an unnamed file under the data directory, read back (from the page cache when it
+    /// has room) for each candidate re-scored: memory holds the codes only.
+    Disk,
+}
+
+/// Full vectors of quantized nodes on disk: an unnamed temporary file (unlinked at creation,
+/// so nothing is left behind by a crash), `dimension` floats at `id * dimension`.
+struct OriginalsFile {
+    file: std::fs::File,
+    dimension: usize,
+}
+
+impl OriginalsFile {
+    fn create(dir: &std::path::Path, dimension: usize) -> std::io::Result<OriginalsFile> {
+        std::fs::create_dir_all(dir)?;
+        Ok(OriginalsFile {
+            file: tempfile::tempfile_in(dir)?,
+            dimension,
+        })
+    }
+
+    fn offset(&self, id: VectorId) -> u64 {
+        (id as u64) * (self.dimension as u64) * 4
+    }
+
+    fn write(&self, id: VectorId, vector: &[f32]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.file.write_all_at(&bytes, self.offset(id))
+    }
+
+    /// Reads the vector of `id` into `buf`. A failure here is a broken local disk: it panics,
+    /// which marks the shard failed rather than answering with a wrong vector.
+    fn read(&self, id: VectorId, buf: &mut Vec<f32>) {
+        use std::os::unix::fs::FileExt;
+        let mut bytes = vec![0u8; self.dimension * 4];
+        if let Err(error) = self.file.read_exact_at(&mut bytes, self.offset(id)) {
+            panic!("reading the full vector of {id} from disk failed: {error}");
+        }
+        buf.clear();
+        buf.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        );
+    }
+}
+
+/// Where a store finds the vectors of the ids the graph holds.
+enum Originals {
+    /// In Grape's graph (it holds full vectors).
+    Graph,
+    /// In `data`, every one (hnsw_rs, or a quantized graph with originals in memory).
+    Memory,
+    /// In a file, once the graph has taken them (a quantized graph with originals on disk).
+    Disk(Arc<OriginalsFile>),
 }
 
 /// Vectors by id, and which are still live.
@@ -110,24 +181,30 @@ impl Default for IndexOptions {
 /// Each vector is held once. Grape's graph keeps the vectors of the ids it holds beside their
 /// neighbour lists, and the store reads them there; `data` holds only the vectors still
 /// waiting for the graph. hnsw_rs keeps private copies, so with it `data` holds every vector.
+/// A quantized graph holds codes: the full vectors stay in `data`, or go to a file once the
+/// graph has taken them ([`OriginalsPlace`]).
 ///
 /// Ids only grow (an updated document gets a new id), so the vectors of dead ids would pile
 /// up; a rebuild drops them. What stays per id ever issued is its liveness and slot (5 bytes).
 struct VectorStore {
-    /// `dimension` floats per vector held outside the graph, in the prepared form (unit
-    /// length for cosine).
+    /// `dimension` floats per vector held in memory outside the graph, in the prepared form
+    /// (unit length for cosine).
     data: Vec<f32>,
-    /// Where each id's vector is: its node in `graph` for ids below `in_graph` (when `graph`
-    /// is set), else its slot in `data`, in vectors; [`NOT_STORED`] once reclaimed.
+    /// Where each id's vector is: its node in `graph` for ids below `in_graph` with
+    /// [`Originals::Graph`], [`IN_FILE`] for one in the file, else its slot in `data`, in
+    /// vectors; [`NOT_STORED`] once reclaimed.
     slot: Vec<u32>,
     /// Whether each id is still a current document (false once deleted or replaced).
     live: Vec<bool>,
     live_count: usize,
-    /// Grape's graph, holding the vectors of the ids below `in_graph`.
+    originals: Originals,
+    /// Grape's graph (with [`Originals::Graph`] or [`Originals::Disk`]), holding the
+    /// vectors or codes of the ids below `in_graph`.
     graph: Option<Arc<HnswGraph>>,
     in_graph: VectorId,
-    /// Ids at or above `in_graph` with a slot in `data`; the rest of `data` is vectors the
-    /// graph holds now, dropped by [`VectorStore::compact`].
+    /// Ids with a slot in `data` that the graph does not hold yet (or, on disk, whose file
+    /// write failed); the rest of `data` is stale copies, dropped by
+    /// [`VectorStore::compact`].
     outside: usize,
 }
 
@@ -137,50 +214,74 @@ const RECLAIM_MIN: usize = 1000;
 /// The slot of an id whose vector a compaction reclaimed (it was dead by then).
 const NOT_STORED: u32 = u32::MAX;
 
+/// The slot of an id whose full vector is in the originals file.
+const IN_FILE: u32 = u32::MAX - 1;
+
 impl VectorStore {
-    fn new() -> VectorStore {
+    fn new(originals: Originals) -> VectorStore {
         VectorStore {
             data: Vec::new(),
             slot: Vec::new(),
             live: Vec::new(),
             live_count: 0,
+            originals,
             graph: None,
             in_graph: 0,
             outside: 0,
         }
     }
 
-    /// The vector of an id. Callers read only ids they found live under the same lock: a live
-    /// id always has its vector stored.
+    /// The vector of an id, from memory or (into `buf`) from disk. Callers read only ids they
+    /// found live under the same lock: a live id always has its vector stored.
     #[inline]
-    fn vector(&self, id: VectorId, dimension: usize) -> &[f32] {
+    fn vector<'a>(&'a self, id: VectorId, dimension: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
         let slot = self.slot[id];
         debug_assert_ne!(slot, NOT_STORED, "vector {id} was reclaimed");
-        if id < self.in_graph
-            && let Some(graph) = &self.graph
-        {
-            return graph.vector(slot);
+        match &self.originals {
+            Originals::Graph if id < self.in_graph => {
+                if let Some(graph) = &self.graph {
+                    return graph.vector(slot);
+                }
+            }
+            Originals::Disk(file) if slot == IN_FILE => {
+                file.read(id, buf);
+                return buf;
+            }
+            _ => {}
         }
         let start = slot as usize * dimension;
         &self.data[start..start + dimension]
+    }
+
+    /// Whether `id`'s vector has a slot in `data`.
+    fn in_data(&self, id: VectorId) -> bool {
+        let slot = self.slot[id];
+        slot != NOT_STORED
+            && slot != IN_FILE
+            && !(matches!(self.originals, Originals::Graph) && id < self.in_graph)
     }
 
     fn is_live(&self, id: VectorId) -> bool {
         self.live.get(id).copied().unwrap_or(false)
     }
 
-    /// Vectors in memory, live or dead: in `data` and in Grape's graph.
+    /// Vectors in memory, live or dead: in `data`, and in Grape's graph (in full, or as codes
+    /// whose full vectors are on disk).
     fn stored(&self, dimension: usize) -> usize {
-        self.data.len() / dimension.max(1) + self.graph.as_ref().map_or(0, |g| g.len())
+        let in_graph = match self.originals {
+            Originals::Graph | Originals::Disk(_) => self.graph.as_ref().map_or(0, |g| g.len()),
+            Originals::Memory => 0,
+        };
+        self.data.len() / dimension.max(1) + in_graph
     }
 
     /// Vectors of distinct ids held, live or dead: [`VectorStore::stored`] without the copies
     /// in `data` of vectors the graph holds now (dropped by the next compaction, not by a
-    /// rebuild).
+    /// rebuild), and with the codes of a quantized graph.
     fn held(&self, dimension: usize) -> usize {
-        match &self.graph {
-            Some(graph) => graph.len() + self.outside,
-            None => self.stored(dimension),
+        match (&self.graph, &self.originals) {
+            (Some(graph), Originals::Graph | Originals::Disk(_)) => graph.len() + self.outside,
+            _ => self.stored(dimension),
         }
     }
 
@@ -190,8 +291,9 @@ impl VectorStore {
         ids: std::ops::Range<VectorId>,
         dimension: usize,
     ) -> Vec<(VectorId, Vec<f32>)> {
+        let mut buf = Vec::new();
         ids.filter(|&id| self.live[id])
-            .map(|id| (id, self.vector(id, dimension).to_vec()))
+            .map(|id| (id, self.vector(id, dimension, &mut buf).to_vec()))
             .collect()
     }
 
@@ -199,31 +301,47 @@ impl VectorStore {
     fn push(data: &mut Vec<f32>, vector: &[f32], dimension: usize) -> u32 {
         let slot = u32::try_from(data.len() / dimension.max(1))
             .ok()
-            .filter(|s| *s != NOT_STORED)
-            .expect("fewer than 2^32 - 1 vectors per shard");
+            .filter(|s| *s < IN_FILE)
+            .expect("fewer than 2^32 - 2 vectors per shard");
         data.extend_from_slice(vector);
         slot
     }
 
     /// Grape's `graph` took the vectors of `ids` (the batch's ids at `nodes`; the others in
-    /// the range were dead): read them there from now on, and drop the copies in `data`.
+    /// the range were dead): read them there (or, on disk, in the file for those `written`)
+    /// from now on, and drop the copies in `data`.
     fn hand_over(
         &mut self,
         graph: &Arc<HnswGraph>,
         ids: std::ops::Range<VectorId>,
         batch: &[(VectorId, Vec<f32>)],
         nodes: &[Node],
+        written: &[bool],
         dimension: usize,
     ) {
         debug_assert_eq!(ids.start, self.in_graph);
+        let on_disk = matches!(self.originals, Originals::Disk(_));
+        let mut kept = std::collections::HashMap::new();
+        for ((id, _), written) in batch.iter().zip(written) {
+            if !written {
+                kept.insert(*id, self.slot[*id]);
+            }
+        }
         for id in ids.clone() {
             if self.slot[id] != NOT_STORED {
                 self.outside -= 1;
                 self.slot[id] = NOT_STORED;
             }
         }
-        for ((id, _), node) in batch.iter().zip(nodes) {
-            self.slot[*id] = *node;
+        for (i, ((id, _), node)) in batch.iter().zip(nodes).enumerate() {
+            self.slot[*id] = match (on_disk, written.get(i)) {
+                (false, _) => *node,
+                (true, Some(true)) => IN_FILE,
+                (true, _) => {
+                    self.outside += 1;
+                    kept.get(id).copied().unwrap_or(NOT_STORED)
+                }
+            };
         }
         self.graph = Some(Arc::clone(graph));
         self.in_graph = ids.end;
@@ -245,8 +363,12 @@ impl VectorStore {
         }
         let mut data = Vec::with_capacity(self.outside * dimension);
         let mut outside = 0;
-        for id in self.in_graph..self.live.len() {
-            if self.slot[id] == NOT_STORED {
+        let from = match self.originals {
+            Originals::Graph => self.in_graph,
+            _ => 0,
+        };
+        for id in from..self.live.len() {
+            if !self.in_data(id) {
                 continue;
             }
             if self.live[id] {
@@ -280,6 +402,9 @@ pub struct IndexStats {
     pub rebuilds: u64,
     /// Vectors held in memory: the live ones and dead ones not yet reclaimed by a rebuild.
     pub stored: u64,
+    /// Bytes of those vectors: full vectors in memory, and Grape's graph's codes (not its
+    /// neighbour lists, nor hnsw_rs's private copies).
+    pub vector_bytes: u64,
 }
 
 /// One shard's vectors and graph.
@@ -294,6 +419,10 @@ pub struct VectorIndex {
     engine: GraphEngine,
     /// Non-negative distance of the metric, with the CPU's fastest kernels.
     distance: GraphDistance,
+    /// The collection's quantization as this index applies it (`None` with hnsw_rs).
+    quantization: Quantization,
+    /// Vectors the current graph's codes were learnt from (quantized graphs only).
+    trained_on: AtomicUsize,
     /// All vectors, by id.
     vectors: RwLock<VectorStore>,
     /// The current graph and its watermark; swapped whole by a rebuild.
@@ -336,22 +465,71 @@ impl std::fmt::Debug for VectorIndex {
 }
 
 impl VectorIndex {
+    /// An index of full vectors (no quantization).
     pub fn new(
         dimension: usize,
         metric: Metric,
         params: HnswParams,
         options: IndexOptions,
     ) -> Self {
+        Self::quantized(dimension, metric, params, options, Quantization::None, None)
+    }
+
+    /// An index whose graph holds `quantization` codes (Grape's graph only: with hnsw_rs the
+    /// setting is ignored, with a warning), the full vectors kept as `options` says; on disk
+    /// in an unnamed file under `dir` (in memory without one, or when the file cannot be
+    /// created, with a warning).
+    pub fn quantized(
+        dimension: usize,
+        metric: Metric,
+        params: HnswParams,
+        options: IndexOptions,
+        quantization: Quantization,
+        dir: Option<&std::path::Path>,
+    ) -> Self {
+        let quantization = match (options.engine, quantization) {
+            (_, Quantization::None) => Quantization::None,
+            (GraphEngine::Grape, q) => q,
+            (GraphEngine::HnswRs, q) => {
+                tracing::warn!(
+                    quantization = ?q,
+                    "index.graph hnsw_rs does not quantize: this collection's graphs hold full vectors"
+                );
+                Quantization::None
+            }
+        };
+        let originals = match (
+            options.engine,
+            quantization,
+            options.quantized_originals,
+            dir,
+        ) {
+            (GraphEngine::HnswRs, ..) => Originals::Memory,
+            (_, Quantization::None, ..) => Originals::Graph,
+            (_, _, OriginalsPlace::Disk, Some(dir)) => {
+                match OriginalsFile::create(dir, dimension) {
+                    Ok(file) => Originals::Disk(Arc::new(file)),
+                    Err(error) => {
+                        tracing::warn!(%error, dir = %dir.display(), "cannot create a file for full vectors; they stay in memory");
+                        Originals::Memory
+                    }
+                }
+            }
+            _ => Originals::Memory,
+        };
         let distance = GraphDistance::new(metric);
+        let space = Space::train(quantization, metric, dimension, &[]);
         VectorIndex {
             dimension,
             metric,
             params,
             engine: options.engine,
             distance,
-            vectors: RwLock::new(VectorStore::new()),
+            quantization,
+            trained_on: AtomicUsize::new(0),
+            vectors: RwLock::new(VectorStore::new(originals)),
             graph: RwLock::new(GraphState {
-                graph: Graph::new(options.engine, dimension, params, distance, 1024),
+                graph: Graph::new(options.engine, dimension, params, distance, space, 1024),
                 indexed_upto: 0,
             }),
             dead_in_graph: AtomicUsize::new(0),
@@ -364,25 +542,52 @@ impl VectorIndex {
         }
     }
 
+    /// The quantization this index applies.
+    pub fn quantization(&self) -> Quantization {
+        self.quantization
+    }
+
     /// An index over a graph of `nodes` nodes that [`VectorIndex::write_graph`] wrote, read
-    /// from `input` (Grape's engine only). Its ids are the graph's nodes, all dead until
+    /// from `input` (Grape's engine only), its codes those of `codebook` (saved beside it;
+    /// `None`: full vectors). Its ids are the graph's nodes, all dead until
     /// [`VectorIndex::revive`]d: the caller checks each node's vector against what it stores.
+    #[allow(clippy::too_many_arguments)]
     pub fn read_graph(
         input: &mut dyn std::io::Read,
         dimension: usize,
         metric: Metric,
         params: HnswParams,
         options: IndexOptions,
+        quantization: Quantization,
+        codebook: Option<&Codebook>,
+        dir: Option<&std::path::Path>,
         nodes: usize,
     ) -> std::io::Result<VectorIndex> {
         if options.engine != GraphEngine::Grape {
             return Err(std::io::Error::other("only Grape's graph is saved"));
         }
-        let index = VectorIndex::new(dimension, metric, params, options);
+        let index = VectorIndex::quantized(dimension, metric, params, options, quantization, dir);
+        let saved = match codebook {
+            None => Quantization::None,
+            Some(Codebook::Scalar { .. }) => Quantization::Scalar,
+            Some(Codebook::Binary { .. }) => Quantization::Binary,
+        };
+        if saved != index.quantization {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "saved with quantization {saved:?}, the collection has {:?}",
+                    index.quantization
+                ),
+            ));
+        }
+        let space = Space::from_codebook(codebook, metric, dimension)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let float = space.is_float();
         let graph = Arc::new(HnswGraph::read_from(
             input,
             dimension,
-            index.distance,
+            space,
             graph::GraphParams {
                 m: params.m,
                 ef_construction: params.ef_construction,
@@ -391,11 +596,21 @@ impl VectorIndex {
         )?);
         {
             let mut store = index.vectors.write();
-            store.slot = (0..nodes as u32).collect();
+            // Full vectors are read in the graph; a quantized graph's come with `revive`.
+            store.slot = if float {
+                (0..nodes as u32).collect()
+            } else {
+                vec![NOT_STORED; nodes]
+            };
             store.live = vec![false; nodes];
-            store.graph = Some(Arc::clone(&graph));
-            store.in_graph = nodes;
+            if !matches!(store.originals, Originals::Memory) {
+                store.graph = Some(Arc::clone(&graph));
+                store.in_graph = nodes;
+            }
         }
+        index
+            .trained_on
+            .store(nodes.min(TRAINING_SAMPLE), AtomicOrdering::Relaxed);
         *index.graph.write() = GraphState {
             graph: Graph::Grape(graph),
             indexed_upto: nodes,
@@ -404,12 +619,23 @@ impl VectorIndex {
         Ok(index)
     }
 
-    /// Marks a node of a graph read by [`VectorIndex::read_graph`] live again. False if it
-    /// is not such a node, or is live already.
-    pub fn revive(&self, id: VectorId) -> bool {
+    /// Marks a node of a graph read by [`VectorIndex::read_graph`] live again, `vector` being
+    /// its full vector (which [`VectorIndex::holds`] confirmed). False if it is not such a
+    /// node, or is live already.
+    pub fn revive(&self, id: VectorId, vector: &[f32]) -> bool {
         let mut store = self.vectors.write();
-        if id >= store.in_graph || store.live[id] {
+        if id >= store.live.len() || store.live[id] || id >= self.graph.read().indexed_upto {
             return false;
+        }
+        let dimension = self.dimension;
+        let store = &mut *store;
+        match &store.originals {
+            Originals::Graph => {}
+            Originals::Disk(file) if file.write(id, vector).is_ok() => store.slot[id] = IN_FILE,
+            Originals::Disk(_) | Originals::Memory => {
+                store.slot[id] = VectorStore::push(&mut store.data, vector, dimension);
+                store.outside += 1;
+            }
         }
         store.live[id] = true;
         store.live_count += 1;
@@ -418,10 +644,16 @@ impl VectorIndex {
     }
 
     /// Whether `id`, a node of a graph read by [`VectorIndex::read_graph`], holds exactly
-    /// `vector` (live or not).
+    /// `vector` (its code, in a quantized graph; live or not).
     pub fn holds(&self, id: VectorId, vector: &[f32]) -> bool {
-        let store = self.vectors.read();
-        id < store.in_graph && store.vector(id, self.dimension) == vector
+        let state = self.graph.read();
+        let Some(graph) = state.graph.grape() else {
+            return false;
+        };
+        id < state.indexed_upto
+            && id < graph.len()
+            && vector.len() == self.dimension
+            && graph.code(id as Node) == &*graph.space().encoded(vector)
     }
 
     /// Writes Grape's graph to `out` while no maintenance changes it (the graph alone: which
@@ -496,12 +728,20 @@ impl VectorIndex {
         if !store.is_live(id) {
             return None;
         }
-        Some(f(store.vector(id, self.dimension)))
+        let mut buf = Vec::new();
+        Some(f(store.vector(id, self.dimension, &mut buf)))
     }
 
     pub fn stats(&self) -> IndexStats {
         let store = self.vectors.read();
-        let indexed_upto = self.graph.read().indexed_upto;
+        let (indexed_upto, codes) = {
+            let state = self.graph.read();
+            let codes = state
+                .graph
+                .grape()
+                .map_or(0, |g| g.len() * g.space().words(self.dimension) * 4);
+            (state.indexed_upto, codes)
+        };
         let pending = store.live[indexed_upto.min(store.live.len())..]
             .iter()
             .filter(|live| **live)
@@ -513,6 +753,7 @@ impl VectorIndex {
             dead_in_graph: self.dead_in_graph.load(AtomicOrdering::Relaxed) as u64,
             rebuilds: self.rebuilds.load(AtomicOrdering::Relaxed),
             stored: store.stored(self.dimension) as u64,
+            vector_bytes: (store.data.len() * 4 + codes) as u64,
         }
     }
 
@@ -529,9 +770,37 @@ impl VectorIndex {
         if self.dead_in_graph.load(AtomicOrdering::Relaxed) >= self.rebuild_threshold {
             return true;
         }
+        if self.needs_training() {
+            return true;
+        }
         let store = self.vectors.read();
         let dead_held = store.held(self.dimension) - store.live_count;
         dead_held >= RECLAIM_MIN && dead_held >= store.live_count
+    }
+
+    /// Whether a quantized graph's codes were learnt from a sample too small for it: fewer
+    /// than [`TRAINING_SAMPLE`] vectors, and a quarter of the graph's nodes now. The rebuild
+    /// learns them again from every live node (so the graph it builds is at most its sample
+    /// in size, and the next retraining waits for the graph to grow fourfold): a collection
+    /// that starts small is retrained a few times as it grows.
+    fn needs_training(&self) -> bool {
+        if self.quantization == Quantization::None {
+            return false;
+        }
+        let trained_on = self.trained_on.load(AtomicOrdering::Relaxed);
+        let nodes = self.graph.read().graph.grape().map_or(0, |g| g.len());
+        trained_on < TRAINING_SAMPLE && nodes >= 4 * trained_on.max(256)
+    }
+
+    /// The codes' space for a graph of `vectors` (all of them, or an even sample of at most
+    /// [`TRAINING_SAMPLE`]).
+    fn train(&self, vectors: &[&[f32]]) -> Space {
+        let step = vectors.len().div_ceil(TRAINING_SAMPLE).max(1);
+        let sample: Vec<&[f32]> = vectors.iter().step_by(step).copied().collect();
+        if self.quantization != Quantization::None {
+            self.trained_on.store(sample.len(), AtomicOrdering::Relaxed);
+        }
+        Space::train(self.quantization, self.metric, self.dimension, &sample)
     }
 
     /// The `k` nearest live vectors to a prepared query among those `accept` lets through,
@@ -557,6 +826,10 @@ impl VectorIndex {
         };
         let store = self.vectors.read();
         let ef = ef.max(k);
+        // A quantized graph ranks by code distance: take the walk's whole candidate list and
+        // let the full vectors choose the `k`.
+        let quantized = graph.grape().is_some_and(|g| !g.space().is_float());
+        let want = if quantized { ef } else { k };
         let admits =
             |id: VectorId| id < indexed_upto && store.is_live(id) && accept.is_none_or(|f| f(id));
         let mut results = Vec::with_capacity(k * 2);
@@ -570,14 +843,29 @@ impl VectorIndex {
                 // early exit; fall back to a filtered search when too few survive.
                 let live_in_tail = store.live[indexed_upto..].iter().filter(|l| **l).count();
                 let live_in_graph = store.live_count - live_in_tail;
-                let hits = survivors(graph.search(query, k, ef, None));
+                let hits = survivors(graph.search(query, want, ef, None));
                 if hits.len() >= k.min(live_in_graph) {
                     found = Some(hits);
                 }
             }
             let found =
-                found.unwrap_or_else(|| survivors(graph.search(query, k, ef, Some(&admits))));
-            results.extend(found.into_iter().take(k));
+                found.unwrap_or_else(|| survivors(graph.search(query, want, ef, Some(&admits))));
+            if quantized {
+                let mut buf = Vec::new();
+                let mut rescored: Vec<Candidate> = found
+                    .into_iter()
+                    .map(|c| Candidate {
+                        id: c.id,
+                        distance: self
+                            .distance
+                            .distance(query, store.vector(c.id, self.dimension, &mut buf)),
+                    })
+                    .collect();
+                rescored.sort_unstable();
+                results.extend(rescored.into_iter().take(k));
+            } else {
+                results.extend(found.into_iter().take(k));
+            }
         }
         let tail = indexed_upto..store.live.len();
         let exact = self.scan(
@@ -614,8 +902,9 @@ impl VectorIndex {
         ids: impl Iterator<Item = VectorId>,
     ) -> Vec<Candidate> {
         let mut heap = BinaryHeap::with_capacity(k + 1);
+        let mut buf = Vec::new();
         for id in ids {
-            let vector = store.vector(id, self.dimension);
+            let vector = store.vector(id, self.dimension, &mut buf);
             let candidate = Candidate {
                 id,
                 distance: self.distance.distance(query, vector),
@@ -656,6 +945,26 @@ impl VectorIndex {
             (end, store.live_batch(start..end, self.dimension))
         };
         if let Graph::Grape(g) = &graph
+            && g.is_empty()
+            && !g.space().is_float()
+            && !batch.is_empty()
+        {
+            // A quantized graph's first nodes: learn the codes from them. Nothing reads the
+            // empty graph's nodes, so it is replaced outright.
+            let vectors: Vec<&[f32]> = batch.iter().map(|(_, v)| v.as_slice()).collect();
+            let space = self.train(&vectors);
+            let fresh = Graph::new(
+                self.engine,
+                self.dimension,
+                self.params,
+                self.distance,
+                space,
+                g.capacity().max(batch.len()),
+            );
+            self.graph.write().graph = fresh.share();
+            graph = fresh;
+        }
+        if let Graph::Grape(g) = &graph
             && g.len() + batch.len() > g.capacity()
         {
             // Searches keep using the old graph while the copy is made; nothing inserts. The
@@ -672,11 +981,32 @@ impl VectorIndex {
         let nodes = graph.insert(&batch);
         self.graph_changes
             .fetch_add(batch.len() as u64, AtomicOrdering::AcqRel);
+        // Full vectors going to disk are written before any lock is taken; one that fails
+        // to write stays in memory.
+        let file = match &self.vectors.read().originals {
+            Originals::Disk(file) => Some(Arc::clone(file)),
+            _ => None,
+        };
+        let written: Vec<bool> = match &file {
+            Some(file) => batch
+                .iter()
+                .map(|(id, vector)| {
+                    file.write(*id, vector)
+                        .inspect_err(|error| {
+                            tracing::warn!(%error, "writing a full vector to disk failed; it stays in memory");
+                        })
+                        .is_ok()
+                })
+                .collect(),
+            None => vec![true; batch.len()],
+        };
         // Lock order everywhere: vectors, then graph. Holding the vectors lock keeps `remove`
         // out while the watermark moves, so each removal is counted exactly once.
         let mut store = self.vectors.write();
-        if let Some(g) = graph.grape() {
-            store.hand_over(g, start..end, &batch, &nodes, self.dimension);
+        if let Some(g) = graph.grape()
+            && !matches!(store.originals, Originals::Memory)
+        {
+            store.hand_over(g, start..end, &batch, &nodes, &written, self.dimension);
         }
         self.graph.write().indexed_upto = end;
         // Ids removed while they were being inserted are dead in the graph too.
@@ -696,28 +1026,60 @@ impl VectorIndex {
             let store = self.vectors.read();
             store.live[..watermark].iter().filter(|l| **l).count()
         };
+        let space = if self.quantization == Quantization::None {
+            self.train(&[])
+        } else {
+            let step = live_below.div_ceil(TRAINING_SAMPLE).max(1);
+            let store = self.vectors.read();
+            let sample: Vec<Vec<f32>> = (0..watermark)
+                .filter(|&id| store.live[id])
+                .step_by(step)
+                .map(|id| store.vector(id, dimension, &mut Vec::new()).to_vec())
+                .collect();
+            drop(store);
+            self.train(&sample.iter().map(|v| v.as_slice()).collect::<Vec<_>>())
+        };
         let graph = Graph::new(
             self.engine,
             dimension,
             self.params,
             self.distance,
+            space,
             live_below.max(1024),
         );
+        let mode = match &self.vectors.read().originals {
+            Originals::Graph => 0,
+            Originals::Memory => 1,
+            Originals::Disk(_) => 2,
+        };
         // Where each id put in the new graph finds its vector afterwards: its node in Grape's
-        // graph, or its slot in the new `data` beside hnsw_rs.
+        // graph, the file, or its slot in the new `data`.
         let mut kept: Vec<(VectorId, u32)> = Vec::with_capacity(live_below);
         let mut data: Vec<f32> = Vec::new();
         const CHUNK: usize = 1024;
         let mut next = 0;
         while next < watermark {
             let end = (next + CHUNK).min(watermark);
-            let chunk = self.vectors.read().live_batch(next..end, dimension);
+            let (chunk, in_file) = {
+                let store = self.vectors.read();
+                let chunk = store.live_batch(next..end, dimension);
+                let in_file: Vec<bool> = chunk
+                    .iter()
+                    .map(|(id, _)| store.slot[*id] == IN_FILE)
+                    .collect();
+                (chunk, in_file)
+            };
             let nodes = graph.insert(&chunk);
-            if graph.grape().is_some() {
+            if mode == 0 {
                 kept.extend(chunk.iter().map(|(id, _)| *id).zip(nodes));
             } else {
-                for (id, vector) in &chunk {
-                    kept.push((*id, VectorStore::push(&mut data, vector, dimension)));
+                for ((id, vector), in_file) in chunk.iter().zip(in_file) {
+                    let slot = if in_file {
+                        IN_FILE
+                    } else {
+                        VectorStore::push(&mut data, vector, dimension)
+                    };
+                    kept.push((*id, slot));
                 }
             }
             next = end;
@@ -731,10 +1093,15 @@ impl VectorIndex {
         }
         // Pending ids (added at or after the watermark) move over unchanged; dead ones are
         // never read again.
-        let mut outside = 0;
+        let mut outside = kept
+            .iter()
+            .filter(|(_, s)| mode == 2 && *s != IN_FILE)
+            .count();
+        let mut buf = Vec::new();
         for (id, slot) in slot.iter_mut().enumerate().skip(watermark) {
             if store.live[id] {
-                *slot = VectorStore::push(&mut data, store.vector(id, dimension), dimension);
+                let vector = store.vector(id, dimension, &mut buf);
+                *slot = VectorStore::push(&mut data, vector, dimension);
                 outside += 1;
             }
         }
@@ -742,7 +1109,7 @@ impl VectorIndex {
         store.data = data;
         store.slot = slot;
         store.outside = outside;
-        store.graph = graph.grape().cloned();
+        store.graph = graph.grape().cloned().filter(|_| mode != 1);
         store.in_graph = if store.graph.is_some() { watermark } else { 0 };
         let reclaimed = held_before.saturating_sub(store.stored(dimension));
         let mut state = self.graph.write();

@@ -892,6 +892,7 @@ impl Shard {
                 metric: self.config.metric,
                 m: self.config.hnsw.m,
                 nodes: 0,
+                codebook: None,
             };
             (Arc::clone(&state.index), header)
         };
@@ -1120,6 +1121,12 @@ fn read_record(input: &mut dyn std::io::Read) -> std::io::Result<Option<(String,
     Ok(Some((id, value)))
 }
 
+/// Where quantized shards keep full vectors on disk (`index.quantized_originals: disk`), in
+/// unnamed files: under the data directory.
+pub(crate) fn originals_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("vectors")
+}
+
 /// Reads the documents of one generation (`stored`) into a fresh in-memory state, reusing the
 /// nodes of a saved graph whose vectors are exactly their documents' (see [`saved_graph`]).
 fn load_state(
@@ -1132,7 +1139,14 @@ fn load_state(
     let (index, labels) = match saved {
         Some(saved) => (saved.index, saved.labels),
         None => (
-            VectorIndex::new(config.dimension, config.metric, config.hnsw, index_options),
+            VectorIndex::quantized(
+                config.dimension,
+                config.metric,
+                config.hnsw,
+                index_options,
+                config.quantization,
+                Some(&originals_dir(storage.path())),
+            ),
             Vec::new(),
         ),
     };
@@ -1158,7 +1172,7 @@ fn load_state(
                 .ok()
                 .and_then(|()| distance::prepare(config.metric, &vector))
             && state.index.holds(node, &prepared)
-            && state.index.revive(node)
+            && state.index.revive(node, &prepared)
         {
             let id: Arc<str> = Arc::from(id);
             state.payload.add(node, &metadata);

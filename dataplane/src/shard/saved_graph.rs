@@ -16,6 +16,7 @@
 //! generation and applied marker say what it was saved at, for people. A file that fails its
 //! digest or any structural check is deleted and the graph built from the documents.
 
+use crate::index::quantize::{Codebook, Space};
 use crate::index::{IndexOptions, VectorIndex};
 use grape_client::{CollectionConfig, Metric};
 use serde::{Deserialize, Serialize};
@@ -29,7 +30,7 @@ pub const DIR: &str = "graphs";
 const MAGIC: &[u8; 8] = b"GRAPEGPH";
 const VERSION: u32 = 1;
 /// Longest header and document id read back (ids are far shorter; see `check_document`).
-const MAX_HEADER: u32 = 64 << 10;
+const MAX_HEADER: u32 = 4 << 20;
 const MAX_ID: u32 = 64 << 10;
 const DEAD: u32 = u32::MAX;
 
@@ -45,6 +46,9 @@ pub struct Header {
     pub metric: Metric,
     pub m: usize,
     pub nodes: u64,
+    /// What a quantized graph's codes were learnt from (absent: full vectors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codebook: Option<Codebook>,
 }
 
 /// A graph read back: the index over it (every node dead until revived) and the id each node
@@ -146,7 +150,11 @@ pub fn write(
         };
         out.write_all(MAGIC)?;
         out.write_all(&VERSION.to_le_bytes())?;
-        let head = serde_json::to_vec(header).map_err(io::Error::other)?;
+        let header = Header {
+            codebook: graph.space().codebook(),
+            ..header.clone()
+        };
+        let head = serde_json::to_vec(&header).map_err(io::Error::other)?;
         out.write_all(&(head.len() as u32).to_le_bytes())?;
         out.write_all(&head)?;
         graph.write_to(&mut out)?;
@@ -187,6 +195,10 @@ pub fn read(
         Err(e) => return Err(e),
     };
     let file_bytes = file.metadata()?.len();
+    let data_dir = path
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| io::Error::other("a saved graph outside a data directory"))?;
     let mut input = Hashing {
         inner: BufReader::with_capacity(1 << 20, file),
         hash: Xxh3::new(),
@@ -221,11 +233,14 @@ pub fn read(
             config.hnsw.m
         )));
     }
-    // Every node takes at least its vector in the file: a count the file cannot hold is
-    // refused before the graph is allocated for it.
+    // Every node takes at least its vector's code in the file: a count the file cannot hold
+    // is refused before the graph is allocated for it.
+    let space = Space::from_codebook(header.codebook.as_ref(), config.metric, config.dimension)
+        .map_err(invalid)?;
+    let code_bytes = space.words(config.dimension) as u64 * 4;
     let nodes = usize::try_from(header.nodes)
         .ok()
-        .filter(|n| (*n as u64).saturating_mul(config.dimension as u64 * 4) <= file_bytes)
+        .filter(|n| (*n as u64).saturating_mul(code_bytes) <= file_bytes)
         .ok_or_else(|| invalid(format!("{} nodes in {file_bytes} bytes", header.nodes)))?;
     let index = VectorIndex::read_graph(
         &mut input,
@@ -233,6 +248,9 @@ pub fn read(
         config.metric,
         config.hnsw,
         options,
+        config.quantization,
+        header.codebook.as_ref(),
+        Some(&super::originals_dir(data_dir)),
         nodes,
     )?;
     let mut labels = Vec::with_capacity(nodes);

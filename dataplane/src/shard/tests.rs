@@ -1,6 +1,7 @@
 use super::*;
+use crate::index::OriginalsPlace;
 use crate::storage::StorageOptions;
-use grape_client::Metric;
+use grape_client::{Metric, Quantization};
 use serde_json::json;
 
 fn doc(id: &str, vector: Vec<f32>, metadata: serde_json::Value) -> NewDocument {
@@ -763,8 +764,17 @@ mod saved_graphs {
     }
 
     fn open(storage: &Arc<Storage>, options: IndexOptions) -> Shard {
+        open_quantized(storage, options, Quantization::None)
+    }
+
+    fn open_quantized(
+        storage: &Arc<Storage>,
+        options: IndexOptions,
+        quantization: Quantization,
+    ) -> Shard {
         let mut config = CollectionConfig::new("docs", DIM);
         config.metric = Metric::L2;
+        config.quantization = quantization;
         Shard::open(
             Arc::new(config),
             "docs/0@1",
@@ -865,6 +875,68 @@ mod saved_graphs {
         assert!((0..2000).step_by(97).all(|i| finds_itself(&shard, i, 0)));
         // Loaded and unchanged: still nothing to write.
         assert_eq!(shard.save_graph(WAIT).unwrap(), None);
+    }
+
+    #[test]
+    fn a_quantized_graph_is_saved_with_its_codebook_and_loaded_with_its_full_vectors() {
+        for quantization in [Quantization::Scalar, Quantization::Binary] {
+            for originals in [OriginalsPlace::Memory, OriginalsPlace::Disk] {
+                let dir = tempfile::tempdir().unwrap();
+                let storage = storage(dir.path());
+                let options = IndexOptions {
+                    quantized_originals: originals,
+                    ..options()
+                };
+                let shard = open_quantized(&storage, options, quantization);
+                upsert(&shard, (0..2000).map(|i| (i, 0)), "a");
+                indexed(&shard);
+                shard.save_graph(WAIT).unwrap().unwrap();
+                // Changed after the save: reinserted at load, the rest reused.
+                upsert(&shard, (0..100).map(|i| (i, 1)), "b");
+                drop(shard);
+                let shard = open_quantized(&storage, options, quantization);
+                let case = format!("{quantization:?}, full vectors in {originals:?}");
+                assert_eq!(shard.figures().graph_loaded, 1900, "{case}");
+                indexed(&shard);
+                if quantization == Quantization::Scalar {
+                    assert!((0..100).all(|i| finds_itself(&shard, i, 1)), "{case}");
+                    assert!(
+                        (100..2000).step_by(37).all(|i| finds_itself(&shard, i, 0)),
+                        "{case}"
+                    );
+                } else {
+                    // One bit for each of 8 components tells these points too little apart
+                    // for recall to mean anything (binary codes are for hundreds of
+                    // dimensions): what must hold is that answers carry exact distances, read
+                    // from the full vectors reloaded with the graph.
+                    let query = vector(500, 0);
+                    for hit in shard.search(&query, 5, 64, None, None).unwrap() {
+                        let id: usize = hit.id[1..].parse().unwrap();
+                        let version = usize::from(id < 100);
+                        let exact: f32 = query
+                            .iter()
+                            .zip(vector(id, version))
+                            .map(|(a, b)| (a - b) * (a - b))
+                            .sum();
+                        assert!(
+                            (hit.distance - exact).abs() <= 1e-3 * exact.max(1.0),
+                            "{case}"
+                        );
+                    }
+                }
+                // The file is refused where the collection holds full vectors (as when a
+                // node's engine changes to hnsw_rs): the graph is built again.
+                drop(shard);
+                let shard = open_quantized(&storage, options, Quantization::None);
+                assert_eq!(shard.figures().graph_loaded, 0, "{case}");
+                indexed(&shard);
+                assert!(
+                    (0..100).step_by(7).all(|i| finds_itself(&shard, i, 1)),
+                    "{case}"
+                );
+                assert_eq!(shard.figures().index.live, 2000, "{case}");
+            }
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicU32;
 /// is usually in cache already. One block per node, a whole number of cache lines:
 ///
 /// ```text
-///   | len | 2m neighbour ids | vector (dimension floats) | padding |
+///   | len | 2m neighbour ids | vector (code words, see `quantize`) | padding |
 /// ```
 pub(super) struct Slab {
     cells: Box<[UnsafeCell<u32>]>,
@@ -23,7 +23,8 @@ pub(super) struct Slab {
     stride: usize,
     /// Words of the list (length slot included).
     list_words: usize,
-    pub(super) dimension: usize,
+    /// Words of each node's vector code.
+    pub(super) code_words: usize,
 }
 
 // SAFETY: a node's vector is written exactly once, by the thread that reserved the node,
@@ -35,8 +36,8 @@ unsafe impl Sync for Slab {}
 const LINE_WORDS: usize = 16;
 
 impl Slab {
-    pub(super) fn new(capacity: usize, list_words: usize, dimension: usize) -> Slab {
-        let stride = (list_words + dimension).next_multiple_of(LINE_WORDS);
+    pub(super) fn new(capacity: usize, list_words: usize, code_words: usize) -> Slab {
+        let stride = (list_words + code_words).next_multiple_of(LINE_WORDS);
         let words = zeroed_words(capacity * stride + LINE_WORDS);
         let misaligned = (words.as_ptr() as usize % (LINE_WORDS * 4)) / 4;
         let base = (LINE_WORDS - misaligned) % LINE_WORDS;
@@ -47,7 +48,7 @@ impl Slab {
             base,
             stride,
             list_words,
-            dimension,
+            code_words,
         }
     }
 
@@ -59,27 +60,23 @@ impl Slab {
 
     /// # Safety
     /// Only the thread that reserved `node` may call this, once, before publishing `node`.
-    pub(super) unsafe fn write(&self, node: Node, vector: &[f32]) {
-        assert_eq!(vector.len(), self.dimension);
-        let cells = &self.block(node)[self.list_words..self.list_words + self.dimension];
+    pub(super) unsafe fn write(&self, node: Node, code: &[u32]) {
+        assert_eq!(code.len(), self.code_words);
+        let cells = &self.block(node)[self.list_words..self.list_words + self.code_words];
         // SAFETY: the range is in bounds (checked by the slice above) and nobody reads or
-        // writes it concurrently (the caller's contract); f32 and u32 have the same size.
+        // writes it concurrently (the caller's contract).
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                vector.as_ptr(),
-                cells[0].get() as *mut f32,
-                self.dimension,
-            );
+            std::ptr::copy_nonoverlapping(code.as_ptr(), cells[0].get(), self.code_words);
         }
     }
 
-    /// The vector of a published node.
+    /// The code of a published node.
     #[inline]
-    pub(super) fn get(&self, node: Node) -> &[f32] {
-        let cells = &self.block(node)[self.list_words..self.list_words + self.dimension];
-        // SAFETY: the words hold floats written before the node was published and never
-        // written again, so shared reads are sound.
-        unsafe { std::slice::from_raw_parts(cells.as_ptr() as *const f32, self.dimension) }
+    pub(super) fn get(&self, node: Node) -> &[u32] {
+        let cells = &self.block(node)[self.list_words..self.list_words + self.code_words];
+        // SAFETY: the words were written before the node was published and never written
+        // again, so shared reads are sound.
+        unsafe { std::slice::from_raw_parts(cells.as_ptr() as *const u32, self.code_words) }
     }
 
     /// A node's layer-0 list: the length, then the neighbour slots.

@@ -24,9 +24,10 @@
 mod memory;
 mod persist;
 
-use super::distance::GraphDistance;
+use super::quantize::{Space, as_floats};
 use memory::{Scratch, Slab};
 use parking_lot::Mutex;
+use std::borrow::Cow;
 use std::cmp::{Ordering, Reverse};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering as Mem};
@@ -72,7 +73,10 @@ pub struct GraphParams {
 
 /// An HNSW graph over at most `capacity` vectors.
 pub struct HnswGraph {
-    distance: GraphDistance,
+    /// What nodes hold (full vectors or codes) and how two compare.
+    space: Space,
+    /// Components of the vectors.
+    dimension: usize,
     params: GraphParams,
     /// Slots per upper-layer list (`m`; layer-0 lists, in the slab, have `2m`), each list
     /// led by its length.
@@ -121,22 +125,19 @@ impl std::fmt::Debug for HnswGraph {
 }
 
 impl HnswGraph {
-    pub fn new(
-        dimension: usize,
-        distance: GraphDistance,
-        params: GraphParams,
-        capacity: usize,
-    ) -> HnswGraph {
+    pub fn new(dimension: usize, space: Space, params: GraphParams, capacity: usize) -> HnswGraph {
         let m = params.m.clamp(2, 255);
         let m_zero = 2 * m;
+        let code_words = space.words(dimension);
         HnswGraph {
-            distance,
+            space,
+            dimension,
             params,
             m_upper: m,
             level_scale: 1.0 / (m as f64).ln(),
             capacity,
             reserved: AtomicUsize::new(0),
-            vectors: Slab::new(capacity, m_zero + 1, dimension),
+            vectors: Slab::new(capacity, m_zero + 1, code_words),
             labels: (0..capacity).map(|_| AtomicUsize::new(0)).collect(),
             levels: (0..capacity).map(|_| AtomicU8::new(0)).collect(),
             upper: (0..capacity).map(|_| OnceLock::new()).collect(),
@@ -171,7 +172,7 @@ impl HnswGraph {
             "an HNSW graph was grown while inserts ran"
         );
         let capacity = capacity.max(self.capacity);
-        let grown = HnswGraph::new(self.vectors.dimension, self.distance, self.params, capacity);
+        let grown = HnswGraph::new(self.dimension, self.space.clone(), self.params, capacity);
         let len = self.len();
         for node in 0..len as Node {
             let i = node as usize;
@@ -299,8 +300,24 @@ impl HnswGraph {
     }
 
     #[inline]
-    fn dist(&self, a: &[f32], node: Node) -> f32 {
-        self.distance.distance(a, self.vectors.get(node))
+    fn dist(&self, a: &[u32], node: Node) -> f32 {
+        self.space.distance(a, self.vectors.get(node))
+    }
+
+    /// A prepared vector as this graph compares it: its code.
+    fn code_of<'a>(&self, vector: &'a [f32]) -> Cow<'a, [u32]> {
+        match self.space {
+            // SAFETY: `f32` and `u32` have the same size and alignment.
+            Space::Float(_) => Cow::Borrowed(unsafe {
+                std::slice::from_raw_parts(vector.as_ptr() as *const u32, vector.len())
+            }),
+            _ => Cow::Owned(self.space.encoded(vector)),
+        }
+    }
+
+    /// What nodes hold and how they compare.
+    pub fn space(&self) -> &Space {
+        &self.space
     }
 
     fn take_scratch(&self) -> Scratch {
@@ -326,7 +343,7 @@ impl HnswGraph {
     }
 
     /// Walks down from the top layer to `stop + 1`, one best node per layer.
-    fn descend(&self, query: &[f32], from: Node, top: usize, stop: usize) -> Near {
+    fn descend(&self, query: &[u32], from: Node, top: usize, stop: usize) -> Near {
         let mut best = Near {
             distance: self.dist(query, from),
             node: from,
@@ -356,7 +373,7 @@ impl HnswGraph {
     /// `accept` lets through in `scratch.results` (the walk itself goes through every node).
     fn search_layer(
         &self,
-        query: &[f32],
+        query: &[u32],
         start: Near,
         ef: usize,
         layer: usize,
@@ -459,18 +476,28 @@ impl HnswGraph {
         self.add(label, vector)
     }
 
-    /// The vector of a node that an insert has returned.
+    /// The vector of a node that an insert has returned, when nodes hold full vectors
+    /// ([`Space::is_float`]; otherwise its code read as floats, meaningless).
     #[inline]
     pub fn vector(&self, node: Node) -> &[f32] {
+        debug_assert!(self.space.is_float());
+        as_floats(self.vectors.get(node))
+    }
+
+    /// The code a node holds.
+    #[inline]
+    pub fn code(&self, node: Node) -> &[u32] {
         self.vectors.get(node)
     }
 
     fn add(&self, label: usize, vector: &[f32]) -> Node {
+        assert_eq!(vector.len(), self.dimension);
+        let code = self.code_of(vector);
         let node = self.reserved.fetch_add(1, Mem::AcqRel);
         assert!(node < self.capacity, "HNSW graph full ({})", self.capacity);
         let level = self.level_of(node);
         // SAFETY: this thread reserved `node`; nobody can reach it before it is linked below.
-        unsafe { self.vectors.write(node as Node, vector) };
+        unsafe { self.vectors.write(node as Node, &code) };
         self.labels[node].store(label, Mem::Release);
         self.levels[node].store(level as u8, Mem::Release);
         if level > 0 {
@@ -536,9 +563,10 @@ impl HnswGraph {
         let Some((entry, top)) = self.entry() else {
             return Vec::new();
         };
-        let start = self.descend(query, entry, top, 0);
+        let query = self.code_of(query);
+        let start = self.descend(&query, entry, top, 0);
         let mut scratch = self.take_scratch();
-        self.search_layer(query, start, ef.max(k), 0, &mut scratch, accept);
+        self.search_layer(&query, start, ef.max(k), 0, &mut scratch, accept);
         let mut found = Vec::with_capacity(scratch.results.len());
         found.extend(scratch.results.drain());
         self.return_scratch(scratch);

@@ -6,7 +6,7 @@
 //! ```text
 //!   u32 m | u32 dimension | u64 nodes | u64 entry (node | level << 32)
 //!   nodes x u8 level
-//!   nodes x (list words + dimension) u32      layer-0 block, padding left out
+//!   nodes x (list words + code words) u32     layer-0 block, padding left out
 //!   for each node with level > 0: level x (m + 1) u32
 //! ```
 //!
@@ -15,7 +15,7 @@
 //! graph whose walks could leave it.
 
 use super::{EMPTY, GraphParams, HnswGraph, MAX_LEVEL, Node};
-use crate::index::distance::GraphDistance;
+use crate::index::quantize::Space;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicU32, Ordering as Mem};
 
@@ -67,7 +67,7 @@ impl HnswGraph {
         );
         let len = self.len();
         out.write_all(&(self.m_upper as u32).to_le_bytes())?;
-        out.write_all(&(self.vectors.dimension as u32).to_le_bytes())?;
+        out.write_all(&(self.dimension as u32).to_le_bytes())?;
         out.write_all(&(len as u64).to_le_bytes())?;
         out.write_all(&self.entry.load(Mem::Acquire).to_le_bytes())?;
         let levels: Vec<u8> = self.levels[..len]
@@ -78,8 +78,8 @@ impl HnswGraph {
         let mut buf = Vec::new();
         for node in 0..len as Node {
             let list = self.vectors.list(node).iter().map(|w| w.load(Mem::Acquire));
-            let vector = self.vectors.get(node).iter().map(|f| f.to_bits());
-            write_words(out, list.chain(vector), &mut buf)?;
+            let code = self.vectors.get(node).iter().copied();
+            write_words(out, list.chain(code), &mut buf)?;
         }
         for (node, level) in levels.iter().enumerate() {
             if *level > 0 {
@@ -96,11 +96,12 @@ impl HnswGraph {
     /// least 1024) before it must grow, each node labelled with its own number. Refuses a graph
     /// of another `m` or dimension, of other than `nodes` nodes (checked before anything of
     /// that size is allocated), and anything inconsistent: a neighbour that does not exist or
-    /// is not on the layer it is linked on, an entry point below the top layer.
+    /// is not on the layer it is linked on, an entry point below the top layer, a code `space`
+    /// cannot produce (the caller knows the space: its codebook is saved beside the graph).
     pub fn read_from(
         input: &mut dyn Read,
         dimension: usize,
-        distance: GraphDistance,
+        space: Space,
         params: GraphParams,
         nodes: usize,
     ) -> io::Result<HnswGraph> {
@@ -130,7 +131,8 @@ impl HnswGraph {
         if let Some(level) = levels.iter().find(|l| **l as usize > MAX_LEVEL) {
             return Err(invalid(format!("a node of level {level}")));
         }
-        let graph = HnswGraph::new(dimension, distance, params, len + (len / 4).max(1024));
+        let code_words = space.words(dimension);
+        let graph = HnswGraph::new(dimension, space, params, len + (len / 4).max(1024));
         let list_words = graph.vectors.list(0).len();
         let slots = list_words - 1;
         // A walk on `layer` only ever steps to nodes that have lists on that layer.
@@ -160,17 +162,16 @@ impl HnswGraph {
         };
         let mut buf = Vec::new();
         for node in 0..len as Node {
-            let words = read_words(input, list_words + dimension, &mut buf)?;
+            let words = read_words(input, list_words + code_words, &mut buf)?;
             check_list(&words[..list_words], 0)?;
-            let vector: Vec<f32> = words[list_words..]
-                .iter()
-                .map(|w| f32::from_bits(*w))
-                .collect();
-            if vector.iter().any(|x| !x.is_finite()) {
-                return Err(invalid(format!("node {node} has a non-finite vector")));
+            let code = &words[list_words..];
+            if !graph.space.valid(code) {
+                return Err(invalid(format!(
+                    "node {node} has a vector code out of range"
+                )));
             }
             // SAFETY: the graph is not shared yet and each node is written once.
-            unsafe { graph.vectors.write(node, &vector) };
+            unsafe { graph.vectors.write(node, code) };
             for (slot, word) in graph.vectors.list(node).iter().zip(&words[..list_words]) {
                 slot.store(*word, Mem::Relaxed);
             }

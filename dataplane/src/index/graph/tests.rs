@@ -1,4 +1,5 @@
 use super::*;
+use crate::index::distance::GraphDistance;
 use grape_client::Metric;
 
 fn points(n: usize, dimension: usize, seed: u64) -> Vec<Vec<f32>> {
@@ -31,7 +32,7 @@ fn exact(vectors: &[Vec<f32>], query: &[f32], k: usize) -> Vec<usize> {
 fn graph(capacity: usize, dimension: usize) -> HnswGraph {
     HnswGraph::new(
         dimension,
-        GraphDistance::new(Metric::L2),
+        Space::Float(GraphDistance::new(Metric::L2)),
         GraphParams {
             m: 8,
             ef_construction: 64,
@@ -183,7 +184,7 @@ fn a_written_graph_reads_back_the_same_and_a_bad_one_is_refused() {
         HnswGraph::read_from(
             &mut &bytes[..],
             12,
-            GraphDistance::new(Metric::L2),
+            Space::Float(GraphDistance::new(Metric::L2)),
             GraphParams {
                 m: 8,
                 ef_construction: 64,
