@@ -46,6 +46,61 @@ impl Dataset {
         }
     }
 
+    /// Embedding-like data: `count` and `queries` points of a Gaussian mixture (`clusters`
+    /// centres from N(0, 1) per coordinate, points N(centre, 1)) in `low` dimensions, each
+    /// mapped to `dimension` components by one fixed random N(0, 1) matrix, plus
+    /// N(0, `noise`) per component. Like text embeddings, the vectors are spread over every
+    /// component yet lie near a low-dimensional subspace.
+    pub fn embedding(
+        count: usize,
+        dimension: usize,
+        low: usize,
+        clusters: usize,
+        noise: f32,
+        queries: usize,
+        seed: u64,
+    ) -> Dataset {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let unit = Normal::new(0.0f32, 1.0).expect("valid normal");
+        let projection: Vec<Vec<f32>> = (0..dimension)
+            .map(|_| (0..low).map(|_| unit.sample(&mut rng)).collect())
+            .collect();
+        let centres: Vec<Vec<f32>> = (0..clusters.max(1))
+            .map(|_| (0..low).map(|_| unit.sample(&mut rng)).collect())
+            .collect();
+        let pick = Uniform::new(0, centres.len()).expect("at least one cluster");
+        // Low-dimensional points and per-point noise seeds drawn in order, projected in
+        // parallel (the projection is most of the work at 1536 dimensions).
+        let total = count + queries;
+        let points: Vec<(Vec<f32>, u64)> = (0..total)
+            .map(|_| {
+                let centre = &centres[pick.sample(&mut rng)];
+                let point = centre.iter().map(|c| c + unit.sample(&mut rng)).collect();
+                (point, rand::Rng::random(&mut rng))
+            })
+            .collect();
+        let noise = Normal::new(0.0f32, noise.max(0.0)).expect("valid noise");
+        let mut vectors: Vec<Vec<f32>> = points
+            .par_iter()
+            .map(|(point, seed)| {
+                let mut rng = ChaCha8Rng::seed_from_u64(*seed);
+                projection
+                    .iter()
+                    .map(|row| {
+                        row.iter().zip(point).map(|(a, b)| a * b).sum::<f32>()
+                            + noise.sample(&mut rng)
+                    })
+                    .collect()
+            })
+            .collect();
+        let queries = vectors.split_off(count);
+        Dataset {
+            dimension,
+            vectors,
+            queries,
+        }
+    }
+
     /// Base vectors from an `.fvecs` file; queries from a second file, or the last `queries`
     /// base vectors (removed from the base).
     pub fn from_fvecs(

@@ -13,7 +13,7 @@ use clap::Parser;
 use grape_bench::dataset::Dataset;
 use grape_client::{
     CollectionConfig, DocumentInput, Filter, GrapeClient, HnswParams, Metric, PayloadIndex,
-    PayloadIndexKind, SearchRequest,
+    PayloadIndexKind, Quantization, SearchRequest,
 };
 use grape_dataplane::cluster::Node;
 use grape_dataplane::cluster::route::catalog;
@@ -127,6 +127,23 @@ struct Args {
     /// Create the collection with a numeric payload index on `bucket`.
     #[arg(long)]
     payload_index: bool,
+    /// Synthetic data: `clustered` (Gaussian clusters in every dimension) or `embedding` (a
+    /// mixture in --low-dim dimensions projected up to --dim, with --noise).
+    #[arg(long, default_value = "clustered")]
+    data: String,
+    /// With --data embedding: dimensions of the mixture.
+    #[arg(long, default_value_t = 32)]
+    low_dim: usize,
+    /// With --data embedding: standard deviation of the noise added per component.
+    #[arg(long, default_value_t = 1.0)]
+    noise: f32,
+    /// The collection's quantization: none, scalar or binary.
+    #[arg(long, default_value = "none")]
+    quantization: String,
+    /// Where a quantized collection keeps full vectors (`index.quantized_originals`):
+    /// memory or disk.
+    #[arg(long, default_value = "memory")]
+    originals: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -144,6 +161,9 @@ struct MemoryFigures {
     peak_mb: f64,
     /// The raw vectors: count x dimension x 4 bytes.
     raw_vectors_mb: f64,
+    /// What the node's shard stats count for the vectors in memory (`vector_bytes`: full
+    /// vectors and codes, not graph links).
+    vector_mb: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -201,9 +221,23 @@ fn main() -> anyhow::Result<()> {
         "dot" => Metric::Dot,
         other => bail!("--metric {other}: use l2, cosine or dot"),
     };
+    let quantization: Quantization = serde_json::from_value(serde_json::json!(args.quantization))
+        .context("--quantization must be none, scalar or binary")?;
     eprintln!("preparing data...");
     let data = match &args.fvecs {
         Some(path) => Dataset::from_fvecs(path, args.query_fvecs.as_deref(), args.queries)?,
+        None if args.data == "embedding" => Dataset::embedding(
+            args.count,
+            args.dim,
+            args.low_dim,
+            args.clusters,
+            args.noise,
+            args.queries,
+            args.seed,
+        ),
+        None if args.data != "clustered" => {
+            bail!("--data {}: use clustered or embedding", args.data)
+        }
         None => Dataset::clustered(
             args.count,
             args.dim,
@@ -268,6 +302,7 @@ fn main() -> anyhow::Result<()> {
         } else {
             Vec::new()
         },
+        quantization,
         ..CollectionConfig::new("bench", data.dimension)
     };
     let ef_search = collection.hnsw.ef_search;
@@ -279,6 +314,13 @@ fn main() -> anyhow::Result<()> {
     );
 
     let mb = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    let vector_bytes: u64 = runtime
+        .block_on(clients[0].shard_stats())?
+        .shards
+        .iter()
+        .filter(|s| s.collection == "bench")
+        .map(|s| s.vector_bytes)
+        .sum();
     let memory = process
         .as_ref()
         .and_then(GrapeNode::memory)
@@ -287,6 +329,7 @@ fn main() -> anyhow::Result<()> {
                 rss_mb: mb(rss),
                 peak_mb: mb(peak),
                 raw_vectors_mb: mb((data.len() * data.dimension * 4) as u64),
+                vector_mb: mb(vector_bytes),
             };
             eprintln!("{figures:?}");
             figures
@@ -368,6 +411,7 @@ fn process_options(args: &Args, dimension: usize) -> NodeOptions {
     NodeOptions::dimension(dimension)
         .setting("PERFORMANCE__MAX_BATCH_SIZE", "10000")
         .setting("INDEX__GRAPH", &args.graph)
+        .setting("INDEX__QUANTIZED_ORIGINALS", &args.originals)
 }
 
 /// Stops the process cleanly and starts it again, timing each step.
@@ -716,18 +760,21 @@ fn machine() -> String {
 fn markdown(report: &Report) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "Machine: {}\nNodes: {}\nGraph engine: {}\nData: {} x {} ({}), M={}, ef_construction={}, ef_search={}, shards={}, replication factor {}\n\n",
+        "Machine: {}\nNodes: {}\nGraph engine: {}\nData: {} x {} ({}, {}), M={}, ef_construction={}, ef_search={}, shards={}, replication factor {}, quantization {} (full vectors in {})\n\n",
         report.machine,
         if report.args.process { "1 (a grape process)".to_string() } else if report.args.url.is_empty() { "1 (in-process)".to_string() } else { report.args.url.join(", ") },
         if report.args.url.is_empty() { report.args.graph.as_str() } else { "as configured on the nodes" },
         report.documents,
         report.dimension,
         report.args.metric,
+        report.args.data,
         report.args.m,
         report.args.ef_construction,
         report.ef_search,
         report.args.shards,
-        report.args.replication_factor
+        report.args.replication_factor,
+        report.args.quantization,
+        report.args.originals
     ));
     out.push_str(&format!(
         "Ingest: {:.0} docs/s acknowledged ({} docs in {:.1} s, batches of {}, {} loaders); graphs complete {:.1} s after the first write\n\n",
@@ -742,8 +789,9 @@ fn markdown(report: &Report) -> String {
     }
     if let Some(m) = &report.memory {
         out.push_str(&format!(
-            "\nResident memory of the node process with every graph complete: {:.0} MiB (peak {:.0} MiB); the raw vectors are {:.0} MiB ({:.2}x)\n",
-            m.rss_mb, m.peak_mb, m.raw_vectors_mb, m.rss_mb / m.raw_vectors_mb.max(1e-9)
+            "\nResident memory of the node process with every graph complete: {:.0} MiB (peak {:.0} MiB); the raw vectors are {:.0} MiB ({:.2}x); vectors and codes in memory (shard stats): {:.0} MiB, {:.0} bytes per vector\n",
+            m.rss_mb, m.peak_mb, m.raw_vectors_mb, m.rss_mb / m.raw_vectors_mb.max(1e-9),
+            m.vector_mb, m.vector_mb * (1 << 20) as f64 / report.documents.max(1) as f64
         ));
     }
     if !report.filtered.is_empty() {

@@ -396,6 +396,10 @@ pub struct ShardStats {
     /// neighbour lists).
     #[serde(default)]
     pub vector_bytes: u64,
+    /// Bytes the full vectors of a quantized collection take on disk
+    /// (`index.quantized_originals: disk`).
+    #[serde(default)]
+    pub vector_disk_bytes: u64,
     /// Graph rebuilds since start.
     pub rebuilds: u64,
     /// Graph entries this replica loaded from its saved graph at start instead of inserting

@@ -188,6 +188,16 @@ pub struct IndexSpec {
     #[serde(default = "default_graph")]
     #[x_kube(validation = Rule::new("self in ['hnsw_rs', 'grape']").message("graph must be hnsw_rs or grape"))]
     pub graph: String,
+    /// Where collections created with `quantization` keep their full vectors for re-scoring
+    /// (`index.quantized_originals`): `memory` (the default) or `disk` (memory then holds the
+    /// codes; the page cache serves the re-scoring reads).
+    #[serde(default = "default_quantized_originals")]
+    #[x_kube(validation = Rule::new("self in ['memory', 'disk']").message("quantizedOriginals must be memory or disk"))]
+    pub quantized_originals: String,
+}
+
+fn default_quantized_originals() -> String {
+    "memory".to_string()
 }
 
 fn default_graph() -> String {
@@ -213,6 +223,7 @@ impl Default for IndexSpec {
             ef_construction: default_ef_construction(),
             ef_search: default_ef_search(),
             graph: default_graph(),
+            quantized_originals: default_quantized_originals(),
         }
     }
 }

@@ -226,6 +226,7 @@ pub fn server_config(spec: &GrapeClusterSpec, names: &Names, bootstrap_replicas:
             "hnsw_ef_construction": spec.index.ef_construction,
             "hnsw_ef_search": spec.index.ef_search,
             "graph": spec.index.graph,
+            "quantized_originals": spec.index.quantized_originals,
         },
         "monitoring": {
             "enable_metrics": true,

@@ -189,6 +189,11 @@ fn unknown_keys_and_invalid_values_stop_startup_naming_the_key() {
         ),
         (
             NodeOptions::default(),
+            Some("index:\n  quantized_originals: tape\n"),
+            "index.quantized_originals",
+        ),
+        (
+            NodeOptions::default(),
             Some("node:\n  listen_address: nowhere\n"),
             "node.listen_address",
         ),

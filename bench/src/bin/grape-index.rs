@@ -2,14 +2,16 @@
 //! file the way a shard does (vectors appended, then moved into the HNSW graph by the
 //! maintainer) and searches it on one thread at several `ef`, reporting recall@10 against an
 //! `.ivecs` ground truth and queries per second, as one JSON object, with the resident memory
-//! the index added. `bench/compare_hnswlib.py` runs it beside hnswlib on the same files.
+//! the index added. `bench/compare_hnswlib.py` runs it beside hnswlib on the same files. With
+//! `--quantization`, the graph holds codes and the full vectors stay in memory or go to an
+//! unnamed file in the temporary directory (`--originals`), as `index.quantized_originals`.
 
 use anyhow::bail;
 use clap::Parser;
 use grape_bench::dataset::{read_fvecs, read_ivecs};
-use grape_client::{HnswParams, Metric};
+use grape_client::{HnswParams, Metric, Quantization};
 use grape_dataplane::index::distance::prepare;
-use grape_dataplane::index::{GraphEngine, IndexOptions, VectorIndex};
+use grape_dataplane::index::{GraphEngine, IndexOptions, OriginalsPlace, VectorIndex};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -42,12 +44,20 @@ struct Args {
     /// Search breadths to measure.
     #[arg(long, value_delimiter = ',', default_value = "32,64,128,256")]
     ef: Vec<usize>,
+    /// `none`, `scalar` or `binary`.
+    #[arg(long, default_value = "none")]
+    quantization: String,
+    /// Where a quantized index keeps full vectors: `memory` or `disk`.
+    #[arg(long, default_value = "memory")]
+    originals: String,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let metric: Metric = serde_json::from_value(json!(args.metric))?;
     let engine: GraphEngine = serde_json::from_value(json!(args.graph))?;
+    let quantization: Quantization = serde_json::from_value(json!(args.quantization))?;
+    let originals: OriginalsPlace = serde_json::from_value(json!(args.originals))?;
     let build_threads = match engine {
         GraphEngine::HnswRs => 1,
         GraphEngine::Grape => args.threads.max(1),
@@ -73,10 +83,18 @@ fn main() -> anyhow::Result<()> {
     let options = IndexOptions {
         engine,
         rebuild_threshold: usize::MAX,
+        quantized_originals: originals,
         ..Default::default()
     };
     let before = resident_bytes();
-    let index = VectorIndex::new(dimension, metric, params, options);
+    let index = VectorIndex::quantized(
+        dimension,
+        metric,
+        params,
+        options,
+        quantization,
+        Some(&std::env::temp_dir()),
+    );
     let prepared = |v: &Vec<f32>| prepare(metric, v).unwrap_or_else(|| v.clone());
     let start = Instant::now();
     for vector in &base {
@@ -120,7 +138,13 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         json!({
-            "library": format!("grape ({})", args.graph),
+            "library": match quantization {
+                Quantization::None => format!("grape ({})", args.graph),
+                _ => format!(
+                    "grape ({}, {}, full vectors in {})",
+                    args.graph, args.quantization, args.originals
+                ),
+            },
             "build_seconds": build_seconds,
             "build_threads": build_threads,
             "index_mb": index_mb,

@@ -71,6 +71,7 @@ pub fn shard_stats(node: &Node) -> Vec<ShardStats> {
                 tombstones: figures.index.dead_in_graph,
                 stored_vectors: figures.index.stored,
                 vector_bytes: figures.index.vector_bytes,
+                vector_disk_bytes: figures.index.vector_disk_bytes,
                 rebuilds: figures.index.rebuilds,
                 graph_loaded: figures.graph_loaded,
                 replicas: record.map(|r| r.replicas.clone()).unwrap_or_default(),

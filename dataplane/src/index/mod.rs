@@ -5,7 +5,8 @@
 //! Two graph engines exist, chosen per node with `index.graph` ([`GraphEngine`]): Grape's own
 //! graph ([`graph::HnswGraph`], the default), which inserts on every thread of the pool running
 //! maintenance, searches several times faster (docs/benchmarks.md) and holds the vectors it
-//! indexes (the index keeps no second copy), and hnsw_rs.
+//! indexes (the index keeps no second copy), or their quantized codes ([`quantize`]; the full
+//! vectors then stay in memory or go to disk), and hnsw_rs.
 //!
 //! ```text
 //!   add(id) ──> pending (id >= indexed_upto) ──index_pending()──> in graph (id < indexed_upto)
@@ -30,7 +31,7 @@ use engine::Graph;
 use grape_client::{HnswParams, Metric, Quantization};
 use graph::{HnswGraph, Node};
 use parking_lot::{Mutex, RwLock};
-use quantize::{Codebook, Space, TRAINING_SAMPLE};
+use quantize::{Codebook, Space, training_sample};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -149,20 +150,57 @@ impl OriginalsFile {
         self.file.write_all_at(&bytes, self.offset(id))
     }
 
+    /// Gives back the disk blocks of dead ids' vectors (punching holes; contiguous ids in one
+    /// call). Best effort: a file system without hole punching keeps them until the file is
+    /// closed.
+    fn forget(&self, ids: &[VectorId]) {
+        use std::os::fd::AsRawFd;
+        let bytes = (self.dimension as u64) * 4;
+        let mut i = 0;
+        while i < ids.len() {
+            let mut j = i + 1;
+            while j < ids.len() && ids[j] == ids[j - 1] + 1 {
+                j += 1;
+            }
+            // SAFETY: a system call on a file descriptor this struct owns; it changes no memory.
+            let done = unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    self.offset(ids[i]) as libc::off_t,
+                    ((j - i) as u64 * bytes) as libc::off_t,
+                )
+            };
+            if done != 0 {
+                return;
+            }
+            i = j;
+        }
+    }
+
+    /// Bytes the file takes on disk (allocated blocks).
+    fn disk_bytes(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().map_or(0, |m| m.blocks() * 512)
+    }
+
     /// Reads the vector of `id` into `buf`. A failure here is a broken local disk: it panics,
     /// which marks the shard failed rather than answering with a wrong vector.
     fn read(&self, id: VectorId, buf: &mut Vec<f32>) {
         use std::os::unix::fs::FileExt;
-        let mut bytes = vec![0u8; self.dimension * 4];
-        if let Err(error) = self.file.read_exact_at(&mut bytes, self.offset(id)) {
+        buf.clear();
+        buf.resize(self.dimension, 0.0);
+        // SAFETY: the bytes of `buf`'s floats, which any bit pattern may fill.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, self.dimension * 4)
+        };
+        if let Err(error) = self.file.read_exact_at(bytes, self.offset(id)) {
             panic!("reading the full vector of {id} from disk failed: {error}");
         }
-        buf.clear();
-        buf.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        );
+        if cfg!(target_endian = "big") {
+            buf.iter_mut()
+                .for_each(|x| *x = f32::from_bits(u32::from_le(x.to_bits())));
+        }
     }
 }
 
@@ -202,10 +240,12 @@ struct VectorStore {
     /// vectors or codes of the ids below `in_graph`.
     graph: Option<Arc<HnswGraph>>,
     in_graph: VectorId,
-    /// Ids with a slot in `data` that the graph does not hold yet (or, on disk, whose file
-    /// write failed); the rest of `data` is stale copies, dropped by
-    /// [`VectorStore::compact`].
+    /// Ids with a slot in `data` that the graph does not hold yet; with the ids in
+    /// `unwritten`, the rest of `data` is stale copies, dropped by [`VectorStore::compact`].
     outside: usize,
+    /// Ids the graph holds whose full vector stays in `data` because writing it to the file
+    /// failed ([`Originals::Disk`] only; written again by the next rebuild).
+    unwritten: usize,
 }
 
 /// Dead vectors held below which a shard is not rebuilt to reclaim memory.
@@ -228,6 +268,7 @@ impl VectorStore {
             graph: None,
             in_graph: 0,
             outside: 0,
+            unwritten: 0,
         }
     }
 
@@ -338,7 +379,7 @@ impl VectorStore {
                 (false, _) => *node,
                 (true, Some(true)) => IN_FILE,
                 (true, _) => {
-                    self.outside += 1;
+                    self.unwritten += 1;
                     kept.get(id).copied().unwrap_or(NOT_STORED)
                 }
             };
@@ -353,16 +394,18 @@ impl VectorStore {
     /// current (so each vector is copied a bounded number of times, amortised).
     fn compact(&mut self, dimension: usize) {
         let held = self.data.len() / dimension.max(1);
-        let stale = held - self.outside;
-        if self.outside == 0 {
+        let current = self.outside + self.unwritten;
+        let stale = held - current;
+        if current == 0 {
             self.data = Vec::new();
             return;
         }
-        if stale < RECLAIM_MIN.max(self.outside) {
+        if stale < RECLAIM_MIN.max(current) {
             return;
         }
-        let mut data = Vec::with_capacity(self.outside * dimension);
+        let mut data = Vec::with_capacity(current * dimension);
         let mut outside = 0;
+        let mut unwritten = 0;
         let from = match self.originals {
             Originals::Graph => self.in_graph,
             _ => 0,
@@ -375,13 +418,18 @@ impl VectorStore {
                 let start = self.slot[id] as usize * dimension;
                 self.slot[id] =
                     Self::push(&mut data, &self.data[start..start + dimension], dimension);
-                outside += 1;
+                if id < self.in_graph {
+                    unwritten += 1;
+                } else {
+                    outside += 1;
+                }
             } else {
                 self.slot[id] = NOT_STORED;
             }
         }
         self.data = data;
         self.outside = outside;
+        self.unwritten = unwritten;
     }
 }
 
@@ -403,8 +451,11 @@ pub struct IndexStats {
     /// Vectors held in memory: the live ones and dead ones not yet reclaimed by a rebuild.
     pub stored: u64,
     /// Bytes of those vectors: full vectors in memory, and Grape's graph's codes (not its
-    /// neighbour lists, nor hnsw_rs's private copies).
+    /// neighbour lists, nor hnsw_rs's private copies, nor room allocated and not used yet).
     pub vector_bytes: u64,
+    /// Bytes the full vectors of a quantized index take on disk
+    /// ([`OriginalsPlace::Disk`]; blocks allocated to the file).
+    pub vector_disk_bytes: u64,
 }
 
 /// One shard's vectors and graph.
@@ -608,9 +659,11 @@ impl VectorIndex {
                 store.in_graph = nodes;
             }
         }
-        index
-            .trained_on
-            .store(nodes.min(TRAINING_SAMPLE), AtomicOrdering::Relaxed);
+        let sample = match codebook {
+            Some(Codebook::Scalar { sample, .. } | Codebook::Binary { sample, .. }) => *sample,
+            None => 0,
+        };
+        index.trained_on.store(sample, AtomicOrdering::Relaxed);
         *index.graph.write() = GraphState {
             graph: Graph::Grape(graph),
             indexed_upto: nodes,
@@ -632,7 +685,11 @@ impl VectorIndex {
         match &store.originals {
             Originals::Graph => {}
             Originals::Disk(file) if file.write(id, vector).is_ok() => store.slot[id] = IN_FILE,
-            Originals::Disk(_) | Originals::Memory => {
+            Originals::Disk(_) => {
+                store.slot[id] = VectorStore::push(&mut store.data, vector, dimension);
+                store.unwritten += 1;
+            }
+            Originals::Memory => {
                 store.slot[id] = VectorStore::push(&mut store.data, vector, dimension);
                 store.outside += 1;
             }
@@ -754,6 +811,10 @@ impl VectorIndex {
             rebuilds: self.rebuilds.load(AtomicOrdering::Relaxed),
             stored: store.stored(self.dimension) as u64,
             vector_bytes: (store.data.len() * 4 + codes) as u64,
+            vector_disk_bytes: match &store.originals {
+                Originals::Disk(file) => file.disk_bytes(),
+                _ => 0,
+            },
         }
     }
 
@@ -779,7 +840,7 @@ impl VectorIndex {
     }
 
     /// Whether a quantized graph's codes were learnt from a sample too small for it: fewer
-    /// than [`TRAINING_SAMPLE`] vectors, and a quarter of the graph's nodes now. The rebuild
+    /// than [`training_sample`] vectors, and a quarter of the graph's nodes now. The rebuild
     /// learns them again from every live node (so the graph it builds is at most its sample
     /// in size, and the next retraining waits for the graph to grow fourfold): a collection
     /// that starts small is retrained a few times as it grows.
@@ -789,14 +850,15 @@ impl VectorIndex {
         }
         let trained_on = self.trained_on.load(AtomicOrdering::Relaxed);
         let nodes = self.graph.read().graph.grape().map_or(0, |g| g.len());
-        trained_on < TRAINING_SAMPLE && nodes >= 4 * trained_on.max(256)
+        trained_on < training_sample(self.dimension) && nodes >= 4 * trained_on.max(256)
     }
 
     /// The codes' space for a graph of `vectors` (all of them, or an even sample of at most
-    /// [`TRAINING_SAMPLE`]).
+    /// [`training_sample`]).
     fn train(&self, vectors: &[&[f32]]) -> Space {
-        let step = vectors.len().div_ceil(TRAINING_SAMPLE).max(1);
-        let sample: Vec<&[f32]> = vectors.iter().step_by(step).copied().collect();
+        let most = training_sample(self.dimension);
+        let step = (vectors.len() / most).max(1);
+        let sample: Vec<&[f32]> = vectors.iter().step_by(step).take(most).copied().collect();
         if self.quantization != Quantization::None {
             self.trained_on.store(sample.len(), AtomicOrdering::Relaxed);
         }
@@ -833,6 +895,10 @@ impl VectorIndex {
         let admits =
             |id: VectorId| id < indexed_upto && store.is_live(id) && accept.is_none_or(|f| f(id));
         let mut results = Vec::with_capacity(k * 2);
+        // A quantized graph's candidates, re-scored with their full vectors in memory, and
+        // those whose full vectors are on disk.
+        let mut rescored = Vec::new();
+        let mut on_disk = Vec::new();
         if indexed_upto > 0 {
             let survivors = |hits: Vec<Candidate>| -> Vec<Candidate> {
                 hits.into_iter().filter(|c| admits(c.id)).collect()
@@ -851,18 +917,18 @@ impl VectorIndex {
             let found =
                 found.unwrap_or_else(|| survivors(graph.search(query, want, ef, Some(&admits))));
             if quantized {
-                let mut buf = Vec::new();
-                let mut rescored: Vec<Candidate> = found
-                    .into_iter()
-                    .map(|c| Candidate {
-                        id: c.id,
-                        distance: self
-                            .distance
-                            .distance(query, store.vector(c.id, self.dimension, &mut buf)),
-                    })
-                    .collect();
-                rescored.sort_unstable();
-                results.extend(rescored.into_iter().take(k));
+                for c in found {
+                    if store.slot[c.id] == IN_FILE {
+                        on_disk.push(c.id);
+                    } else {
+                        let mut buf = Vec::new();
+                        let vector = store.vector(c.id, self.dimension, &mut buf);
+                        rescored.push(Candidate {
+                            id: c.id,
+                            distance: self.distance.distance(query, vector),
+                        });
+                    }
+                }
             } else {
                 results.extend(found.into_iter().take(k));
             }
@@ -875,6 +941,29 @@ impl VectorIndex {
             tail.filter(|&id| store.live[id] && accept.is_none_or(|f| f(id))),
         );
         results.extend(exact);
+        // Candidates whose full vectors are on disk are read without the lock, so a slow read
+        // holds up no writer. Their file offsets stay put (ids are never reused). A rebuild
+        // gives back the blocks of ids it found dead, so an id removed right after this
+        // search let go of the lock could read as zeros; its distance is then wrong, for a
+        // document already deleted (a shard holds its own lock across the search and the
+        // removal cannot happen in between).
+        let file = match &store.originals {
+            Originals::Disk(file) if !on_disk.is_empty() => Some(Arc::clone(file)),
+            _ => None,
+        };
+        drop(store);
+        if let Some(file) = file {
+            let mut buf = Vec::new();
+            for id in on_disk {
+                file.read(id, &mut buf);
+                rescored.push(Candidate {
+                    id,
+                    distance: self.distance.distance(query, &buf),
+                });
+            }
+        }
+        rescored.sort_unstable();
+        results.extend(rescored.into_iter().take(k));
         results.sort_unstable();
         results.dedup_by_key(|c| c.id);
         results.truncate(k);
@@ -1029,11 +1118,15 @@ impl VectorIndex {
         let space = if self.quantization == Quantization::None {
             self.train(&[])
         } else {
-            let step = live_below.div_ceil(TRAINING_SAMPLE).max(1);
+            // The whole sample when there are that many, so that `needs_training` is
+            // satisfied afterwards.
+            let most = training_sample(dimension);
+            let step = (live_below / most).max(1);
             let store = self.vectors.read();
             let sample: Vec<Vec<f32>> = (0..watermark)
                 .filter(|&id| store.live[id])
                 .step_by(step)
+                .take(most)
                 .map(|id| store.vector(id, dimension, &mut Vec::new()).to_vec())
                 .collect();
             drop(store);
@@ -1047,10 +1140,10 @@ impl VectorIndex {
             space,
             live_below.max(1024),
         );
-        let mode = match &self.vectors.read().originals {
-            Originals::Graph => 0,
-            Originals::Memory => 1,
-            Originals::Disk(_) => 2,
+        let (mode, file) = match &self.vectors.read().originals {
+            Originals::Graph => (0, None),
+            Originals::Memory => (1, None),
+            Originals::Disk(file) => (2, Some(Arc::clone(file))),
         };
         // Where each id put in the new graph finds its vector afterwards: its node in Grape's
         // graph, the file, or its slot in the new `data`.
@@ -1074,6 +1167,11 @@ impl VectorIndex {
                 kept.extend(chunk.iter().map(|(id, _)| *id).zip(nodes));
             } else {
                 for ((id, vector), in_file) in chunk.iter().zip(in_file) {
+                    // On disk, a vector whose write failed before is tried again.
+                    let in_file = in_file
+                        || file
+                            .as_ref()
+                            .is_some_and(|file| file.write(*id, vector).is_ok());
                     let slot = if in_file {
                         IN_FILE
                     } else {
@@ -1093,10 +1191,11 @@ impl VectorIndex {
         }
         // Pending ids (added at or after the watermark) move over unchanged; dead ones are
         // never read again.
-        let mut outside = kept
+        let unwritten = kept
             .iter()
             .filter(|(_, s)| mode == 2 && *s != IN_FILE)
             .count();
+        let mut outside = 0;
         let mut buf = Vec::new();
         for (id, slot) in slot.iter_mut().enumerate().skip(watermark) {
             if store.live[id] {
@@ -1106,9 +1205,17 @@ impl VectorIndex {
             }
         }
         let held_before = store.stored(dimension);
+        // Full vectors on disk that nothing reads any more: their blocks are given back.
+        let forgotten: Vec<VectorId> = match mode {
+            2 => (0..store.slot.len())
+                .filter(|&id| store.slot[id] == IN_FILE && slot[id] != IN_FILE)
+                .collect(),
+            _ => Vec::new(),
+        };
         store.data = data;
         store.slot = slot;
         store.outside = outside;
+        store.unwritten = unwritten;
         store.graph = graph.grape().cloned().filter(|_| mode != 1);
         store.in_graph = if store.graph.is_some() { watermark } else { 0 };
         let reclaimed = held_before.saturating_sub(store.stored(dimension));
@@ -1121,6 +1228,11 @@ impl VectorIndex {
         self.rebuilds.fetch_add(1, AtomicOrdering::Relaxed);
         self.graph_changes
             .fetch_add(kept.len().max(1) as u64, AtomicOrdering::AcqRel);
+        drop(state);
+        drop(store);
+        if let Some(file) = file {
+            file.forget(&forgotten);
+        }
         tracing::info!(
             vectors = kept.len(),
             reclaimed,

@@ -40,12 +40,28 @@ pub enum Space {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Codebook {
-    Scalar { low: f32, step: f32 },
-    Binary { means: Vec<f32> },
+    Scalar {
+        low: f32,
+        step: f32,
+        /// Vectors it was learnt from.
+        #[serde(default)]
+        sample: usize,
+    },
+    Binary {
+        means: Vec<f32>,
+        #[serde(default)]
+        sample: usize,
+    },
 }
 
 /// Vectors a codebook is learnt from, at most (a sample beyond this changes little).
 pub const TRAINING_SAMPLE: usize = 10_000;
+
+/// Vectors a codebook of `dimension` is learnt from, at most: [`TRAINING_SAMPLE`], fewer for
+/// long vectors so that a sample holds at most 16M components (64 MiB), at least 256.
+pub fn training_sample(dimension: usize) -> usize {
+    ((16 << 20) / dimension.max(1)).clamp(256, TRAINING_SAMPLE)
+}
 
 impl Space {
     /// The space of a collection: full vectors without quantization, otherwise codes learnt
@@ -61,7 +77,13 @@ impl Space {
             Quantization::None => Space::Float(distance),
             Quantization::Scalar => {
                 let (low, step) = scalar_bounds(sample);
-                Space::Scalar(Arc::new(ScalarCodec::new(distance, dimension, low, step)))
+                Space::Scalar(Arc::new(ScalarCodec::new(
+                    distance,
+                    dimension,
+                    low,
+                    step,
+                    sample.len(),
+                )))
             }
             Quantization::Binary => {
                 let mut means = vec![0f32; dimension];
@@ -72,7 +94,7 @@ impl Space {
                 }
                 let n = sample.len().max(1) as f32;
                 means.iter_mut().for_each(|m| *m /= n);
-                Space::Binary(Arc::new(BinaryCodec::new(means)))
+                Space::Binary(Arc::new(BinaryCodec::new(means, sample.len())))
             }
         }
     }
@@ -87,22 +109,25 @@ impl Space {
         let distance = GraphDistance::new(metric);
         match codebook {
             None => Ok(Space::Float(distance)),
-            Some(Codebook::Scalar { low, step }) => {
+            Some(Codebook::Scalar { low, step, sample }) => {
                 if !low.is_finite() || !step.is_finite() || *step <= 0.0 {
                     return Err(format!("scalar codebook low {low}, step {step}"));
                 }
                 Ok(Space::Scalar(Arc::new(ScalarCodec::new(
-                    distance, dimension, *low, *step,
+                    distance, dimension, *low, *step, *sample,
                 ))))
             }
-            Some(Codebook::Binary { means }) => {
+            Some(Codebook::Binary { means, sample }) => {
                 if means.len() != dimension || means.iter().any(|m| !m.is_finite()) {
                     return Err(format!(
                         "binary codebook of {} means for dimension {dimension}",
                         means.len()
                     ));
                 }
-                Ok(Space::Binary(Arc::new(BinaryCodec::new(means.clone()))))
+                Ok(Space::Binary(Arc::new(BinaryCodec::new(
+                    means.clone(),
+                    *sample,
+                ))))
             }
         }
     }
@@ -114,10 +139,21 @@ impl Space {
             Space::Scalar(c) => Some(Codebook::Scalar {
                 low: c.low,
                 step: c.step,
+                sample: c.sample,
             }),
             Space::Binary(c) => Some(Codebook::Binary {
                 means: c.means.clone(),
+                sample: c.sample,
             }),
+        }
+    }
+
+    /// Vectors the codes were learnt from (`None`: full vectors).
+    pub fn sample(&self) -> Option<usize> {
+        match self {
+            Space::Float(_) => None,
+            Space::Scalar(c) => Some(c.sample),
+            Space::Binary(c) => Some(c.sample),
         }
     }
 
@@ -225,6 +261,7 @@ pub struct ScalarCodec {
     dimension: usize,
     low: f32,
     step: f32,
+    sample: usize,
     l2: ByteKernel,
     dot: ByteKernel,
 }
@@ -239,7 +276,13 @@ impl std::fmt::Debug for ScalarCodec {
 }
 
 impl ScalarCodec {
-    fn new(distance: GraphDistance, dimension: usize, low: f32, step: f32) -> ScalarCodec {
+    fn new(
+        distance: GraphDistance,
+        dimension: usize,
+        low: f32,
+        step: f32,
+        sample: usize,
+    ) -> ScalarCodec {
         let (l2, dot) = byte_kernels();
         ScalarCodec {
             distance,
@@ -247,6 +290,7 @@ impl ScalarCodec {
             dimension,
             low,
             step,
+            sample,
             l2,
             dot,
         }
@@ -291,6 +335,7 @@ impl ScalarCodec {
 /// One bit per component: above the component's training mean or not.
 pub struct BinaryCodec {
     means: Vec<f32>,
+    sample: usize,
     hamming: fn(&[u32], &[u32]) -> u32,
 }
 
@@ -303,9 +348,10 @@ impl std::fmt::Debug for BinaryCodec {
 }
 
 impl BinaryCodec {
-    fn new(means: Vec<f32>) -> BinaryCodec {
+    fn new(means: Vec<f32>, sample: usize) -> BinaryCodec {
         BinaryCodec {
             means,
+            sample,
             hamming: hamming_kernel(),
         }
     }
@@ -489,13 +535,16 @@ mod tests {
             Codebook::Scalar {
                 low: 0.0,
                 step: 0.0,
+                sample: 1,
             },
             Codebook::Scalar {
                 low: f32::NAN,
                 step: 1.0,
+                sample: 1,
             },
             Codebook::Binary {
                 means: vec![0.0; 32],
+                sample: 1,
             },
         ];
         for book in bad {

@@ -523,3 +523,63 @@ fn a_small_quantized_collection_is_retrained_as_it_grows() {
     let recall = cosine_recall(&index, &data, &queries, 64);
     assert!(recall >= 0.95, "recall@10 {recall}");
 }
+
+#[test]
+fn a_quantized_collection_loaded_in_steps_is_retrained_a_bounded_number_of_times() {
+    let (data, _) = embeddings(40_000, 0, 32);
+    let index = SCALAR_IN_MEMORY.index(32, Metric::Cosine, 100_000);
+    for chunk in data.chunks(1000) {
+        for v in chunk {
+            index.add(v);
+        }
+        index.maintain(4096);
+    }
+    while index.maintain(4096) > 0 {}
+    let stats = index.stats();
+    // Learnt from the first 1,000, again at 4,000 and at 16,000 (a sample of 10,000): two
+    // rebuilds, then none however far the collection grows.
+    assert_eq!((stats.rebuilds, stats.pending), (2, 0), "{stats:?}");
+    assert_eq!(
+        index.trained_on.load(AtomicOrdering::Relaxed),
+        quantize::TRAINING_SAMPLE
+    );
+    assert!(!index.needs_maintenance());
+}
+
+#[test]
+fn a_rebuild_gives_back_the_disk_blocks_of_dead_full_vectors() {
+    let (data, queries) = embeddings(3000, 20, 256);
+    let index = SCALAR_ON_DISK.index(256, Metric::Cosine, 1000);
+    for v in &data {
+        index.add(v);
+    }
+    while index.maintain(4096) > 0 {}
+    let before = index.stats();
+    assert!(
+        before.vector_disk_bytes >= 3000 * 256 * 4,
+        "the full vectors are on disk: {before:?}"
+    );
+    for id in 0..2000 {
+        index.remove(id);
+    }
+    while index.maintain(4096) > 0 {}
+    let after = index.stats();
+    assert!(after.rebuilds > before.rebuilds, "{after:?}");
+    assert!(
+        after.vector_disk_bytes <= 1100 * 256 * 4,
+        "blocks of the 2,000 dead vectors given back: {after:?}"
+    );
+    for id in [2000, 2500, 2999] {
+        assert_eq!(
+            index.with_vector(id, <[f32]>::to_vec).as_ref(),
+            Some(&data[id])
+        );
+    }
+    let live = &data[2000..];
+    let hits = index.search(&queries[0], 10, 64, None);
+    assert!(hits.iter().all(|h| h.id >= 2000));
+    let d = GraphDistance::new(Metric::Cosine);
+    for hit in hits {
+        assert_eq!(hit.distance, d.distance(&queries[0], &live[hit.id - 2000]));
+    }
+}

@@ -10,7 +10,8 @@
 //!
 //! A saved graph is never trusted for content. Loading matches each stored document with the
 //! node saved under its id and reuses the node only when the node's vector is exactly the
-//! document's; every other document is inserted again and every unmatched node stays in the
+//! document's (in a quantized graph: its code is exactly the code of the document's vector,
+//! whose full vector is then kept beside it); every other document is inserted again and every unmatched node stays in the
 //! graph dead (a rebuild drops it). So a file older than the documents, or from before a
 //! snapshot install, costs insert time for what changed and never a wrong answer; the header's
 //! generation and applied marker say what it was saved at, for people. A file that fails its
@@ -233,14 +234,16 @@ pub fn read(
             config.hnsw.m
         )));
     }
-    // Every node takes at least its vector's code in the file: a count the file cannot hold
-    // is refused before the graph is allocated for it.
+    // Every node takes at least its level, its layer-0 list, its vector's code and its
+    // label's length in the file: a count the file cannot hold is refused before the graph
+    // is allocated for it.
     let space = Space::from_codebook(header.codebook.as_ref(), config.metric, config.dimension)
         .map_err(invalid)?;
-    let code_bytes = space.words(config.dimension) as u64 * 4;
+    let list_words = 2 * config.hnsw.m.clamp(2, 255) as u64 + 1;
+    let node_bytes = 1 + (list_words + space.words(config.dimension) as u64) * 4 + 4;
     let nodes = usize::try_from(header.nodes)
         .ok()
-        .filter(|n| (*n as u64).saturating_mul(code_bytes) <= file_bytes)
+        .filter(|n| (*n as u64).saturating_mul(node_bytes) <= file_bytes)
         .ok_or_else(|| invalid(format!("{} nodes in {file_bytes} bytes", header.nodes)))?;
     let index = VectorIndex::read_graph(
         &mut input,
