@@ -523,6 +523,24 @@ pub fn vector(seed: u64, dimension: usize) -> Vec<f32> {
         .collect()
 }
 
+/// A port free on `address` now, below the kernel's ephemeral range (32768 and up by
+/// default): a port the kernel hands out (`:0`) is free only until released, and any
+/// outgoing connection may take it before the node binds it again.
+fn free_port(address: &str) -> u16 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    for attempt in 0..10_000u32 {
+        let port = 10_000 + (seed.wrapping_add(attempt.wrapping_mul(7_919)) % 22_000) as u16;
+        if std::net::TcpListener::bind((address, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {address} below 32000");
+}
+
 /// Several nodes forming one cluster, each on its own loopback address (`127.A.B.i`, A and B
 /// random per cluster) so that a firewall rule can cut one node off from the others.
 pub struct Cluster {
@@ -644,11 +662,7 @@ impl Cluster {
     pub async fn start_on(network: &str, size: usize, options: NodeOptions) -> Cluster {
         let network = network.to_string();
         let ports: Vec<u16> = (1..=size)
-            .map(|i| {
-                let listener =
-                    std::net::TcpListener::bind(format!("{network}.{i}:0")).expect("free port");
-                listener.local_addr().expect("port").port()
-            })
+            .map(|i| free_port(&format!("{network}.{i}")))
             .collect();
         let peers: Vec<String> = (1..=size)
             .map(|i| format!("node-{i}={network}.{i}:{}", ports[i - 1]))
@@ -695,10 +709,7 @@ impl Cluster {
     pub async fn start_extra_node(&mut self) -> usize {
         let i = self.nodes.len() + 1;
         let address = format!("{}.{i}", self.network);
-        let port = std::net::TcpListener::bind(format!("{address}:0"))
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = free_port(&address);
         self.peers.push(format!("node-{i}={address}:{port}"));
         let node_options = member_options(&self.options, i, address, port, &self.peers);
         let mut node = GrapeNode::unstarted(node_options, tempfile::tempdir().expect("temp dir"));
