@@ -70,6 +70,10 @@ impl GrapeClient {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
+            // Below the 10 s after which a node closes an idle connection
+            // (`performance.header_read_timeout_ms`): a request is never sent on a connection
+            // the node is closing (a benchmark pausing 10 s between phases failed that way).
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_default();
         GrapeClient {

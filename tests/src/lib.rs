@@ -7,6 +7,7 @@
 
 pub mod jepsen;
 pub mod load;
+pub mod recall;
 
 use grape_client::GrapeClient;
 use grape_dataplane::config::{Config, Overrides};

@@ -5,70 +5,24 @@
 //! at the next start instead of being built again, after `kill -9` and after a clean stop.
 
 use grape_client::{CollectionClient, CollectionConfig, DocumentInput, Metric, SearchRequest};
+use grape_e2e::recall::{load_points, recall_at_10, shard_sum, squared_l2, wait_indexed};
 use grape_e2e::{GrapeNode, NodeOptions, vector};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 const DIMENSION: usize = 16;
 const DOCUMENTS: u64 = 4_000;
 
-fn l2(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
-}
-
-async fn wait_indexed(node: &GrapeNode) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let stats = node.client().stats().await.unwrap();
-        if stats.indexing_pending == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "still pending: {stats:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+const QUERIES: std::ops::Range<u64> = 900_000..900_040;
 
 /// Writes `DOCUMENTS` points (`p0`, `p1`, ...) and answers them by id.
-async fn load_points(docs: &CollectionClient<'_>) -> BTreeMap<String, Vec<f32>> {
-    let live: BTreeMap<String, Vec<f32>> = (0..DOCUMENTS)
-        .map(|i| (format!("p{i}"), vector(i, DIMENSION)))
-        .collect();
-    let batch: Vec<DocumentInput> = live
-        .iter()
-        .map(|(id, v)| DocumentInput {
-            id: Some(id.clone()),
-            vector: v.clone(),
-            metadata: None,
-        })
-        .collect();
-    for chunk in batch.chunks(500) {
-        docs.upsert_batch(chunk).await.unwrap();
-    }
-    live
+async fn load(docs: &CollectionClient<'_>) -> BTreeMap<String, Vec<f32>> {
+    load_points(docs, "p", DOCUMENTS, DIMENSION).await
 }
 
-/// recall@10 over 40 queries against brute force over `live`.
+/// recall@10 against brute force over `live`; every score must be the exact distance.
 async fn recall(docs: &CollectionClient<'_>, live: &BTreeMap<String, Vec<f32>>) -> f64 {
-    let mut hits = 0;
-    for q in 0..40u64 {
-        let query = vector(900_000 + q, DIMENSION);
-        let mut exact: Vec<(f32, &String)> =
-            live.iter().map(|(id, v)| (l2(&query, v), id)).collect();
-        exact.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let want: BTreeSet<&String> = exact.iter().take(10).map(|(_, id)| *id).collect();
-        let request = SearchRequest {
-            ef: Some(128),
-            ..SearchRequest::new(query, 10)
-        };
-        let found = docs.search(&request).await.unwrap();
-        assert_eq!(found.results.len(), 10);
-        hits += found
-            .results
-            .iter()
-            .filter(|r| want.contains(&r.id))
-            .count();
-    }
-    hits as f64 / 400.0
+    recall_at_10(docs, live, QUERIES, true).await
 }
 
 /// Updated documents come first at their new vectors; deleted ones are never returned.
@@ -109,8 +63,8 @@ async fn engine_serves_correct_searches(engine: &str) {
         .await
         .unwrap();
     let docs = grape.collection("points");
-    let mut live = load_points(&docs).await;
-    wait_indexed(&node).await;
+    let mut live = load(&docs).await;
+    wait_indexed(&node.client()).await;
     let first = recall(&docs, &live).await;
     assert!(first >= 0.95, "{engine}: recall@10 {first}");
 
@@ -137,7 +91,7 @@ async fn engine_serves_correct_searches(engine: &str) {
         deleted.insert(id.clone(), live.remove(&id).unwrap());
     }
     check_changes(&docs, &updated, &deleted).await;
-    wait_indexed(&node).await;
+    wait_indexed(&node.client()).await;
     let shards = grape.shard_stats().await.unwrap().shards;
     let points: Vec<_> = shards.iter().filter(|s| s.collection == "points").collect();
     assert!(
@@ -150,7 +104,7 @@ async fn engine_serves_correct_searches(engine: &str) {
 
     node.kill9();
     node.restart().await;
-    wait_indexed(&node).await;
+    wait_indexed(&node.client()).await;
     let docs = node.client();
     let docs = docs.collection("points");
     check_changes(&docs, &updated, &deleted).await;
@@ -170,12 +124,7 @@ async fn grape_engine_serves_correct_searches() {
 
 /// Graph entries the `points` shards loaded from their saved graphs at start.
 async fn graph_loaded(node: &GrapeNode) -> u64 {
-    let shards = node.client().shard_stats().await.unwrap().shards;
-    shards
-        .iter()
-        .filter(|s| s.collection == "points")
-        .map(|s| s.graph_loaded)
-        .sum()
+    shard_sum(&node.client(), "points", |s| s.graph_loaded).await
 }
 
 #[tokio::test]
@@ -197,8 +146,8 @@ async fn a_restart_loads_the_saved_graphs_instead_of_building_them() {
         .config
         .shard_count as usize;
     let docs = grape.collection("points");
-    let mut live = load_points(&docs).await;
-    wait_indexed(&node).await;
+    let mut live = load(&docs).await;
+    wait_indexed(&node.client()).await;
     // Each shard's graph is saved within the interval plus a tick of the saver.
     let graphs = node.data_dir.path().join("graphs");
     let saved = || {
@@ -255,7 +204,7 @@ async fn a_restart_loads_the_saved_graphs_instead_of_building_them() {
     let grape = node.client();
     let docs = grape.collection("points");
     check_changes(&docs, &updated, &deleted).await;
-    wait_indexed(&node).await;
+    wait_indexed(&node.client()).await;
     let after_crash = recall(&docs, &live).await;
     assert!(after_crash >= 0.95, "recall@10 {after_crash}");
 
@@ -282,7 +231,7 @@ fn exact_filtered(
     let mut found: Vec<(f32, &String)> = docs
         .iter()
         .filter(|(_, (_, bucket))| keep(*bucket))
-        .map(|(id, (v, _))| (l2(query, v), id))
+        .map(|(id, (v, _))| (squared_l2(query, v), id))
         .collect();
     found.sort_by(|a, b| a.0.total_cmp(&b.0));
     found
@@ -324,7 +273,7 @@ async fn payload_indexes_answer_filters_and_survive_restarts() {
     for chunk in batch.chunks(500) {
         collection.upsert_batch(chunk).await.unwrap();
     }
-    wait_indexed(&node).await;
+    wait_indexed(&node.client()).await;
     // 1%, 10% and 50% of the documents, by range and by keyword.
     let cases: Vec<(serde_json::Value, BucketTest)> = vec![
         (

@@ -146,8 +146,14 @@ impl OriginalsFile {
 
     fn write(&self, id: VectorId, vector: &[f32]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
-        self.file.write_all_at(&bytes, self.offset(id))
+        if cfg!(target_endian = "big") {
+            let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+            return self.file.write_all_at(&bytes, self.offset(id));
+        }
+        // SAFETY: the bytes of `vector`'s floats, read only while `vector` is borrowed.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(vector.as_ptr() as *const u8, vector.len() * 4) };
+        self.file.write_all_at(bytes, self.offset(id))
     }
 
     /// Gives back the disk blocks of dead ids' vectors (punching holes; contiguous ids in one
@@ -205,6 +211,7 @@ impl OriginalsFile {
 }
 
 /// Where a store finds the vectors of the ids the graph holds.
+#[derive(Clone)]
 enum Originals {
     /// In Grape's graph (it holds full vectors).
     Graph,
@@ -1140,10 +1147,11 @@ impl VectorIndex {
             space,
             live_below.max(1024),
         );
-        let (mode, file) = match &self.vectors.read().originals {
-            Originals::Graph => (0, None),
-            Originals::Memory => (1, None),
-            Originals::Disk(file) => (2, Some(Arc::clone(file))),
+        let originals = self.vectors.read().originals.clone();
+        let in_graph = matches!(originals, Originals::Graph);
+        let file = match &originals {
+            Originals::Disk(file) => Some(Arc::clone(file)),
+            Originals::Graph | Originals::Memory => None,
         };
         // Where each id put in the new graph finds its vector afterwards: its node in Grape's
         // graph, the file, or its slot in the new `data`.
@@ -1163,7 +1171,7 @@ impl VectorIndex {
                 (chunk, in_file)
             };
             let nodes = graph.insert(&chunk);
-            if mode == 0 {
+            if in_graph {
                 kept.extend(chunk.iter().map(|(id, _)| *id).zip(nodes));
             } else {
                 for ((id, vector), in_file) in chunk.iter().zip(in_file) {
@@ -1193,7 +1201,7 @@ impl VectorIndex {
         // never read again.
         let unwritten = kept
             .iter()
-            .filter(|(_, s)| mode == 2 && *s != IN_FILE)
+            .filter(|(_, s)| file.is_some() && *s != IN_FILE)
             .count();
         let mut outside = 0;
         let mut buf = Vec::new();
@@ -1206,17 +1214,20 @@ impl VectorIndex {
         }
         let held_before = store.stored(dimension);
         // Full vectors on disk that nothing reads any more: their blocks are given back.
-        let forgotten: Vec<VectorId> = match mode {
-            2 => (0..store.slot.len())
+        let forgotten: Vec<VectorId> = match file {
+            Some(_) => (0..store.slot.len())
                 .filter(|&id| store.slot[id] == IN_FILE && slot[id] != IN_FILE)
                 .collect(),
-            _ => Vec::new(),
+            None => Vec::new(),
         };
         store.data = data;
         store.slot = slot;
         store.outside = outside;
         store.unwritten = unwritten;
-        store.graph = graph.grape().cloned().filter(|_| mode != 1);
+        store.graph = graph
+            .grape()
+            .cloned()
+            .filter(|_| !matches!(originals, Originals::Memory));
         store.in_graph = if store.graph.is_some() { watermark } else { 0 };
         let reclaimed = held_before.saturating_sub(store.stored(dimension));
         let mut state = self.graph.write();
