@@ -24,12 +24,18 @@ enum Command {
     /// Runs a local cluster for development: N nodes on 127.0.0.1, each a child process with
     /// its own data directory. Ctrl-C stops them all.
     DevCluster(dev_cluster::Args),
+    /// Prints a bcrypt hash of a password read from standard input (a prompt without echo
+    /// on a terminal; else the first line), for `password_hash` in the `rbac.users` block.
+    /// The password never appears in the command line or the shell's history.
+    HashPassword(hash_password::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::DevCluster(args)) = cli.command {
-        return dev_cluster::run(args);
+    match cli.command {
+        Some(Command::DevCluster(args)) => return dev_cluster::run(args),
+        Some(Command::HashPassword(args)) => return hash_password::run(args),
+        None => {}
     }
     let config = match Config::load(&cli.overrides) {
         Ok(config) => config,
@@ -209,5 +215,38 @@ mod dev_cluster {
                 .write_all(format!("{secret}\n").as_bytes())?;
         }
         Ok(path)
+    }
+}
+
+mod hash_password {
+    use grape_dataplane::api::rbac::MAX_BCRYPT_COST;
+    use std::io::{BufRead, IsTerminal};
+
+    #[derive(Debug, clap::Args)]
+    pub struct Args {
+        /// bcrypt cost: each step doubles the work of hashing and of every login.
+        #[arg(long, default_value_t = MAX_BCRYPT_COST, value_parser = clap::value_parser!(u32).range(4..=MAX_BCRYPT_COST as i64))]
+        cost: u32,
+    }
+
+    pub fn run(args: Args) -> anyhow::Result<()> {
+        let password = if std::io::stdin().is_terminal() {
+            let first = rpassword::prompt_password("Password: ")?;
+            let again = rpassword::prompt_password("Again: ")?;
+            anyhow::ensure!(first == again, "the two passwords differ");
+            first
+        } else {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        };
+        anyhow::ensure!(!password.is_empty(), "the password is empty");
+        anyhow::ensure!(
+            password.len() <= 72,
+            "the password is {} bytes long; bcrypt reads only the first 72",
+            password.len()
+        );
+        println!("{}", bcrypt::hash(password, args.cost)?);
+        Ok(())
     }
 }

@@ -2,11 +2,12 @@
 //! benchmark bind port 0, run a real node in their own process ([`InProcessNode`]) and stop it
 //! cleanly; [`start_and_run`] is the binary's entry.
 
-use crate::api::keys::Keys;
+use crate::api::keys::{FailureLimits, Keys, SecurityFiles};
 use crate::api::metrics::Metrics;
 use crate::api::{self, AppState, SlowQueryLog};
 use crate::cluster::Node;
 use crate::cluster::server::bounded;
+use crate::config::parse_net;
 use anyhow::Context;
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
@@ -73,8 +74,11 @@ pub async fn serve(
     mut listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // The security files are read before the data directory is opened: a mistake in them
+    // stops the start with nothing touched.
+    let keys = keys_for(&config)?;
     let node = start_node(config, &mut listeners).await?;
-    run(node, listeners, shutdown).await
+    run(app_state_with(node, keys)?, listeners, shutdown).await
 }
 
 /// Opens the node on the listeners' addresses and starts its node-to-node service (which
@@ -130,9 +134,11 @@ impl InProcessNode {
             Some(listener) => Some(format!("http://{}", listener.local_addr()?)),
             None => None,
         };
+        let keys = keys_for(&config)?;
         let node = start_node(config, &mut listeners).await?;
+        let state = app_state_with(Arc::clone(&node), keys)?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(run(Arc::clone(&node), listeners, async {
+        let serving = tokio::spawn(run(state, listeners, async {
             let _ = stopped.await;
         }));
         Ok(InProcessNode {
@@ -186,27 +192,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Builds the shared state of the HTTP layer for a node.
-pub fn app_state(node: Arc<Node>) -> anyhow::Result<AppState> {
-    let config = node.config();
-    let keys = if config.auth_enabled() {
-        let path = config
-            .security
-            .api_keys_file
-            .as_ref()
-            .context("authentication is on but security.api_keys_file is not set")?;
-        Keys::load(path.clone(), config.security.failed_auth_per_minute)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-    } else {
-        if config.security.enable_auth == Some(false) {
-            tracing::warn!(
-                "security.enable_auth is false: anyone who reaches {} may read, write and \
-                 administer this node without a key",
-                config.node.listen_address
-            );
-        }
-        Keys::disabled()
-    };
+/// The HTTP layer's state for a node, with its keys and users loaded already.
+fn app_state_with(node: Arc<Node>, keys: Keys) -> anyhow::Result<AppState> {
     Ok(AppState {
         metrics: Arc::new(Metrics::new(node.id())?),
         keys: Arc::new(keys),
@@ -215,14 +202,49 @@ pub fn app_state(node: Arc<Node>) -> anyhow::Result<AppState> {
     })
 }
 
+/// The API keys, roles and users a node with this configuration serves with (none when
+/// authentication is off; the files are checked all the same).
+fn keys_for(config: &crate::config::Config) -> anyhow::Result<Keys> {
+    let files = SecurityFiles {
+        keys: config.security.api_keys_file.clone(),
+        rbac: config.security.rbac_file.clone(),
+    };
+    let limits = FailureLimits {
+        per_address: config.security.failed_auth_per_minute,
+        per_user: config.security.failed_logins_per_user_per_minute,
+    };
+    let keys = if config.auth_enabled() {
+        Keys::load(files, limits).map_err(|e| anyhow::anyhow!("{e}"))?
+    } else {
+        if config.security.enable_auth == Some(false) {
+            tracing::warn!(
+                "security.enable_auth is false: anyone who reaches {} may read, write and \
+                 administer this node without a key",
+                config.node.listen_address
+            );
+        }
+        if files.rbac.is_some() {
+            // Checked all the same, so a mistake shows now rather than when auth is turned on.
+            Keys::load(files, limits).map_err(|e| anyhow::anyhow!("{e}"))?;
+            tracing::warn!(
+                "roles and users are defined (rbac) but authentication is off: they are not \
+                 checked; set security.enable_auth: true to use them"
+            );
+        }
+        Keys::disabled()
+    };
+    let proxies = config.security.trusted_proxies.iter();
+    Ok(keys.trusting(proxies.filter_map(|p| parse_net(p)).collect()))
+}
+
 /// Serves the API (and metrics) until `shutdown` completes, then drains in-flight requests
 /// for up to 10 s.
 async fn run(
-    node: Arc<Node>,
+    state: AppState,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = app_state(Arc::clone(&node))?;
+    let node = Arc::clone(&state.node);
     let config = node.config().clone();
     let handle = Handle::new();
     let api_addr = listeners.api.local_addr()?;
@@ -238,7 +260,9 @@ async fn run(
     );
 
     // Revoked keys stop working without a restart.
-    let watching = tokio::spawn(Arc::clone(&state.keys).watch());
+    let every = config.security.reload_interval_secs;
+    let every = (every > 0).then(|| Duration::from_secs(every));
+    let watching = tokio::spawn(Arc::clone(&state.keys).watch(every));
     let _stop_watching = AbortOnDrop(watching);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(listener) = listeners.metrics {

@@ -258,15 +258,21 @@ impl Default for RaftSpec {
     }
 }
 
-/// API keys and TLS.
+/// API keys, users and roles, and TLS.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.rbacSecret) || has(self.apiKeysSecret)").message("rbacSecret needs apiKeysSecret (the operator calls the nodes with its key)"))]
 pub struct SecuritySpec {
     /// Secret with an `api_keys.yaml` key (the seed guide's format). Authentication is on when
     /// set. It must also hold `operator-key`, an admin key in that file, for the operator's own
     /// calls (see docs/kubernetes.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_keys_secret: Option<String>,
+    /// Secret with an `rbac.yaml` key: the seed guide's `rbac` block (roles, and users who log
+    /// in with HTTP Basic and bcrypt password hashes). The nodes read it as
+    /// `security.rbac_file` and reload it when the Secret changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rbac_secret: Option<String>,
     /// Secret of type `kubernetes.io/tls` (`tls.crt`, `tls.key`, `ca.crt`): HTTPS for clients
     /// and verified TLS between nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -48,6 +48,8 @@ pub const DATA_DIR: &str = "/var/lib/grape-vector-db";
 pub const CONFIG_DIR: &str = "/etc/grape-vector-db";
 /// The API-key file inside the API-keys Secret.
 pub const API_KEYS_FILE: &str = "api_keys.yaml";
+/// The key of `security.rbacSecret` the nodes read their roles and users from.
+pub const RBAC_FILE: &str = "rbac.yaml";
 /// The key inside the cluster Secret holding the node-to-node secret.
 pub const CLUSTER_SECRET_KEY: &str = "cluster.secret";
 /// The key inside the API-keys Secret holding the operator's own (admin) key.
@@ -207,6 +209,10 @@ pub fn server_config(spec: &GrapeClusterSpec, names: &Names, bootstrap_replicas:
     if spec.security.api_keys_secret.is_some() {
         security["enable_auth"] = json!(true);
         security["api_keys_file"] = json!(format!("{CONFIG_DIR}/keys/{API_KEYS_FILE}"));
+    }
+    if spec.security.rbac_secret.is_some() {
+        security["enable_auth"] = json!(true);
+        security["rbac_file"] = json!(format!("{CONFIG_DIR}/rbac/{RBAC_FILE}"));
     }
     json!({
         "node": {
@@ -398,15 +404,19 @@ pub fn desired(
         }),
         ..Volume::default()
     });
-    if let Some(secret) = &spec.security.api_keys_secret {
+    for (secret, name, dir) in [
+        (&spec.security.api_keys_secret, "api-keys", "keys"),
+        (&spec.security.rbac_secret, "rbac", "rbac"),
+    ] {
+        let Some(secret) = secret else { continue };
         mounts.push(VolumeMount {
-            name: "api-keys".into(),
-            mount_path: format!("{CONFIG_DIR}/keys"),
+            name: name.into(),
+            mount_path: format!("{CONFIG_DIR}/{dir}"),
             read_only: Some(true),
             ..VolumeMount::default()
         });
         volumes.push(Volume {
-            name: "api-keys".into(),
+            name: name.into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(secret.clone()),
                 ..SecretVolumeSource::default()

@@ -101,6 +101,20 @@ fn bad_metric_and_raft_timing_are_refused() {
 }
 
 #[test]
+fn users_and_roles_need_the_operators_api_key() {
+    assert_refused(
+        &cluster(json!({"security": {"rbacSecret": "grape-rbac"}})),
+        None,
+        "rbacSecret needs apiKeysSecret",
+    );
+    check(
+        &cluster(json!({"security": {"rbacSecret": "grape-rbac", "apiKeysSecret": "grape-keys"}})),
+        None,
+    )
+    .unwrap();
+}
+
+#[test]
 fn shipped_samples_are_valid_grapeclusters() {
     let sample: Value = serde_yaml::from_str(
         &std::fs::read_to_string(root().join("manifests/samples/grapecluster.yaml")).unwrap(),

@@ -25,7 +25,7 @@ fn full_spec() -> Value {
         "database": {"vectorDimension": 768, "metric": "l2", "shardCount": 32, "replicationFactor": 3},
         "index": {"m": 32, "efConstruction": 400, "efSearch": 256, "graph": "grape"},
         "raft": {"electionTimeoutMs": 1000, "heartbeatIntervalMs": 200},
-        "security": {"apiKeysSecret": "grape-keys", "tlsSecret": "grape-tls"},
+        "security": {"apiKeysSecret": "grape-keys", "rbacSecret": "grape-rbac", "tlsSecret": "grape-tls"},
         "monitoring": {"serviceMonitor": true},
         "nodeSelector": {"disktype": "ssd"},
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "grape", "effect": "NoSchedule"}],
@@ -203,6 +203,10 @@ fn full_spec_renders_resources_security_placement_and_monitoring() {
         config["security"]["api_keys_file"],
         "/etc/grape-vector-db/keys/api_keys.yaml"
     );
+    assert_eq!(
+        config["security"]["rbac_file"],
+        "/etc/grape-vector-db/rbac/rbac.yaml"
+    );
 
     let sts = to_json(&d.statefulset);
     assert_eq!(sts["spec"]["replicas"], 5);
@@ -219,6 +223,7 @@ fn full_spec_renders_resources_security_placement_and_monitoring() {
         .map(|m| m["mountPath"].as_str().unwrap())
         .collect();
     assert!(mounts.contains(&"/etc/grape-vector-db/keys"));
+    assert!(mounts.contains(&"/etc/grape-vector-db/rbac"));
     assert!(mounts.contains(&"/etc/grape-vector-db/tls"));
     let secrets: Vec<&str> = pod["volumes"]
         .as_array()
@@ -228,7 +233,12 @@ fn full_spec_renders_resources_security_placement_and_monitoring() {
         .collect();
     assert_eq!(
         secrets,
-        vec!["vectors-cluster-secret", "grape-keys", "grape-tls"]
+        vec![
+            "vectors-cluster-secret",
+            "grape-keys",
+            "grape-rbac",
+            "grape-tls"
+        ]
     );
     assert_eq!(pod["nodeSelector"]["disktype"], "ssd");
     assert_eq!(pod["tolerations"][0]["value"], "grape");

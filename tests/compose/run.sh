@@ -141,5 +141,21 @@ inside = subprocess.run(["docker", "exec", "grape-node-1", "curl", "-s", "-o", "
                          "-H", f"X-API-Key: {KEY}", "http://nginx/metrics"], capture_output=True, text=True).stdout
 assert inside == "200", f"/metrics through nginx from inside the network: {inside}"
 print("ok: /metrics is internal only (403 from the host, 200 from the compose network)")
+
+import base64
+def with_authorization(url, authorization):
+    req = urllib.request.Request(url, headers={"Authorization": authorization})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return response.status, response.headers
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers
+def basic(user, password):
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+s, _ = with_authorization(LB + "/admin/cluster/status", basic("admin", "grape-dev-admin-password"))
+assert s == 200, f"/admin through nginx with the development user's basic auth: {s}"
+s, headers = with_authorization(LB + "/admin/cluster/status", basic("admin", "not-the-password"))
+assert s == 401 and headers.get("WWW-Authenticate", "").startswith("Basic"), f"wrong password: {s} {dict(headers)}"
+print("ok: /admin through nginx takes a user's basic auth (200) and refuses a wrong password (401)")
 PY
 echo "compose cluster: OK"

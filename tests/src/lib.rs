@@ -5,6 +5,7 @@
 //! The binary is found through `GRAPE_BIN`, else next to the test executable
 //! (`target/<profile>/grape`); `cargo build --bins` (or the README's test command) builds it.
 
+pub mod actions;
 pub mod jepsen;
 pub mod load;
 pub mod recall;
@@ -509,6 +510,41 @@ pub fn temp_file(name: &str, contents: &str) -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().join(name);
     std::fs::write(&path, contents).expect("write temp file");
     (dir, path)
+}
+
+/// A bcrypt hash of `password` at `cost`, made by `grape hash-password` (the password on its
+/// standard input, as a user would give it).
+pub fn hash_password(password: &str, cost: u32) -> String {
+    use std::io::Write;
+    let mut child = Command::new(grape_binary())
+        .args(["hash-password", "--cost", &cost.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start grape hash-password");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "grape hash-password: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// The whole seconds of a response's `Retry-After` (which must be there).
+pub fn retry_after_secs(response: &reqwest::Response) -> u64 {
+    response.headers()["retry-after"]
+        .to_str()
+        .expect("Retry-After is text")
+        .parse()
+        .expect("Retry-After is whole seconds")
 }
 
 /// A deterministic pseudo-random vector (xorshift), distinct per seed.

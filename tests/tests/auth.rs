@@ -1,9 +1,10 @@
 //! API keys and roles against a real node with authentication on: each role's allowed and
 //! denied actions, 401/403/429, and the endpoints that never need a key.
 
+use grape_e2e::actions::{ALL, Action, Action::*, Who, perform};
 use grape_e2e::{GrapeNode, NodeOptions, temp_file};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const KEYS: &str = r#"
 api_keys:
@@ -58,101 +59,12 @@ async fn start() -> (GrapeNode, tempfile::TempDir) {
     (node, dir)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Action {
-    Upsert,
-    Batch,
-    Get,
-    List,
-    Delete,
-    Search,
-    SearchAlias,
-    ListCollections,
-    CreateCollection,
-    DropCollection,
-    AdminStats,
-    AdminShards,
-    Checksum,
-    ClusterStatus,
-    Metrics,
-}
-
-use Action::*;
-
-const ALL: [Action; 15] = [
-    Upsert,
-    Batch,
-    Get,
-    List,
-    Delete,
-    Search,
-    SearchAlias,
-    ListCollections,
-    CreateCollection,
-    DropCollection,
-    AdminStats,
-    AdminShards,
-    Checksum,
-    ClusterStatus,
-    Metrics,
-];
-
-/// Sends one action with `key` and returns the status.
-async fn perform(node: &GrapeNode, key: Option<&str>, action: Action, tag: &str) -> u16 {
-    let client = match key {
-        Some(key) => node.client_with_key(key),
-        None => node.client(),
-    };
-    let (method, path, body): (Method, String, Option<Value>) = match action {
-        Upsert => (
-            Method::POST,
-            "/api/v1/documents".into(),
-            Some(json!({"id": format!("u-{tag}"), "vector": [1, 2]})),
-        ),
-        Batch => (
-            Method::POST,
-            "/api/v1/documents/batch".into(),
-            Some(json!({"documents": [{"id": format!("b-{tag}"), "vector": [2, 1]}]})),
-        ),
-        Get => (Method::GET, "/api/v1/documents/seed".into(), None),
-        List => (Method::GET, "/api/v1/documents?limit=5".into(), None),
-        Delete => (Method::DELETE, format!("/api/v1/documents/u-{tag}"), None),
-        Search => (
-            Method::POST,
-            "/api/v1/search".into(),
-            Some(json!({"vector": [1, 1], "top_k": 2})),
-        ),
-        SearchAlias => (
-            Method::POST,
-            "/api/v1/vectors/search".into(),
-            Some(json!({"vector": [1, 1]})),
-        ),
-        ListCollections => (Method::GET, "/api/v1/collections".into(), None),
-        CreateCollection => (
-            Method::POST,
-            "/api/v1/collections".into(),
-            Some(json!({"name": format!("c-{tag}"), "dimension": 2})),
-        ),
-        DropCollection => (Method::DELETE, format!("/api/v1/collections/c-{tag}"), None),
-        AdminStats => (Method::GET, "/admin/stats".into(), None),
-        AdminShards => (Method::GET, "/admin/stats/shards".into(), None),
-        Checksum => (Method::GET, "/admin/checksum".into(), None),
-        ClusterStatus => (Method::GET, "/admin/cluster/status".into(), None),
-        Metrics => (Method::GET, "/metrics".into(), None),
-    };
-    let mut request = client.request(method, &path);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    request.send().await.unwrap().status().as_u16()
-}
-
 #[tokio::test]
 async fn each_role_may_do_exactly_what_the_seed_grants() {
     let (node, _keys) = start().await;
     // A document every role can try to read.
     assert_eq!(
-        perform(&node, Some("sk-admin-0001"), Upsert, "x").await,
+        perform(&node, Who::Key("sk-admin-0001"), Upsert, "x").await,
         201
     );
     node.client_with_key("sk-admin-0001")
@@ -189,7 +101,7 @@ async fn each_role_may_do_exactly_what_the_seed_grants() {
     let mut wrong = Vec::new();
     for (key, allowed) in roles {
         for action in ALL {
-            let status = perform(&node, Some(key), action, key).await;
+            let status = perform(&node, Who::Key(key), action, key).await;
             let expected_allowed = allowed.contains(&action);
             let ok = if expected_allowed {
                 (200..300).contains(&status)
@@ -211,12 +123,12 @@ async fn missing_unknown_and_expired_keys_are_401_and_probes_need_none() {
     let (node, _keys) = start().await;
     for action in ALL {
         assert_eq!(
-            perform(&node, None, action, "anon").await,
+            perform(&node, Who::Nobody, action, "anon").await,
             401,
             "{action:?} without a key"
         );
         assert_eq!(
-            perform(&node, Some("sk-made-up-key"), action, "anon").await,
+            perform(&node, Who::Key("sk-made-up-key"), action, "anon").await,
             401,
             "{action:?} unknown key"
         );
@@ -257,12 +169,12 @@ async fn missing_unknown_and_expired_keys_are_401_and_probes_need_none() {
 async fn ip_whitelists_are_enforced_against_the_caller_address() {
     let (node, _keys) = start().await;
     // Tests connect from 127.0.0.1.
-    let status = perform(&node, Some("sk-office-0001"), ListCollections, "o").await;
+    let status = perform(&node, Who::Key("sk-office-0001"), ListCollections, "o").await;
     assert_eq!(
         status, 403,
         "a key limited to 10/8 and 172.16/12 must not work from loopback"
     );
-    let status = perform(&node, Some("sk-local-0001"), ListCollections, "l").await;
+    let status = perform(&node, Who::Key("sk-local-0001"), ListCollections, "l").await;
     assert_eq!(status, 200);
 }
 
@@ -342,11 +254,7 @@ async fn rate_limits_and_daily_quotas_answer_429_with_retry_after() {
         .await
         .unwrap();
     assert_eq!(response.status(), 429);
-    let retry: u64 = response.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry = grape_e2e::retry_after_secs(&response);
     assert!(
         (1..=86_400).contains(&retry),
         "quota resets at UTC midnight: {retry}"
@@ -363,7 +271,10 @@ async fn a_key_removed_from_the_file_stops_working_without_a_restart() {
             .arg(path.to_string_lossy().into_owned()),
     )
     .await;
-    assert_eq!(perform(&node, Some("sk-reader-0001"), List, "r").await, 200);
+    assert_eq!(
+        perform(&node, Who::Key("sk-reader-0001"), List, "r").await,
+        200
+    );
     // Revoke the reader and add a key, as an operator rotating keys would (a new file moved
     // into place, so the node never reads half a file).
     let rotated = KEYS.replace("sk-reader-0001", "sk-reader-0002");
@@ -372,8 +283,8 @@ async fn a_key_removed_from_the_file_stops_working_without_a_restart() {
     std::fs::rename(&staging, &path).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let old = perform(&node, Some("sk-reader-0001"), List, "r").await;
-        let new = perform(&node, Some("sk-reader-0002"), List, "r").await;
+        let old = perform(&node, Who::Key("sk-reader-0001"), List, "r").await;
+        let new = perform(&node, Who::Key("sk-reader-0002"), List, "r").await;
         if (old, new) == (401, 200) {
             break;
         }
@@ -387,18 +298,24 @@ async fn a_key_removed_from_the_file_stops_working_without_a_restart() {
     std::fs::write(&path, "api_keys: [broken").unwrap();
     node.signal("HUP");
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert_eq!(perform(&node, Some("sk-reader-0002"), List, "r").await, 200);
+    assert_eq!(
+        perform(&node, Who::Key("sk-reader-0002"), List, "r").await,
+        200
+    );
     std::fs::write(&path, KEYS).unwrap();
     node.signal("HUP");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while perform(&node, Some("sk-reader-0002"), List, "r").await != 401 {
+    while perform(&node, Who::Key("sk-reader-0002"), List, "r").await != 401 {
         assert!(
             std::time::Instant::now() < deadline,
             "SIGHUP did not reload"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(perform(&node, Some("sk-reader-0001"), List, "r").await, 200);
+    assert_eq!(
+        perform(&node, Who::Key("sk-reader-0001"), List, "r").await,
+        200
+    );
     assert!(node.is_running());
 }
 
@@ -415,7 +332,7 @@ async fn an_address_guessing_keys_is_blocked_for_the_rest_of_the_minute() {
     .await;
     for i in 0..5 {
         let key = format!("sk-guess-{i:04}");
-        assert_eq!(perform(&node, Some(&key), List, "g").await, 401);
+        assert_eq!(perform(&node, Who::Key(&key), List, "g").await, 401);
     }
     let response = node
         .client_with_key("sk-admin-0001")
@@ -428,11 +345,7 @@ async fn an_address_guessing_keys_is_blocked_for_the_rest_of_the_minute() {
         429,
         "blocked whatever key it shows, so guessing learns nothing"
     );
-    let retry: u64 = response.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry = grape_e2e::retry_after_secs(&response);
     assert!((1..=60).contains(&retry), "{retry}");
     // Probes need no key and stay open.
     assert!(node.client().health().await.is_ok());

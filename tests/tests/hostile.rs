@@ -21,19 +21,64 @@ use std::time::{Duration, Instant};
 
 const ADMIN: &str = "sk-hostile-admin-1";
 const SEARCHER: &str = "sk-hostile-searcher-1";
-const KEYS: &str = r#"
+/// A user allowed only to search, who logs in with HTTP Basic.
+const SEARCHER_USER: (&str, &str) = ("finder", "finder-password");
+
+/// The suite's keys and users (the user's hash made at the lowest cost: hundreds of wrong
+/// passwords are checked).
+fn keys() -> String {
+    let hash = grape_e2e::hash_password(SEARCHER_USER.1, 4);
+    format!(
+        r#"
 api_keys:
-  - {key: "sk-hostile-admin-1", name: admin, permissions: ["admin"]}
-  - {key: "sk-hostile-searcher-1", name: searcher, permissions: ["searcher"]}
-"#;
+  - {{key: "sk-hostile-admin-1", name: admin, permissions: ["admin"]}}
+  - {{key: "sk-hostile-searcher-1", name: searcher, permissions: ["searcher"]}}
+rbac:
+  users:
+    - {{username: "{}", password_hash: "{hash}", roles: ["searcher"]}}
+"#,
+        SEARCHER_USER.0
+    )
+}
+
+fn basic(credentials: &[u8]) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    )
+}
+
+/// `Authorization` headers that must get 401 whatever route they are sent to.
+fn bad_authorizations() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "Basic credentials that are not base64",
+            "Basic %%%not-base64%%%".into(),
+        ),
+        ("Basic credentials without a colon", basic(b"finder")),
+        ("Basic credentials of 10 KB", basic(&[b'a'; 10 * 1024])),
+        (
+            "Basic credentials that are not UTF-8",
+            basic(b"finder:\xff\xfe"),
+        ),
+        ("a wrong password", basic(b"finder:wrong-password")),
+        ("an unknown user", basic(b"nobody:finder-password")),
+        ("an empty user", basic(b":finder-password")),
+        ("a Bearer token", "Bearer sk-hostile-admin-1".into()),
+        ("a bare Basic scheme", "Basic".into()),
+    ]
+}
 
 /// Settings every node of the suite runs with: keys on, short read timeouts so stalled
-/// requests are seen to end, and no per-address lock-out (it is tested in `auth.rs`; here one
-/// address sends hundreds of unauthenticated requests on purpose).
+/// requests are seen to end, and no lock-out per address or per user (they are tested in
+/// `auth.rs` and `rbac.rs`; here one address sends hundreds of unauthenticated requests and
+/// wrong passwords on purpose).
 fn options(keys: &std::path::Path) -> NodeOptions {
     NodeOptions::dimension(DIMENSION)
         .setting("SECURITY__ENABLE_AUTH", "true")
         .setting("SECURITY__FAILED_AUTH_PER_MINUTE", "0")
+        .setting("SECURITY__FAILED_LOGINS_PER_USER_PER_MINUTE", "0")
         .setting("PERFORMANCE__HEADER_READ_TIMEOUT_MS", "1000")
         .setting("PERFORMANCE__BODY_READ_TIMEOUT_MS", "1000")
         .setting("PERFORMANCE__MAX_REQUEST_BODY_MB", "2")
@@ -47,6 +92,8 @@ struct Probe {
     method: Method,
     path: String,
     key: Option<&'static str>,
+    /// An `Authorization` header.
+    authorization: Option<String>,
     body: Option<Vec<u8>>,
     expect: &'static [u16],
 }
@@ -64,6 +111,7 @@ fn probe(
         method,
         path: path.into(),
         key,
+        authorization: None,
         body,
         expect,
     }
@@ -235,6 +283,18 @@ fn api_probes() -> Vec<Probe> {
             body.clone(),
             &[401],
         ));
+        for (what, authorization) in bad_authorizations() {
+            let mut p = probe(
+                format!("{method} {path} with {what}"),
+                method.clone(),
+                path,
+                None,
+                body.clone(),
+                &[401],
+            );
+            p.authorization = Some(authorization);
+            probes.push(p);
+        }
         let searchable = path.ends_with("search") || path == "/api/v1/search";
         if !searchable {
             probes.push(probe(
@@ -242,9 +302,20 @@ fn api_probes() -> Vec<Probe> {
                 method.clone(),
                 path,
                 Some(SEARCHER),
-                body,
+                body.clone(),
                 &[403],
             ));
+            let mut p = probe(
+                format!("{method} {path} as a user who may only search"),
+                method.clone(),
+                path,
+                None,
+                body,
+                &[403],
+            );
+            let (user, password) = SEARCHER_USER;
+            p.authorization = Some(basic(format!("{user}:{password}").as_bytes()));
+            probes.push(p);
         }
     }
     // Malformed bodies on every route that takes one, with a key allowed to call it.
@@ -513,6 +584,9 @@ async fn run(url: &str, probes: Vec<Probe>) -> (usize, Vec<String>) {
         let mut request = client.request(p.method.clone(), format!("{url}{}", p.path));
         if let Some(key) = p.key {
             request = request.header("x-api-key", key);
+        }
+        if let Some(authorization) = &p.authorization {
+            request = request.header("authorization", authorization);
         }
         if let Some(body) = p.body {
             request = request.body(body);
@@ -852,7 +926,7 @@ async fn checksums(client: &GrapeClient) -> Vec<(String, u32, u64, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_single_node_answers_every_hostile_request_with_a_4xx_and_changes_nothing() {
-    let (_keys_dir, keys) = temp_file("keys.yaml", KEYS);
+    let (_keys_dir, keys) = temp_file("keys.yaml", &keys());
     let (secret_dir, secret_file) = temp_file("cluster.secret", "a-secret-for-the-hostile-suite\n");
     let node = GrapeNode::start(
         options(&keys).setting("CLUSTER__SECRET_FILE", &secret_file.to_string_lossy()),
@@ -909,7 +983,7 @@ async fn a_single_node_answers_every_hostile_request_with_a_4xx_and_changes_noth
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_answers_every_hostile_request_with_a_4xx_and_changes_nothing() {
-    let (_keys_dir, keys) = temp_file("keys.yaml", KEYS);
+    let (_keys_dir, keys) = temp_file("keys.yaml", &keys());
     let cluster = Cluster::start(3, options(&keys)).await;
     let secret = cluster.secret().unwrap();
     let admin = cluster.node(2).client_with_key(ADMIN);

@@ -1,11 +1,15 @@
-//! API keys, roles and limits: who may call what, from where, how often.
+//! API keys, users, roles and limits: who may call what, from where, how often.
 //!
-//! Keys come from `security.api_keys_file` in the seed guide's format. A key's `permissions`
-//! lists role names (`admin`, `writer`, `reader`, `searcher`) and/or permissions
-//! (`data:write`, `cluster:*`, ...). Answers: 401 for a missing, unknown or expired key; 403 for
-//! a missing permission or an address outside `ip_whitelist`; 429 with `Retry-After` past a rate
-//! limit or a daily quota.
+//! Keys come from `security.api_keys_file` in the seed guide's format; roles and users from its
+//! `rbac` block (beside `api_keys`, or in `security.rbac_file`; see [`super::rbac`]). A key's
+//! `permissions` lists role names (the guide's `admin`, `writer`, `reader`, `searcher` unless
+//! `rbac.roles` defines others) and/or permissions (`data:write`, `cluster:*`, ...). Answers:
+//! 401 for a missing, unknown or expired key and for wrong credentials; 403 for a missing
+//! permission or an address outside `ip_whitelist`; 429 with `Retry-After` past a rate limit
+//! or a daily quota.
 
+use super::rbac::{RbacSection, User, Verified, grant_allows};
+use crate::config::parse_net;
 use crate::error::{Error, ErrorCode, Result};
 use chrono::{DateTime, Utc};
 use figment::Figment;
@@ -55,35 +59,13 @@ impl Permission {
     }
 }
 
-/// The permissions a role name stands for. The seed guide lists `cluster:*`, `data:*` and
-/// `metrics:read` for admin; searching is added, since an admin can read every document anyway.
-fn role_permissions(role: &str) -> Option<&'static [&'static str]> {
-    Some(match role {
-        "admin" => &["cluster:*", "data:*", "metrics:read", "search:*"],
-        "writer" => &["data:write", "data:read", "search:execute"],
-        "reader" => &["data:read", "search:execute"],
-        "searcher" => &["search:execute"],
-        _ => return None,
-    })
-}
-
-fn grant_allows(grant: &str, needed: &str) -> bool {
-    if grant == "*" || grant == needed {
-        return true;
-    }
-    match grant.strip_suffix(":*") {
-        Some(area) => needed
-            .split_once(':')
-            .is_some_and(|(needed_area, _)| needed_area == area),
-        None => false,
-    }
-}
-
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeysFile {
     #[serde(default)]
     api_keys: Vec<KeyEntry>,
+    #[serde(default)]
+    rbac: Option<RbacSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,12 +84,32 @@ struct KeyEntry {
     quotas: Option<Quotas>,
 }
 
+/// `rate_limits` of a key or a user.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RateLimits {
+pub struct RateLimits {
     requests_per_second: u32,
     #[serde(default)]
     burst_size: Option<u32>,
+}
+
+/// A rate and burst, and the limiter that enforces them.
+pub type Limit = ((NonZeroU32, NonZeroU32), Arc<DefaultDirectRateLimiter>);
+
+/// Checks `rate_limits` (`at(field, why)` names a bad field) and builds its limiter.
+pub fn rate_limit(
+    limits: Option<RateLimits>,
+    at: impl Fn(&str, String) -> Error,
+) -> Result<Option<Limit>> {
+    let Some(limits) = limits else {
+        return Ok(None);
+    };
+    let rate = NonZeroU32::new(limits.requests_per_second)
+        .ok_or_else(|| at("rate_limits.requests_per_second", "must be above 0".into()))?;
+    let burst = NonZeroU32::new(limits.burst_size.unwrap_or(limits.requests_per_second))
+        .ok_or_else(|| at("rate_limits.burst_size", "must be above 0".into()))?;
+    let limiter = RateLimiter::direct(Quota::per_second(rate).allow_burst(burst));
+    Ok(Some(((rate, burst), Arc::new(limiter))))
 }
 
 /// Daily allowances of a key (UTC days).
@@ -128,10 +130,12 @@ struct DailyUsage {
     searches: u64,
 }
 
-/// One API key, resolved.
-pub struct ApiKey {
-    /// The key's `name`, for messages and logs (never the key itself).
+/// Who a request comes from: an API key or a user, resolved.
+pub struct Principal {
+    /// The key's `name` or the user's `username`, for messages and logs (never the key).
     pub name: String,
+    /// "API key" or "user", for messages.
+    kind: &'static str,
     /// Expanded permissions (role names resolved).
     grants: Vec<String>,
     /// Requests per second and burst, when limited.
@@ -154,9 +158,10 @@ pub fn digest(key: &str) -> KeyDigest {
     sha2::Sha256::digest(key.as_bytes()).into()
 }
 
-impl std::fmt::Debug for ApiKey {
+impl std::fmt::Debug for Principal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiKey")
+        f.debug_struct("Principal")
+            .field("kind", &self.kind)
             .field("name", &self.name)
             .field("grants", &self.grants)
             .finish_non_exhaustive()
@@ -170,7 +175,29 @@ pub enum Usage {
     Searches,
 }
 
-impl ApiKey {
+impl Principal {
+    /// A user: its roles' permissions and maybe a rate limit; no address list, expiry or
+    /// quotas (the guide's users have none).
+    pub fn user(name: &str, grants: Vec<String>, limit: Option<Limit>) -> Principal {
+        let (rate, limiter) = limit.unzip();
+        Principal {
+            name: name.to_string(),
+            kind: "user",
+            grants,
+            rate,
+            limiter,
+            ip_whitelist: Vec::new(),
+            expires_at: None,
+            quotas: None,
+            usage: Arc::default(),
+        }
+    }
+
+    /// How messages name it: `API key 'ingest'`, `user 'ann'`.
+    pub fn label(&self) -> String {
+        format!("{} '{}'", self.kind, self.name)
+    }
+
     pub fn allows(&self, permission: Permission) -> bool {
         self.grants
             .iter()
@@ -207,8 +234,9 @@ impl ApiKey {
             return Err(Error::RateLimited {
                 code: ErrorCode::QuotaExceeded,
                 message: format!(
-                    "API key '{}' has used {} of its {what} quota of {limit}; it resets at 00:00 UTC",
-                    self.name, *counter
+                    "{} has used {} of its {what} quota of {limit}; it resets at 00:00 UTC",
+                    self.label(),
+                    *counter
                 ),
                 retry_after: Duration::from_secs((midnight - now.timestamp()).max(1) as u64),
             });
@@ -218,12 +246,66 @@ impl ApiKey {
     }
 }
 
-/// The loaded keys, or none when authentication is off.
-#[derive(Debug, Default)]
+/// One security file: its path (for messages) and content.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub path: &'a Path,
+    pub content: &'a [u8],
+}
+
+impl Source<'_> {
+    fn bad(&self, why: String) -> Error {
+        Error::invalid(
+            ErrorCode::InvalidApiKeys,
+            format!("{}: {why}", self.path.display()),
+        )
+    }
+
+    fn yaml(&self) -> Result<Figment> {
+        let text =
+            std::str::from_utf8(self.content).map_err(|e| self.bad(format!("not UTF-8: {e}")))?;
+        Ok(Figment::from(Yaml::string(text)))
+    }
+
+    /// The whole file (the keys file).
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        self.yaml()?.extract().map_err(|e| self.bad(e.to_string()))
+    }
+
+    /// The file's `rbac` block (the rbac file, which may be the node's configuration file:
+    /// its other keys are not read here).
+    fn parse_rbac(&self) -> Result<RbacSection> {
+        let yaml = self.yaml()?;
+        if !yaml.contains("rbac") {
+            return Err(self.bad("holds no rbac block".into()));
+        }
+        yaml.extract_inner("rbac")
+            .map_err(|e| self.bad(e.to_string()))
+    }
+}
+
+/// The loaded keys and users, or none when authentication is off.
+#[derive(Default)]
 pub struct KeyStore {
-    /// Whether requests need a key at all.
+    /// Whether requests need credentials at all.
     enabled: bool,
-    keys: HashMap<KeyDigest, Arc<ApiKey>>,
+    keys: HashMap<KeyDigest, Arc<Principal>>,
+    users: HashMap<String, User>,
+    /// What logins of unknown users are checked against (see
+    /// [`super::rbac::Rbac::decoy_hashes`]).
+    decoys: Vec<String>,
+    /// Logins checked lately; a reload starts afresh, so a removed user is locked out at once.
+    verified: Verified,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("enabled", &self.enabled)
+            .field("keys", &self.keys.len())
+            .field("users", &self.users.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl KeyStore {
@@ -232,73 +314,61 @@ impl KeyStore {
         KeyStore::default()
     }
 
-    /// Loads a keys file; errors name the entry and field.
-    pub fn load(path: &Path) -> Result<KeyStore> {
-        KeyStore::parse(path, &read_key_file(path)?)
+    /// Loads the keys file and/or the rbac file; errors name the entry and field.
+    pub fn load(keys: Option<&Path>, rbac: Option<&Path>) -> Result<KeyStore> {
+        let keys_content = keys.map(read_security_file).transpose()?;
+        let rbac_content = rbac.map(read_security_file).transpose()?;
+        KeyStore::parse(
+            keys.zip(keys_content.as_deref())
+                .map(|(path, content)| Source { path, content }),
+            rbac.zip(rbac_content.as_deref())
+                .map(|(path, content)| Source { path, content }),
+        )
     }
 
-    /// Parses a keys file's content (`path` names it in errors).
-    pub fn parse(path: &Path, content: &[u8]) -> Result<KeyStore> {
+    /// Parses the keys file's and the rbac file's content. Roles and users come from the keys
+    /// file's `rbac` block or from the rbac file, not both.
+    pub fn parse(keys: Option<Source<'_>>, rbac: Option<Source<'_>>) -> Result<KeyStore> {
         let bad = |message: String| Error::invalid(ErrorCode::InvalidApiKeys, message);
-        let text = std::str::from_utf8(content)
-            .map_err(|e| bad(format!("{}: not UTF-8: {e}", path.display())))?;
-        let file: KeysFile = Figment::from(Yaml::string(text))
-            .extract()
-            .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        let file: KeysFile = match &keys {
+            Some(source) => source.parse()?,
+            None => KeysFile::default(),
+        };
+        let section = match (file.rbac, &rbac) {
+            (Some(_), Some(other)) => {
+                return Err(bad(format!(
+                    "{} and {} both define rbac: keep roles and users in one of them",
+                    keys.map_or_else(String::new, |k| k.path.display().to_string()),
+                    other.path.display()
+                )));
+            }
+            (Some(section), None) => section,
+            (None, Some(source)) => source.parse_rbac()?,
+            (None, None) => RbacSection::default(),
+        };
+        let rbac = section.resolve()?;
         let mut keys = HashMap::new();
         for (i, entry) in file.api_keys.into_iter().enumerate() {
             let at = |field: &str, why: String| bad(format!("api_keys[{i}].{field}: {why}"));
             if entry.key.len() < 8 {
                 return Err(at("key", "must be at least 8 characters".into()));
             }
-            let mut grants = Vec::new();
-            for permission in &entry.permissions {
-                match role_permissions(permission) {
-                    Some(expanded) => grants.extend(expanded.iter().map(|p| p.to_string())),
-                    None if permission == "*" || permission.contains(':') => {
-                        grants.push(permission.clone())
-                    }
-                    None => {
-                        return Err(at(
-                            "permissions",
-                            format!(
-                                "{permission:?} is neither a role (admin, writer, reader, searcher) nor a permission like data:read"
-                            ),
-                        ));
-                    }
-                }
-            }
-            let rate = match entry.rate_limits {
-                Some(limits) => {
-                    let rate = NonZeroU32::new(limits.requests_per_second).ok_or_else(|| {
-                        at("rate_limits.requests_per_second", "must be above 0".into())
-                    })?;
-                    let burst =
-                        NonZeroU32::new(limits.burst_size.unwrap_or(limits.requests_per_second))
-                            .ok_or_else(|| {
-                                at("rate_limits.burst_size", "must be above 0".into())
-                            })?;
-                    Some((rate, burst))
-                }
-                None => None,
-            };
-            let limiter = rate.map(|(rate, burst)| {
-                Arc::new(RateLimiter::direct(
-                    Quota::per_second(rate).allow_burst(burst),
-                ))
-            });
+            let grants = rbac.roles.expand(
+                &entry.permissions,
+                true,
+                &format!("api_keys[{i}].permissions"),
+            )?;
+            let (rate, limiter) = rate_limit(entry.rate_limits, at)?.unzip();
             let ip_whitelist = entry
                 .ip_whitelist
                 .iter()
                 .map(|net| {
-                    net.parse::<IpNet>()
-                        .or_else(|_| net.parse::<IpAddr>().map(IpNet::from))
-                        .map_err(|_| {
-                            at(
-                                "ip_whitelist",
-                                format!("{net:?} is not an address or CIDR range"),
-                            )
-                        })
+                    parse_net(net).ok_or_else(|| {
+                        at(
+                            "ip_whitelist",
+                            format!("{net:?} is not an address or CIDR range"),
+                        )
+                    })
                 })
                 .collect::<Result<Vec<_>>>()?;
             let expires_at = entry
@@ -312,8 +382,9 @@ impl KeyStore {
                         })
                 })
                 .transpose()?;
-            let key = ApiKey {
+            let key = Principal {
                 name: entry.name,
+                kind: "API key",
                 grants,
                 rate,
                 limiter,
@@ -329,6 +400,9 @@ impl KeyStore {
         Ok(KeyStore {
             enabled: true,
             keys,
+            decoys: rbac.decoy_hashes(),
+            users: rbac.users,
+            verified: Verified::default(),
         })
     }
 
@@ -345,94 +419,156 @@ impl KeyStore {
         self.keys.is_empty()
     }
 
+    /// Users in this store.
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.get(name)
+    }
+
+    /// The hash a login of the unknown user `name` is checked against: always the same one
+    /// of the users' hashes for a name, so that its answer costs what a known user's costs.
+    /// `None` when there are no users.
+    pub fn decoy_hash(&self, name: &str) -> Option<&str> {
+        if self.decoys.is_empty() {
+            return None;
+        }
+        Some(&self.decoys[self.verified.pick(name, self.decoys.len())])
+    }
+
+    pub fn verified(&self) -> &Verified {
+        &self.verified
+    }
+
     /// Carries over from `earlier` what a reload must not reset: each remaining key's quota
     /// usage, and its rate limiter when its limits did not change.
     pub fn inherit(&mut self, earlier: &KeyStore) {
-        for (digest, key) in &mut self.keys {
-            let Some(old) = earlier.keys.get(digest) else {
+        let keys = self
+            .keys
+            .iter_mut()
+            .filter_map(|(digest, key)| earlier.keys.get(digest).map(|old| (key, old)));
+        let users = self.users.iter_mut().filter_map(|(name, user)| {
+            earlier
+                .users
+                .get(name)
+                .map(|old| (&mut user.principal, &old.principal))
+        });
+        for (principal, old) in keys.chain(users) {
+            let Some(principal) = Arc::get_mut(principal) else {
                 continue;
             };
-            let Some(key) = Arc::get_mut(key) else {
-                continue;
-            };
-            key.usage = Arc::clone(&old.usage);
-            if key.rate == old.rate {
-                key.limiter = old.limiter.clone();
+            principal.usage = Arc::clone(&old.usage);
+            if principal.rate == old.rate {
+                principal.limiter = old.limiter.clone();
             }
         }
+        // Logins remembered stay remembered for users whose hash and permissions did not
+        // change (a reload does not make every client pay bcrypt again).
+        let KeyStore {
+            users, verified, ..
+        } = self;
+        verified.carry_over(&earlier.verified, |old| {
+            let now = users.get(&old.name)?;
+            let before = earlier.users.get(&old.name)?;
+            (now.hash() == before.hash() && now.principal.grants == old.grants)
+                .then(|| Arc::clone(&now.principal))
+        });
     }
 
-    /// Decides whether a request may proceed. Returns the caller's key (for quotas), or `None`
-    /// when authentication is off.
+    /// Decides whether a request showing an API key (or nothing) may proceed. Returns the
+    /// caller (for quotas), or `None` when authentication is off.
     pub fn authorize(
         &self,
         presented: Option<&str>,
         peer: Option<IpAddr>,
         permission: Permission,
-    ) -> Result<Option<Arc<ApiKey>>> {
+    ) -> Result<Option<Arc<Principal>>> {
         if !self.enabled {
             return Ok(None);
         }
-        let presented = presented.ok_or_else(|| {
-            Error::Unauthorized("this endpoint needs an API key in the X-API-Key header".into())
-        })?;
-        let key = self
-            .keys
+        let presented = presented.ok_or_else(|| Error::Unauthorized(self.credentials_needed()))?;
+        let key = self.identify_key(presented)?;
+        self.admit(&key, peer, permission)?;
+        Ok(Some(key))
+    }
+
+    /// What a request without credentials is told.
+    pub fn credentials_needed(&self) -> String {
+        if self.users.is_empty() {
+            "this endpoint needs an API key in the X-API-Key header".into()
+        } else {
+            "this endpoint needs an API key in the X-API-Key header or a user's credentials in Authorization: Basic".into()
+        }
+    }
+
+    /// The key presented, if it is one of this store's (401 otherwise).
+    pub fn identify_key(&self, presented: &str) -> Result<Arc<Principal>> {
+        self.keys
             .get(&digest(presented))
-            .ok_or_else(|| Error::Unauthorized("unknown API key".into()))?;
-        if let Some(expiry) = key.expires_at
+            .cloned()
+            .ok_or_else(|| Error::Unauthorized("unknown API key".into()))
+    }
+
+    /// Whether an identified caller may make this request: not expired (401), from an allowed
+    /// address and holding the permission (403), within its rate limit (429).
+    pub fn admit(
+        &self,
+        caller: &Principal,
+        peer: Option<IpAddr>,
+        permission: Permission,
+    ) -> Result<()> {
+        if let Some(expiry) = caller.expires_at
             && expiry <= Utc::now()
         {
             return Err(Error::Unauthorized(format!(
-                "API key '{}' expired at {}",
-                key.name,
+                "{} expired at {}",
+                caller.label(),
                 expiry.to_rfc3339()
             )));
         }
-        if !key.ip_whitelist.is_empty() {
+        if !caller.ip_whitelist.is_empty() {
             let allowed = peer.is_some_and(|ip| {
                 let ip = canonical(ip);
-                key.ip_whitelist.iter().any(|net| net.contains(&ip))
+                caller.ip_whitelist.iter().any(|net| net.contains(&ip))
             });
             if !allowed {
                 return Err(Error::Forbidden(format!(
-                    "API key '{}' may not be used from {}",
-                    key.name,
+                    "{} may not be used from {}",
+                    caller.label(),
                     peer.map(|ip| ip.to_string())
                         .unwrap_or_else(|| "an unknown address".into())
                 )));
             }
         }
-        if !key.allows(permission) {
+        if !caller.allows(permission) {
             return Err(Error::Forbidden(format!(
-                "API key '{}' lacks the permission {}",
-                key.name,
+                "{} lacks the permission {}",
+                caller.label(),
                 permission.as_str()
             )));
         }
-        if let Some(limiter) = &key.limiter
+        if let Some(limiter) = &caller.limiter
             && let Err(not_until) = limiter.check()
         {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             return Err(Error::RateLimited {
                 code: ErrorCode::RateLimited,
-                message: format!("API key '{}' is over its rate limit", key.name),
+                message: format!("{} is over its rate limit", caller.label()),
                 retry_after: wait,
             });
         }
-        Ok(Some(Arc::clone(key)))
+        Ok(())
     }
 }
 
-/// The content of `security.api_keys_file`.
-pub fn read_key_file(path: &Path) -> Result<Vec<u8>> {
+/// The content of a security file (`security.api_keys_file`, `security.rbac_file`).
+pub fn read_security_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| {
         Error::invalid(
             ErrorCode::InvalidApiKeys,
-            format!(
-                "security.api_keys_file {} cannot be read: {e}",
-                path.display()
-            ),
+            format!("{} cannot be read: {e}", path.display()),
         )
     })
 }
@@ -453,7 +589,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.yaml");
         std::fs::write(&path, yaml).unwrap();
-        KeyStore::load(&path)
+        KeyStore::load(Some(&path), None)
     }
 
     #[test]
@@ -596,6 +732,136 @@ api_keys:
         assert_eq!((err.status(), err.code()), (429, ErrorCode::QuotaExceeded));
         assert!(key.charge(Usage::Documents, 5).is_ok());
         assert_eq!(key.charge(Usage::Documents, 1).unwrap_err().status(), 429);
+    }
+
+    #[test]
+    fn custom_roles_replace_the_guides_and_keys_may_name_them() {
+        let keys = store(
+            r#"
+rbac:
+  roles:
+    - {name: ingest, permissions: ["data:write"]}
+    - {name: admin, permissions: ["cluster:*", "data:*", "metrics:read"]}
+api_keys:
+  - {key: "ingest-key-1", name: loader, permissions: ["ingest"]}
+  - {key: "admin-key-01", name: ops, permissions: ["admin"]}
+  - {key: "mixed-key-01", name: mixed, permissions: ["ingest", "search:execute"]}
+"#,
+        )
+        .unwrap();
+        use Permission::*;
+        let allowed = |key: &str, p: Permission| keys.authorize(Some(key), None, p).is_ok();
+        assert!(allowed("ingest-key-1", DataWrite));
+        for p in [
+            DataRead,
+            SearchExecute,
+            DataManage,
+            ClusterRead,
+            MetricsRead,
+        ] {
+            assert!(!allowed("ingest-key-1", p), "ingest has {p:?}");
+        }
+        // The guide's admin, verbatim: everything but searching.
+        assert!(allowed("admin-key-01", ClusterWrite));
+        assert!(allowed("admin-key-01", DataManage));
+        assert!(!allowed("admin-key-01", SearchExecute));
+        assert!(allowed("mixed-key-01", SearchExecute));
+        assert!(allowed("mixed-key-01", DataWrite));
+        // Defining roles replaces the defaults: "reader" is no longer a role.
+        let err = store(
+            "rbac:\n  roles:\n    - {name: ingest, permissions: [\"data:write\"]}\napi_keys:\n  - {key: \"abcdefgh\", name: x, permissions: [\"reader\"]}\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.message().contains("api_keys[0].permissions[0]")
+                && err.message().contains("ingest"),
+            "{}",
+            err.message()
+        );
+    }
+
+    #[test]
+    fn bad_roles_and_users_name_the_entry() {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let cases = [
+            (
+                "rbac:\n  roles:\n    - {name: a, permissions: [\"data:read\", \"data:wirte\"]}\n".to_string(),
+                "rbac.roles[0].permissions[1]",
+            ),
+            (
+                "rbac:\n  roles:\n    - {name: a, permissions: []}\n    - {name: a, permissions: []}\n".to_string(),
+                "rbac.roles[1].name",
+            ),
+            (
+                format!("rbac:\n  users:\n    - {{username: ann, password_hash: \"{hash}\", roles: [\"root\"]}}\n"),
+                "rbac.users[0].roles[0]",
+            ),
+            (
+                "rbac:\n  users:\n    - {username: ann, password_hash: \"$2b$12$...\", roles: [reader]}\n".to_string(),
+                "rbac.users[0].password_hash",
+            ),
+            (
+                format!("rbac:\n  users:\n    - {{username: \"a:b\", password_hash: \"{hash}\", roles: [reader]}}\n"),
+                "rbac.users[0].username",
+            ),
+            (
+                format!("rbac:\n  users:\n    - {{username: ann, password_hash: \"{hash}\", roles: [reader]}}\n    - {{username: ann, password_hash: \"{hash}\", roles: [reader]}}\n"),
+                "rbac.users[1].username",
+            ),
+            (
+                "rbac:\n  groups: []\n".to_string(),
+                "groups",
+            ),
+        ];
+        for (yaml, names) in cases {
+            let err = store(&yaml).unwrap_err();
+            assert!(err.message().contains(names), "{names}: {}", err.message());
+        }
+    }
+
+    #[test]
+    fn roles_and_users_come_from_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys.yaml");
+        let rbac = dir.path().join("config.yaml");
+        std::fs::write(
+            &keys,
+            "api_keys:\n  - {key: \"ingest-key-1\", name: loader, permissions: [\"ingest\"]}\n",
+        )
+        .unwrap();
+        // The rbac file may be the node's configuration file: its other keys are not read.
+        std::fs::write(
+            &rbac,
+            "node:\n  id: n1\nrbac:\n  roles:\n    - {name: ingest, permissions: [\"data:write\"]}\n",
+        )
+        .unwrap();
+        let store = KeyStore::load(Some(&keys), Some(&rbac)).unwrap();
+        assert!(
+            store
+                .authorize(Some("ingest-key-1"), None, Permission::DataWrite)
+                .is_ok()
+        );
+        std::fs::write(&rbac, "node:\n  id: n1\n").unwrap();
+        let err = KeyStore::load(Some(&keys), Some(&rbac)).unwrap_err();
+        assert!(err.message().contains("no rbac block"), "{}", err.message());
+        std::fs::write(&rbac, "rbac: {}\n").unwrap();
+        std::fs::write(&keys, "rbac: {}\napi_keys: []\n").unwrap();
+        let err = KeyStore::load(Some(&keys), Some(&rbac)).unwrap_err();
+        assert!(
+            err.message().contains("both define rbac"),
+            "{}",
+            err.message()
+        );
+    }
+
+    #[test]
+    fn the_compose_clusters_key_file_holds_the_documented_development_user() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/api_keys.yaml");
+        let store = KeyStore::load(Some(&path), None).unwrap();
+        assert_eq!((store.len(), store.users()), (3, 1));
+        let admin = store.user("admin").unwrap();
+        assert!(bcrypt::verify("grape-dev-admin-password", admin.hash()).unwrap());
+        assert!(admin.principal.allows(Permission::ClusterWrite));
     }
 
     #[test]

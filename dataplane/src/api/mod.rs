@@ -5,10 +5,11 @@ pub mod auth;
 mod handlers;
 pub mod keys;
 pub mod metrics;
+pub mod rbac;
 
 use crate::cluster::Node;
 use crate::error::{Error, ErrorCode};
-use auth::{ApiKey, Permission};
+use auth::{Permission, Principal};
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, MatchedPath, Request};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -17,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use grape_client::{ErrorBody, ErrorDetail, SlowQuery};
-use keys::Keys;
+use keys::{Credentials, Keys};
 use metrics::Metrics;
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
@@ -166,7 +167,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 
 /// The caller's key, when authentication is on.
 #[derive(Clone)]
-pub struct Caller(pub Option<Arc<ApiKey>>);
+pub struct Caller(pub Option<Arc<Principal>>);
 
 async fn authorize(
     state: AppState,
@@ -174,21 +175,49 @@ async fn authorize(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let presented = request
-        .headers()
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let peer = request
+    let headers = request.headers();
+    let text = |name| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().map(str::to_owned).map_err(|_| ()))
+    };
+    // An API key wins over an Authorization header (an empty one counts as absent); a header
+    // that is not text is refused.
+    let key = text(header::HeaderName::from_static("x-api-key"));
+    let authorization = text(header::AUTHORIZATION);
+    let connection = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip());
-    match state.keys.authorize(presented.as_deref(), peer, permission) {
-        Ok(key) => {
-            request.extensions_mut().insert(Caller(key));
+    let real_ip = headers.get("x-real-ip").and_then(|v| v.to_str().ok());
+    let peer = state.keys.client_address(connection, real_ip);
+    let credentials = match (&key, &authorization) {
+        (Some(Ok(key)), _) if !key.is_empty() => Credentials::Key(key),
+        (Some(Err(())), _) => Credentials::BadKey,
+        (_, Some(Ok(value))) => match value.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("basic") => {
+                Credentials::Basic(rest)
+            }
+            _ => Credentials::Unsupported,
+        },
+        (_, Some(Err(()))) => Credentials::Unsupported,
+        (_, None) => Credentials::Missing,
+    };
+    match state.keys.authorize(credentials, peer, permission).await {
+        Ok(caller) => {
+            request.extensions_mut().insert(Caller(caller));
             next.run(request).await
         }
-        Err(error) => error.into_response(),
+        Err(error) => {
+            let mut response = error.into_response();
+            if response.status() == StatusCode::UNAUTHORIZED && state.keys.has_users() {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"grape\", charset=\"UTF-8\""),
+                );
+            }
+            response
+        }
     }
 }
 

@@ -68,6 +68,10 @@ impl Config {
                 let peers = figment::value::Value::serialize(peers)
                     .map_err(|e| ConfigError(format!("GRAPE_CLUSTER_PEERS: {e}")))?;
                 figment = figment.merge(Setting::env(name, "cluster.peers", peers));
+            } else if name.starts_with("GRAPE__RBAC") {
+                return Err(ConfigError(format!(
+                    "{name}: roles and users cannot come from the environment; put the rbac block in the configuration file or security.rbac_file"
+                )));
             } else if let Some(path) = name.strip_prefix("GRAPE__") {
                 let key = path
                     .split("__")
@@ -132,7 +136,24 @@ impl Config {
                 });
             }
         }
-        let config: Config = figment.extract().map_err(|e| ConfigError(describe(e)))?;
+        let mut config: Config = figment.extract().map_err(|e| ConfigError(describe(e)))?;
+        if config.rbac.is_some() {
+            // Roles and users in the configuration file: it is their rbac file.
+            match (&overrides.config, &config.security.rbac_file) {
+                (Some(_), Some(other)) => {
+                    return Err(ConfigError(format!(
+                        "rbac: the configuration file defines roles and users, and security.rbac_file names {} too: keep them in one place",
+                        other.display()
+                    )));
+                }
+                (Some(path), None) => config.security.rbac_file = Some(path.clone()),
+                (None, _) => {
+                    return Err(ConfigError(
+                        "rbac: roles and users can only come from a file (the configuration file or security.rbac_file)".into(),
+                    ));
+                }
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -327,5 +348,26 @@ mod tests {
         };
         let missing = Config::load_from(&missing, env(&[])).unwrap_err();
         assert!(missing.0.contains("/nonexistent/grape.yaml"), "{missing}");
+    }
+
+    #[test]
+    fn an_rbac_block_makes_the_configuration_file_the_rbac_file() {
+        let (_dir, overrides) = file("rbac:\n  users: []\nsecurity:\n  enable_auth: true\n");
+        let config = Config::load_from(&overrides, env(&[])).unwrap();
+        assert_eq!(config.security.rbac_file, overrides.config);
+        assert_eq!(format!("{:?}", config.rbac), "Some(RbacBlock(..))");
+        let printed = serde_json::to_string(&config).unwrap();
+        assert!(!printed.contains("users"), "{printed}");
+
+        let twice = Config::load_from(
+            &overrides,
+            env(&[("GRAPE__SECURITY__RBAC_FILE", "/etc/grape/rbac.yaml")]),
+        )
+        .unwrap_err();
+        assert!(twice.0.contains("keep them in one place"), "{twice}");
+        let from_env =
+            Config::load_from(&Overrides::default(), env(&[("GRAPE__RBAC__USERS", "[]")]))
+                .unwrap_err();
+        assert!(from_env.0.contains("GRAPE__RBAC__USERS"), "{from_env}");
     }
 }

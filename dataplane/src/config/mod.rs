@@ -30,6 +30,32 @@ pub struct Config {
     pub performance: PerformanceConfig,
     pub monitoring: MonitoringConfig,
     pub security: SecurityConfig,
+    /// The guide's `rbac` block (roles and users), when it is in the configuration file: the
+    /// file is then read as `security.rbac_file` too (checked, and reloaded on change or
+    /// SIGHUP, by the API layer). Never printed.
+    #[serde(skip_serializing)]
+    pub rbac: Option<RbacBlock>,
+}
+
+/// The `rbac` block as found in the configuration file, unread (the API layer reads it from
+/// the file). Its debug form shows nothing of it: it holds password hashes.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RbacBlock(pub serde_json::Value);
+
+/// An address or CIDR range (`10.0.0.0/8`, `127.0.0.1`).
+pub fn parse_net(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
+}
+
+impl std::fmt::Debug for RbacBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RbacBlock(..)")
+    }
 }
 
 /// `node`: who this node is and where it listens.
@@ -348,15 +374,30 @@ impl Default for MonitoringConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
-    /// Require `X-API-Key`. Unset: required unless the node listens on loopback only.
+    /// Require credentials (`X-API-Key`, or a user's `Authorization: Basic`). Unset: required
+    /// unless the node listens on loopback only.
     pub enable_auth: Option<bool>,
+    /// API keys (`api_keys`), and maybe roles and users (`rbac`); reloaded on change or SIGHUP.
     pub api_keys_file: Option<PathBuf>,
+    /// Roles and users (the guide's `rbac` block), when they are kept apart from the keys (a
+    /// Kubernetes Secret of their own); reloaded with the keys file.
+    pub rbac_file: Option<PathBuf>,
     pub enable_tls: bool,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     /// Failed authentications one client address may make in a minute; past it, its requests
     /// answer 429 until the minute ends, whatever key they show (0: no limit).
     pub failed_auth_per_minute: u32,
+    /// Failed logins (wrong passwords) one user may have from one address in a minute; past
+    /// it, those logins answer 429 until the minute ends, except with credentials that passed
+    /// and stay in use (0: no limit).
+    pub failed_logins_per_user_per_minute: u32,
+    /// How often (seconds) the key and rbac files are checked for changes; 0: only on SIGHUP.
+    pub reload_interval_secs: u64,
+    /// Proxies (addresses or CIDR ranges) whose `X-Real-IP` header names the client: for
+    /// requests from them, rate limits, lock-outs and `ip_whitelist` judge that address
+    /// instead of the proxy's. Empty: the connection's address always.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for SecurityConfig {
@@ -364,10 +405,14 @@ impl Default for SecurityConfig {
         SecurityConfig {
             enable_auth: None,
             api_keys_file: None,
+            rbac_file: None,
             enable_tls: false,
             cert_file: None,
             key_file: None,
             failed_auth_per_minute: 100,
+            failed_logins_per_user_per_minute: 10,
+            reload_interval_secs: 2,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! collection) or leave without effect.
 
 use super::address::parse_host_port;
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, parse_net};
 use crate::collection::{CollectionField, DEFAULT_COLLECTION, collection_problem};
 use crate::error::ErrorCode;
 use grape_client::{CollectionConfig, HnswParams, Quantization};
@@ -146,12 +146,26 @@ impl Config {
                 ),
             );
         }
-        if self.auth_enabled() && self.security.api_keys_file.is_none() {
+        if self.auth_enabled()
+            && self.security.api_keys_file.is_none()
+            && self.security.rbac_file.is_none()
+        {
             return fail(
                 "security.api_keys_file",
                 "authentication is on (security.enable_auth, or a listen address beyond loopback) \
-                 but no API keys file is set"
+                 but neither an API keys file nor security.rbac_file is set"
                     .into(),
+            );
+        }
+        if let Some(bad) = self
+            .security
+            .trusted_proxies
+            .iter()
+            .find(|p| parse_net(p).is_none())
+        {
+            return fail(
+                "security.trusted_proxies",
+                format!("{bad:?} is not an address or CIDR range"),
             );
         }
         if self.security.enable_tls
@@ -355,6 +369,9 @@ mod tests {
                 c.node.listen_address = "0.0.0.0:8080".into()
             }),
             ("security.cert_file", |c| c.security.enable_tls = true),
+            ("security.trusted_proxies", |c| {
+                c.security.trusted_proxies = vec!["10.0.0.0/8".into(), "proxy".into()]
+            }),
             ("cluster.secret_file", |c| c.cluster.enabled = true),
             ("cluster.secret_file", |c| {
                 c.node.raft_address = "0.0.0.0:9000".into()
