@@ -57,6 +57,28 @@ async fn distribution(cluster: &Cluster) -> BTreeMap<String, (usize, usize, u64)
     load::distribution(cluster).await.unwrap()
 }
 
+/// The distribution once the nodes hold `replicas` replicas in all: a move is done once its
+/// target holds the shard and the source is out of the group, and the source drops its copy
+/// when it learns that, a moment later.
+async fn settled_distribution(
+    cluster: &Cluster,
+    replicas: usize,
+) -> BTreeMap<String, (usize, usize, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let spread = distribution(cluster).await;
+        let held: usize = spread.values().map(|(r, _, _)| r).sum();
+        if held == replicas {
+            return spread;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{held} replicas held, not {replicas}: {spread:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn wait_ready(cluster: &Cluster) {
     for node in cluster.nodes.iter().filter(|n| n.is_running()) {
         node.wait_ready().await;
@@ -336,7 +358,7 @@ async fn a_rebalance_resumes_after_its_coordinator_is_killed() {
         "{done:?}"
     );
     wait_ready(&cluster).await;
-    let spread = distribution(&cluster).await;
+    let spread = settled_distribution(&cluster, 24).await;
     // 24 replicas over 5 nodes.
     assert!(
         spread
@@ -444,7 +466,7 @@ async fn a_rebalance_right_after_adding_two_nodes_gives_both_their_share() {
         "{done:?}"
     );
     wait_ready(&cluster).await;
-    let spread = distribution(&cluster).await;
+    let spread = settled_distribution(&cluster, 48).await;
     assert_eq!(spread.len(), 5, "{spread:?}");
     for (node, (replicas, _, documents)) in &spread {
         // 48 replicas over 5 nodes: 9 or 10 each, and about 3000 * 3 / 5 documents.
