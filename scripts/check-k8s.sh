@@ -61,4 +61,23 @@ if rendered != shipped:
             print("manifests/ differ from the chart for", k, file=sys.stderr)
     sys.exit(1)
 PY
+
+# What the operator creates for the sample cluster, against the schemas.
+cargo run -q -p grape-operator --bin render -- manifests/samples/grapecluster.yaml > "$out/operator.yaml"
+validate "$out/operator.yaml"
+# Every pod the chart, the manifests and the operator create passes Pod Security "restricted"
+# (and the checker does refuse a pod that does not).
+"$tools/venv/bin/python" scripts/pod_security.py \
+  "$out/chart.yaml" "$out/chart-ns.yaml" "$out/kustomize.yaml" "$out/operator.yaml"
+cat > "$out/bad-pod.yaml" <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: root}
+spec:
+  containers:
+    - {name: c, image: x, securityContext: {runAsNonRoot: true, allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}}
+YAML
+if "$tools/venv/bin/python" scripts/pod_security.py "$out/bad-pod.yaml" >/dev/null 2>&1; then
+  echo "pod_security.py accepted a pod without a seccomp profile" >&2; exit 1
+fi
 echo "chart and manifests: OK"

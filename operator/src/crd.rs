@@ -21,7 +21,8 @@ use std::collections::BTreeMap;
     status = "GrapeClusterStatus",
     scale(
         spec_replicas_path = ".spec.replicas",
-        status_replicas_path = ".status.replicas"
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
     ),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
@@ -87,8 +88,10 @@ fn default_replicas() -> i32 {
     3
 }
 
+/// The data-plane image of the operator's own version: an operator upgrade is what moves
+/// the nodes to a new version, never a restart pulling a moved tag.
 fn default_image() -> String {
-    "grape-vector-db:latest".to_string()
+    format!("grape-vector-db:{}", env!("CARGO_PKG_VERSION"))
 }
 
 /// A node's persistent volume.
@@ -307,9 +310,14 @@ pub struct GrapeClusterStatus {
     /// Each node, as the data plane reports it.
     #[serde(default)]
     pub members: Vec<MemberStatus>,
-    /// `Ready`, `Progressing`, `Degraded`, `Balanced`.
+    /// `Ready`, `Progressing`, `Degraded`, `Balanced`: one each (a map by `type`, so a
+    /// server-side apply merges them by type).
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// The pods' label selector, for the scale subresource (an HPA targeting the cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// The last `grape.io/rebalance` annotation value acted on.

@@ -514,6 +514,13 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
             last_rebalance,
             last_switchover,
             last_auto_rebalance_time: last_auto,
+            selector: Some(
+                crate::resources::selector(names)
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
         },
         requeue: if busy {
             Duration::from_secs(3)

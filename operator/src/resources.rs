@@ -24,8 +24,9 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -541,11 +542,19 @@ pub fn desired(
                     containers: vec![container],
                     volumes: Some(volumes),
                     termination_grace_period_seconds: Some(60),
+                    // Pod Security "restricted": non-root, RuntimeDefault seccomp; volumes
+                    // re-owned only when their root does not match (a large data volume is
+                    // not walked at every start).
                     security_context: Some(PodSecurityContext {
                         run_as_user: Some(10001),
                         run_as_group: Some(10001),
                         fs_group: Some(10001),
+                        fs_group_change_policy: Some("OnRootMismatch".into()),
                         run_as_non_root: Some(true),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
                         ..PodSecurityContext::default()
                     }),
                     node_selector: spec.node_selector.clone(),

@@ -101,6 +101,23 @@ fn bad_metric_and_raft_timing_are_refused() {
 }
 
 #[test]
+fn conditions_merge_by_type_and_an_hpa_can_find_the_pods() {
+    let crd: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("crds/grapecluster.yaml")).unwrap(),
+    )
+    .unwrap();
+    let version = &crd["spec"]["versions"][0];
+    let conditions =
+        &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"];
+    assert_eq!(conditions["x-kubernetes-list-type"], "map");
+    assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
+    assert_eq!(
+        version["subresources"]["scale"]["labelSelectorPath"],
+        ".status.selector"
+    );
+}
+
+#[test]
 fn users_and_roles_need_the_operators_api_key() {
     assert_refused(
         &cluster(json!({"security": {"rbacSecret": "grape-rbac"}})),

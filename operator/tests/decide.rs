@@ -101,6 +101,11 @@ fn creation_applies_the_statefulset_at_the_spec_size_and_reports_creating() {
     assert_eq!(plan.bootstrap_replicas, 3);
     assert_eq!(plan.action, None);
     assert_eq!(plan.status.phase.as_deref(), Some("Creating"));
+    // The scale subresource's selector: the pods' labels, for an HPA.
+    assert_eq!(
+        plan.status.selector.as_deref(),
+        Some("app.kubernetes.io/instance=g,app.kubernetes.io/name=grape")
+    );
     assert_eq!(cond(&plan, "Ready"), ("False".into(), "NoLeader".into()));
     assert_eq!(
         cond(&plan, "Progressing"),

@@ -133,7 +133,11 @@ fn default_spec_renders_every_owned_object() {
         16
     );
     let container = &pod["spec"]["containers"][0];
-    assert_eq!(container["image"], "grape-vector-db:latest");
+    // The image of the operator's own version, never a moving tag.
+    assert_eq!(
+        container["image"],
+        format!("grape-vector-db:{}", env!("CARGO_PKG_VERSION"))
+    );
     assert_eq!(
         container["args"],
         json!(["--config", "/etc/grape-vector-db/server.yaml"])
@@ -152,6 +156,19 @@ fn default_spec_renders_every_owned_object() {
     assert_eq!(container["startupProbe"]["httpGet"]["path"], "/health");
     assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTP");
     assert_eq!(container["securityContext"]["runAsNonRoot"], true);
+    // Pod Security "restricted" (checked field by field on the rendered sample by
+    // scripts/check-k8s.sh): RuntimeDefault seccomp; volumes re-owned only on a mismatch.
+    let pod_security = &pod["spec"]["securityContext"];
+    assert_eq!(pod_security["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(pod_security["fsGroupChangePolicy"], "OnRootMismatch");
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(
+        container["securityContext"]["capabilities"]["drop"],
+        json!(["ALL"])
+    );
     assert_eq!(
         container["volumeMounts"][0]["mountPath"],
         "/var/lib/grape-vector-db"
