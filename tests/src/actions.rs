@@ -116,3 +116,47 @@ pub async fn perform(node: &GrapeNode, who: Who<'_>, action: Action, tag: &str) 
     }
     request.send().await.unwrap().status().as_u16()
 }
+
+/// What the built-in writer role may do.
+pub const WRITER: &[Action] = &[
+    Upsert,
+    Batch,
+    Get,
+    List,
+    Delete,
+    Search,
+    SearchAlias,
+    ListCollections,
+];
+
+/// What the built-in reader role may do.
+pub const READER: &[Action] = &[Get, List, Search, SearchAlias, ListCollections];
+
+/// What the built-in searcher role may do.
+pub const SEARCHER: &[Action] = &[Search, SearchAlias];
+
+/// Sends every action as `who` (`tag` names it in ids and messages) and lists the answers
+/// that differ from `allowed`: 2xx for an allowed action, 403 for any other.
+pub async fn wrong_answers(
+    node: &GrapeNode,
+    who: Who<'_>,
+    allowed: &[Action],
+    tag: &str,
+) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for action in ALL {
+        let status = perform(node, who, action, tag).await;
+        let expected = allowed.contains(&action);
+        let ok = if expected {
+            (200..300).contains(&status)
+        } else {
+            status == 403
+        };
+        if !ok {
+            wrong.push(format!(
+                "{who:?} ({tag}) {action:?}: {status} (allowed: {expected})"
+            ));
+        }
+    }
+    wrong
+}

@@ -3,7 +3,9 @@
 //! bcrypt hashes made by `grape hash-password`, API keys naming custom roles, wrong and
 //! malformed credentials, per-user lock-out, and users removed without a restart.
 
-use grape_e2e::actions::{ALL, Action, Action::*, Who, perform};
+use grape_e2e::actions::{
+    Action, Action::*, READER, SEARCHER, WRITER, Who, perform, wrong_answers,
+};
 use grape_e2e::{GrapeNode, NodeOptions, hash_password, temp_file};
 use std::time::{Duration, Instant};
 
@@ -70,18 +72,9 @@ fn allowed(role: &str) -> &'static [Action] {
             Rebalance,
             Metrics,
         ],
-        "writer" => &[
-            Upsert,
-            Batch,
-            Get,
-            List,
-            Delete,
-            Search,
-            SearchAlias,
-            ListCollections,
-        ],
-        "reader" => &[Get, List, Search, SearchAlias, ListCollections],
-        "searcher" => &[Search, SearchAlias],
+        "writer" => WRITER,
+        "reader" => READER,
+        "searcher" => SEARCHER,
         "ingest" => &[Upsert, Batch, Delete],
         other => panic!("no such role {other}"),
     }
@@ -90,22 +83,7 @@ fn allowed(role: &str) -> &'static [Action] {
 /// Runs every action as `who` and lists the answers that differ from what `role` allows
 /// (2xx when allowed, 403 when not).
 async fn check_role(node: &GrapeNode, who: Who<'_>, role: &str) -> Vec<String> {
-    let mut wrong = Vec::new();
-    for action in ALL {
-        let status = perform(node, who, action, role).await;
-        let expected = allowed(role).contains(&action);
-        let ok = if expected {
-            (200..300).contains(&status)
-        } else {
-            status == 403
-        };
-        if !ok {
-            wrong.push(format!(
-                "{who:?} ({role}) {action:?}: {status} (allowed: {expected})"
-            ));
-        }
-    }
-    wrong
+    wrong_answers(node, who, allowed(role), role).await
 }
 
 /// Writes the document `seed`, which the read actions read, as `who`; answers the status.

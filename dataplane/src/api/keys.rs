@@ -3,7 +3,7 @@
 //! working without a restart); failed authentications limited per client address, failed
 //! logins per user; password checks run off the request threads, a few at a time.
 
-use super::auth::{KeyStore, Permission, Principal, Source, read_security_file};
+use super::auth::{KeyStore, Permission, Principal, Source, canonical, read_security_file};
 use super::rbac::{Flight, Keyed, decode_basic};
 use crate::error::{Error, ErrorCode, Result};
 use parking_lot::{Mutex, RwLock};
@@ -34,15 +34,12 @@ const MAX_WAITING_LOGINS: usize = 256;
 /// The unit an address is counted in: itself for IPv4, its /64 for IPv6 (one host usually
 /// holds a whole /64).
 fn counted_as(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut segments = v6.segments();
-                segments[4..].fill(0);
-                IpAddr::V6(segments.into())
-            }
-        },
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            segments[4..].fill(0);
+            IpAddr::V6(segments.into())
+        }
         v4 => v4,
     }
 }
@@ -85,8 +82,9 @@ impl SecurityFiles {
         self.keys.is_some() || self.rbac.is_some()
     }
 
-    /// The keys in both files, and a digest of their content.
-    fn read(&self) -> Result<(KeyStore, [u8; 32])> {
+    /// The keys in both files, and a digest of their content; `None` without parsing them
+    /// when their digest is `unchanged_from` (a poll of unchanged files reads, never parses).
+    fn read(&self, unchanged_from: Option<[u8; 32]>) -> Result<Option<(KeyStore, [u8; 32])>> {
         use sha2::Digest;
         let keys = self.keys.as_deref().map(read_security_file).transpose()?;
         let rbac = self.rbac.as_deref().map(read_security_file).transpose()?;
@@ -101,6 +99,10 @@ impl SecurityFiles {
                 None => digest.update([0]),
             }
         }
+        let digest: [u8; 32] = digest.finalize().into();
+        if unchanged_from == Some(digest) {
+            return Ok(None);
+        }
         fn source<'a>(
             path: &'a Option<PathBuf>,
             content: &'a Option<Vec<u8>>,
@@ -110,7 +112,7 @@ impl SecurityFiles {
                 .map(|(path, content)| Source { path, content })
         }
         let store = KeyStore::parse(source(&self.keys, &keys), source(&self.rbac, &rbac))?;
-        Ok((store, digest.finalize().into()))
+        Ok(Some((store, digest)))
     }
 }
 
@@ -184,7 +186,7 @@ impl Keys {
                 "authentication is on but neither security.api_keys_file nor security.rbac_file is set",
             ));
         }
-        let (store, digest) = files.read()?;
+        let (store, digest) = files.read(None)?.expect("nothing to compare with");
         Ok(Keys::with(files, store, digest, limits))
     }
 
@@ -202,15 +204,8 @@ impl Keys {
     /// carries when the connection comes from a trusted proxy.
     pub fn client_address(&self, peer: Option<IpAddr>, real_ip: Option<&str>) -> Option<IpAddr> {
         let peer = peer?;
-        let canonical = match peer {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer),
-            v4 => v4,
-        };
-        if !self
-            .trusted_proxies
-            .iter()
-            .any(|net| net.contains(&canonical))
-        {
+        let from = canonical(peer);
+        if !self.trusted_proxies.iter().any(|net| net.contains(&from)) {
             return Some(peer);
         }
         match real_ip.and_then(|ip| ip.trim().parse().ok()) {
@@ -230,10 +225,10 @@ impl Keys {
         if !self.files.any() {
             return Ok(false);
         }
-        let (mut store, digest) = self.files.read()?;
-        if digest == *self.loaded.lock() {
+        let loaded = *self.loaded.lock();
+        let Some((mut store, digest)) = self.files.read(Some(loaded))? else {
             return Ok(false);
-        }
+        };
         let mut current = self.current.write();
         store.inherit(&current);
         *current = Arc::new(store);

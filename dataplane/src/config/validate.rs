@@ -157,6 +157,15 @@ impl Config {
                     .into(),
             );
         }
+        if self.security.reload_interval_secs > 86_400 {
+            return fail(
+                "security.reload_interval_secs",
+                format!(
+                    "{} is above a day (86400); use 0 to reload only on SIGHUP",
+                    self.security.reload_interval_secs
+                ),
+            );
+        }
         if let Some(bad) = self
             .security
             .trusted_proxies
@@ -369,6 +378,9 @@ mod tests {
                 c.node.listen_address = "0.0.0.0:8080".into()
             }),
             ("security.cert_file", |c| c.security.enable_tls = true),
+            ("security.reload_interval_secs", |c| {
+                c.security.reload_interval_secs = u64::MAX
+            }),
             ("security.trusted_proxies", |c| {
                 c.security.trusted_proxies = vec!["10.0.0.0/8".into(), "proxy".into()]
             }),
