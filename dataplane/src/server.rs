@@ -237,8 +237,12 @@ fn keys_for(config: &crate::config::Config) -> anyhow::Result<Keys> {
     Ok(keys.trusting(proxies.filter_map(|p| parse_net(p)).collect()))
 }
 
-/// Serves the API (and metrics) until `shutdown` completes, then drains in-flight requests
-/// for up to 10 s.
+/// How long a stopping node spends handing its leaderships over (inside Kubernetes' default
+/// 30 s grace period with the 10 s request drain after it).
+const HAND_OFF_LIMIT: Duration = Duration::from_secs(15);
+
+/// Serves the API (and metrics) until `shutdown` completes, then hands its leaderships over
+/// and drains in-flight requests for up to 10 s.
 async fn run(
     state: AppState,
     listeners: Listeners,
@@ -310,8 +314,10 @@ async fn run(
             handle.graceful_shutdown(Some(Duration::from_secs(10)));
         }
         _ = shutdown => {
-            tracing::info!("shutting down: draining requests");
+            tracing::info!("shutting down: handing leaderships over, then draining requests");
             node.set_unready();
+            crate::cluster::elastic::leadership::hand_off_before_stopping(&node, HAND_OFF_LIMIT)
+                .await;
             handle.graceful_shutdown(Some(Duration::from_secs(10)));
         }
         Some(result) = tasks.join_next() => {

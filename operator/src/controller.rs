@@ -9,15 +9,18 @@
 //!                                                volumes are kept: whenDeleted Retain)
 //! ```
 
-use crate::crd::GrapeCluster;
+use crate::crd::{GrapeCluster, GrapeClusterStatus};
 use crate::dataplane::{self, DataPlane, ServiceDns};
-use crate::decide::{self, Action as DataAction, Observed, ObservedPod, ObservedStatefulSet};
+use crate::decide::{
+    self, Action as DataAction, Observed, ObservedPod, ObservedStatefulSet, ObservedVolume,
+};
 use crate::metrics::Metrics;
 use crate::resources::{self, BOOTSTRAP_ANNOTATION, FIELD_MANAGER, Names, OPERATOR_KEY};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
     PatchParams, PostParams,
@@ -30,6 +33,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -241,6 +245,11 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
             .and_then(|v| v.parse().ok()),
     });
 
+    let volumes = match &statefulset {
+        Some(_) => observe_volumes(client, &namespace, &names, &selector).await?,
+        None => Vec::new(),
+    };
+
     // Observe the data plane (ready pods first).
     let mut order: Vec<String> = observed_pods
         .iter()
@@ -279,6 +288,7 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
         status: cluster.status.clone().unwrap_or_default(),
         statefulset: observed_sts,
         pods: observed_pods,
+        volumes,
         data_plane: observed_dp,
     };
     let plan = decide::decide(
@@ -291,8 +301,11 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
     // Apply the owned objects.
     if plan.apply {
         ensure_cluster_secret(cluster, client, &namespace).await?;
-        let desired =
+        let mut desired =
             resources::desired(cluster, plan.statefulset_replicas, plan.bootstrap_replicas);
+        if let Some(existing) = &statefulset {
+            resources::keep_claim_templates(&mut desired.statefulset, existing);
+        }
         server_side_apply(
             Api::<ConfigMap>::namespaced(client.clone(), &namespace),
             &desired.config_map,
@@ -331,6 +344,49 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
         }
     }
 
+    let mut status = plan.status.clone();
+    // Grow the volumes the spec wants larger, claim by claim.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+    for claim in &plan.expand_volumes {
+        let patch =
+            json!({"spec": {"resources": {"requests": {"storage": cluster.spec.storage.size}}}});
+        match claims
+            .patch(claim, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                publish(
+                    ctx,
+                    cluster,
+                    EventType::Normal,
+                    decide::EXPANDING_VOLUME,
+                    &format!("growing {claim} to {}", cluster.spec.storage.size),
+                )
+                .await
+            }
+            Err(e) => {
+                // Backed off like a failed action: no claim is patched again before then.
+                let now = k8s_openapi::jiff::Timestamp::now();
+                status = decide::record_volume_failure(
+                    &status,
+                    &observed.status,
+                    claim,
+                    &e.to_string(),
+                    now,
+                );
+                publish(
+                    ctx,
+                    cluster,
+                    EventType::Warning,
+                    "VolumeExpansionFailed",
+                    &format!("growing {claim} to {}: {e}", cluster.spec.storage.size),
+                )
+                .await;
+                break;
+            }
+        }
+    }
+
     // Act.
     if let Some(action) = &plan.action {
         ctx.metrics.count_action(action.reason());
@@ -348,6 +404,7 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
         };
         match outcome {
             Ok(()) => {
+                status = decide::record_success(&status);
                 publish(
                     ctx,
                     cluster,
@@ -358,9 +415,25 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
                 .await
             }
             Err(message) => {
-                publish(ctx, cluster, EventType::Warning, action.reason(), &message).await
+                let now = k8s_openapi::jiff::Timestamp::now();
+                status = decide::record_failure(&status, &observed.status, action, &message, now);
+                let attempts = status.failed_action.as_ref().map_or(1, |f| f.attempts);
+                let note = format!(
+                    "{} failed (attempt {attempts}, next in {} s): {message}",
+                    action.describe(),
+                    decide::backoff(attempts).as_secs()
+                );
+                publish(ctx, cluster, EventType::Warning, action.reason(), &note).await
             }
         }
+    }
+    for event in &plan.events {
+        let type_ = if event.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish(ctx, cluster, type_, &event.reason, &event.note).await;
     }
 
     // Report.
@@ -368,11 +441,10 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
     api.patch_status(
         &names.cluster,
         &PatchParams::default(),
-        &Patch::Merge(json!({"status": plan.status})),
+        &Patch::Merge(status_patch(&observed.status, &status)),
     )
     .await?;
-    ctx.metrics
-        .set_cluster(&namespace, &names.cluster, &plan.status);
+    ctx.metrics.set_cluster(&namespace, &names.cluster, &status);
     Ok(Action::requeue(plan.requeue))
 }
 
@@ -407,6 +479,77 @@ async fn publish(
     if let Err(e) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
         tracing::warn!(error = %e, "publishing an event");
     }
+}
+
+/// The merge patch that makes the status `new`: a field `new` no longer has is sent as
+/// `null` (a merge patch leaves out what it does not name: a cleared `failedAction` would
+/// otherwise stay).
+pub fn status_patch(old: &GrapeClusterStatus, new: &GrapeClusterStatus) -> serde_json::Value {
+    let mut value = serde_json::to_value(new).unwrap_or_else(|_| json!({}));
+    if let (Some(fields), Ok(serde_json::Value::Object(before))) =
+        (value.as_object_mut(), serde_json::to_value(old))
+    {
+        for key in before.keys() {
+            fields.entry(key.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    json!({ "status": value })
+}
+
+/// The pods' data claims and whether their StorageClass lets them grow (unknown when the
+/// class cannot be read).
+async fn observe_volumes(
+    client: &Client,
+    namespace: &str,
+    names: &Names,
+    selector: &str,
+) -> Result<Vec<ObservedVolume>, Error> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let classes: Api<StorageClass> = Api::all(client.clone());
+    let mut expandable: BTreeMap<String, Option<bool>> = BTreeMap::new();
+    let mut volumes = Vec::new();
+    for claim in claims.list(&ListParams::default().labels(selector)).await? {
+        let name = claim.name_any();
+        let Some(pod) = name.strip_prefix("data-") else {
+            continue;
+        };
+        if names.ordinal(pod).is_none() {
+            continue;
+        }
+        let spec = claim.spec.clone().unwrap_or_default();
+        let class = spec.storage_class_name.clone();
+        let allowed = match &class {
+            Some(class) => match expandable.get(class) {
+                Some(known) => *known,
+                None => {
+                    let known = match classes.get_opt(class).await {
+                        Ok(found) => found.map(|c| c.allow_volume_expansion.unwrap_or(false)),
+                        Err(e) => {
+                            tracing::debug!(%class, error = %e, "reading a StorageClass");
+                            None
+                        }
+                    };
+                    expandable.insert(class.clone(), known);
+                    known
+                }
+            },
+            None => None,
+        };
+        volumes.push(ObservedVolume {
+            claim: name.clone(),
+            pod: pod.to_string(),
+            requested: spec
+                .resources
+                .and_then(|r| r.requests)
+                .and_then(|r| r.get("storage").map(|q| q.0.clone())),
+            capacity: claim
+                .status
+                .and_then(|s| s.capacity)
+                .and_then(|c| c.get("storage").map(|q| q.0.clone())),
+            expandable: allowed,
+        });
+    }
+    Ok(volumes)
 }
 
 /// What the kubelet reports of a pod.

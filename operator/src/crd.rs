@@ -1,7 +1,9 @@
 //! The `GrapeCluster` custom resource (`grape.io/v1alpha1`): what a platform engineer asks for
 //! (spec) and what the operator reports (status).
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -82,6 +84,43 @@ pub struct GrapeClusterSpec {
     pub tolerations: Option<Vec<Toleration>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// How the pods spread over failure domains. Default: at most one pod more in any zone
+    /// (`topology.kubernetes.io/zone`) than in another, as far as the scheduler can
+    /// (`ScheduleAnyway`, so that a single-zone cluster still schedules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    /// Without `affinity`: `required` (the default) puts no two pods of the cluster on one
+    /// host, so that losing a host loses at most one replica of any shard; `preferred` allows
+    /// it when the scheduler has no other choice (a one-node development cluster).
+    #[serde(default = "default_anti_affinity")]
+    #[x_kube(validation = Rule::new("self in ['required', 'preferred']").message("podAntiAffinityType must be required or preferred"))]
+    pub pod_anti_affinity_type: String,
+    /// Seconds a pod may take to open its storage and answer `/health` after a start
+    /// (the startup probe; graphs load after that, behind readiness, without a limit).
+    #[serde(default = "default_startup_timeout")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub startup_timeout_seconds: i32,
+    /// PriorityClass of the data pods (a database should not be the first thing evicted
+    /// under node pressure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Seconds a change (a rollout, a scaling step, an action) may go without progress
+    /// before the cluster reports `Degraded` with reason `ProgressDeadlineExceeded`.
+    #[serde(default = "default_progress_deadline")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub progress_deadline_seconds: i32,
+}
+
+fn default_progress_deadline() -> i32 {
+    600
+}
+
+fn default_anti_affinity() -> String {
+    "required".to_string()
+}
+
+fn default_startup_timeout() -> i32 {
+    600
 }
 
 fn default_replicas() -> i32 {
@@ -97,11 +136,18 @@ fn default_image() -> String {
 /// A node's persistent volume.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)").message("storageClassName is immutable: a volume cannot change class (restore a backup into a new cluster instead)"))]
 pub struct StorageSpec {
-    /// Volume size, e.g. `10Gi`.
+    /// Volume size, e.g. `10Gi`. It may grow: the operator expands each pod's claim (the
+    /// StorageClass must allow volume expansion); it cannot shrink.
     #[serde(default = "default_storage_size")]
+    #[x_kube(
+        validation = Rule::new("isQuantity(self)").message("storage.size must be a quantity such as 10Gi"),
+        validation = Rule::new("!isQuantity(self) || !isQuantity(oldSelf) || quantity(self).compareTo(quantity(oldSelf)) >= 0").message("storage.size cannot shrink (volumes only grow)")
+    )]
     pub size: String,
-    /// Storage class; the cluster default when absent.
+    /// Storage class; the cluster default when absent. Fixed once the cluster exists (a
+    /// volume cannot change class; move to another class with a new cluster and a backup).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
 }
@@ -140,9 +186,10 @@ pub struct DatabaseSpec {
     #[schemars(range(min = 1, max = 1024))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("shardCount is immutable"))]
     pub shard_count: i32,
-    /// Replicas per shard.
+    /// Replicas per shard of the `default` collection; fixed once the cluster exists.
     #[serde(default = "default_replication")]
     #[schemars(range(min = 1, max = 7))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("replicationFactor is immutable: it shapes the default collection when the cluster is created"))]
     pub replication_factor: i32,
 }
 
@@ -177,14 +224,21 @@ impl Default for DatabaseSpec {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct IndexSpec {
+    /// Graph degree of the `default` collection; fixed once the cluster exists.
     #[serde(default = "default_m")]
     #[schemars(range(min = 2, max = 128))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("index.m is immutable: it shapes the default collection when the cluster is created"))]
     pub m: i32,
+    /// Build-time candidate list of the `default` collection; fixed once the cluster exists.
     #[serde(default = "default_ef_construction")]
     #[schemars(range(min = 1, max = 10000))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("index.efConstruction is immutable: it shapes the default collection when the cluster is created"))]
     pub ef_construction: i32,
+    /// Default search candidate list of the `default` collection (a search may pass its own
+    /// `ef`); fixed once the cluster exists.
     #[serde(default = "default_ef_search")]
     #[schemars(range(min = 1, max = 100000))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("index.efSearch is immutable: it shapes the default collection when the cluster is created (searches may pass their own ef)"))]
     pub ef_search: i32,
     /// HNSW implementation (`index.graph` of the nodes): `grape` (the default) or `hnsw_rs`. A change
     /// rolls through the pods; each builds the new engine's graphs from storage when it starts.
@@ -320,6 +374,25 @@ pub struct GrapeClusterStatus {
     pub selector: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Pods on the current pod template that are ready.
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// The data-plane operation running (drain, rebalance, repair) and how far it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// When the work in progress last moved on (an action taken, a pod turned ready or
+    /// updated, a member added or removed, an operation advanced); absent when nothing is to
+    /// do. Past `spec.progressDeadlineSeconds` the cluster is `Degraded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_time: Option<Time>,
+    /// The last data-plane or pod action that failed, while it keeps failing: retried with
+    /// exponential backoff (5 s doubling to 5 min); cleared by a success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_action: Option<FailedAction>,
+    /// The last step taken on one pod, while the operator waits for its outcome (a restarted
+    /// or added pod to be ready, a pod whose leaderships were moved off to be restarted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_step: Option<PodStep>,
     /// The last `grape.io/rebalance` annotation value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rebalance: Option<String>,
@@ -329,6 +402,28 @@ pub struct GrapeClusterStatus {
     /// When the operator last started a rebalance by itself (the cluster was unbalanced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_auto_rebalance_time: Option<Time>,
+}
+
+/// An action that failed (see [`GrapeClusterStatus::failed_action`]).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedAction {
+    /// The action's Event reason (`DrainingNode`, `Rebalancing`, ...).
+    pub reason: String,
+    /// What was tried and what the data plane or the API server answered.
+    pub message: String,
+    /// Consecutive failures.
+    pub attempts: i32,
+    pub last_failure_time: Time,
+}
+
+/// A step taken on one pod (see [`GrapeClusterStatus::last_step`]).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStep {
+    /// `MovedLeaderships`, `Restarted` or `Added`.
+    pub kind: String,
+    pub pod: String,
 }
 
 /// One node of the cluster.

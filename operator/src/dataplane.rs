@@ -225,15 +225,24 @@ pub fn observed(
             )
         })
         .collect();
-    let running_operation = operations.and_then(|o| {
+    let running = operations.and_then(|o| {
         o.operations
             .iter()
             .find(|op| op.state == OperationState::Running)
-            .map(|op| op.kind.name().to_string())
     });
     ObservedDataPlane {
         leader: status.leader.clone(),
         members,
-        running_operation,
+        running_operation: running.map(|op| op.kind.name().to_string()),
+        operation_progress: running.map(|op| {
+            format!(
+                "{} of {} moves done, {} in progress, {} documents and {} bytes left",
+                op.moves_done,
+                op.moves_total,
+                op.moves_in_progress,
+                op.documents_left,
+                op.bytes_left
+            )
+        }),
     }
 }

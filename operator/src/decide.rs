@@ -7,15 +7,21 @@
 //!   scale in  (spec < pods)  ─> remove-node highest ordinal ─> drained? ─> lower StatefulSet
 //!   scale out (spec > pods)  ─> raise StatefulSet ─> pod started ─> add-node ─> rebalance
 //!   switchover annotation    ─> transfer meta leadership to the named pod
-//!   pods on an old revision  ─> highest ordinal first: move its leaderships away ─> delete it
-//!                               ─> (recreated) wait until every pod is ready ─> next
+//!   pods on an old revision  ─> not-ready ones first, then highest ordinal: move its
+//!                               leaderships away (once) ─> delete it ─> (recreated) wait
+//!                               until it is ready ─> next; a new pod that never turns ready
+//!                               halts the rollout there
 //!   rebalance annotation / unbalanced for a while ─> rebalance
+//!   storage.size grown       ─> patch each claim (where its StorageClass allows it)
 //! ```
 //!
 //! Only one data-plane action is taken per reconcile, and none while the data plane is running
-//! an operation (drain, rebalance, repair) or any pod that is a member is not ready.
+//! an operation (drain, rebalance, repair). With a member down, scale-in and switchover go
+//! ahead while every quorum holds; a rebalance waits. A failed action is retried after an
+//! exponential backoff; work that makes no progress for `progressDeadlineSeconds` is reported
+//! Degraded.
 
-use crate::crd::{GrapeClusterSpec, GrapeClusterStatus, MemberStatus};
+use crate::crd::{FailedAction, GrapeClusterSpec, GrapeClusterStatus, MemberStatus, PodStep};
 use crate::resources::{self, Names, REBALANCE_ANNOTATION, SWITCHOVER_ANNOTATION};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -48,6 +54,21 @@ pub struct ObservedPod {
     pub terminating: bool,
 }
 
+/// A pod's data volume (PersistentVolumeClaim) as observed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ObservedVolume {
+    /// The claim's name (`data-<cluster>-<ordinal>`).
+    pub claim: String,
+    /// The pod it belongs to.
+    pub pod: String,
+    /// `spec.resources.requests.storage`.
+    pub requested: Option<String>,
+    /// `status.capacity.storage`: what the volume has now.
+    pub capacity: Option<String>,
+    /// Its StorageClass's `allowVolumeExpansion` (None: unknown).
+    pub expandable: Option<bool>,
+}
+
 /// A data-plane member as reported by `/admin/cluster/status`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ObservedMember {
@@ -69,6 +90,8 @@ pub struct ObservedDataPlane {
     pub members: BTreeMap<String, ObservedMember>,
     /// The kind of operation (drain, rebalance, repair) the data plane is running, if any.
     pub running_operation: Option<String>,
+    /// How far the running operation got, in words (it changes as moves advance).
+    pub operation_progress: Option<String>,
 }
 
 /// Everything [`decide`] looks at.
@@ -80,6 +103,8 @@ pub struct Observed {
     pub status: GrapeClusterStatus,
     pub statefulset: Option<ObservedStatefulSet>,
     pub pods: Vec<ObservedPod>,
+    /// The pods' data volumes.
+    pub volumes: Vec<ObservedVolume>,
     /// `None` when no node answered.
     pub data_plane: Option<ObservedDataPlane>,
 }
@@ -142,9 +167,106 @@ pub struct Plan {
     /// The peer list the pods bootstrap from (fixed once the cluster exists).
     pub bootstrap_replicas: i32,
     pub action: Option<Action>,
+    /// Claims to grow to `spec.storage.size` (their StorageClass allows it).
+    pub expand_volumes: Vec<String>,
     pub status: GrapeClusterStatus,
+    /// Events to publish besides the action's own (condition changes worth a notice).
+    pub events: Vec<PlannedEvent>,
     /// When to look again.
     pub requeue: Duration,
+}
+
+/// An Event the plan asks the controller to publish on the GrapeCluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedEvent {
+    /// `Warning` (true) or `Normal`.
+    pub warning: bool,
+    pub reason: String,
+    pub note: String,
+}
+
+/// How long after the `attempts`-th consecutive failure an action is tried again: 5 s,
+/// doubling, at most 5 minutes.
+pub fn backoff(attempts: i32) -> Duration {
+    let exponent = attempts.clamp(1, 16) as u32 - 1;
+    Duration::from_secs((5u64 << exponent).min(300))
+}
+
+/// The status to report after `action` failed with `message`: the failure counted (the next
+/// attempt waits [`backoff`]), and what the plan recorded as done for it undone so that it is
+/// tried again (a failed rebalance is not "the rebalance asked for").
+pub fn record_failure(
+    planned: &GrapeClusterStatus,
+    before: &GrapeClusterStatus,
+    action: &Action,
+    message: &str,
+    now: Timestamp,
+) -> GrapeClusterStatus {
+    let mut status = failure(
+        planned,
+        before,
+        action.reason(),
+        &action.describe(),
+        message,
+        now,
+    );
+    if let Action::Rebalance { .. } = action {
+        status.last_rebalance = before.last_rebalance.clone();
+        status.last_auto_rebalance_time = before.last_auto_rebalance_time.clone();
+    }
+    status.last_step = before.last_step.clone();
+    status
+}
+
+/// The status to report after growing `claim` failed: counted and backed off like an action
+/// (no claim is patched again before the wait is over).
+pub fn record_volume_failure(
+    planned: &GrapeClusterStatus,
+    before: &GrapeClusterStatus,
+    claim: &str,
+    message: &str,
+    now: Timestamp,
+) -> GrapeClusterStatus {
+    failure(
+        planned,
+        before,
+        EXPANDING_VOLUME,
+        &format!("growing {claim}"),
+        message,
+        now,
+    )
+}
+
+/// The Event reason of growing a claim (and of its failures).
+pub const EXPANDING_VOLUME: &str = "ExpandingVolume";
+
+fn failure(
+    planned: &GrapeClusterStatus,
+    before: &GrapeClusterStatus,
+    reason: &str,
+    what: &str,
+    message: &str,
+    now: Timestamp,
+) -> GrapeClusterStatus {
+    let mut status = planned.clone();
+    let attempts = match &before.failed_action {
+        Some(f) if f.reason == reason => f.attempts.saturating_add(1),
+        _ => 1,
+    };
+    status.failed_action = Some(FailedAction {
+        reason: reason.into(),
+        message: format!("{what}: {message}").chars().take(1000).collect(),
+        attempts,
+        last_failure_time: Time(now),
+    });
+    status
+}
+
+/// The status to report after `action` succeeded: a failure streak ends.
+pub fn record_success(planned: &GrapeClusterStatus) -> GrapeClusterStatus {
+    let mut status = planned.clone();
+    status.failed_action = None;
+    status
 }
 
 /// Progressing reasons, also used to pick the phase.
@@ -156,6 +278,7 @@ enum Work {
     RollingUpdate,
     Rebalancing,
     Switchover,
+    ExpandingVolumes,
 }
 
 impl Work {
@@ -167,6 +290,7 @@ impl Work {
             Work::RollingUpdate => "RollingUpdate",
             Work::Rebalancing => "Rebalancing",
             Work::Switchover => "Switchover",
+            Work::ExpandingVolumes => "ExpandingVolumes",
         }
     }
     fn phase(self) -> &'static str {
@@ -175,6 +299,7 @@ impl Work {
             Work::ScalingOut | Work::ScalingIn => "Scaling",
             Work::RollingUpdate => "Updating",
             Work::Rebalancing | Work::Switchover => "Rebalancing",
+            Work::ExpandingVolumes => "Expanding",
         }
     }
 }
@@ -198,11 +323,18 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
         .and_then(|s| s.bootstrap_replicas)
         .unwrap_or(desired);
     let dp = observed.data_plane.as_ref();
+    let before = &observed.status;
     let is_member = |pod: &str| dp.is_some_and(|d| d.members.contains_key(pod));
     let pod = |name: &str| observed.pods.iter().find(|p| p.name == name);
-    let mut last_rebalance = observed.status.last_rebalance.clone();
-    let mut last_switchover = observed.status.last_switchover.clone();
-    let mut last_auto = observed.status.last_auto_rebalance_time.clone();
+    let mut last_rebalance = before.last_rebalance.clone();
+    let mut last_switchover = before.last_switchover.clone();
+    let mut last_auto = before.last_auto_rebalance_time.clone();
+    let revision = resources::template_hash(spec, names, bootstrap);
+    let updated_replicas = observed
+        .pods
+        .iter()
+        .filter(|p| p.ready && !p.terminating && p.template_hash.as_deref() == Some(&revision))
+        .count() as i32;
 
     // The StatefulSet's size: up at once, down only once the pods above are no longer members.
     let statefulset_replicas = match current {
@@ -229,27 +361,103 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
         )
     });
 
+    // Members that are down: unreachable, or their pod not ready (or gone, or terminating).
+    let down: Vec<String> = dp
+        .map(|d| {
+            d.members
+                .iter()
+                .filter(|(id, m)| {
+                    !m.reachable || !pod(id).is_some_and(|p| p.ready && !p.terminating)
+                })
+                .map(|(id, _)| id.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    // Whether the members that are up still hold every quorum: a majority of the meta group
+    // (every member votes there) and of every shard group (no more down than
+    // (replicationFactor - 1) / 2, whichever shards they held).
+    let quorum_holds = dp.is_some_and(|d| {
+        let members = d.members.len();
+        let rf = spec.database.replication_factor.max(1) as usize;
+        members - down.len() > members / 2 && down.len() <= (rf - 1) / 2
+    });
+    // After a failure, no action (and no claim patch, after a failed one) before this.
+    let backing_off = before.failed_action.as_ref().and_then(|f| {
+        let wait = backoff(f.attempts).as_secs() as i64;
+        let at = f.last_failure_time.0.as_second() + wait;
+        let left = at - now.as_second();
+        (left > 0).then(|| (f, left, Timestamp::from_second(at).unwrap_or(now)))
+    });
+
+    // Volumes smaller than the spec asks: grown by patching their claims (the
+    // StatefulSet's claim template cannot change), where the StorageClass allows it.
+    let wanted = resources::quantity_bytes(&spec.storage.size);
+    let small = |size: &Option<String>| {
+        let size = size.as_deref().and_then(resources::quantity_bytes);
+        matches!((size, wanted), (Some(have), Some(want)) if have < want)
+    };
+    let growing: Vec<&ObservedVolume> = observed
+        .volumes
+        .iter()
+        .filter(|v| small(&v.capacity) || small(&v.requested))
+        .collect();
+    let cannot_grow: Vec<&str> = growing
+        .iter()
+        .filter(|v| v.expandable == Some(false))
+        .map(|v| v.claim.as_str())
+        .collect();
+    let volumes_backing_off = backing_off.is_some_and(|(f, _, _)| f.reason == EXPANDING_VOLUME);
+    let expand_volumes: Vec<String> = if spec.paused || volumes_backing_off {
+        Vec::new()
+    } else {
+        growing
+            .iter()
+            .filter(|v| v.expandable != Some(false) && small(&v.requested))
+            .map(|v| v.claim.clone())
+            .collect()
+    };
+
+    // The step taken last time, while its outcome is awaited: a restarted pod until it is
+    // ready on the current template, an added one until it is a ready member, a pod whose
+    // leaderships were moved off until it is restarted.
+    let last_step = before.last_step.clone().filter(|step| {
+        let p = pod(&step.pod);
+        let ready = p.is_some_and(|p| p.ready && !p.terminating);
+        let current = p.is_some_and(|p| p.template_hash.as_deref() == Some(revision.as_str()));
+        match step.kind.as_str() {
+            "Restarted" => !(ready && current),
+            "Added" => !(ready && is_member(&step.pod)),
+            "MovedLeaderships" => p.is_some() && !current,
+            _ => false,
+        }
+    });
+
     let mut work: Option<Work> = None;
     let mut action: Option<Action> = None;
+    // Why planned work takes no action now, for the Progressing message.
+    let mut waiting: Option<String> = None;
     if spec.paused {
         // Nothing changes.
     } else if current.is_none() {
         work = Some(Work::Creating);
     } else if let Some(dp) = dp {
         let outdated: Vec<&ObservedPod> = {
-            let want = resources::template_hash(spec, names, bootstrap);
             let mut pods: Vec<&ObservedPod> = observed
                 .pods
                 .iter()
-                .filter(|p| p.template_hash.as_deref() != Some(want.as_str()) && !p.terminating)
+                .filter(|p| p.template_hash.as_deref() != Some(revision.as_str()) && !p.terminating)
                 .collect();
-            pods.sort_by_key(|p| std::cmp::Reverse(names.ordinal(&p.name).unwrap_or(0)));
+            // Pods that are not ready first (a crash-looping pod of a bad revision is replaced
+            // before anything else), then the highest ordinal.
+            pods.sort_by_key(|p| {
+                (
+                    p.ready,
+                    std::cmp::Reverse(names.ordinal(&p.name).unwrap_or(0)),
+                )
+            });
             pods
         };
-        let members_ready = dp
-            .members
-            .keys()
-            .all(|id| pod(id).is_some_and(|p| p.ready && !p.terminating));
+        let members_ready = down.is_empty();
         let victim = (desired..current.unwrap_or(desired))
             .rev()
             .map(|o| names.pod(o))
@@ -267,9 +475,10 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
             .annotations
             .get(REBALANCE_ANNOTATION)
             .filter(|value| last_rebalance.as_ref() != Some(*value));
+        let down_list = || format!("{} down", down.join(", "));
 
         if dp.leader.is_none() {
-            work = Some(if observed.status.leader.is_none() {
+            work = Some(if before.leader.is_none() {
                 Work::Creating
             } else {
                 Work::Rebalancing
@@ -281,8 +490,14 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
             });
         } else if let Some(victim) = victim {
             work = Some(Work::ScalingIn);
-            if members_ready {
+            // With members down, a drain goes ahead as long as the rest hold every quorum
+            // (the drained node itself may be one of them: its replicas are re-created from
+            // the others); the data plane checks again and refuses what would lose one.
+            let others_down = down.iter().filter(|d| **d != victim).count();
+            if members_ready || (quorum_holds && others_down <= 1) {
                 action = Some(Action::RemoveNode { node: victim });
+            } else {
+                waiting = Some(down_list());
             }
         } else if let Some(newcomer) = newcomer {
             work = Some(Work::ScalingOut);
@@ -295,38 +510,86 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
             });
         } else if let Some(target) = switchover {
             work = Some(Work::Switchover);
-            let target_ok = dp.members.get(target).is_some_and(|m| m.ready);
-            if target_ok && dp.leader.as_ref() != Some(target) && members_ready {
-                action = Some(Action::Switchover { to: target.clone() });
+            let target_ok = dp
+                .members
+                .get(target)
+                .is_some_and(|m| m.ready && m.reachable);
+            if target_ok && dp.leader.as_ref() != Some(target) {
+                if members_ready || quorum_holds {
+                    action = Some(Action::Switchover { to: target.clone() });
+                } else {
+                    waiting = Some(down_list());
+                }
             }
             if target_ok && dp.leader.as_ref() == Some(target) || !dp.members.contains_key(target) {
                 // Done, or impossible (no such member): either way it is acted on.
                 last_switchover = Some(target.clone());
                 work = None;
             }
-        } else if !outdated.is_empty() {
+        } else if let Some(next) = outdated.first() {
             work = Some(Work::RollingUpdate);
+            // A pod that is not ready is replaced without waiting for it (waiting would wedge
+            // the rollout: a bad image reverted), as long as that costs no vote: the others
+            // are ready, or it does not answer as a member anyway. A ready one only while
+            // every pod is ready: a pod of the new revision that does not turn ready halts
+            // the rollout there.
             let all_ready = observed.pods.iter().all(|p| p.ready && !p.terminating)
                 && observed.pods.len() as i32 == statefulset_replicas;
-            if all_ready {
-                let next = outdated[0].name.clone();
+            let others_ready = observed.pods.len() as i32 == statefulset_replicas
+                && observed
+                    .pods
+                    .iter()
+                    .filter(|p| p.name != next.name)
+                    .all(|p| p.ready && !p.terminating)
+                && down.iter().all(|d| *d == next.name);
+            let votes = dp.members.get(&next.name).is_some_and(|m| m.reachable);
+            let terminating = observed.pods.iter().any(|p| p.terminating);
+            if (!next.ready && !terminating && (others_ready || !votes)) || all_ready {
+                let next = next.name.clone();
                 // Leaderships go first (each group to another of its voters), unless no other
-                // member could take them (a cluster of one).
-                let leads = dp.members.get(&next).is_some_and(|m| m.leads_any);
+                // member could take them (a cluster of one), the pod is unreachable anyway, or
+                // they were moved off already (what could not move, a group with no other
+                // voter, the pod hands over as it stops).
+                let leads = dp
+                    .members
+                    .get(&next)
+                    .is_some_and(|m| m.leads_any && m.reachable);
+                let moved_already = last_step
+                    .as_ref()
+                    .is_some_and(|s| s.kind == "MovedLeaderships" && s.pod == next);
                 let others_ready = dp.members.iter().any(|(id, m)| *id != next && m.ready);
-                action = Some(if leads && others_ready {
+                action = Some(if leads && others_ready && !moved_already {
                     Action::MoveLeadershipsOff { from: next }
                 } else {
                     Action::DeletePod { pod: next }
                 });
+            } else {
+                let unready: Vec<&str> = observed
+                    .pods
+                    .iter()
+                    .filter(|p| !p.ready || p.terminating)
+                    .map(|p| p.name.as_str())
+                    .collect();
+                waiting = Some(format!(
+                    "waiting for {} to be ready before restarting {}",
+                    if unready.is_empty() {
+                        "the missing pods".to_string()
+                    } else {
+                        unready.join(", ")
+                    },
+                    next.name
+                ));
             }
         } else if let Some(value) = rebalance_asked {
             work = Some(Work::Rebalancing);
+            // Replicas would be planned onto the members that are down too: wait for them.
             if members_ready {
                 action = Some(Action::Rebalance {
                     strategy: "even_distribution".into(),
                 });
                 last_rebalance = Some(value.clone());
+            } else {
+                waiting = Some(down_list());
             }
         } else if let Some((replica_spread, leader_spread)) = balance
             && (replica_spread > 1 || leader_spread > 1)
@@ -348,6 +611,90 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
             }
         }
     }
+    if let (None, Some(step), false) = (work, &last_step, spec.paused) {
+        // The last pod step still settling: the rollout or scale-out is not over yet.
+        match step.kind.as_str() {
+            "Restarted" => work = Some(Work::RollingUpdate),
+            "Added" => work = Some(Work::ScalingOut),
+            _ => {}
+        }
+        if work.is_some() {
+            waiting = Some(format!("waiting for {} to be ready", step.pod));
+        }
+    }
+    if work.is_none() && !spec.paused && growing.len() > cannot_grow.len() {
+        work = Some(Work::ExpandingVolumes);
+        waiting = Some(format!(
+            "growing {} to {}",
+            growing
+                .iter()
+                .filter(|v| v.expandable != Some(false))
+                .map(|v| v.claim.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            spec.storage.size
+        ));
+    }
+    // After a failure the same or any other action waits its backoff.
+    if let (Some(planned), Some((failed, _, at))) = (&action, backing_off)
+        && failed.reason != EXPANDING_VOLUME
+    {
+        waiting = Some(format!(
+            "{} failed {} time(s) ({}); next attempt after {at}",
+            failed.reason, failed.attempts, failed.message
+        ));
+        if matches!(planned, Action::Rebalance { .. }) {
+            last_rebalance = before.last_rebalance.clone();
+            last_auto = before.last_auto_rebalance_time.clone();
+        }
+        action = None;
+    }
+    let last_step = match &action {
+        Some(Action::MoveLeadershipsOff { from }) => Some(step("MovedLeaderships", from)),
+        Some(Action::DeletePod { pod }) => Some(step("Restarted", pod)),
+        Some(Action::AddNode { node }) => Some(step("Added", node)),
+        _ => last_step,
+    };
+
+    // Progress: anything that moved since the last look restarts the deadline.
+    let ready_replicas = observed.pods.iter().filter(|p| p.ready).count() as i32;
+    let member_count = dp.map(|d| d.members.len());
+    let operation = dp.and_then(|d| {
+        d.running_operation
+            .as_ref()
+            .map(|kind| match &d.operation_progress {
+                Some(progress) => format!("{kind}: {progress}"),
+                None => kind.clone(),
+            })
+    });
+    let moved = action.is_some()
+        || !expand_volumes.is_empty()
+        || ready_replicas != before.ready_replicas
+        || updated_replicas != before.updated_replicas
+        || member_count.is_some_and(|n| {
+            n != before
+                .members
+                .iter()
+                .filter(|m| m.raft_role != "joining")
+                .count()
+        })
+        || operation != before.operation;
+    let last_progress = match work {
+        None => None,
+        Some(_) if moved || before.last_progress_time.is_none() => Some(Time(now)),
+        Some(_) => before.last_progress_time.clone(),
+    };
+    let stalled_for = last_progress
+        .as_ref()
+        .map(|t| now.as_second() - t.0.as_second())
+        .unwrap_or(0);
+    let deadline_exceeded =
+        work.is_some() && stalled_for > i64::from(spec.progress_deadline_seconds);
+    let failed_action = if work.is_none() && action.is_none() {
+        None
+    } else {
+        before.failed_action.clone()
+    };
 
     // Status.
     let members: Vec<MemberStatus> = {
@@ -378,24 +725,14 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
             })
             .collect()
     };
-    let ready_replicas = observed.pods.iter().filter(|p| p.ready).count() as i32;
     let leader = dp.and_then(|d| d.leader.clone());
-    let unavailable: Vec<String> = dp
-        .map(|d| {
-            d.members
-                .iter()
-                .filter(|(id, m)| !m.reachable || !pod(id).is_some_and(|p| p.ready))
-                .map(|(id, _)| id.clone())
-                .collect()
-        })
-        .unwrap_or_default();
     let ready = leader.is_some()
         && ready_replicas >= desired
         && (0..desired).all(|o| is_member(&names.pod(o)))
-        && unavailable.is_empty();
+        && down.is_empty();
 
     let generation = observed.generation;
-    let old = &observed.status.conditions;
+    let old = &before.conditions;
     let mut conditions = Vec::new();
     let mut condition = |type_: &str, status: bool, reason: &str, message: String| {
         conditions.push(make_condition(
@@ -421,6 +758,11 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
             format!("{ready_replicas} of {desired} pods ready")
         },
     );
+    let doing = action
+        .as_ref()
+        .map(Action::describe)
+        .or_else(|| waiting.clone())
+        .or_else(|| operation.clone());
     match (spec.paused, work) {
         (true, _) => condition(
             "Progressing",
@@ -428,14 +770,35 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
             "Paused",
             "spec.paused is set: the operator changes nothing".into(),
         ),
+        (false, Some(w)) if deadline_exceeded => condition(
+            "Progressing",
+            false,
+            "ProgressDeadlineExceeded",
+            format!(
+                "{}: no progress since {}{}",
+                w.reason(),
+                since(&last_progress),
+                doing
+                    .as_ref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
+            ),
+        ),
         (false, Some(w)) => condition(
             "Progressing",
             true,
             w.reason(),
-            action
-                .as_ref()
-                .map(Action::describe)
-                .unwrap_or_else(|| format!("waiting: {}", w.reason())),
+            doing.unwrap_or_else(|| format!("waiting: {}", w.reason())),
+        ),
+        (false, None) if !cannot_grow.is_empty() => condition(
+            "Progressing",
+            false,
+            "VolumeExpansionUnsupported",
+            format!(
+                "storage.size {} cannot be met: the StorageClass of {} does not allow volume expansion",
+                spec.storage.size,
+                cannot_grow.join(", ")
+            ),
         ),
         (false, None) => condition("Progressing", false, "Stable", "nothing to do".into()),
     }
@@ -443,15 +806,36 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
         work,
         Some(Work::RollingUpdate | Work::ScalingIn | Work::ScalingOut | Work::Creating)
     );
-    let degraded = if dp.is_none() && current.is_some() && observed.status.leader.is_some() {
+    let degraded = if dp.is_none() && current.is_some() && before.leader.is_some() {
         Some((
             "DataPlaneUnreachable",
             "no node answered the admin API".to_string(),
         ))
-    } else if !unavailable.is_empty() && !planned {
+    } else if deadline_exceeded {
+        Some((
+            "ProgressDeadlineExceeded",
+            format!(
+                "no progress since {} (spec.progressDeadlineSeconds {}){}",
+                since(&last_progress),
+                spec.progress_deadline_seconds,
+                waiting
+                    .as_ref()
+                    .map(|w| format!(": {w}"))
+                    .unwrap_or_default()
+            ),
+        ))
+    } else if let Some(failed) = failed_action.as_ref().filter(|f| f.attempts >= 3) {
+        Some((
+            "ActionFailing",
+            format!(
+                "{} failed {} times in a row: {}",
+                failed.reason, failed.attempts, failed.message
+            ),
+        ))
+    } else if !down.is_empty() && !planned {
         Some((
             "MemberUnavailable",
-            format!("not ready or unreachable: {}", unavailable.join(", ")),
+            format!("not ready or unreachable: {}", down.join(", ")),
         ))
     } else {
         None
@@ -482,18 +866,56 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
         None => conditions.push(unknown_condition(old, "Balanced", generation, now)),
     }
 
+    // A Degraded that starts, changes reason or ends is worth an Event (the action's own
+    // Event is the controller's).
+    let mut events = Vec::new();
+    let was = self::condition(before, "Degraded").filter(|c| c.status == "True");
+    match (&degraded, was) {
+        (Some((reason, message)), was) if was.is_none_or(|c| c.reason != *reason) => {
+            events.push(PlannedEvent {
+                warning: true,
+                reason: (*reason).into(),
+                note: message.clone(),
+            })
+        }
+        (None, Some(c)) => events.push(PlannedEvent {
+            warning: false,
+            reason: "Recovered".into(),
+            note: format!("no longer degraded ({})", c.reason),
+        }),
+        _ => {}
+    }
+
+    // Said once per spec change (the condition says it for as long as it holds).
+    if !cannot_grow.is_empty() && generation != before.observed_generation {
+        events.push(PlannedEvent {
+            warning: true,
+            reason: "VolumeExpansionUnsupported".into(),
+            note: format!(
+                "cannot grow {} to {}: their StorageClass does not allow volume expansion",
+                cannot_grow.join(", "),
+                spec.storage.size
+            ),
+        });
+    }
+
     let phase = if spec.paused {
         "Paused"
+    } else if degraded.is_some() && (deadline_exceeded || work.is_none()) {
+        "Degraded"
     } else if let Some(w) = work {
         w.phase()
-    } else if degraded.is_some() {
-        "Degraded"
     } else if ready {
         "Running"
     } else {
         "Pending"
     };
     let busy = work.is_some() || action.is_some();
+    let requeue = match backing_off {
+        Some((_, left, _)) if busy => Duration::from_secs(left.clamp(1, 300) as u64),
+        _ if busy => Duration::from_secs(3),
+        _ => Duration::from_secs(30),
+    };
     Plan {
         apply: !spec.paused,
         statefulset_replicas: if spec.paused {
@@ -503,17 +925,23 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
         },
         bootstrap_replicas: bootstrap,
         action,
+        expand_volumes,
         status: GrapeClusterStatus {
             phase: Some(phase.into()),
             replicas: observed.pods.len() as i32,
             ready_replicas,
+            updated_replicas,
             leader,
             members,
             conditions,
             observed_generation: generation,
+            operation,
+            last_progress_time: last_progress,
+            failed_action,
             last_rebalance,
             last_switchover,
             last_auto_rebalance_time: last_auto,
+            last_step,
             selector: Some(
                 crate::resources::selector(names)
                     .iter()
@@ -522,12 +950,23 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
                     .join(","),
             ),
         },
-        requeue: if busy {
-            Duration::from_secs(3)
-        } else {
-            Duration::from_secs(30)
-        },
+        events,
+        requeue,
     }
+}
+
+fn step(kind: &str, pod: &str) -> PodStep {
+    PodStep {
+        kind: kind.into(),
+        pod: pod.into(),
+    }
+}
+
+/// A status time as text, for messages that must not change from one look to the next.
+fn since(time: &Option<Time>) -> String {
+    time.as_ref()
+        .map(|t| t.0.to_string())
+        .unwrap_or_else(|| "the start".into())
 }
 
 fn make_condition(

@@ -5,7 +5,7 @@
 //!                        ├───> Service g-headless        peer DNS g-N.g-headless.NS.svc
 //!                        ├───> Service g                 clients (port 8080)
 //!                        ├───> StatefulSet g             pods g-0..g-(R-1), node.id = pod name
-//!                        ├───> PodDisruptionBudget g     maxUnavailable 1
+//!                        ├───> PodDisruptionBudget g     maxUnavailable from the RF
 //!                        ├───> Secret g-cluster-secret   the secret node-to-node calls prove
 //!                        │                               (created once, random; see controller)
 //!                        └───> ServiceMonitor g          when spec.monitoring.serviceMonitor
@@ -25,8 +25,8 @@ use k8s_openapi::api::core::v1::{
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
-    WeightedPodAffinityTerm,
+    ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -248,6 +248,67 @@ pub fn server_yaml(spec: &GrapeClusterSpec, names: &Names, bootstrap_replicas: i
     serde_yaml::to_string(&server_config(spec, names, bootstrap_replicas)).unwrap_or_default()
 }
 
+/// A Kubernetes quantity (`10Gi`, `500M`, `1.5Ti`, `1e9`, `1073741824`) in bytes; None when
+/// it is not one (or is a fraction of a byte, `100m`: the API server refuses such a size).
+pub fn quantity_bytes(quantity: &str) -> Option<u128> {
+    let quantity = quantity.trim();
+    let split = quantity
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(quantity.len());
+    let (number, suffix) = quantity.split_at(split);
+    let multiplier: u128 = match suffix {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        "Ei" => 1 << 60,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "E" => 1_000_000_000_000_000_000,
+        // Decimal exponent: `1e3`, `2E10`.
+        exponent if exponent.len() > 1 && exponent.starts_with(['e', 'E']) => {
+            let power: u32 = exponent[1..].parse().ok()?;
+            10u128.checked_pow(power)?
+        }
+        _ => return None,
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() {
+        return None;
+    }
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let mut bytes = whole.checked_mul(multiplier)?;
+    if !fraction.is_empty() {
+        let digits = fraction.len().min(18) as u32;
+        let fraction: u128 = fraction[..digits as usize].parse().ok()?;
+        bytes = bytes.checked_add(fraction * multiplier / 10u128.pow(digits))?;
+    }
+    Some(bytes)
+}
+
+/// The claim templates of a StatefulSet that exists: the API server refuses any change to
+/// them, so the applied object keeps them whatever `storage` says now (volumes grow by their
+/// claims instead).
+pub fn keep_claim_templates(desired: &mut StatefulSet, existing: &StatefulSet) {
+    if let Some(templates) = &existing.spec.volume_claim_templates {
+        desired.spec.volume_claim_templates = Some(templates.clone());
+    }
+}
+
+/// The claim of pod `ordinal`'s data volume.
+pub fn claim(names: &Names, ordinal: i32) -> String {
+    format!("data-{}", names.pod(ordinal))
+}
+
 /// A short stable hash of `text` (hex).
 pub fn hash(text: &str) -> String {
     let digest = Sha256::digest(text.as_bytes());
@@ -296,27 +357,62 @@ fn service_port(name: &str, number: i32) -> ServicePort {
     }
 }
 
-/// Spreads pods over hosts unless the spec gives its own affinity.
-fn default_affinity(names: &Names) -> Affinity {
-    Affinity {
-        pod_anti_affinity: Some(PodAntiAffinity {
+/// One pod per host (`required`), or as far as possible (`preferred`), unless the spec gives
+/// its own affinity.
+fn default_affinity(names: &Names, required: bool) -> Affinity {
+    let term = PodAffinityTerm {
+        label_selector: Some(LabelSelector {
+            match_labels: Some(selector(names)),
+            ..LabelSelector::default()
+        }),
+        topology_key: "kubernetes.io/hostname".into(),
+        ..PodAffinityTerm::default()
+    };
+    let anti = if required {
+        PodAntiAffinity {
+            required_during_scheduling_ignored_during_execution: Some(vec![term]),
+            ..PodAntiAffinity::default()
+        }
+    } else {
+        PodAntiAffinity {
             preferred_during_scheduling_ignored_during_execution: Some(vec![
                 WeightedPodAffinityTerm {
                     weight: 100,
-                    pod_affinity_term: PodAffinityTerm {
-                        label_selector: Some(LabelSelector {
-                            match_labels: Some(selector(names)),
-                            ..LabelSelector::default()
-                        }),
-                        topology_key: "kubernetes.io/hostname".into(),
-                        ..PodAffinityTerm::default()
-                    },
+                    pod_affinity_term: term,
                 },
             ]),
             ..PodAntiAffinity::default()
-        }),
+        }
+    };
+    Affinity {
+        pod_anti_affinity: Some(anti),
         ..Affinity::default()
     }
+}
+
+/// Zones evened out as far as the scheduler can (`ScheduleAnyway`: a single-zone cluster
+/// still schedules), unless the spec gives its own constraints.
+fn default_spread(names: &Names) -> Vec<TopologySpreadConstraint> {
+    vec![TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: "topology.kubernetes.io/zone".into(),
+        when_unsatisfiable: "ScheduleAnyway".into(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(selector(names)),
+            ..LabelSelector::default()
+        }),
+        ..TopologySpreadConstraint::default()
+    }]
+}
+
+/// Pods that may be down at once by choice (a node drain, an eviction) without losing a
+/// quorum: a majority of every shard group (`replicationFactor` voters) and of the meta group
+/// (every member votes). With fewer than three replicas that is none: a drain waits (see
+/// docs/kubernetes.md).
+pub fn max_unavailable(spec: &GrapeClusterSpec) -> i32 {
+    let rf = spec.database.replication_factor.max(1);
+    let members = spec.replicas.max(1);
+    ((rf - 1) / 2).min((members - 1) / 2)
 }
 
 /// Every object of `cluster`, with the StatefulSet at `statefulset_replicas` pods and the peer
@@ -480,8 +576,13 @@ pub fn desired(
             port("metrics", METRICS_PORT),
         ]),
         resources: spec.resources.clone(),
-        // Graphs are rebuilt from RocksDB on start; /health answers meanwhile.
-        startup_probe: Some(probe("/health", scheme, 2, 150)),
+        // /health answers once the storage is open; graphs load after, behind readiness.
+        startup_probe: Some(probe(
+            "/health",
+            scheme,
+            2,
+            (spec.startup_timeout_seconds / 2).max(1),
+        )),
         liveness_probe: Some(probe("/health", scheme, 10, 6)),
         // Not ready until admitted to the cluster and caught up.
         readiness_probe: Some(probe("/ready", scheme, 2, 3)),
@@ -559,11 +660,15 @@ pub fn desired(
                     }),
                     node_selector: spec.node_selector.clone(),
                     tolerations: spec.tolerations.clone(),
-                    affinity: Some(
-                        spec.affinity
+                    affinity: Some(spec.affinity.clone().unwrap_or_else(|| {
+                        default_affinity(&names, spec.pod_anti_affinity_type != "preferred")
+                    })),
+                    topology_spread_constraints: Some(
+                        spec.topology_spread_constraints
                             .clone()
-                            .unwrap_or_else(|| default_affinity(&names)),
+                            .unwrap_or_else(|| default_spread(&names)),
                     ),
+                    priority_class_name: spec.priority_class_name.clone(),
                     ..PodSpec::default()
                 }),
             },
@@ -608,7 +713,10 @@ pub fn desired(
     let pdb = PodDisruptionBudget {
         metadata: meta(cluster, &names, names.pdb()),
         spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
+            max_unavailable: Some(IntOrString::Int(max_unavailable(spec))),
+            // A pod that is not ready serves nothing: evicting it never costs a quorum, and a
+            // crash-looping pod must not hold a node drain forever.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
             selector: Some(LabelSelector {
                 match_labels: Some(selector(&names)),
                 ..LabelSelector::default()

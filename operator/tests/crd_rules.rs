@@ -81,6 +81,87 @@ fn dimension_shard_count_and_metric_are_immutable() {
 }
 
 #[test]
+fn settings_that_only_shape_the_default_collection_at_creation_are_immutable() {
+    let old = cluster(
+        json!({"database": {"replicationFactor": 3}, "index": {"m": 16, "efConstruction": 200, "efSearch": 128}}),
+    );
+    for (change, message) in [
+        (
+            json!({"database": {"replicationFactor": 1}, "index": {"m": 16, "efConstruction": 200, "efSearch": 128}}),
+            "replicationFactor is immutable",
+        ),
+        (
+            json!({"database": {"replicationFactor": 3}, "index": {"m": 32, "efConstruction": 200, "efSearch": 128}}),
+            "index.m is immutable",
+        ),
+        (
+            json!({"database": {"replicationFactor": 3}, "index": {"m": 16, "efConstruction": 400, "efSearch": 128}}),
+            "index.efConstruction is immutable",
+        ),
+        (
+            json!({"database": {"replicationFactor": 3}, "index": {"m": 16, "efConstruction": 200, "efSearch": 64}}),
+            "index.efSearch is immutable",
+        ),
+    ] {
+        assert_refused(&cluster(change), Some(&old), message);
+    }
+    // What the nodes do apply may change: the engine, where full vectors live.
+    check(
+        &cluster(json!({"database": {"replicationFactor": 3}, "index": {"m": 16, "efConstruction": 200, "efSearch": 128, "graph": "hnsw_rs", "quantizedOriginals": "disk"}})),
+        Some(&old),
+    )
+    .unwrap();
+}
+
+#[test]
+fn storage_may_grow_but_not_shrink_or_change_class() {
+    let old = cluster(json!({"storage": {"size": "10Gi", "storageClassName": "fast"}}));
+    check(
+        &cluster(json!({"storage": {"size": "20Gi", "storageClassName": "fast"}})),
+        Some(&old),
+    )
+    .unwrap();
+    check(
+        &cluster(json!({"storage": {"size": "10737418240", "storageClassName": "fast"}})),
+        Some(&old),
+    )
+    .unwrap();
+    assert_refused(
+        &cluster(json!({"storage": {"size": "5Gi", "storageClassName": "fast"}})),
+        Some(&old),
+        "storage.size cannot shrink",
+    );
+    assert_refused(
+        &cluster(json!({"storage": {"size": "10Gi", "storageClassName": "slow"}})),
+        Some(&old),
+        "storageClassName is immutable",
+    );
+    // Neither given where there was none, nor dropped.
+    let unset = cluster(json!({"storage": {"size": "10Gi"}}));
+    assert_refused(
+        &cluster(json!({"storage": {"size": "10Gi", "storageClassName": "fast"}})),
+        Some(&unset),
+        "storageClassName is immutable",
+    );
+    assert_refused(&unset, Some(&old), "storageClassName is immutable");
+    assert_refused(
+        &cluster(json!({"storage": {"size": "ten gigs"}})),
+        None,
+        "storage.size must be a quantity",
+    );
+}
+
+#[test]
+fn placement_choices_are_checked() {
+    assert_refused(
+        &cluster(json!({"podAntiAffinityType": "sometimes"})),
+        None,
+        "podAntiAffinityType must be required or preferred",
+    );
+    check(&cluster(json!({"podAntiAffinityType": "preferred", "priorityClassName": "db", "progressDeadlineSeconds": 120, "startupTimeoutSeconds": 3600})), None).unwrap();
+}
+
+#[test]
 fn bad_metric_and_raft_timing_are_refused() {
     assert_refused(
         &cluster(json!({"database": {"metric": "hamming"}})),

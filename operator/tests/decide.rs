@@ -4,7 +4,7 @@
 use grape_operator::crd::{GrapeClusterSpec, GrapeClusterStatus};
 use grape_operator::decide::{
     Action, Observed, ObservedDataPlane, ObservedMember, ObservedPod, ObservedStatefulSet, Plan,
-    condition, decide,
+    backoff, condition, decide, record_failure, record_success,
 };
 use grape_operator::resources::{self, Names, REBALANCE_ANNOTATION, SWITCHOVER_ANNOTATION};
 use k8s_openapi::jiff::Timestamp;
@@ -62,6 +62,7 @@ fn data_plane(members: &[(i32, i32, i32)]) -> ObservedDataPlane {
             })
             .collect(),
         running_operation: None,
+        operation_progress: None,
     }
 }
 
@@ -80,6 +81,7 @@ fn settled(n: i32) -> Observed {
             bootstrap_replicas: Some(3),
         }),
         pods: (0..n).map(|o| pod(o, true, &current())).collect(),
+        volumes: Vec::new(),
         data_plane: Some(data_plane(&members)),
     }
 }
@@ -317,12 +319,89 @@ fn scale_in_drains_the_highest_ordinal_first_and_lowers_the_statefulset_only_aft
 }
 
 #[test]
-fn scale_in_waits_while_a_member_is_not_ready() {
+fn scale_in_goes_ahead_with_one_member_down_while_every_quorum_holds() {
+    // Five members, RF 3: one down leaves a majority of every group; g-4 is drained.
     let mut observed = settled(5);
     observed.pods[1].ready = false;
     let plan = decide(&spec(3), &names(), &observed, now());
+    assert_eq!(plan.action, Some(Action::RemoveNode { node: "g-4".into() }));
+    assert_eq!(plan.statefulset_replicas, 5);
+    // The member down is the one to drain: its replicas are re-created from the others.
+    let mut observed = settled(5);
+    observed.pods[4].ready = false;
+    observed
+        .data_plane
+        .as_mut()
+        .unwrap()
+        .members
+        .get_mut("g-4")
+        .unwrap()
+        .reachable = false;
+    let plan = decide(&spec(4), &names(), &observed, now());
+    assert_eq!(plan.action, Some(Action::RemoveNode { node: "g-4".into() }));
+
+    // Two down: a shard of three replicas may have lost two; nothing moves, and the
+    // Progressing message says why.
+    let mut observed = settled(5);
+    observed.pods[1].ready = false;
+    observed.pods[2].ready = false;
+    let plan = decide(&spec(3), &names(), &observed, now());
     assert_eq!(plan.action, None);
     assert_eq!(plan.statefulset_replicas, 5);
+    let progressing = condition(&plan.status, "Progressing").unwrap();
+    assert_eq!(progressing.reason, "ScalingIn");
+    assert!(
+        progressing.message.contains("g-1, g-2 down"),
+        "{}",
+        progressing.message
+    );
+}
+
+#[test]
+fn switchover_goes_ahead_with_one_member_down_and_rebalance_waits_for_it() {
+    let mut observed = settled(3);
+    observed.pods[1].ready = false;
+    observed
+        .annotations
+        .insert(SWITCHOVER_ANNOTATION.into(), "g-2".into());
+    let plan = decide(&spec(3), &names(), &observed, now());
+    assert_eq!(plan.action, Some(Action::Switchover { to: "g-2".into() }));
+    // Not to the member that is down.
+    observed
+        .annotations
+        .insert(SWITCHOVER_ANNOTATION.into(), "g-1".into());
+    let dp = observed.data_plane.as_mut().unwrap();
+    dp.members.get_mut("g-1").unwrap().reachable = false;
+    dp.members.get_mut("g-1").unwrap().ready = false;
+    let plan = decide(&spec(3), &names(), &observed, now());
+    assert_eq!(plan.action, None);
+
+    // A rebalance would place replicas on the member that is down: it waits, says so, and
+    // is not recorded as done.
+    observed.annotations.clear();
+    observed
+        .annotations
+        .insert(REBALANCE_ANNOTATION.into(), "r1".into());
+    let plan = decide(&spec(3), &names(), &observed, now());
+    assert_eq!(plan.action, None);
+    assert_eq!(plan.status.last_rebalance, None);
+    let progressing = condition(&plan.status, "Progressing").unwrap();
+    assert_eq!(progressing.reason, "Rebalancing");
+    assert!(
+        progressing.message.contains("g-1 down"),
+        "{}",
+        progressing.message
+    );
+
+    // Three members, RF 3, two down: no quorum anywhere, no switchover.
+    let mut observed = settled(3);
+    observed.pods[0].ready = false;
+    observed.pods[1].ready = false;
+    observed
+        .annotations
+        .insert(SWITCHOVER_ANNOTATION.into(), "g-2".into());
+    let plan = decide(&spec(3), &names(), &observed, now());
+    assert_eq!(plan.action, None);
 }
 
 #[test]
@@ -330,7 +409,7 @@ fn rolling_update_goes_highest_ordinal_first_moving_leaderships_off_before_delet
     let mut observed = settled(3);
     // A configuration change: every pod's template hash is now outdated.
     let mut spec3 = spec(3);
-    spec3.index.ef_search = 64;
+    spec3.raft.heartbeat_interval_ms = 150;
     let next = resources::template_hash(&spec3, &names(), 3);
     assert_ne!(next, current());
     let spec = |_: i32| spec3.clone();
@@ -493,5 +572,406 @@ fn an_unready_member_is_degraded_and_transition_times_are_kept() {
     assert_eq!(
         cond(&plan, "Degraded"),
         ("True".into(), "DataPlaneUnreachable".into())
+    );
+}
+
+/// Seconds after [`now`].
+fn at(seconds: i64) -> Timestamp {
+    Timestamp::from_second(now().as_second() + seconds).unwrap()
+}
+
+#[test]
+fn a_bad_image_halts_the_rollout_and_its_revert_replaces_the_crash_looping_pod_first() {
+    let good = spec(3);
+    let mut bad = spec(3);
+    bad.image = "grape-vector-db:broken".into();
+    bad.progress_deadline_seconds = 60;
+    let bad_revision = resources::template_hash(&bad, &names(), 3);
+
+    // The bad image reached g-2, which crash-loops (never started, not ready, no longer a
+    // reachable member).
+    let mut observed = settled(3);
+    observed.pods[2] = pod(2, false, &bad_revision);
+    observed.pods[2].started = false;
+    let dp = observed.data_plane.as_mut().unwrap();
+    dp.members.get_mut("g-2").unwrap().reachable = false;
+    dp.members.get_mut("g-2").unwrap().ready = false;
+    let plan = decide(&bad, &names(), &observed, now());
+    // g-1 and g-0 are outdated and ready; g-2 is current and not ready: the rollout halts.
+    assert_eq!(plan.action, None);
+    assert_eq!(
+        cond(&plan, "Progressing"),
+        ("True".into(), "RollingUpdate".into())
+    );
+    assert!(
+        condition(&plan.status, "Progressing")
+            .unwrap()
+            .message
+            .contains("waiting for g-2 to be ready before restarting g-1"),
+        "{:?}",
+        condition(&plan.status, "Progressing")
+    );
+    assert_eq!(plan.status.updated_replicas, 0);
+    assert_eq!(plan.status.last_progress_time.as_ref().unwrap().0, now());
+    // Planned work: not Degraded yet.
+    assert_eq!(cond(&plan, "Degraded").0, "False");
+
+    // Nothing changes for longer than the progress deadline: Degraded with a reason, a
+    // Warning Event, Progressing False as for a Deployment.
+    observed.status = plan.status.clone();
+    let stuck = decide(&bad, &names(), &observed, at(61));
+    assert_eq!(stuck.action, None);
+    assert_eq!(
+        cond(&stuck, "Degraded"),
+        ("True".into(), "ProgressDeadlineExceeded".into())
+    );
+    assert_eq!(
+        cond(&stuck, "Progressing"),
+        ("False".into(), "ProgressDeadlineExceeded".into())
+    );
+    assert_eq!(stuck.status.phase.as_deref(), Some("Degraded"));
+    assert!(
+        condition(&stuck.status, "Degraded")
+            .unwrap()
+            .message
+            .contains("g-2"),
+        "{:?}",
+        condition(&stuck.status, "Degraded")
+    );
+    assert_eq!(stuck.events.len(), 1, "{:?}", stuck.events);
+    assert!(stuck.events[0].warning);
+    assert_eq!(stuck.events[0].reason, "ProgressDeadlineExceeded");
+    // Said once, not at every reconcile.
+    observed.status = stuck.status.clone();
+    let again = decide(&bad, &names(), &observed, at(70));
+    assert!(again.events.is_empty(), "{:?}", again.events);
+
+    // A pod not ready for another reason (a readiness blip) is not deleted while another pod
+    // is down too, if it still answers as a member: that would cost a second vote.
+    let mut blip = observed.clone();
+    blip.pods[0].ready = false;
+    let plan = decide(&bad, &names(), &blip, at(75));
+    assert_eq!(plan.action, None);
+
+    // The image is reverted: g-2 is now the outdated one, and not ready: replaced at once,
+    // although not every pod is ready (the old rule waited for that forever).
+    observed.status = again.status.clone();
+    let plan = decide(&good, &names(), &observed, at(80));
+    assert_eq!(plan.action, Some(Action::DeletePod { pod: "g-2".into() }));
+    assert_eq!(
+        cond(&plan, "Progressing"),
+        ("True".into(), "RollingUpdate".into())
+    );
+    // The rollout moves again: Degraded ends, with a Normal Event.
+    assert_eq!(cond(&plan, "Degraded").0, "False");
+    assert_eq!(plan.events.len(), 1, "{:?}", plan.events);
+    assert!(!plan.events[0].warning);
+    assert_eq!(plan.events[0].reason, "Recovered");
+
+    // g-2 back on the good revision and ready: settled.
+    let mut observed = Observed {
+        status: plan.status.clone(),
+        ..settled(3)
+    };
+    observed.status.failed_action = None;
+    let plan = decide(&good, &names(), &observed, at(90));
+    assert_eq!(plan.action, None);
+    assert_eq!(cond(&plan, "Degraded").0, "False");
+    assert_eq!(cond(&plan, "Progressing").0, "False");
+    assert_eq!(plan.status.updated_replicas, 3);
+    assert_eq!(plan.status.last_progress_time, None);
+    assert_eq!(plan.status.phase.as_deref(), Some("Running"));
+    assert!(plan.events.is_empty(), "{:?}", plan.events);
+}
+
+#[test]
+fn a_failed_action_is_retried_with_backoff_and_reported() {
+    let mut observed = settled(3);
+    observed
+        .annotations
+        .insert(REBALANCE_ANNOTATION.into(), "r1".into());
+    let plan = decide(&spec(3), &names(), &observed, now());
+    let action = plan.action.clone().unwrap();
+    assert!(matches!(action, Action::Rebalance { .. }));
+    assert_eq!(plan.status.last_rebalance.as_deref(), Some("r1"));
+
+    // The data plane refused it: not recorded as done, counted, and retried after 5 s.
+    let failed = record_failure(&plan.status, &observed.status, &action, "409 busy", now());
+    assert_eq!(failed.last_rebalance, None);
+    let record = failed.failed_action.clone().unwrap();
+    assert_eq!(record.reason, "Rebalancing");
+    assert_eq!(record.attempts, 1);
+    assert!(record.message.contains("409 busy"), "{}", record.message);
+    observed.status = failed;
+    let plan = decide(&spec(3), &names(), &observed, at(2));
+    assert_eq!(plan.action, None, "within the backoff");
+    assert!(plan.requeue <= std::time::Duration::from_secs(3));
+    // The message names when, not how long: it must not change from one look to the next
+    // (each status write would wake the controller again).
+    let progressing = condition(&plan.status, "Progressing").unwrap().clone();
+    assert!(
+        progressing
+            .message
+            .contains(&format!("next attempt after {}", at(5))),
+        "{progressing:?}"
+    );
+    let later = decide(&spec(3), &names(), &observed, at(4));
+    assert_eq!(
+        condition(&later.status, "Progressing").unwrap().message,
+        progressing.message
+    );
+    let plan = decide(&spec(3), &names(), &observed, at(5));
+    assert_eq!(plan.action, Some(action.clone()), "after the backoff");
+
+    // Failing again and again: the waits double, and from the third failure the cluster
+    // is Degraded (ActionFailing) with a Warning Event.
+    let mut status = plan.status.clone();
+    let mut t = 5;
+    for attempt in 2..=3 {
+        status = record_failure(&status, &observed.status, &action, "409 busy", at(t));
+        assert_eq!(status.failed_action.as_ref().unwrap().attempts, attempt);
+        observed.status = status.clone();
+        let wait = backoff(attempt).as_secs() as i64;
+        assert_eq!(wait, 5 << (attempt - 1));
+        let early = decide(&spec(3), &names(), &observed, at(t + wait - 1));
+        assert_eq!(early.action, None);
+        let due = decide(&spec(3), &names(), &observed, at(t + wait));
+        assert_eq!(due.action, Some(action.clone()));
+        status = due.status;
+        t += wait;
+    }
+    let plan = decide(&spec(3), &names(), &observed, at(t));
+    assert_eq!(
+        cond(&plan, "Degraded"),
+        ("True".into(), "ActionFailing".into())
+    );
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.warning && e.reason == "ActionFailing")
+    );
+    assert_eq!(backoff(20), std::time::Duration::from_secs(300));
+
+    // It succeeds: the streak ends and the annotation is recorded as acted on.
+    let done = record_success(&plan.status);
+    assert_eq!(done.failed_action, None);
+    assert_eq!(done.last_rebalance.as_deref(), Some("r1"));
+}
+
+#[test]
+fn a_long_drain_that_advances_is_progress_and_one_that_stalls_is_not() {
+    let mut observed = settled(5);
+    let dp = observed.data_plane.as_mut().unwrap();
+    dp.running_operation = Some("drain".into());
+    dp.operation_progress = Some("3 of 16 moves done".into());
+    let plan = decide(&spec(4), &names(), &observed, now());
+    assert_eq!(
+        plan.status.operation.as_deref(),
+        Some("drain: 3 of 16 moves done")
+    );
+    assert_eq!(cond(&plan, "Progressing").1, "ScalingIn");
+    observed.status = plan.status.clone();
+    // Half an hour later the moves advanced: still progressing.
+    observed.data_plane.as_mut().unwrap().operation_progress = Some("9 of 16 moves done".into());
+    let plan = decide(&spec(4), &names(), &observed, at(1800));
+    assert_eq!(cond(&plan, "Degraded").0, "False");
+    assert_eq!(plan.status.last_progress_time.as_ref().unwrap().0, at(1800));
+    // Then nothing for 11 minutes: past the default 600 s deadline.
+    observed.status = plan.status.clone();
+    let plan = decide(&spec(4), &names(), &observed, at(1800 + 660));
+    assert_eq!(
+        cond(&plan, "Degraded"),
+        ("True".into(), "ProgressDeadlineExceeded".into())
+    );
+}
+
+#[test]
+fn a_storage_change_grows_claims_where_the_class_allows_and_says_so_where_it_does_not() {
+    use grape_operator::decide::ObservedVolume;
+    let volume =
+        |o: i32, requested: &str, capacity: &str, expandable: Option<bool>| ObservedVolume {
+            claim: format!("data-g-{o}"),
+            pod: format!("g-{o}"),
+            requested: Some(requested.into()),
+            capacity: Some(capacity.into()),
+            expandable,
+        };
+    let mut grown = spec(3);
+    grown.storage.size = "20Gi".into();
+    let mut observed = settled(3);
+    observed.volumes = (0..3)
+        .map(|o| volume(o, "10Gi", "10Gi", Some(true)))
+        .collect();
+    let plan = decide(&grown, &names(), &observed, now());
+    assert_eq!(
+        plan.expand_volumes,
+        vec!["data-g-0", "data-g-1", "data-g-2"]
+    );
+    assert_eq!(plan.action, None);
+    assert_eq!(
+        cond(&plan, "Progressing"),
+        ("True".into(), "ExpandingVolumes".into())
+    );
+    // The template is not changed by a size change: no pod restarts for it.
+    assert_eq!(resources::template_hash(&grown, &names(), 3), current());
+
+    // Requested, the file systems still growing: nothing more to patch, still progressing.
+    observed.volumes = (0..3)
+        .map(|o| volume(o, "20Gi", "10Gi", Some(true)))
+        .collect();
+    let plan = decide(&grown, &names(), &observed, now());
+    assert!(plan.expand_volumes.is_empty());
+    assert_eq!(cond(&plan, "Progressing").1, "ExpandingVolumes");
+    // Grown: stable.
+    observed.volumes = (0..3)
+        .map(|o| volume(o, "20Gi", "20Gi", Some(true)))
+        .collect();
+    let plan = decide(&grown, &names(), &observed, now());
+    assert_eq!(
+        cond(&plan, "Progressing"),
+        ("False".into(), "Stable".into())
+    );
+
+    // A class without volume expansion: nothing patched, a clear condition and one Warning.
+    observed.volumes = (0..3)
+        .map(|o| volume(o, "10Gi", "10Gi", Some(false)))
+        .collect();
+    let plan = decide(&grown, &names(), &observed, now());
+    assert!(plan.expand_volumes.is_empty());
+    assert_eq!(
+        cond(&plan, "Progressing"),
+        ("False".into(), "VolumeExpansionUnsupported".into())
+    );
+    assert_eq!(plan.status.phase.as_deref(), Some("Running"));
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.warning && e.reason == "VolumeExpansionUnsupported")
+    );
+    observed.status = plan.status.clone();
+    let again = decide(&grown, &names(), &observed, now());
+    assert!(again.events.is_empty(), "{:?}", again.events);
+}
+
+#[test]
+fn the_last_restart_of_a_rollout_and_an_added_pod_are_awaited_not_degraded() {
+    let mut next_spec = spec(3);
+    next_spec.raft.heartbeat_interval_ms = 150;
+    let next = resources::template_hash(&next_spec, &names(), 3);
+    // g-1 and g-2 are done; g-0, the last, leads nothing and is deleted.
+    let mut observed = settled(3);
+    observed.pods[1] = pod(1, true, &next);
+    observed.pods[2] = pod(2, true, &next);
+    let dp = observed.data_plane.as_mut().unwrap();
+    dp.members.get_mut("g-0").unwrap().leads_any = false;
+    let plan = decide(&next_spec, &names(), &observed, now());
+    assert_eq!(plan.action, Some(Action::DeletePod { pod: "g-0".into() }));
+    let step = plan.status.last_step.clone().unwrap();
+    assert_eq!(
+        (step.kind.as_str(), step.pod.as_str()),
+        ("Restarted", "g-0")
+    );
+    // Recreated, not ready yet: no outdated pod is left, yet the rollout is not over: still
+    // RollingUpdate, not Degraded, no Warning.
+    observed.status = plan.status.clone();
+    observed.pods[0] = pod(0, false, &next);
+    let plan = decide(&next_spec, &names(), &observed, at(3));
+    assert_eq!(plan.action, None);
+    assert_eq!(
+        cond(&plan, "Progressing"),
+        ("True".into(), "RollingUpdate".into())
+    );
+    assert_eq!(cond(&plan, "Degraded").0, "False");
+    assert!(plan.events.is_empty(), "{:?}", plan.events);
+    assert!(
+        condition(&plan.status, "Progressing")
+            .unwrap()
+            .message
+            .contains("waiting for g-0 to be ready")
+    );
+    // Ready: done, the step forgotten.
+    observed.status = plan.status.clone();
+    observed.pods[0].ready = true;
+    let plan = decide(&next_spec, &names(), &observed, at(6));
+    assert_eq!(
+        cond(&plan, "Progressing"),
+        ("False".into(), "Stable".into())
+    );
+    assert_eq!(plan.status.last_step, None);
+
+    // The same for a pod just added: ScalingOut until it is a ready member.
+    let mut observed = settled(3);
+    observed.pods.push(ObservedPod {
+        started: true,
+        ..pod(3, false, &current())
+    });
+    observed.statefulset.as_mut().unwrap().replicas = 4;
+    let plan = decide(&spec(4), &names(), &observed, now());
+    assert_eq!(plan.action, Some(Action::AddNode { node: "g-3".into() }));
+    observed.status = plan.status.clone();
+    observed
+        .data_plane
+        .as_mut()
+        .unwrap()
+        .members
+        .insert("g-3".into(), ObservedMember::default());
+    let plan = decide(&spec(4), &names(), &observed, at(3));
+    assert_eq!(
+        cond(&plan, "Progressing"),
+        ("True".into(), "ScalingOut".into())
+    );
+    assert_eq!(cond(&plan, "Degraded").0, "False");
+}
+
+#[test]
+fn leaderships_are_moved_off_once_and_the_pod_restarts_even_if_some_could_not_move() {
+    let mut next_spec = spec(3);
+    next_spec.raft.heartbeat_interval_ms = 150;
+    let observed = settled(3);
+    let plan = decide(&next_spec, &names(), &observed, now());
+    assert_eq!(
+        plan.action,
+        Some(Action::MoveLeadershipsOff { from: "g-2".into() })
+    );
+    // g-2 still leads a group (one of a collection with a single replica: no other voter):
+    // it is restarted anyway, and hands over what it can as it stops.
+    let mut observed = observed;
+    observed.status = plan.status.clone();
+    let plan = decide(&next_spec, &names(), &observed, at(3));
+    assert_eq!(plan.action, Some(Action::DeletePod { pod: "g-2".into() }));
+}
+
+#[test]
+fn a_failing_automatic_rebalance_backs_off_and_ends_degraded() {
+    let mut observed = settled(3);
+    // Unbalanced leaderships.
+    let dp = observed.data_plane.as_mut().unwrap();
+    dp.members.get_mut("g-0").unwrap().leaderships = 10;
+    dp.members.get_mut("g-1").unwrap().leaderships = 3;
+    dp.members.get_mut("g-2").unwrap().leaderships = 3;
+    let mut t = 0;
+    let mut attempts = 0;
+    while attempts < 3 {
+        let plan = decide(&spec(3), &names(), &observed, at(t));
+        if let Some(action) = &plan.action {
+            attempts += 1;
+            observed.status = record_failure(&plan.status, &observed.status, action, "500", at(t));
+            assert_eq!(
+                observed.status.failed_action.as_ref().unwrap().attempts,
+                attempts
+            );
+        } else {
+            assert!(plan.status.failed_action.is_some() || attempts == 0);
+            observed.status = plan.status;
+        }
+        t += 1;
+        // Retried when the backoff is over (5 s, then 10 s), not only every 30 s as a
+        // successful automatic rebalance is.
+        assert!(t <= 16, "the third attempt came after {t} s");
+    }
+    let plan = decide(&spec(3), &names(), &observed, at(t));
+    assert_eq!(
+        cond(&plan, "Degraded"),
+        ("True".into(), "ActionFailing".into())
     );
 }

@@ -1,15 +1,17 @@
 //! The operator's core driving real `grape` processes: a stand-in for the StatefulSet
 //! controller and the kubelet runs one process per pod (with the configuration the operator
 //! renders), and the operator's decisions take the cluster through create 3 -> scale to 5 ->
-//! rolling restart -> switchover -> scale to 3 while a writer runs; no acknowledged write may
-//! be lost and the reported conditions are checked at each step.
+//! rolling restart -> switchover -> scale to 3, and through a bad image rolled out and
+//! reverted, while writers run; no acknowledged write may be lost and the reported conditions
+//! are checked at each step.
 
 use grape_e2e::load::{self, Writers};
 use grape_e2e::{Cluster, GrapeNode, NodeOptions};
 use grape_operator::crd::{GrapeCluster, GrapeClusterStatus};
 use grape_operator::dataplane::{self, DataPlane, Endpoints};
 use grape_operator::decide::{
-    Action, Observed, ObservedPod, ObservedStatefulSet, Plan, condition, decide,
+    Action, Observed, ObservedPod, ObservedStatefulSet, Plan, condition, decide, record_failure,
+    record_success,
 };
 use grape_operator::resources::{self, Names, SWITCHOVER_ANNOTATION};
 use serde_json::json;
@@ -64,6 +66,9 @@ struct StatefulSetSim {
     bootstrap: i32,
     /// The pod template's revision and the configuration it runs with.
     revision: String,
+    /// The template's image: one whose tag says `broken` never starts (as an image that
+    /// does not pull, or a binary that exits at once: CrashLoopBackOff).
+    image: String,
     server_yaml: String,
     endpoints: Arc<LocalEndpoints>,
     /// Client-Service stand-in: URLs of the ready pods, for the writers.
@@ -82,6 +87,7 @@ impl StatefulSetSim {
             replicas: 0,
             bootstrap: 0,
             revision: String::new(),
+            image: String::new(),
             server_yaml: String::new(),
             endpoints: Arc::default(),
             ready_urls: Arc::default(),
@@ -109,6 +115,7 @@ impl StatefulSetSim {
             resources::desired(cluster, plan.statefulset_replicas, plan.bootstrap_replicas);
         self.revision = resources::pod_template_hash(&desired.statefulset.spec.template);
         self.server_yaml = desired.config_map.data.as_ref().unwrap()["server.yaml"].clone();
+        self.image = cluster.spec.image.clone();
         self.bootstrap = plan.bootstrap_replicas;
         self.replicas = plan.statefulset_replicas;
         // Scale down: delete the highest ordinals (their volumes go too: whenScaled Delete).
@@ -167,8 +174,15 @@ impl StatefulSetSim {
 
     async fn start_pod(&mut self, ordinal: i32, data: Option<GrapeNode>) -> Pod {
         let (options, config) = self.options(ordinal);
+        let broken = self.image.contains("broken");
         let node = match data {
             None => GrapeNode::spawn(options).await,
+            Some(mut node) if broken => {
+                // The container never runs: the volume stays as the last process left it.
+                node.terminate();
+                node.set_options(options);
+                node
+            }
             Some(mut node) => {
                 node.set_options(options);
                 node.restart_terminated().await;
@@ -176,11 +190,12 @@ impl StatefulSetSim {
             }
         };
         let name = self.names.pod(ordinal);
-        self.endpoints
-            .api
-            .lock()
-            .unwrap()
-            .insert(name.clone(), node.url.clone());
+        let url = if node.is_running() {
+            node.url.clone()
+        } else {
+            "http://127.0.0.1:9".to_string()
+        };
+        self.endpoints.api.lock().unwrap().insert(name.clone(), url);
         let raft = self.address(ordinal);
         self.endpoints.raft.lock().unwrap().insert(name, raft);
         Pod {
@@ -208,8 +223,10 @@ impl StatefulSetSim {
         let mut ready_urls = Vec::new();
         for (ordinal, pod) in self.pods.iter_mut() {
             let client = pod.node.client();
-            pod.started |= client.health().await.is_ok();
-            if pod.started {
+            pod.started |= pod.node.is_running() && client.health().await.is_ok();
+            if !pod.node.is_running() {
+                pod.ready = false;
+            } else if pod.started {
                 if client.ready().await.unwrap_or(false) {
                     pod.ready = true;
                     pod.failures = 0;
@@ -254,6 +271,23 @@ struct Operator {
     actions: Vec<Action>,
     /// Progressing reasons seen, in order, without repeats.
     progress: Vec<String>,
+    /// Reasons of the Events the plans asked for.
+    events: Vec<String>,
+}
+
+impl Operator {
+    fn new(cluster: GrapeCluster) -> Operator {
+        let names = Names::of(&cluster);
+        Operator {
+            sim: StatefulSetSim::new(names.clone()),
+            cluster,
+            names,
+            status: GrapeClusterStatus::default(),
+            actions: Vec::new(),
+            progress: Vec::new(),
+            events: Vec::new(),
+        }
+    }
 }
 
 impl Operator {
@@ -284,6 +318,7 @@ impl Operator {
             status: self.status.clone(),
             statefulset,
             pods,
+            volumes: Vec::new(),
             data_plane: observed_dp.clone(),
         };
         let plan = decide(
@@ -295,8 +330,9 @@ impl Operator {
         if plan.apply {
             self.sim.apply(&self.cluster, &plan).await;
         }
+        let mut status = plan.status.clone();
         if let Some(action) = &plan.action {
-            match action {
+            let outcome = match action {
                 Action::DeletePod { pod } => {
                     // Leaderships were moved off before the restart.
                     let led = observed_dp
@@ -308,22 +344,35 @@ impl Operator {
                         "{pod} restarted while leading"
                     );
                     self.sim.delete_pod(pod).await;
+                    Ok(())
                 }
-                other => {
-                    if let Err(e) = data_plane.execute(other, &order).await {
-                        eprintln!("action failed (retried next reconcile): {e}");
-                    }
+                other => data_plane.execute(other, &order).await,
+            };
+            // As the controller does: a failure is counted and backed off.
+            status = match outcome {
+                Ok(()) => record_success(&status),
+                Err(e) => {
+                    eprintln!("action failed (retried after its backoff): {e}");
+                    record_failure(
+                        &status,
+                        &self.status,
+                        action,
+                        &e.to_string(),
+                        k8s_openapi::jiff::Timestamp::now(),
+                    )
                 }
-            }
+            };
             self.actions.push(action.clone());
         }
+        self.events
+            .extend(plan.events.iter().map(|e| e.reason.clone()));
         if let Some(p) = condition(&plan.status, "Progressing")
             && p.status == "True"
             && self.progress.last() != Some(&p.reason)
         {
             self.progress.push(p.reason.clone());
         }
-        self.status = plan.status.clone();
+        self.status = status;
         plan
     }
 
@@ -386,15 +435,7 @@ async fn operator_core_runs_a_cluster_through_scaling_rolling_restart_and_switch
         },
     }))
     .unwrap();
-    let names = Names::of(&cluster);
-    let mut op = Operator {
-        sim: StatefulSetSim::new(names.clone()),
-        cluster,
-        names,
-        status: GrapeClusterStatus::default(),
-        actions: Vec::new(),
-        progress: Vec::new(),
-    };
+    let mut op = Operator::new(cluster);
 
     // Create: 3 pods form the cluster.
     let first = op.reconcile().await;
@@ -444,7 +485,7 @@ async fn operator_core_runs_a_cluster_through_scaling_rolling_restart_and_switch
 
     // Rolling restart (a configuration change): highest ordinal first, leaderships moved off
     // each pod before it restarts, the next one waits until every pod is ready.
-    op.cluster.spec.index.ef_search = 64;
+    op.cluster.spec.raft.heartbeat_interval_ms = 150;
     op.cluster.metadata.generation = Some(3);
     op.actions.clear();
     op.progress.clear();
@@ -532,6 +573,108 @@ async fn operator_core_runs_a_cluster_through_scaling_rolling_restart_and_switch
     assert!(
         acked.len() > 100,
         "too few writes to mean anything: {}",
+        acked.len()
+    );
+    load::check_all_present_at(op.clients(), &acked)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bad_image_halts_the_rollout_and_reverting_it_recovers_the_cluster_unaided() {
+    let cluster: GrapeCluster = serde_json::from_value(json!({
+        "apiVersion": "grape.io/v1alpha1",
+        "kind": "GrapeCluster",
+        "metadata": {"name": "g", "namespace": "default", "uid": "u-2", "generation": 1},
+        "spec": {
+            "replicas": 3,
+            "progressDeadlineSeconds": 20,
+            "database": {"vectorDimension": load::DIMENSION, "metric": "l2", "shardCount": 8, "replicationFactor": 3},
+        },
+    }))
+    .unwrap();
+    let mut op = Operator::new(cluster);
+    op.until("created", Duration::from_secs(90), settled).await;
+    let good_image = op.cluster.spec.image.clone();
+    let good_revision = op.sim.revision.clone();
+    let writers = Writers::start(Arc::clone(&op.sim.ready_urls), 2);
+
+    // A bad image: g-2 (highest ordinal) goes first and never starts again.
+    op.cluster.spec.image = "grape-vector-db:broken".into();
+    op.cluster.metadata.generation = Some(2);
+    op.actions.clear();
+    op.progress.clear();
+    op.until(
+        "the rollout reported stuck",
+        Duration::from_secs(120),
+        |s| {
+            condition(s, "Degraded")
+                .is_some_and(|c| c.status == "True" && c.reason == "ProgressDeadlineExceeded")
+        },
+    )
+    .await;
+    let deleted: Vec<&Action> = op
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::DeletePod { .. }))
+        .collect();
+    assert_eq!(
+        deleted,
+        vec![&Action::DeletePod { pod: "g-2".into() }],
+        "the rollout halted at the pod that does not start"
+    );
+    assert!(!op.sim.pods[&2].node.is_running());
+    for ordinal in [0, 1] {
+        assert_eq!(op.sim.pods[&ordinal].revision, good_revision);
+        assert!(op.sim.pods[&ordinal].node.is_running());
+    }
+    assert_eq!(
+        op.cond("Progressing"),
+        ("False".into(), "ProgressDeadlineExceeded".into())
+    );
+    assert_eq!(op.status.phase.as_deref(), Some("Degraded"));
+    assert!(
+        op.events.contains(&"ProgressDeadlineExceeded".to_string()),
+        "{:?}",
+        op.events
+    );
+    let degraded = condition(&op.status, "Degraded").unwrap();
+    assert!(degraded.message.contains("g-2"), "{}", degraded.message);
+    // Two of three serve: the writers kept going.
+    let during = writers.count();
+
+    // Revert: the crash-looping pod is replaced first, although it is not ready, and nobody
+    // has to delete it by hand.
+    op.cluster.spec.image = good_image;
+    op.cluster.metadata.generation = Some(3);
+    op.actions.clear();
+    op.until("recovered", Duration::from_secs(120), settled)
+        .await;
+    assert_eq!(op.sim.revision, good_revision);
+    assert!(
+        op.sim
+            .pods
+            .values()
+            .all(|p| p.revision == good_revision && p.node.is_running())
+    );
+    let deleted: Vec<&Action> = op
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::DeletePod { .. }))
+        .collect();
+    assert_eq!(deleted, vec![&Action::DeletePod { pod: "g-2".into() }]);
+    assert!(
+        op.events.contains(&"Recovered".to_string()),
+        "{:?}",
+        op.events
+    );
+    assert_eq!(op.status.updated_replicas, 3);
+
+    let acked = writers.stop().await;
+    assert!(during > 50, "writes went on while g-2 was down: {during}");
+    assert!(
+        acked.len() > during,
+        "writes went on through the recovery: {} acknowledged",
         acked.len()
     );
     load::check_all_present_at(op.clients(), &acked)

@@ -2,7 +2,7 @@
 //! checked-in CRD.
 
 use grape_operator::crd::GrapeCluster;
-use grape_operator::resources::{self, BOOTSTRAP_ANNOTATION, TEMPLATE_HASH_ANNOTATION};
+use grape_operator::resources::{self, BOOTSTRAP_ANNOTATION, Names, TEMPLATE_HASH_ANNOTATION};
 use serde_json::{Value, json};
 
 fn cluster(spec: Value) -> GrapeCluster {
@@ -30,7 +30,14 @@ fn full_spec() -> Value {
         "nodeSelector": {"disktype": "ssd"},
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "grape", "effect": "NoSchedule"}],
         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a", "b"]}]}]}}},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "rack", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "vectors"}}}],
+        "priorityClassName": "grape-critical",
+        "startupTimeoutSeconds": 3600,
     })
+}
+
+fn container_of(pod_spec: &Value) -> &Value {
+    &pod_spec["containers"][0]
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Value {
@@ -174,20 +181,41 @@ fn default_spec_renders_every_owned_object() {
         "/var/lib/grape-vector-db"
     );
     assert!(container.get("resources").is_none());
-    // Pods spread over hosts by default.
+    // One pod per host by default (losing a host loses one replica of a shard at most),
+    // and zones evened out as far as the scheduler can.
+    let anti = &pod["spec"]["affinity"]["podAntiAffinity"];
     assert_eq!(
-        pod["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
-            [0]["podAffinityTerm"]["topologyKey"],
+        anti["requiredDuringSchedulingIgnoredDuringExecution"][0]["topologyKey"],
         "kubernetes.io/hostname"
+    );
+    assert!(
+        anti.get("preferredDuringSchedulingIgnoredDuringExecution")
+            .is_none()
+    );
+    let spread = &pod["spec"]["topologySpreadConstraints"][0];
+    assert_eq!(spread["topologyKey"], "topology.kubernetes.io/zone");
+    assert_eq!(spread["maxSkew"], 1);
+    assert_eq!(spread["whenUnsatisfiable"], "ScheduleAnyway");
+    assert_eq!(
+        spread["labelSelector"]["matchLabels"],
+        sts["spec"]["selector"]["matchLabels"]
+    );
+    assert!(pod["spec"].get("priorityClassName").is_none());
+    // The startup probe allows spec.startupTimeoutSeconds (600 s) to open the storage.
+    let startup = &container["startupProbe"];
+    assert_eq!(
+        startup["periodSeconds"].as_i64().unwrap() * startup["failureThreshold"].as_i64().unwrap(),
+        600
     );
     let claim = &sts["spec"]["volumeClaimTemplates"][0];
     assert_eq!(claim["metadata"]["name"], "data");
     assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "10Gi");
     assert!(claim["spec"].get("storageClassName").is_none());
 
-    // PDB: one pod down at a time.
+    // PDB: one pod down at a time (RF 3), and a pod that is not ready may always go.
     let pdb = to_json(&d.pdb);
     assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(pdb["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow");
     assert_eq!(
         pdb["spec"]["selector"]["matchLabels"],
         sts["spec"]["selector"]["matchLabels"]
@@ -259,8 +287,15 @@ fn full_spec_renders_resources_security_placement_and_monitoring() {
     );
     assert_eq!(pod["nodeSelector"]["disktype"], "ssd");
     assert_eq!(pod["tolerations"][0]["value"], "grape");
-    // The given affinity replaces the default spreading.
+    // The given affinity and spread replace the defaults.
     assert!(pod["affinity"].get("podAntiAffinity").is_none());
+    assert_eq!(pod["topologySpreadConstraints"][0]["topologyKey"], "rack");
+    assert_eq!(
+        pod["topologySpreadConstraints"].as_array().unwrap().len(),
+        1
+    );
+    assert_eq!(pod["priorityClassName"], "grape-critical");
+    assert_eq!(container_of(pod)["startupProbe"]["failureThreshold"], 1800);
     assert_eq!(
         pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
             [0]["matchExpressions"][0]["key"],
@@ -339,5 +374,76 @@ fn checked_in_crd_matches_the_types() {
         "shardCount is immutable",
     ] {
         assert!(text.contains(rule), "CRD lacks the rule {rule}");
+    }
+}
+
+#[test]
+fn the_disruption_budget_keeps_every_quorum() {
+    let budget = |replicas: i32, rf: i32| {
+        let c = cluster(json!({"replicas": replicas, "database": {"replicationFactor": rf}}));
+        to_json(&resources::desired(&c, replicas, replicas).pdb)["spec"]["maxUnavailable"]
+            .as_i64()
+            .unwrap()
+    };
+    // A majority of RF voters must stay: RF 3 loses one, RF 5 two; RF 2 or 1 none (a
+    // drain waits rather than take a shard's quorum or its only copy).
+    assert_eq!(budget(3, 3), 1);
+    assert_eq!(budget(9, 3), 1);
+    assert_eq!(budget(5, 5), 2);
+    assert_eq!(budget(7, 5), 2);
+    assert_eq!(budget(4, 2), 0);
+    assert_eq!(budget(3, 1), 0);
+    // The meta group (every member) needs its majority too.
+    assert_eq!(budget(2, 1), 0);
+}
+
+#[test]
+fn preferred_anti_affinity_lets_a_small_cluster_share_hosts() {
+    let c = cluster(json!({"podAntiAffinityType": "preferred"}));
+    let sts = to_json(&resources::desired(&c, 3, 3).statefulset);
+    let anti = &sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"];
+    assert!(
+        anti.get("requiredDuringSchedulingIgnoredDuringExecution")
+            .is_none()
+    );
+    assert_eq!(
+        anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["topologyKey"],
+        "kubernetes.io/hostname"
+    );
+}
+
+#[test]
+fn an_existing_statefulset_keeps_its_claim_templates_and_quantities_parse() {
+    let old = resources::desired(&cluster(json!({"storage": {"size": "10Gi"}})), 3, 3);
+    let mut new = resources::desired(&cluster(json!({"storage": {"size": "50Gi"}})), 3, 3);
+    resources::keep_claim_templates(&mut new.statefulset, &old.statefulset);
+    let claim = &to_json(&new.statefulset)["spec"]["volumeClaimTemplates"][0];
+    assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "10Gi");
+    assert_eq!(
+        resources::claim(
+            &Names {
+                cluster: "vectors".into(),
+                namespace: "n".into()
+            },
+            2
+        ),
+        "data-vectors-2"
+    );
+
+    assert_eq!(resources::quantity_bytes("10Gi"), Some(10 << 30));
+    assert_eq!(resources::quantity_bytes("1.5Ti"), Some(3 << 39));
+    assert_eq!(resources::quantity_bytes("500M"), Some(500_000_000));
+    assert_eq!(resources::quantity_bytes("1073741824"), Some(1 << 30));
+    assert_eq!(resources::quantity_bytes(" 2k "), Some(2000));
+    assert_eq!(resources::quantity_bytes("1e3"), Some(1000));
+    assert_eq!(resources::quantity_bytes("2E10"), Some(20_000_000_000));
+    assert_eq!(
+        resources::quantity_bytes("1E"),
+        Some(1_000_000_000_000_000_000)
+    );
+    for bad in [
+        "", "Gi", "10GB", "ten", "1.2.3Gi", "-1Gi", "100m", "10K", "1e-3", "1e99",
+    ] {
+        assert_eq!(resources::quantity_bytes(bad), None, "{bad}");
     }
 }

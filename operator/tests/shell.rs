@@ -425,3 +425,166 @@ async fn a_replica_waits_while_another_holds_the_lease_and_loses_a_race_cleanly(
     );
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_larger_storage_size_grows_each_claim_and_keeps_the_statefulsets_claim_template() {
+    let (client, mut handle) = mock();
+    let ctx = Arc::new(Context::new(client, Metrics::new()));
+    let created = cluster(Some(vec![FINALIZER]), false);
+    let existing = serde_json::to_value(resources::desired(&created, 3, 3).statefulset).unwrap();
+    let mut grown = created.clone();
+    grown.spec.storage.size = "20Gi".into();
+    grown.spec.storage.storage_class_name = Some("fast".into());
+    let server = tokio::spawn(async move {
+        let (_, path, _, _, _, send) = next(&mut handle).await;
+        assert!(path.ends_with("/statefulsets/test"), "{path}");
+        respond(send, StatusCode::OK, &existing);
+        let (_, path, _, _, _, send) = next(&mut handle).await;
+        assert!(path.ends_with("/pods"), "{path}");
+        respond(
+            send,
+            StatusCode::OK,
+            &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+        );
+        // Each pod's claim, and whether its class may grow.
+        let (method, path, query, _, _, send) = next(&mut handle).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("GET", "/api/v1/namespaces/default/persistentvolumeclaims")
+        );
+        assert!(query.contains("labelSelector="), "{query}");
+        let claims: Vec<Value> = (0..3)
+            .map(|i| json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": format!("data-test-{i}"), "namespace": "default"},
+                "spec": {"storageClassName": "fast", "resources": {"requests": {"storage": "10Gi"}}},
+                "status": {"capacity": {"storage": "10Gi"}},
+            }))
+            .collect();
+        respond(
+            send,
+            StatusCode::OK,
+            &json!({"apiVersion": "v1", "kind": "PersistentVolumeClaimList", "metadata": {}, "items": claims}),
+        );
+        let (method, path, _, _, _, send) = next(&mut handle).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("GET", "/apis/storage.k8s.io/v1/storageclasses/fast")
+        );
+        respond(
+            send,
+            StatusCode::OK,
+            &json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "fast"}, "provisioner": "csi.example", "allowVolumeExpansion": true}),
+        );
+        let (_, path, _, _, _, send) = next(&mut handle).await;
+        assert!(path.ends_with("/secrets/test-cluster-secret"), "{path}");
+        respond(
+            send,
+            StatusCode::OK,
+            &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "test-cluster-secret", "namespace": "default"}, "data": {"cluster.secret": "c2VjcmV0"}}),
+        );
+        // Apply: the StatefulSet keeps the claim template it was created with (the API server
+        // refuses any change to it: the old operator wedged here).
+        for _ in 0..5 {
+            let (method, path, _, _, body, send) = next(&mut handle).await;
+            assert_eq!(method, "PATCH");
+            if path.ends_with("/statefulsets/test") {
+                let claim = &body["spec"]["volumeClaimTemplates"][0]["spec"];
+                assert_eq!(claim["resources"]["requests"]["storage"], "10Gi");
+                assert!(claim.get("storageClassName").is_none());
+            }
+            respond(send, StatusCode::OK, &body);
+        }
+        // Each claim grows, with an Event.
+        for i in 0..3 {
+            let (method, path, _, content_type, body, send) = next(&mut handle).await;
+            assert_eq!(
+                (method.as_str(), path.as_str()),
+                (
+                    "PATCH",
+                    format!("/api/v1/namespaces/default/persistentvolumeclaims/data-test-{i}")
+                        .as_str()
+                )
+            );
+            assert_eq!(content_type, "application/merge-patch+json");
+            assert_eq!(
+                body,
+                json!({"spec": {"resources": {"requests": {"storage": "20Gi"}}}})
+            );
+            respond(
+                send,
+                StatusCode::OK,
+                &json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": format!("data-test-{i}"), "namespace": "default"}, "spec": {"resources": {"requests": {"storage": "20Gi"}}}}),
+            );
+            // The recorder creates the Event, then counts repeats of it as a series.
+            let (method, path, _, _, body, send) = next(&mut handle).await;
+            assert!(path.contains("/events"), "{path}");
+            if method == "POST" {
+                assert_eq!(body["reason"], "ExpandingVolume");
+                assert_eq!(body["type"], "Normal");
+                respond(send, StatusCode::CREATED, &body);
+            } else {
+                assert_eq!(method, "PATCH");
+                respond(
+                    send,
+                    StatusCode::OK,
+                    &json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "default"}, "eventTime": "2026-12-03T10:00:00.000000Z", "reason": "ExpandingVolume", "type": "Normal", "action": "ExpandingVolume", "reportingController": "grape-operator", "reportingInstance": "x"}),
+                );
+            }
+        }
+        let (_, path, _, _, body, send) = next(&mut handle).await;
+        assert!(path.ends_with("/grapeclusters/test/status"), "{path}");
+        let progressing = body["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Progressing")
+            .unwrap()
+            .clone();
+        assert_eq!(progressing["status"], "True");
+        assert_eq!(progressing["reason"], "ExpandingVolumes");
+        assert!(
+            progressing["message"]
+                .as_str()
+                .unwrap()
+                .contains("data-test-0, data-test-1, data-test-2 to 20Gi"),
+            "{progressing}"
+        );
+        let object = serde_json::to_value(cluster(Some(vec![FINALIZER]), false)).unwrap();
+        respond(send, StatusCode::OK, &object);
+    });
+    controller::reconcile(Arc::new(grown), ctx)
+        .await
+        .expect("reconcile");
+    server.await.unwrap();
+}
+
+#[test]
+fn a_status_patch_clears_what_the_new_status_no_longer_has() {
+    use grape_operator::crd::{FailedAction, GrapeClusterStatus};
+    let old = GrapeClusterStatus {
+        leader: Some("g-0".into()),
+        failed_action: Some(FailedAction {
+            reason: "Rebalancing".into(),
+            message: "409".into(),
+            attempts: 2,
+            last_failure_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ),
+        }),
+        ..GrapeClusterStatus::default()
+    };
+    let new = GrapeClusterStatus {
+        leader: Some("g-1".into()),
+        ..GrapeClusterStatus::default()
+    };
+    let patch = controller::status_patch(&old, &new);
+    assert_eq!(patch["status"]["failedAction"], Value::Null);
+    assert!(
+        patch["status"]
+            .as_object()
+            .unwrap()
+            .contains_key("failedAction")
+    );
+    assert_eq!(patch["status"]["leader"], "g-1");
+}

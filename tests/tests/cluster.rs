@@ -391,6 +391,94 @@ async fn transfer_leadership_moves_every_group_the_leader_leads_without_losing_w
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_stopped_with_sigterm_hands_its_leaderships_over_before_it_exits() {
+    // A long election timeout: without the hand-off, the survivors would go on naming the
+    // stopped node as leader of its groups for seconds after it exited.
+    let mut cluster = Cluster::start(
+        3,
+        options()
+            .setting("DATABASE__SHARD_COUNT", "6")
+            .setting("CLUSTER__ELECTION_TIMEOUT_MS", "6000")
+            .setting("CLUSTER__HEARTBEAT_INTERVAL_MS", "300"),
+    )
+    .await;
+    // Once every group has a leader: the node leading the most groups stops.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let before = loop {
+        let status = load::cluster_status(&cluster).await.unwrap();
+        if status.groups.iter().all(|g| g.leader.is_some()) || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let leads = |id: &str| {
+        before
+            .groups
+            .iter()
+            .filter(|g| g.leader.as_deref() == Some(id))
+            .count()
+    };
+    let victim = (1..=3).max_by_key(|i| leads(&format!("node-{i}"))).unwrap();
+    let victim_id = format!("node-{victim}");
+    let led = leads(&victim_id);
+    // Seven groups (meta and six shards) over three nodes.
+    assert!(led >= 3, "{victim_id} leads {led} groups: {before:?}");
+    let survivor = if victim == 1 { 2 } else { 1 };
+    let survivors: Vec<String> = (1..=3)
+        .filter(|i| *i != victim)
+        .map(|i| cluster.node(i).url.clone())
+        .collect();
+    let writers = Writers::start(Arc::new(Mutex::new(survivors)), 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let stopping = Instant::now();
+    assert_eq!(
+        cluster.node_mut(victim).terminate(),
+        Some(0),
+        "a clean exit"
+    );
+    let took = stopping.elapsed();
+    assert!(
+        cluster
+            .node(victim)
+            .log_text()
+            .contains("handed leaderships over before stopping"),
+        "{}",
+        cluster.node(victim).log_text()
+    );
+    // At once, well inside the 6 s election timeout: every group has a leader that is not
+    // the stopped node.
+    let after = cluster
+        .node(survivor)
+        .client()
+        .cluster_status()
+        .await
+        .unwrap();
+    for group in &after.groups {
+        assert!(
+            group.leader.is_some() && group.leader.as_deref() != Some(victim_id.as_str()),
+            "{} led by {:?} right after {victim_id} stopped",
+            group.name,
+            group.leader
+        );
+    }
+    eprintln!("stopping {victim_id}, {led} groups handed over: {took:?}");
+    // Writes go on through the survivors.
+    let client = cluster.node(survivor).client();
+    for i in 0..16 {
+        client
+            .default_collection()
+            .upsert(&doc(&format!("after-stop-{i}"), i))
+            .await
+            .unwrap();
+    }
+    let acked = writers.stop().await;
+    assert!(acked.len() > 20, "{}", acked.len());
+    cluster.node_mut(victim).restart().await;
+    assert_all_present(&cluster, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_admin_call_is_refused_alike_through_the_leader_and_through_a_follower() {
     let cluster = Cluster::start(3, options()).await;
     let leader = leader_of(&cluster, "meta").await;

@@ -228,3 +228,38 @@ pub async fn hand_over_here(node: &Node, group: &str, target: &str) -> Result<()
             .await,
     )
 }
+
+/// Before this node stops (SIGTERM: a pod deleted, evicted or drained): every group it leads
+/// goes to another of its voters, so that the cluster does not wait an election timeout per
+/// group for leaders that are gone. A group that fails to move is tried again in the next
+/// round (at most three), all within `within`; returns how many groups moved.
+pub async fn hand_off_before_stopping(node: &Node, within: Duration) -> usize {
+    if node.members().len() < 2 {
+        return 0;
+    }
+    let id = node.id().to_string();
+    let deadline = Instant::now() + within;
+    let mut moved = 0;
+    for _ in 0..3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(left, transfer_leadership(node, None, None, Some(&id))).await {
+            Ok(Ok(answer)) if answer.moved.is_empty() => break,
+            Ok(Ok(answer)) => moved += answer.moved.len(),
+            Ok(Err(error)) => tracing::warn!(%error, "handing leaderships over before stopping"),
+            Err(_) => {
+                tracing::warn!(
+                    "handing leaderships over took more than {} s: stopping anyway",
+                    within.as_secs()
+                );
+                break;
+            }
+        }
+    }
+    if moved > 0 {
+        tracing::info!(moved, "handed leaderships over before stopping");
+    }
+    moved
+}
