@@ -153,27 +153,38 @@ where
     Ok(())
 }
 
-/// Reads the operator's API key (and the CA) from the cluster's Secrets.
+/// Reads the operator's API key (and the CA) from the cluster's Secrets. A generated key
+/// Secret that does not exist yet means no key (the pods were started without one).
 async fn credentials(
     cluster: &GrapeCluster,
     ctx: &Context,
     namespace: &str,
 ) -> Result<(Option<String>, Option<Vec<u8>>), Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let key = match &cluster.spec.security.api_keys_secret {
+    let names = Names::of(cluster);
+    let key = match resources::api_keys_secret(&cluster.spec, &names) {
         Some(name) => {
-            let secret = secrets.get(name).await?;
-            let value = secret
-                .data
-                .as_ref()
-                .and_then(|d| d.get(OPERATOR_KEY))
-                .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
-                .ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "Secret {name} has no `{OPERATOR_KEY}` (an admin key for the operator)"
-                    ))
-                })?;
-            Some(value)
+            let generated = cluster.spec.security.api_keys_secret.is_none();
+            let secret = if generated {
+                secrets.get_opt(&name).await?
+            } else {
+                Some(secrets.get(&name).await?)
+            };
+            match secret {
+                Some(secret) => Some(
+                    secret
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get(OPERATOR_KEY))
+                        .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
+                        .ok_or_else(|| {
+                            Error::Invalid(format!(
+                                "Secret {name} has no `{OPERATOR_KEY}` (an admin key for the operator)"
+                            ))
+                        })?,
+                ),
+                None => None,
+            }
         }
         None => None,
     };
@@ -188,34 +199,61 @@ async fn credentials(
     Ok((key, ca))
 }
 
-/// Creates the cluster's node-to-node secret, random, if it does not exist yet. Never
-/// rewritten: the nodes of a cluster must keep proving the same secret (rotation is by hand,
-/// see docs/security.md).
-async fn ensure_cluster_secret(
+/// 32 random bytes, hex.
+fn random_secret() -> String {
+    (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+/// The Secret named like `secret`, created from it if none exists yet (unless `create` is
+/// false: paused); never rewritten (the nodes of a cluster must keep proving the same cluster
+/// secret; keys and secrets are rotated by editing the Secret, see docs/security.md).
+async fn ensure_secret(
+    client: &Client,
+    namespace: &str,
+    secret: Secret,
+    create: bool,
+) -> Result<Option<Secret>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    if let Some(existing) = secrets.get_opt(&name).await? {
+        return Ok(Some(existing));
+    }
+    if !create {
+        return Ok(None);
+    }
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(created) => Ok(Some(created)),
+        // Created meanwhile (another reconcile): that one is read next time.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The cluster's node-to-node secret and, unless the spec names its own or turns
+/// authentication off, its API keys: created once, random. Returns what the nodes read at
+/// start-up (the cluster secret, and the TLS Secret when one is named), whose digest is part
+/// of the pods' revision: rotating them rolls the pods.
+async fn ensure_secrets(
     cluster: &GrapeCluster,
     client: &Client,
     namespace: &str,
-) -> Result<(), Error> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let name = Names::of(cluster).cluster_secret();
-    if secrets.get_opt(&name).await?.is_some() {
-        return Ok(());
+) -> Result<Vec<Secret>, Error> {
+    let create = !cluster.spec.paused;
+    let secret = resources::cluster_secret(cluster, &random_secret());
+    let mut read_at_start = Vec::new();
+    read_at_start.extend(ensure_secret(client, namespace, secret, create).await?);
+    let spec = &cluster.spec.security;
+    if spec.api_keys_secret.is_none() && !spec.allow_unauthenticated {
+        let keys = resources::generated_api_keys(cluster, &random_secret(), &random_secret());
+        ensure_secret(client, namespace, keys, create).await?;
     }
-    let value: String = (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
-    match secrets
-        .create(
-            &PostParams::default(),
-            &resources::cluster_secret(cluster, &value),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        // Created meanwhile (another reconcile): keep that one.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
+    if let Some(name) = &spec.tls_secret {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        read_at_start.extend(secrets.get_opt(name).await?);
     }
+    Ok(read_at_start)
 }
 
 /// Observes, decides, applies, acts, reports.
@@ -282,6 +320,8 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
         data_plane.observe(&order).await
     };
 
+    let read_at_start = ensure_secrets(cluster, client, &namespace).await?;
+    let secrets_digest = Some(resources::secrets_digest(&read_at_start));
     let observed = Observed {
         generation: cluster.metadata.generation,
         annotations: cluster.annotations().clone(),
@@ -289,6 +329,7 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
         statefulset: observed_sts,
         pods: observed_pods,
         volumes,
+        secrets_digest: secrets_digest.clone(),
         data_plane: observed_dp,
     };
     let plan = decide::decide(
@@ -300,12 +341,12 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
 
     // Apply the owned objects.
     if plan.apply {
-        ensure_cluster_secret(cluster, client, &namespace).await?;
         let mut desired =
             resources::desired(cluster, plan.statefulset_replicas, plan.bootstrap_replicas);
         if let Some(existing) = &statefulset {
             resources::keep_claim_templates(&mut desired.statefulset, existing);
         }
+        resources::stamp_secrets(&mut desired.statefulset, secrets_digest.as_deref());
         server_side_apply(
             Api::<ConfigMap>::namespaced(client.clone(), &namespace),
             &desired.config_map,

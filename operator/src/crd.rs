@@ -318,13 +318,19 @@ impl Default for RaftSpec {
 /// API keys, users and roles, and TLS.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.rbacSecret) || has(self.apiKeysSecret)").message("rbacSecret needs apiKeysSecret (the operator calls the nodes with its key)"))]
+#[x_kube(validation = Rule::new("!self.allowUnauthenticated || !(has(self.apiKeysSecret) || has(self.rbacSecret))").message("allowUnauthenticated turns authentication off: it cannot go with apiKeysSecret or rbacSecret"))]
 pub struct SecuritySpec {
-    /// Secret with an `api_keys.yaml` key (the seed guide's format). Authentication is on when
-    /// set. It must also hold `operator-key`, an admin key in that file, for the operator's own
-    /// calls (see docs/kubernetes.md).
+    /// Secret with an `api_keys.yaml` key (the seed guide's format). It must also hold
+    /// `operator-key`, an admin key in that file, for the operator's own calls (see
+    /// docs/kubernetes.md). When absent, the operator generates `<cluster>-api-keys` with an
+    /// admin key (`admin-key`) and its own: authentication is on either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_keys_secret: Option<String>,
+    /// Turns authentication off: anyone who reaches the API port may read, write and run the
+    /// admin API. For a throwaway cluster only; the status says so (`Degraded` stays False,
+    /// but an `InsecureAuthDisabled` Warning Event is published at each spec change).
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
     /// Secret with an `rbac.yaml` key: the seed guide's `rbac` block (roles, and users who log
     /// in with HTTP Basic and bcrypt password hashes). The nodes read it as
     /// `security.rbac_file` and reload it when the Secret changes.

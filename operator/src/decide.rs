@@ -105,6 +105,8 @@ pub struct Observed {
     pub pods: Vec<ObservedPod>,
     /// The pods' data volumes.
     pub volumes: Vec<ObservedVolume>,
+    /// Digest of the Secrets the nodes read at start-up (see [`resources::revision`]).
+    pub secrets_digest: Option<String>,
     /// `None` when no node answered.
     pub data_plane: Option<ObservedDataPlane>,
 }
@@ -329,7 +331,10 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
     let mut last_rebalance = before.last_rebalance.clone();
     let mut last_switchover = before.last_switchover.clone();
     let mut last_auto = before.last_auto_rebalance_time.clone();
-    let revision = resources::template_hash(spec, names, bootstrap);
+    let revision = resources::revision(
+        &resources::template_hash(spec, names, bootstrap),
+        observed.secrets_digest.as_deref(),
+    );
     let updated_replicas = observed
         .pods
         .iter()
@@ -886,6 +891,15 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
         _ => {}
     }
 
+    if spec.security.allow_unauthenticated && generation != before.observed_generation {
+        events.push(PlannedEvent {
+            warning: true,
+            reason: "InsecureAuthDisabled".into(),
+            note: "security.allowUnauthenticated is set: anyone who reaches the API port may \
+                   read, write and administer this cluster"
+                .into(),
+        });
+    }
     // Said once per spec change (the condition says it for as long as it holds).
     if !cannot_grow.is_empty() && generation != before.observed_generation {
         events.push(PlannedEvent {

@@ -55,9 +55,14 @@ pub const RBAC_FILE: &str = "rbac.yaml";
 pub const CLUSTER_SECRET_KEY: &str = "cluster.secret";
 /// The key inside the API-keys Secret holding the operator's own (admin) key.
 pub const OPERATOR_KEY: &str = "operator-key";
+/// The key inside a generated API-keys Secret holding the admin key for people.
+pub const ADMIN_KEY: &str = "admin-key";
 /// Pod template annotation: hash of the rest of the pod template, rendered configuration
 /// included. Pods whose annotation differs from the desired one are restarted, one at a time.
 pub const TEMPLATE_HASH_ANNOTATION: &str = "grape.io/template-hash";
+/// Pod template annotation: digest of the Secrets the nodes read at start-up (cluster secret,
+/// TLS); part of the template hash, so that rotating them rolls the pods.
+pub const SECRETS_DIGEST_ANNOTATION: &str = "grape.io/secrets-digest";
 /// StatefulSet annotation: how many pods formed the cluster (the fixed bootstrap peer list).
 pub const BOOTSTRAP_ANNOTATION: &str = "grape.io/bootstrap-replicas";
 /// Annotation on the GrapeCluster: make this pod the meta-group leader.
@@ -99,6 +104,10 @@ impl Names {
     }
     pub fn pdb(&self) -> String {
         self.cluster.clone()
+    }
+    /// The API keys the operator generates when the spec names none.
+    pub fn api_keys_secret(&self) -> String {
+        format!("{}-api-keys", self.cluster)
     }
     /// The Secret holding the secret every node-to-node call proves.
     pub fn cluster_secret(&self) -> String {
@@ -192,8 +201,9 @@ pub fn server_config(spec: &GrapeClusterSpec, names: &Names, bootstrap_replicas:
         "heartbeat_interval_ms": spec.raft.heartbeat_interval_ms,
         "secret_file": format!("{CONFIG_DIR}/cluster/{CLUSTER_SECRET_KEY}"),
     });
-    // Without an API-keys Secret there are no keys: authentication is off (the node would
-    // otherwise turn it on because it listens beyond loopback, and refuse everything).
+    // Authentication is off only when the spec explicitly allows it (the node would otherwise
+    // turn it on because it listens beyond loopback); keys come from the spec's Secret or the
+    // one the operator generates.
     let mut security = json!({"enable_tls": tls, "enable_auth": false});
     if tls {
         let dir = format!("{CONFIG_DIR}/tls");
@@ -207,7 +217,7 @@ pub fn server_config(spec: &GrapeClusterSpec, names: &Names, bootstrap_replicas:
         security["cert_file"] = json!(format!("{dir}/tls.crt"));
         security["key_file"] = json!(format!("{dir}/tls.key"));
     }
-    if spec.security.api_keys_secret.is_some() {
+    if api_keys_secret(spec, names).is_some() {
         security["enable_auth"] = json!(true);
         security["api_keys_file"] = json!(format!("{CONFIG_DIR}/keys/{API_KEYS_FILE}"));
     }
@@ -502,7 +512,7 @@ pub fn desired(
         ..Volume::default()
     });
     for (secret, name, dir) in [
-        (&spec.security.api_keys_secret, "api-keys", "keys"),
+        (&api_keys_secret(spec, &names), "api-keys", "keys"),
         (&spec.security.rbac_secret, "rbac", "rbac"),
     ] {
         let Some(secret) = secret else { continue };
@@ -761,6 +771,57 @@ pub fn template_hash(spec: &GrapeClusterSpec, names: &Names, bootstrap_replicas:
     )
 }
 
+/// The revision pods should carry when the Secrets read at start-up (the cluster secret, the
+/// TLS certificate) have content digest `secrets`: a change of them rolls the pods like a
+/// change of the template.
+pub fn revision(template_hash: &str, secrets: Option<&str>) -> String {
+    match secrets {
+        Some(digest) => hash(&format!("{template_hash}\n{digest}")),
+        None => template_hash.to_string(),
+    }
+}
+
+/// Stamps the StatefulSet's pod template with the Secrets' digest (see [`revision`]).
+pub fn stamp_secrets(statefulset: &mut StatefulSet, secrets: Option<&str>) {
+    let Some(digest) = secrets else { return };
+    let base = pod_template_hash(&statefulset.spec.template);
+    if let Some(annotations) = statefulset
+        .spec
+        .template
+        .metadata
+        .as_mut()
+        .and_then(|m| m.annotations.as_mut())
+    {
+        annotations.insert(SECRETS_DIGEST_ANNOTATION.to_string(), digest.to_string());
+        annotations.insert(
+            TEMPLATE_HASH_ANNOTATION.to_string(),
+            revision(&base, Some(digest)),
+        );
+    }
+}
+
+/// A digest of Secrets' contents (name, then each key and value, in order).
+pub fn secrets_digest<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> String {
+    let mut text = String::new();
+    for secret in secrets {
+        text.push_str(secret.metadata.name.as_deref().unwrap_or_default());
+        text.push('\n');
+        for (key, value) in secret.data.iter().flatten() {
+            text.push_str(key);
+            text.push('=');
+            text.push_str(&hash(&String::from_utf8_lossy(&value.0)));
+            text.push('\n');
+        }
+        for (key, value) in secret.string_data.iter().flatten() {
+            text.push_str(key);
+            text.push('=');
+            text.push_str(&hash(value));
+            text.push('\n');
+        }
+    }
+    hash(&text)
+}
+
 /// The template hash annotation of a pod template or pod metadata.
 pub fn pod_template_hash(template: &PodTemplateSpec) -> String {
     template
@@ -770,6 +831,53 @@ pub fn pod_template_hash(template: &PodTemplateSpec) -> String {
         .and_then(|a| a.get(TEMPLATE_HASH_ANNOTATION))
         .cloned()
         .unwrap_or_default()
+}
+
+/// The Secret the nodes read their API keys from: the spec's, or the generated one unless
+/// authentication is explicitly off.
+pub fn api_keys_secret(spec: &GrapeClusterSpec, names: &Names) -> Option<String> {
+    match (
+        &spec.security.api_keys_secret,
+        spec.security.allow_unauthenticated,
+    ) {
+        (Some(name), _) => Some(name.clone()),
+        (None, false) => Some(names.api_keys_secret()),
+        (None, true) => None,
+    }
+}
+
+/// The API keys the operator generates for `cluster` when its spec names none: `admin_key`
+/// for people (read it from the Secret's `admin-key`) and `operator_key` for the operator's
+/// own calls, both with the admin role. Created once, never rewritten (rotate by editing
+/// the Secret: the nodes reload it).
+pub fn generated_api_keys(cluster: &GrapeCluster, admin_key: &str, operator_key: &str) -> Secret {
+    let names = Names::of(cluster);
+    let file = [
+        format!(
+            "# Generated by grape-operator for GrapeCluster {}.",
+            names.cluster
+        ),
+        "# Edit it to add or revoke keys (the nodes reload it); keep the operator's key.".into(),
+        "api_keys:".into(),
+        format!("  - key: \"{admin_key}\""),
+        "    name: \"admin (generated)\"".into(),
+        "    permissions: [\"admin\"]".into(),
+        format!("  - key: \"{operator_key}\""),
+        "    name: \"grape-operator\"".into(),
+        "    permissions: [\"admin\"]".into(),
+        String::new(),
+    ]
+    .join("\n");
+    Secret {
+        metadata: meta(cluster, &names, names.api_keys_secret()),
+        type_: Some("Opaque".into()),
+        string_data: Some(BTreeMap::from([
+            (API_KEYS_FILE.to_string(), file),
+            (ADMIN_KEY.to_string(), admin_key.to_string()),
+            (OPERATOR_KEY.to_string(), operator_key.to_string()),
+        ])),
+        ..Secret::default()
+    }
 }
 
 /// The Secret holding the node-to-node secret `value`, owned by `cluster`. Created once (the

@@ -199,17 +199,28 @@ fn conditions_merge_by_type_and_an_hpa_can_find_the_pods() {
 }
 
 #[test]
-fn users_and_roles_need_the_operators_api_key() {
-    assert_refused(
-        &cluster(json!({"security": {"rbacSecret": "grape-rbac"}})),
-        None,
-        "rbacSecret needs apiKeysSecret",
-    );
+fn authentication_is_off_only_when_asked_and_then_without_keys() {
+    // Users and roles alone: the operator generates the API keys it calls the nodes with.
     check(
-        &cluster(json!({"security": {"rbacSecret": "grape-rbac", "apiKeysSecret": "grape-keys"}})),
+        &cluster(json!({"security": {"rbacSecret": "grape-rbac"}})),
         None,
     )
     .unwrap();
+    check(
+        &cluster(json!({"security": {"allowUnauthenticated": true}})),
+        None,
+    )
+    .unwrap();
+    for security in [
+        json!({"allowUnauthenticated": true, "apiKeysSecret": "grape-keys"}),
+        json!({"allowUnauthenticated": true, "rbacSecret": "grape-rbac"}),
+    ] {
+        assert_refused(
+            &cluster(json!({"security": security})),
+            None,
+            "allowUnauthenticated turns authentication off",
+        );
+    }
 }
 
 #[test]

@@ -82,6 +82,7 @@ fn settled(n: i32) -> Observed {
         }),
         pods: (0..n).map(|o| pod(o, true, &current())).collect(),
         volumes: Vec::new(),
+        secrets_digest: None,
         data_plane: Some(data_plane(&members)),
     }
 }
@@ -974,4 +975,44 @@ fn a_failing_automatic_rebalance_backs_off_and_ends_degraded() {
         cond(&plan, "Degraded"),
         ("True".into(), "ActionFailing".into())
     );
+}
+
+#[test]
+fn a_rotated_secret_rolls_the_pods_and_insecure_auth_is_announced() {
+    // The pods run with the Secrets of digest "d1": their revision says so.
+    let d1 = resources::revision(&current(), Some("d1"));
+    let mut observed = settled(3);
+    for (o, p) in observed.pods.iter_mut().enumerate() {
+        *p = pod(o as i32, true, &d1);
+    }
+    observed.secrets_digest = Some("d1".into());
+    let plan = decide(&spec(3), &names(), &observed, now());
+    assert_eq!(plan.action, None);
+    assert_eq!(plan.status.updated_replicas, 3);
+    // The Secret was edited: every pod is outdated, rolled one at a time as for a spec change.
+    observed.secrets_digest = Some("d2".into());
+    let plan = decide(&spec(3), &names(), &observed, now());
+    assert_eq!(
+        plan.action,
+        Some(Action::MoveLeadershipsOff { from: "g-2".into() })
+    );
+    assert_eq!(cond(&plan, "Progressing").1, "RollingUpdate");
+    assert_eq!(plan.status.updated_replicas, 0);
+
+    // Authentication off is a Warning at each spec change, not at each look.
+    let mut open = spec(3);
+    open.security.allow_unauthenticated = true;
+    let mut observed = settled(3);
+    observed.pods = (0..3)
+        .map(|o| pod(o, true, &resources::template_hash(&open, &names(), 3)))
+        .collect();
+    let plan = decide(&open, &names(), &observed, now());
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.warning && e.reason == "InsecureAuthDisabled")
+    );
+    observed.status = plan.status.clone();
+    let plan = decide(&open, &names(), &observed, now());
+    assert!(plan.events.is_empty(), "{:?}", plan.events);
 }

@@ -19,6 +19,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The keys of the API-key Secret the operator generates (authentication is on by default).
+const ADMIN_KEY: &str = "e2e-admin-key-0123456789abcdef0123456789abcdef";
+const OPERATOR_KEY: &str = "e2e-operator-key-0123456789abcdef0123456789abcd";
+
 /// Where each simulated pod answers.
 #[derive(Default)]
 struct LocalEndpoints {
@@ -75,6 +79,8 @@ struct StatefulSetSim {
     ready_urls: Arc<Mutex<Vec<String>>>,
     /// Stand-in for the cluster Secret the operator creates and the pods mount.
     cluster_secret: (tempfile::TempDir, std::path::PathBuf),
+    /// Stand-in for the API-key Secret it generates, when the configuration names one.
+    api_keys: Option<(tempfile::TempDir, std::path::PathBuf)>,
 }
 
 impl StatefulSetSim {
@@ -95,6 +101,7 @@ impl StatefulSetSim {
                 "cluster.secret",
                 "e2e-cluster-secret-0123456789abcdef\n",
             ),
+            api_keys: None,
         }
     }
 
@@ -111,11 +118,19 @@ impl StatefulSetSim {
 
     /// Applies the StatefulSet the operator wants: template and size.
     async fn apply(&mut self, cluster: &GrapeCluster, plan: &Plan) {
-        let desired =
+        let mut desired =
             resources::desired(cluster, plan.statefulset_replicas, plan.bootstrap_replicas);
+        resources::stamp_secrets(&mut desired.statefulset, Some(&self.secrets_digest()));
         self.revision = resources::pod_template_hash(&desired.statefulset.spec.template);
         self.server_yaml = desired.config_map.data.as_ref().unwrap()["server.yaml"].clone();
         self.image = cluster.spec.image.clone();
+        if self.api_keys.is_none()
+            && resources::api_keys_secret(&cluster.spec, &self.names).is_some()
+        {
+            let secret = resources::generated_api_keys(cluster, ADMIN_KEY, OPERATOR_KEY);
+            let file = secret.string_data.unwrap()[resources::API_KEYS_FILE].clone();
+            self.api_keys = Some(grape_e2e::temp_file("api_keys.yaml", &file));
+        }
         self.bootstrap = plan.bootstrap_replicas;
         self.replicas = plan.statefulset_replicas;
         // Scale down: delete the highest ordinals (their volumes go too: whenScaled Delete).
@@ -141,6 +156,23 @@ impl StatefulSetSim {
                 self.pods.insert(ordinal, pod);
             }
         }
+    }
+
+    /// What the controller digests: the cluster Secret as the pods would mount it now.
+    fn secrets_digest(&self) -> String {
+        let content = std::fs::read(&self.cluster_secret.1).unwrap();
+        let secret = k8s_openapi::api::core::v1::Secret {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(self.names.cluster_secret()),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                resources::CLUSTER_SECRET_KEY.to_string(),
+                k8s_openapi::ByteString(content),
+            )])),
+            ..Default::default()
+        };
+        resources::secrets_digest([&secret])
     }
 
     fn options(&mut self, ordinal: i32) -> (NodeOptions, tempfile::TempDir) {
@@ -169,6 +201,12 @@ impl StatefulSetSim {
             "GRAPE__CLUSTER__SECRET_FILE".into(),
             self.cluster_secret.1.display().to_string(),
         ));
+        if let Some((_, keys)) = &self.api_keys {
+            options.env.push((
+                "GRAPE__SECURITY__API_KEYS_FILE".into(),
+                keys.display().to_string(),
+            ));
+        }
         (options, dir)
     }
 
@@ -305,7 +343,12 @@ impl Operator {
             .collect();
         order.extend(pods.iter().filter(|p| !p.ready).map(|p| p.name.clone()));
         let endpoints = Arc::clone(&self.sim.endpoints);
-        let data_plane = DataPlane::new(endpoints.as_ref(), None, dataplane::http_client(None));
+        // The operator reads its key from the generated Secret.
+        let data_plane = DataPlane::new(
+            endpoints.as_ref(),
+            Some(OPERATOR_KEY.into()),
+            dataplane::http_client(None),
+        );
         let observed_dp = data_plane.observe(&order).await;
         let observed = Observed {
             generation: self.cluster.metadata.generation,
@@ -319,6 +362,7 @@ impl Operator {
             statefulset,
             pods,
             volumes: Vec::new(),
+            secrets_digest: Some(self.sim.secrets_digest()),
             data_plane: observed_dp.clone(),
         };
         let plan = decide(
@@ -411,7 +455,11 @@ impl Operator {
     }
 
     fn clients(&self) -> Vec<grape_client::GrapeClient> {
-        self.sim.pods.values().map(|p| p.node.client()).collect()
+        self.sim
+            .pods
+            .values()
+            .map(|p| p.node.client_with_key(ADMIN_KEY))
+            .collect()
     }
 }
 
@@ -451,9 +499,24 @@ async fn operator_core_runs_a_cluster_through_scaling_rolling_restart_and_switch
     for member in &op.status.members {
         assert_eq!(member.replicas, 16, "{member:?}");
     }
+    // Secure by default: no key, no access; the generated admin key works.
+    let url = op.sim.ready_urls.lock().unwrap()[0].clone();
+    let anonymous = grape_client::GrapeClient::new(&url)
+        .default_collection()
+        .upsert(&load::doc("anonymous", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.status().map(|s| s.as_u16()), Some(401));
+    grape_client::GrapeClient::new(&url)
+        .with_api_key(ADMIN_KEY)
+        .default_collection()
+        .upsert(&load::doc("with-the-admin-key", 1))
+        .await
+        .unwrap();
 
     // A writer runs through the ready pods from here to the end.
-    let writers = Writers::start(Arc::clone(&op.sim.ready_urls), 2);
+    let writers =
+        Writers::start_with_key(Arc::clone(&op.sim.ready_urls), 2, Some(ADMIN_KEY.into()));
 
     // Scale to 5: the new pods are added and the shards rebalanced.
     op.cluster.spec.replicas = 5;
@@ -597,7 +660,8 @@ async fn a_bad_image_halts_the_rollout_and_reverting_it_recovers_the_cluster_una
     op.until("created", Duration::from_secs(90), settled).await;
     let good_image = op.cluster.spec.image.clone();
     let good_revision = op.sim.revision.clone();
-    let writers = Writers::start(Arc::clone(&op.sim.ready_urls), 2);
+    let writers =
+        Writers::start_with_key(Arc::clone(&op.sim.ready_urls), 2, Some(ADMIN_KEY.into()));
 
     // A bad image: g-2 (highest ordinal) goes first and never starts again.
     op.cluster.spec.image = "grape-vector-db:broken".into();
@@ -677,6 +741,59 @@ async fn a_bad_image_halts_the_rollout_and_reverting_it_recovers_the_cluster_una
         "writes went on through the recovery: {} acknowledged",
         acked.len()
     );
+    load::check_all_present_at(op.clients(), &acked)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotating_the_cluster_secret_rolls_the_pods_without_downtime() {
+    let cluster: GrapeCluster = serde_json::from_value(json!({
+        "apiVersion": "grape.io/v1alpha1",
+        "kind": "GrapeCluster",
+        "metadata": {"name": "g", "namespace": "default", "uid": "u-3", "generation": 1},
+        "spec": {
+            "replicas": 3,
+            "database": {"vectorDimension": load::DIMENSION, "metric": "l2", "shardCount": 8, "replicationFactor": 3},
+        },
+    }))
+    .unwrap();
+    let mut op = Operator::new(cluster);
+    op.until("created", Duration::from_secs(90), settled).await;
+    let writers =
+        Writers::start_with_key(Arc::clone(&op.sim.ready_urls), 2, Some(ADMIN_KEY.into()));
+    let old = "e2e-cluster-secret-0123456789abcdef";
+    let new = "rotated-cluster-secret-fedcba9876543210";
+    // The documented rotation (docs/security.md), one edit of the Secret per step; the
+    // operator sees the Secret's content change and rolls the pods each time, leaderships
+    // first, one pod at a time.
+    for (step, content) in [
+        ("accept the new secret", format!("{old}\n{new}\n")),
+        ("sign with the new secret", format!("{new}\n{old}\n")),
+        ("drop the old secret", format!("{new}\n")),
+    ] {
+        let before = writers.count();
+        let revision = op.sim.revision.clone();
+        std::fs::write(&op.sim.cluster_secret.1, content).unwrap();
+        op.actions.clear();
+        op.until(step, Duration::from_secs(240), |s| {
+            settled(s) && s.updated_replicas == 3
+        })
+        .await;
+        assert_ne!(op.sim.revision, revision, "{step}: a new revision");
+        assert!(op.sim.pods.values().all(|p| p.revision == op.sim.revision));
+        let restarted = op
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::DeletePod { .. }))
+            .count();
+        assert_eq!(restarted, 3, "{step}: {:?}", op.actions);
+        assert!(
+            writers.count() > before,
+            "{step}: writes went on during the roll"
+        );
+    }
+    let acked = writers.stop().await;
     load::check_all_present_at(op.clients(), &acked)
         .await
         .unwrap();

@@ -98,8 +98,21 @@ fn default_spec_renders_every_owned_object() {
     );
     assert_eq!(config["node"]["data_dir"], "/var/lib/grape-vector-db");
     assert_eq!(config["security"]["enable_tls"], false);
-    assert!(config["security"].get("api_keys_file").is_none());
-    assert_eq!(config["security"]["enable_auth"], false);
+    // Secure by default: authentication on, with the key Secret the operator generates.
+    assert_eq!(config["security"]["enable_auth"], true);
+    assert_eq!(
+        config["security"]["api_keys_file"],
+        "/etc/grape-vector-db/keys/api_keys.yaml"
+    );
+    let pod_volumes = to_json(&d.statefulset)["spec"]["template"]["spec"]["volumes"].clone();
+    assert!(
+        pod_volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "vectors-api-keys"),
+        "{pod_volumes}"
+    );
 
     // Headless Service: peer DNS, not-ready pods published (joining nodes must be reachable).
     let headless = to_json(&d.headless);
@@ -446,4 +459,41 @@ fn an_existing_statefulset_keeps_its_claim_templates_and_quantities_parse() {
     ] {
         assert_eq!(resources::quantity_bytes(bad), None, "{bad}");
     }
+}
+
+#[test]
+fn generated_keys_are_a_valid_key_file_and_auth_is_off_only_when_asked() {
+    let c = cluster(json!({}));
+    let secret = to_json(&resources::generated_api_keys(
+        &c,
+        "a".repeat(64).as_str(),
+        "o".repeat(64).as_str(),
+    ));
+    assert_eq!(secret["metadata"]["name"], "vectors-api-keys");
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["kind"],
+        "GrapeCluster"
+    );
+    let data = &secret["stringData"];
+    assert_eq!(data["admin-key"], "a".repeat(64));
+    assert_eq!(data["operator-key"], "o".repeat(64));
+    // The file the nodes read: the seed guide's format, both keys with the admin role.
+    let file: Value = serde_yaml::from_str(data["api_keys.yaml"].as_str().unwrap()).unwrap();
+    let keys = file["api_keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0]["key"], "a".repeat(64));
+    assert_eq!(keys[1]["key"], "o".repeat(64));
+    for key in keys {
+        assert_eq!(key["permissions"], json!(["admin"]));
+    }
+
+    // Explicitly insecure: no keys, authentication off.
+    let open = cluster(json!({"security": {"allowUnauthenticated": true}}));
+    let d = resources::desired(&open, 3, 3);
+    let config: Value =
+        serde_yaml::from_str(&d.config_map.data.as_ref().unwrap()["server.yaml"]).unwrap();
+    assert_eq!(config["security"]["enable_auth"], false);
+    assert!(config["security"].get("api_keys_file").is_none());
+    let volumes = to_json(&d.statefulset)["spec"]["template"]["spec"]["volumes"].clone();
+    assert!(!volumes.to_string().contains("api-keys"), "{volumes}");
 }

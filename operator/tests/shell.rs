@@ -117,8 +117,8 @@ async fn reconcile_applies_every_owned_object_with_server_side_apply_then_patche
     let metrics = Metrics::new();
     let ctx = Arc::new(Context::new(client, metrics.clone()));
     let object = cluster(Some(vec![FINALIZER]), false);
-    let desired = resources::desired(&object, 3, 3);
-    let expected: Vec<(&str, Value)> = vec![
+    let mut desired = resources::desired(&object, 3, 3);
+    let mut expected: Vec<(&str, Value)> = vec![
         (
             "/api/v1/namespaces/default/configmaps/test-config",
             serde_json::to_value(&desired.config_map).unwrap(),
@@ -185,6 +185,42 @@ async fn reconcile_applies_every_owned_object_with_server_side_apply_then_patche
             .trim();
         assert_eq!(secret.len(), 64, "{secret}");
         assert!(secret.chars().all(|c| c.is_ascii_hexdigit()), "{secret}");
+        // The pods' revision carries the digest of what they read at start-up: rotating the
+        // cluster secret rolls them.
+        let created: k8s_openapi::api::core::v1::Secret =
+            serde_json::from_value(body.clone()).unwrap();
+        let digest = resources::secrets_digest([&created]);
+        resources::stamp_secrets(&mut desired.statefulset, Some(&digest));
+        let stamped = serde_json::to_value(&desired.statefulset).unwrap();
+        assert_eq!(
+            stamped["spec"]["template"]["metadata"]["annotations"]["grape.io/secrets-digest"],
+            digest.as_str()
+        );
+        expected[3].1 = stamped;
+        respond(send, StatusCode::CREATED, &body);
+        // No API keys named in the spec: the operator generates them (authentication on).
+        let (method, path, _, _, _, send) = next(&mut handle).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("GET", "/api/v1/namespaces/default/secrets/test-api-keys")
+        );
+        respond(send, StatusCode::NOT_FOUND, &not_found());
+        let (method, path, _, _, body, send) = next(&mut handle).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("POST", "/api/v1/namespaces/default/secrets")
+        );
+        assert_eq!(body["metadata"]["name"], "test-api-keys");
+        assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        let admin = body["stringData"]["admin-key"].as_str().unwrap();
+        let operator = body["stringData"]["operator-key"].as_str().unwrap();
+        assert_ne!(admin, operator);
+        assert_ne!(admin, secret, "each key is drawn on its own");
+        for key in [admin, operator] {
+            assert_eq!(key.len(), 64, "{key}");
+            let file = body["stringData"]["api_keys.yaml"].as_str().unwrap();
+            assert!(file.contains(key), "{file}");
+        }
         respond(send, StatusCode::CREATED, &body);
         // Apply: each owned object, server-side, one field manager, forced.
         for (want_path, want_body) in expected {
@@ -265,8 +301,22 @@ async fn a_failed_apply_is_a_reconcile_error_and_is_counted() {
             StatusCode::OK,
             &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "test-cluster-secret", "namespace": "default"}, "data": {"cluster.secret": "c2VjcmV0"}}),
         );
+        // So do the generated API keys: never rewritten either.
         let (method, path, _, _, _, send) = next(&mut handle).await;
-        assert_eq!(method, "PATCH", "the existing secret is not created again");
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("GET", "/api/v1/namespaces/default/secrets/test-api-keys")
+        );
+        respond(
+            send,
+            StatusCode::OK,
+            &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "test-api-keys", "namespace": "default"}, "data": {"operator-key": "a2V5"}}),
+        );
+        let (method, path, _, _, _, send) = next(&mut handle).await;
+        assert_eq!(
+            method, "PATCH",
+            "the existing secrets are not created again"
+        );
         assert!(path.ends_with("/configmaps/test-config"));
         respond(
             send,
@@ -476,13 +526,15 @@ async fn a_larger_storage_size_grows_each_claim_and_keeps_the_statefulsets_claim
             StatusCode::OK,
             &json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "fast"}, "provisioner": "csi.example", "allowVolumeExpansion": true}),
         );
-        let (_, path, _, _, _, send) = next(&mut handle).await;
-        assert!(path.ends_with("/secrets/test-cluster-secret"), "{path}");
-        respond(
-            send,
-            StatusCode::OK,
-            &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "test-cluster-secret", "namespace": "default"}, "data": {"cluster.secret": "c2VjcmV0"}}),
-        );
+        for name in ["test-cluster-secret", "test-api-keys"] {
+            let (_, path, _, _, _, send) = next(&mut handle).await;
+            assert!(path.ends_with(&format!("/secrets/{name}")), "{path}");
+            respond(
+                send,
+                StatusCode::OK,
+                &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "default"}, "data": {"cluster.secret": "c2VjcmV0"}}),
+            );
+        }
         // Apply: the StatefulSet keeps the claim template it was created with (the API server
         // refuses any change to it: the old operator wedged here).
         for _ in 0..5 {

@@ -46,12 +46,25 @@ pub struct Writers {
 impl Writers {
     /// `count` writers; `urls` may be changed while they run (nodes killed and restarted).
     pub fn start(urls: Arc<Mutex<Vec<String>>>, count: usize) -> Writers {
+        Writers::start_with_key(urls, count, None)
+    }
+
+    /// As [`Writers::start`], sending `key` as `X-API-Key`.
+    pub fn start_with_key(
+        urls: Arc<Mutex<Vec<String>>>,
+        count: usize,
+        key: Option<String>,
+    ) -> Writers {
         let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..count as u64)
             .map(|w| {
-                let (acked, stop, urls) =
-                    (Arc::clone(&acked), Arc::clone(&stop), Arc::clone(&urls));
+                let (acked, stop, urls, key) = (
+                    Arc::clone(&acked),
+                    Arc::clone(&stop),
+                    Arc::clone(&urls),
+                    key.clone(),
+                );
                 tokio::spawn(async move {
                     let mut clients: BTreeMap<String, GrapeClient> = BTreeMap::new();
                     let mut n = 0u64;
@@ -62,7 +75,10 @@ impl Writers {
                         };
                         let client = clients
                             .entry(url.clone())
-                            .or_insert_with(|| GrapeClient::new(&url))
+                            .or_insert_with(|| match &key {
+                                Some(key) => GrapeClient::new(&url).with_api_key(key),
+                                None => GrapeClient::new(&url),
+                            })
                             .clone();
                         let seed = w * 10_000_000 + n;
                         let id = format!("w{w}-{n}");
