@@ -91,7 +91,17 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        _ = controller::run(client, metrics, args.namespace.clone()) => Ok(()),
+        _ = controller::run(client.clone(), metrics, args.namespace.clone()) => {
+            // Stopped by a signal: give the lease up, so that another replica takes over now
+            // rather than after the lease's duration.
+            if !args.no_leader_election {
+                let api = kube::Api::namespaced(client, &args.lease_namespace);
+                if let Err(e) = lease::release(&api, &args.lease_name, &identity).await {
+                    tracing::warn!(error = %e, "releasing the leader lease");
+                }
+            }
+            Ok(())
+        }
         _ = renew => {
             // Another replica may act from now on: stop at once.
             anyhow::bail!("lost leadership")

@@ -383,23 +383,66 @@ fn lease_object(holder: &str, renewed: &str) -> Value {
 #[test]
 fn lease_steps() {
     use k8s_openapi::jiff::Timestamp;
-    let now: Timestamp = "2026-11-27T10:00:20Z".parse().unwrap();
-    let fresh: Lease =
-        serde_json::from_value(lease_object("other", "2026-11-27T10:00:10.000000Z")).unwrap();
-    let stale: Lease =
-        serde_json::from_value(lease_object("other", "2026-11-27T10:00:04.000000Z")).unwrap();
-    let mine: Lease =
-        serde_json::from_value(lease_object("me", "2026-11-27T10:00:10.000000Z")).unwrap();
-    assert_eq!(lease::step(None, "me", now), lease::Step::Create);
+    use std::time::{Duration, Instant};
+    let t0 = Instant::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let lease = |holder: &str, renewed: &str| -> Lease {
+        serde_json::from_value(lease_object(holder, renewed)).unwrap()
+    };
+    let mut seen = lease::Observed::default();
+    let wait = lease::Step::Wait {
+        holder: "other".into(),
+    };
     assert_eq!(
-        lease::step(Some(&fresh), "me", now),
-        lease::Step::Wait {
-            holder: "other".into()
-        }
+        lease::step(None, "me", &mut seen, at(0)),
+        lease::Step::Create
     );
-    assert_eq!(lease::step(Some(&stale), "me", now), lease::Step::Take);
-    assert_eq!(lease::step(Some(&mine), "me", now), lease::Step::Take);
-    let taken = lease::held(Some(&stale), "grape-operator-leader", "me", now);
+    // Expiry is judged by how long *we* have seen the same record, never by the holder's
+    // clock: a renew time far in the past (skewed clocks) is not expired when first seen...
+    let old = lease("other", "2020-01-01T00:00:00.000000Z");
+    assert_eq!(lease::step(Some(&old), "me", &mut seen, at(0)), wait);
+    assert_eq!(lease::step(Some(&old), "me", &mut seen, at(14)), wait);
+    // ...only after the lease's duration (15 s) without a renewal.
+    assert_eq!(
+        lease::step(Some(&old), "me", &mut seen, at(15)),
+        lease::Step::Take
+    );
+    // A renewal (a new record) starts the count again.
+    let renewed = lease("other", "2020-01-01T00:00:05.000000Z");
+    assert_eq!(lease::step(Some(&renewed), "me", &mut seen, at(16)), wait);
+    assert_eq!(lease::step(Some(&renewed), "me", &mut seen, at(30)), wait);
+    assert_eq!(
+        lease::step(Some(&renewed), "me", &mut seen, at(31)),
+        lease::Step::Take
+    );
+    // Ours, or released: take it at once.
+    let mine = lease("me", "2026-11-27T10:00:10.000000Z");
+    assert_eq!(
+        lease::step(Some(&mine), "me", &mut seen, at(0)),
+        lease::Step::Take
+    );
+    let now: Timestamp = "2026-11-27T10:00:20Z".parse().unwrap();
+    let released = lease::released(&mine, now);
+    assert_eq!(
+        released.spec.as_ref().unwrap().holder_identity,
+        None,
+        "released"
+    );
+    assert_eq!(
+        released.spec.as_ref().unwrap().lease_duration_seconds,
+        Some(1)
+    );
+    assert_eq!(
+        lease::step(
+            Some(&released),
+            "other",
+            &mut lease::Observed::default(),
+            at(0)
+        ),
+        lease::Step::Take
+    );
+
+    let taken = lease::held(Some(&old), "grape-operator-leader", "me", now);
     let spec = taken.spec.unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("me"));
     assert_eq!(spec.lease_transitions, Some(3));
@@ -414,6 +457,43 @@ fn lease_steps() {
         Some(2),
         "renewal is not a transition"
     );
+}
+
+#[tokio::test]
+async fn a_stopping_leader_releases_the_lease_and_leaves_anothers_alone() {
+    let (client, mut handle) = mock();
+    let api: Api<Lease> = Api::namespaced(client, "default");
+    let server = tokio::spawn(async move {
+        let (method, _, _, _, _, send) = next(&mut handle).await;
+        assert_eq!(method, "GET");
+        respond(
+            send,
+            StatusCode::OK,
+            &lease_object("me", "2026-11-27T10:00:10.000000Z"),
+        );
+        let (method, path, _, _, body, send) = next(&mut handle).await;
+        assert_eq!(method, "PUT");
+        assert!(path.ends_with("/leases/grape-operator-leader"));
+        assert_eq!(body["metadata"]["resourceVersion"], "7");
+        assert!(body["spec"].get("holderIdentity").is_none(), "{body}");
+        assert_eq!(body["spec"]["leaseDurationSeconds"], 1);
+        respond(send, StatusCode::OK, &body);
+        // Held by another replica: not ours to release, nothing written.
+        let (method, _, _, _, _, send) = next(&mut handle).await;
+        assert_eq!(method, "GET");
+        respond(
+            send,
+            StatusCode::OK,
+            &lease_object("other", "2026-11-27T10:00:10.000000Z"),
+        );
+    });
+    lease::release(&api, "grape-operator-leader", "me")
+        .await
+        .unwrap();
+    lease::release(&api, "grape-operator-leader", "me")
+        .await
+        .unwrap();
+    server.await.unwrap();
 }
 
 #[tokio::test]
@@ -432,12 +512,12 @@ async fn a_replica_waits_while_another_holds_the_lease_and_loses_a_race_cleanly(
         );
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
         respond(send, StatusCode::OK, &lease_object("other", &now));
-        // Expired: take it with a replace carrying resourceVersion 7; someone was faster (409).
+        // Released: take it with a replace carrying resourceVersion 7; someone was faster (409).
         let (_, _, _, _, _, send) = next(&mut handle).await;
         respond(
             send,
             StatusCode::OK,
-            &lease_object("other", "2020-01-01T00:00:00.000000Z"),
+            &lease_object("", "2020-01-01T00:00:00.000000Z"),
         );
         let (method, path, _, _, body, send) = next(&mut handle).await;
         assert_eq!(method, "PUT");
@@ -458,18 +538,19 @@ async fn a_replica_waits_while_another_holds_the_lease_and_loses_a_race_cleanly(
         assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
         respond(send, StatusCode::CREATED, &body);
     });
+    let mut seen = lease::Observed::default();
     assert!(
-        !lease::try_acquire(&api, "grape-operator-leader", "me")
+        !lease::try_acquire(&api, "grape-operator-leader", "me", &mut seen)
             .await
             .unwrap()
     );
     assert!(
-        !lease::try_acquire(&api, "grape-operator-leader", "me")
+        !lease::try_acquire(&api, "grape-operator-leader", "me", &mut seen)
             .await
             .unwrap()
     );
     assert!(
-        lease::try_acquire(&api, "grape-operator-leader", "me")
+        lease::try_acquire(&api, "grape-operator-leader", "me", &mut seen)
             .await
             .unwrap()
     );

@@ -1,0 +1,343 @@
+//! The operator's RBAC is what its code calls: the controller and the leader election run
+//! their reconciles against a mocked API server that answers every request, every request is
+//! recorded as (API group, resource, verb), and each must be granted by the shipped RBAC
+//! (`manifests/rbac.yaml`, which `scripts/check-k8s.sh` keeps equal to the chart's output).
+//! The other way round, every granted verb is either called here or listed below with where
+//! it is used.
+
+use grape_operator::controller::{self, Context, FINALIZER};
+use grape_operator::crd::GrapeCluster;
+use grape_operator::lease;
+use grape_operator::metrics::Metrics;
+use grape_operator::resources;
+use http::{Request, Response, StatusCode};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::client::Body;
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+/// (API group, resource, verb).
+type Call = (String, String, String);
+
+/// Granted verbs not called by the reconciles below, and where the operator uses them.
+const USED_ELSEWHERE: &[(&str, &str, &str, &str)] = &[
+    (
+        "grape.io",
+        "grapeclusters",
+        "list",
+        "the controller's watch",
+    ),
+    (
+        "grape.io",
+        "grapeclusters",
+        "watch",
+        "the controller's watch",
+    ),
+    (
+        "grape.io",
+        "grapeclusters/finalizers",
+        "update",
+        "owner references that block deletion",
+    ),
+    (
+        "apps",
+        "statefulsets",
+        "list",
+        "the controller's watch of owned StatefulSets",
+    ),
+    (
+        "apps",
+        "statefulsets",
+        "watch",
+        "the controller's watch of owned StatefulSets",
+    ),
+    (
+        "apps",
+        "statefulsets",
+        "create",
+        "server-side apply of a new StatefulSet",
+    ),
+    (
+        "",
+        "configmaps",
+        "create",
+        "server-side apply of a new ConfigMap",
+    ),
+    (
+        "",
+        "services",
+        "create",
+        "server-side apply of a new Service",
+    ),
+    (
+        "",
+        "pods",
+        "watch",
+        "the controller's watch of the data pods",
+    ),
+    (
+        "",
+        "pods",
+        "delete",
+        "restarting a pod in a rolling update (needs a data-plane view: e2e)",
+    ),
+    (
+        "policy",
+        "poddisruptionbudgets",
+        "create",
+        "server-side apply of a new PDB",
+    ),
+    (
+        "events.k8s.io",
+        "events",
+        "patch",
+        "the event recorder's series of a repeated Event",
+    ),
+    (
+        "monitoring.coreos.com",
+        "servicemonitors",
+        "create",
+        "server-side apply of a new ServiceMonitor",
+    ),
+];
+
+/// What a request asks for, as RBAC names it.
+fn call(method: &str, path: &str, query: &str) -> Call {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // /api/v1/... (core) or /apis/GROUP/VERSION/...
+    let (group, rest) = match parts.first() {
+        Some(&"api") => ("".to_string(), &parts[2..]),
+        _ => (parts[1].to_string(), &parts[3..]),
+    };
+    let rest: Vec<&str> = match rest.first() {
+        Some(&"namespaces") if rest.len() > 2 => rest[2..].to_vec(),
+        _ => rest.to_vec(),
+    };
+    let resource = match rest.len() {
+        3.. => format!("{}/{}", rest[0], rest[2]),
+        _ => rest[0].to_string(),
+    };
+    let named = rest.len() >= 2;
+    let verb = match (method, named) {
+        ("GET", true) => "get",
+        ("GET", false) if query.contains("watch=true") => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PATCH", _) => "patch",
+        ("PUT", _) => "update",
+        ("DELETE", _) => "delete",
+        _ => "unknown",
+    };
+    (group, resource, verb.to_string())
+}
+
+fn verb_of(call: &Call) -> &str {
+    call.2.as_str()
+}
+
+/// Every (group, resource, verb) the shipped RBAC grants.
+fn granted() -> BTreeSet<Call> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("manifests/rbac.yaml")).unwrap();
+    let mut granted = BTreeSet::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let doc: Value = serde::Deserialize::deserialize(doc).unwrap();
+        if !matches!(doc["kind"].as_str(), Some("ClusterRole" | "Role")) {
+            continue;
+        }
+        for rule in doc["rules"].as_array().unwrap() {
+            for group in rule["apiGroups"].as_array().unwrap() {
+                for resource in rule["resources"].as_array().unwrap() {
+                    for verb in rule["verbs"].as_array().unwrap() {
+                        granted.insert((
+                            group.as_str().unwrap().to_string(),
+                            resource.as_str().unwrap().to_string(),
+                            verb.as_str().unwrap().to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    granted
+}
+
+fn cluster(spec: Value, finalizers: &[&str], deleting: bool) -> GrapeCluster {
+    let mut metadata = json!({
+        "name": "test", "namespace": "default", "uid": "uid-1", "generation": 2,
+        "resourceVersion": "100", "finalizers": finalizers,
+    });
+    if deleting {
+        metadata["deletionTimestamp"] = json!("2026-11-27T10:00:00Z");
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "grape.io/v1alpha1", "kind": "GrapeCluster",
+        "metadata": metadata, "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// An API server that answers everything plausibly and records what was asked.
+fn permissive(existing: Option<Value>) -> (Client, Arc<Mutex<Vec<Call>>>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
+    let recorded = Arc::clone(&calls);
+    let mut stored: std::collections::BTreeMap<String, Value> = Default::default();
+    tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let method = request.method().to_string();
+            let path = request.uri().path().to_string();
+            let query = request.uri().query().unwrap_or("").to_string();
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let asked = call(&method, &path, &query);
+            recorded.lock().unwrap().push(asked.clone());
+            let (group, resource, verb) = (asked.0.as_str(), asked.1.as_str(), asked.2.as_str());
+            // What was created or replaced is there to read afterwards.
+            let key = match method.as_str() {
+                "POST" => format!("{path}/{}", body["metadata"]["name"].as_str().unwrap_or("")),
+                _ => path.clone(),
+            };
+            if matches!(method.as_str(), "POST" | "PUT") {
+                stored.insert(key.clone(), body.clone());
+            }
+            if let (Some(object), "get") = (stored.get(&key), verb_of(&asked)) {
+                let answer = serde_json::to_vec(object).unwrap();
+                send.send_response(
+                    Response::builder()
+                        .status(StatusCode::OK)
+                        .body(Body::from(answer))
+                        .unwrap(),
+                );
+                continue;
+            }
+            let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"});
+            let (status, answer) = match (group, resource, verb) {
+                ("apps", "statefulsets", "get") => match &existing {
+                    Some(sts) => (StatusCode::OK, sts.clone()),
+                    None => (StatusCode::NOT_FOUND, not_found),
+                },
+                (_, "pods", "list") => (
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+                ),
+                (_, "persistentvolumeclaims", "list") => (
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaimList", "metadata": {}, "items": [{
+                        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                        "metadata": {"name": "data-test-0", "namespace": "default"},
+                        "spec": {"storageClassName": "fast", "resources": {"requests": {"storage": "10Gi"}}},
+                        "status": {"capacity": {"storage": "10Gi"}},
+                    }]}),
+                ),
+                (_, "persistentvolumeclaims", "patch") => (
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data-test-0", "namespace": "default"}}),
+                ),
+                (_, "storageclasses", "get") => (
+                    StatusCode::OK,
+                    json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "fast"}, "provisioner": "x", "allowVolumeExpansion": true}),
+                ),
+                (_, "secrets", "get") | (_, "leases", "get") => (StatusCode::NOT_FOUND, not_found),
+                ("grape.io", _, _) => (
+                    StatusCode::OK,
+                    serde_json::to_value(cluster(json!({}), &[FINALIZER], false)).unwrap(),
+                ),
+                (_, _, "create" | "patch" | "update") => (StatusCode::OK, body),
+                _ => (StatusCode::NOT_FOUND, not_found),
+            };
+            send.send_response(
+                Response::builder()
+                    .status(status)
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    (Client::new(service, "default"), calls)
+}
+
+#[tokio::test]
+async fn every_call_the_operator_makes_is_granted_and_every_grant_is_used() {
+    let mut calls: BTreeSet<Call> = BTreeSet::new();
+    let base = cluster(
+        json!({"database": {"vectorDimension": 8}}),
+        &[FINALIZER],
+        false,
+    );
+    let existing = serde_json::to_value(resources::desired(&base, 3, 3).statefulset).unwrap();
+    let scenarios: Vec<(GrapeCluster, Option<Value>)> = vec![
+        // A new cluster: the finalizer first.
+        (cluster(json!({}), &[], false), None),
+        // Creation: secrets created, every object applied, status written.
+        (base.clone(), None),
+        // An existing cluster whose volumes grow, with a ServiceMonitor.
+        (
+            cluster(
+                json!({"database": {"vectorDimension": 8}, "storage": {"size": "20Gi", "storageClassName": "fast"}, "monitoring": {"serviceMonitor": true}}),
+                &[FINALIZER],
+                false,
+            ),
+            Some(existing.clone()),
+        ),
+        // Deletion: an Event, the finalizer removed.
+        (
+            cluster(
+                json!({"database": {"vectorDimension": 8}}),
+                &[FINALIZER],
+                true,
+            ),
+            None,
+        ),
+    ];
+    for (object, sts) in scenarios {
+        let (client, recorded) = permissive(sts);
+        let ctx = Arc::new(Context::new(client, Metrics::new()));
+        let _ = controller::reconcile(Arc::new(object), ctx).await;
+        calls.extend(recorded.lock().unwrap().iter().cloned());
+    }
+    // Leader election: create, renew, release.
+    let (client, recorded) = permissive(None);
+    let api: Api<Lease> = Api::namespaced(client, "grape-system");
+    let mut seen = lease::Observed::default();
+    let _ = lease::try_acquire(&api, "grape-operator-leader", "me", &mut seen).await;
+    let _ = lease::release(&api, "grape-operator-leader", "me").await;
+    calls.extend(recorded.lock().unwrap().iter().cloned());
+
+    let granted = granted();
+    let missing: Vec<&Call> = calls.iter().filter(|c| !granted.contains(*c)).collect();
+    assert!(
+        missing.is_empty(),
+        "the operator calls what its RBAC does not grant: {missing:?}"
+    );
+    for expected in [
+        ("", "secrets", "create"),
+        ("", "persistentvolumeclaims", "patch"),
+        ("storage.k8s.io", "storageclasses", "get"),
+        ("events.k8s.io", "events", "create"),
+        ("grape.io", "grapeclusters/status", "patch"),
+        ("monitoring.coreos.com", "servicemonitors", "patch"),
+        ("coordination.k8s.io", "leases", "get"),
+    ] {
+        let expected = (
+            expected.0.to_string(),
+            expected.1.to_string(),
+            expected.2.to_string(),
+        );
+        assert!(calls.contains(&expected), "not exercised: {expected:?}");
+    }
+    let elsewhere: BTreeSet<Call> = USED_ELSEWHERE
+        .iter()
+        .map(|(g, r, v, _)| (g.to_string(), r.to_string(), v.to_string()))
+        .collect();
+    let unused: Vec<&Call> = granted
+        .iter()
+        .filter(|g| !calls.contains(*g) && !elsewhere.contains(*g))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "granted but never called (remove them, or say where they are used): {unused:?}"
+    );
+}
