@@ -35,7 +35,7 @@ use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The finalizer the operator puts on every GrapeCluster.
 pub const FINALIZER: &str = "grape.io/finalizer";
@@ -58,6 +58,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Data-plane calls go to pod DNS names; tests replace this.
     pub data_plane_http: reqwest::Client,
+    /// Consecutive failed reconciles per cluster (`namespace/name`), for the backoff.
+    failures: std::sync::Mutex<BTreeMap<String, u32>>,
 }
 
 impl Context {
@@ -71,6 +73,7 @@ impl Context {
             client,
             metrics,
             data_plane_http: dataplane::http_client(None),
+            failures: Default::default(),
         }
     }
 }
@@ -115,6 +118,7 @@ pub async fn reconcile(cluster: Arc<GrapeCluster>, ctx: Arc<Context>) -> Result<
     let namespace = cluster
         .namespace()
         .ok_or_else(|| Error::Invalid("GrapeCluster without a namespace".into()))?;
+    let key = format!("{namespace}/{}", cluster.name_any());
     let api: Api<GrapeCluster> = Api::namespaced(ctx.client.clone(), &namespace);
     let result = finalizer(&api, FINALIZER, cluster, |event| async {
         match event {
@@ -126,13 +130,55 @@ pub async fn reconcile(cluster: Arc<GrapeCluster>, ctx: Arc<Context>) -> Result<
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics
         .observe_reconcile(started.elapsed(), result.is_ok());
+    if result.is_ok()
+        && let Ok(mut failures) = ctx.failures.lock()
+    {
+        failures.remove(&key);
+    }
     result
 }
 
-/// Retry a failed reconcile after a pause.
-pub fn error_policy(cluster: Arc<GrapeCluster>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(cluster = %cluster.name_any(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(15))
+/// Retries a failed reconcile after an exponential backoff (5 s doubling to 5 minutes, per
+/// cluster, reset by a success) and tells the cluster's users with a Warning Event, not only
+/// the operator's log.
+pub fn error_policy(cluster: Arc<GrapeCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!(
+        "{}/{}",
+        cluster.namespace().unwrap_or_default(),
+        cluster.name_any()
+    );
+    let attempts = match ctx.failures.lock() {
+        Ok(mut failures) => {
+            let n = failures.entry(key).or_default();
+            *n = n.saturating_add(1);
+            *n
+        }
+        Err(_) => 1,
+    };
+    let wait = decide::backoff(attempts.min(i32::MAX as u32) as i32);
+    tracing::warn!(cluster = %cluster.name_any(), %error, attempts, "reconcile failed");
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let recorder = ctx.recorder.clone();
+        let reference = cluster.object_ref(&());
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "ReconcileFailed".into(),
+            note: Some(
+                format!("{error} (attempt {attempts}; next in {} s)", wait.as_secs())
+                    .chars()
+                    .take(1000)
+                    .collect(),
+            ),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        runtime.spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                tracing::warn!(error = %e, "publishing an event");
+            }
+        });
+    }
+    Action::requeue(wait)
 }
 
 fn apply_params() -> PatchParams {

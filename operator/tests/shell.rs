@@ -323,17 +323,45 @@ async fn a_failed_apply_is_a_reconcile_error_and_is_counted() {
             StatusCode::FORBIDDEN,
             &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403, "message": "forbidden"}),
         );
+        handle
     });
-    let error = controller::reconcile(Arc::new(cluster(Some(vec![FINALIZER]), false)), ctx)
+    let object = Arc::new(cluster(Some(vec![FINALIZER]), false));
+    let error = controller::reconcile(Arc::clone(&object), Arc::clone(&ctx))
         .await
         .unwrap_err();
     assert!(error.to_string().contains("forbidden"), "{error}");
-    server.await.unwrap();
+    let mut handle = server.await.unwrap();
     assert!(
         metrics
             .render()
             .contains("grape_operator_reconciliations_total{result=\"error\"} 1")
     );
+    // Retried after an exponential backoff, and said as a Warning Event on the cluster.
+    for (attempt, wait) in [(1, 5), (2, 10), (3, 20)] {
+        let action = controller::error_policy(Arc::clone(&object), &error, Arc::clone(&ctx));
+        assert_eq!(
+            action,
+            kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(wait)),
+            "attempt {attempt}"
+        );
+        let (method, path, _, _, body, send) = next(&mut handle).await;
+        assert!(path.contains("/events"), "{path}");
+        if method == "POST" {
+            assert_eq!(body["reason"], "ReconcileFailed");
+            assert_eq!(body["type"], "Warning");
+            assert!(
+                body["note"].as_str().unwrap().contains("forbidden"),
+                "{body}"
+            );
+            respond(send, StatusCode::CREATED, &body);
+        } else {
+            respond(
+                send,
+                StatusCode::OK,
+                &json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "default"}, "eventTime": "2026-12-03T10:00:00.000000Z", "reason": "ReconcileFailed", "type": "Warning", "action": "Reconcile", "reportingController": "grape-operator", "reportingInstance": "x"}),
+            );
+        }
+    }
 }
 
 #[tokio::test]
