@@ -710,13 +710,7 @@ pub fn desired(
         let template = serde_json::to_string(&statefulset.spec.template).unwrap_or_default();
         hash(&format!("{template}\n{yaml}"))
     };
-    if let Some(annotations) = statefulset
-        .spec
-        .template
-        .metadata
-        .as_mut()
-        .and_then(|m| m.annotations.as_mut())
-    {
+    if let Some(annotations) = annotations_of(&mut statefulset) {
         annotations.insert(TEMPLATE_HASH_ANNOTATION.to_string(), template_hash);
     }
 
@@ -781,17 +775,20 @@ pub fn revision(template_hash: &str, secrets: Option<&str>) -> String {
     }
 }
 
-/// Stamps the StatefulSet's pod template with the Secrets' digest (see [`revision`]).
-pub fn stamp_secrets(statefulset: &mut StatefulSet, secrets: Option<&str>) {
-    let Some(digest) = secrets else { return };
-    let base = pod_template_hash(&statefulset.spec.template);
-    if let Some(annotations) = statefulset
+fn annotations_of(statefulset: &mut StatefulSet) -> Option<&mut BTreeMap<String, String>> {
+    statefulset
         .spec
         .template
         .metadata
         .as_mut()
         .and_then(|m| m.annotations.as_mut())
-    {
+}
+
+/// Stamps the StatefulSet's pod template with the Secrets' digest (see [`revision`]).
+pub fn stamp_secrets(statefulset: &mut StatefulSet, secrets: Option<&str>) {
+    let Some(digest) = secrets else { return };
+    let base = pod_template_hash(&statefulset.spec.template);
+    if let Some(annotations) = annotations_of(statefulset) {
         annotations.insert(SECRETS_DIGEST_ANNOTATION.to_string(), digest.to_string());
         annotations.insert(
             TEMPLATE_HASH_ANNOTATION.to_string(),

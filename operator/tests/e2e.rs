@@ -463,6 +463,24 @@ impl Operator {
     }
 }
 
+/// A GrapeCluster `g` of three nodes, RF 3, `shards` shards, with `extra` spec fields.
+fn three_nodes(uid: &str, shards: i32, extra: serde_json::Value) -> GrapeCluster {
+    let mut spec = json!({
+        "replicas": 3,
+        "database": {"vectorDimension": load::DIMENSION, "metric": "l2", "shardCount": shards, "replicationFactor": 3},
+    });
+    for (key, value) in extra.as_object().unwrap() {
+        spec[key] = value.clone();
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "grape.io/v1alpha1",
+        "kind": "GrapeCluster",
+        "metadata": {"name": "g", "namespace": "default", "uid": uid, "generation": 1},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
 fn settled(status: &GrapeClusterStatus) -> bool {
     let is = |t: &str, s: &str| condition(status, t).is_some_and(|c| c.status == s);
     is("Ready", "True")
@@ -473,16 +491,7 @@ fn settled(status: &GrapeClusterStatus) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn operator_core_runs_a_cluster_through_scaling_rolling_restart_and_switchover() {
-    let cluster: GrapeCluster = serde_json::from_value(json!({
-        "apiVersion": "grape.io/v1alpha1",
-        "kind": "GrapeCluster",
-        "metadata": {"name": "g", "namespace": "default", "uid": "u-1", "generation": 1},
-        "spec": {
-            "replicas": 3,
-            "database": {"vectorDimension": load::DIMENSION, "metric": "l2", "shardCount": 16, "replicationFactor": 3},
-        },
-    }))
-    .unwrap();
+    let cluster = three_nodes("u-1", 16, json!({}));
     let mut op = Operator::new(cluster);
 
     // Create: 3 pods form the cluster.
@@ -645,17 +654,7 @@ async fn operator_core_runs_a_cluster_through_scaling_rolling_restart_and_switch
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_bad_image_halts_the_rollout_and_reverting_it_recovers_the_cluster_unaided() {
-    let cluster: GrapeCluster = serde_json::from_value(json!({
-        "apiVersion": "grape.io/v1alpha1",
-        "kind": "GrapeCluster",
-        "metadata": {"name": "g", "namespace": "default", "uid": "u-2", "generation": 1},
-        "spec": {
-            "replicas": 3,
-            "progressDeadlineSeconds": 20,
-            "database": {"vectorDimension": load::DIMENSION, "metric": "l2", "shardCount": 8, "replicationFactor": 3},
-        },
-    }))
-    .unwrap();
+    let cluster = three_nodes("u-2", 8, json!({"progressDeadlineSeconds": 20}));
     let mut op = Operator::new(cluster);
     op.until("created", Duration::from_secs(90), settled).await;
     let good_image = op.cluster.spec.image.clone();
@@ -748,16 +747,7 @@ async fn a_bad_image_halts_the_rollout_and_reverting_it_recovers_the_cluster_una
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rotating_the_cluster_secret_rolls_the_pods_without_downtime() {
-    let cluster: GrapeCluster = serde_json::from_value(json!({
-        "apiVersion": "grape.io/v1alpha1",
-        "kind": "GrapeCluster",
-        "metadata": {"name": "g", "namespace": "default", "uid": "u-3", "generation": 1},
-        "spec": {
-            "replicas": 3,
-            "database": {"vectorDimension": load::DIMENSION, "metric": "l2", "shardCount": 8, "replicationFactor": 3},
-        },
-    }))
-    .unwrap();
+    let cluster = three_nodes("u-3", 8, json!({}));
     let mut op = Operator::new(cluster);
     op.until("created", Duration::from_secs(90), settled).await;
     let writers =
