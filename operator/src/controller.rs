@@ -33,7 +33,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -393,11 +393,8 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
             resources::keep_claim_templates(&mut desired.statefulset, existing);
         }
         resources::stamp_secrets(&mut desired.statefulset, secrets_digest.as_deref());
-        server_side_apply(
-            Api::<ConfigMap>::namespaced(client.clone(), &namespace),
-            &desired.config_map,
-        )
-        .await?;
+        let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &namespace);
+        server_side_apply(config_maps.clone(), &desired.config_map).await?;
         let services = Api::<Service>::namespaced(client.clone(), &namespace);
         server_side_apply(services.clone(), &desired.headless).await?;
         server_side_apply(services, &desired.client_service).await?;
@@ -428,6 +425,32 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
                 )
                 .await;
             }
+        }
+    }
+
+    // Configurations no pod runs any more go (best effort: a leftover is retried next time).
+    if plan.apply {
+        let current = desired_config_map_name(cluster, &plan);
+        let in_use: BTreeSet<String> = pods
+            .items
+            .iter()
+            .flat_map(|p| p.spec.iter().flat_map(|s| s.volumes.iter().flatten()))
+            .filter_map(|v| v.config_map.as_ref().map(|c| c.name.clone()))
+            .collect();
+        let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &namespace);
+        match config_maps
+            .list(&ListParams::default().labels(&selector))
+            .await
+        {
+            Ok(list) => {
+                let existing: Vec<String> = list.items.iter().map(|c| c.name_any()).collect();
+                for stale in resources::stale_config_maps(&names, &current, &existing, &in_use) {
+                    if let Err(e) = config_maps.delete(&stale, &DeleteParams::default()).await {
+                        tracing::warn!(config_map = %stale, error = %e, "deleting an old configuration");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "listing configurations"),
         }
     }
 
@@ -581,6 +604,13 @@ pub fn status_patch(old: &GrapeClusterStatus, new: &GrapeClusterStatus) -> serde
         }
     }
     json!({ "status": value })
+}
+
+/// The name of the ConfigMap the plan's StatefulSet mounts.
+fn desired_config_map_name(cluster: &GrapeCluster, plan: &decide::Plan) -> String {
+    resources::desired(cluster, plan.statefulset_replicas, plan.bootstrap_replicas)
+        .config_map
+        .name_any()
 }
 
 /// The pods' data claims and whether their StorageClass lets them grow (unknown when the

@@ -90,8 +90,13 @@ impl Names {
                 .unwrap_or_else(|| "default".into()),
         }
     }
+    /// The prefix of the cluster's ConfigMaps; each is named by its content's hash.
     pub fn config_map(&self) -> String {
         format!("{}-config", self.cluster)
+    }
+    /// The immutable ConfigMap holding `server_yaml`.
+    pub fn config_map_of(&self, server_yaml: &str) -> String {
+        format!("{}-{}", self.config_map(), &hash(server_yaml)[..10])
     }
     pub fn headless(&self) -> String {
         format!("{}-headless", self.cluster)
@@ -305,6 +310,30 @@ pub fn quantity_bytes(quantity: &str) -> Option<u128> {
     Some(bytes)
 }
 
+/// The cluster's ConfigMaps to delete: those of earlier configurations (named with the
+/// cluster's config prefix, the unhashed name of earlier versions included) that are neither
+/// `current` nor mounted by a pod that still exists.
+pub fn stale_config_maps(
+    names: &Names,
+    current: &str,
+    existing: &[String],
+    in_use: &std::collections::BTreeSet<String>,
+) -> Vec<String> {
+    let prefix = names.config_map();
+    existing
+        .iter()
+        .filter(|name| {
+            *name == &prefix
+                || name
+                    .strip_prefix(&prefix)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|h| h.len() == 10 && h.chars().all(|c| c.is_ascii_hexdigit()))
+        })
+        .filter(|name| name.as_str() != current && !in_use.contains(*name))
+        .cloned()
+        .collect()
+}
+
 /// The claim templates of a StatefulSet that exists: the API server refuses any change to
 /// them, so the applied object keeps them whatever `storage` says now (volumes grow by their
 /// claims instead).
@@ -438,9 +467,13 @@ pub fn desired(
     let tls = spec.security.tls_secret.is_some();
     let scheme = if tls { "HTTPS" } else { "HTTP" };
 
+    // Immutable and named by its content: a pod always runs the configuration of the
+    // template it was created from (a pod recreated mid-rollout cannot pick up the next
+    // configuration under the old template's hash), and the kubelet need not watch it.
     let config_map = ConfigMap {
-        metadata: meta(cluster, &names, names.config_map()),
+        metadata: meta(cluster, &names, names.config_map_of(&yaml)),
         data: Some(BTreeMap::from([("server.yaml".to_string(), yaml.clone())])),
+        immutable: Some(true),
         ..ConfigMap::default()
     };
 
@@ -492,7 +525,7 @@ pub fn desired(
     let mut volumes = vec![Volume {
         name: "config".into(),
         config_map: Some(ConfigMapVolumeSource {
-            name: names.config_map(),
+            name: names.config_map_of(&yaml),
             ..ConfigMapVolumeSource::default()
         }),
         ..Volume::default()

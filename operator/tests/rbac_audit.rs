@@ -241,6 +241,17 @@ fn permissive(existing: Option<Value>) -> (Client, Arc<Mutex<Vec<Call>>>) {
                     json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "fast"}, "provisioner": "x", "allowVolumeExpansion": true}),
                 ),
                 (_, "secrets", "get") | (_, "leases", "get") => (StatusCode::NOT_FOUND, not_found),
+                // A configuration of an earlier version that no pod mounts: deleted.
+                (_, "configmaps", "list") => (
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {}, "items": [
+                        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "test-config", "namespace": "default"}},
+                    ]}),
+                ),
+                (_, "configmaps", "delete") => (
+                    StatusCode::OK,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+                ),
                 ("grape.io", _, _) => (
                     StatusCode::OK,
                     serde_json::to_value(cluster(json!({}), &[FINALIZER], false)).unwrap(),
@@ -315,6 +326,8 @@ async fn every_call_the_operator_makes_is_granted_and_every_grant_is_used() {
     for expected in [
         ("", "secrets", "create"),
         ("", "persistentvolumeclaims", "patch"),
+        ("", "configmaps", "list"),
+        ("", "configmaps", "delete"),
         ("storage.k8s.io", "storageclasses", "get"),
         ("events.k8s.io", "events", "create"),
         ("grape.io", "grapeclusters/status", "patch"),

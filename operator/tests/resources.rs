@@ -73,9 +73,16 @@ fn default_spec_renders_every_owned_object() {
     // ConfigMap: the node configuration, peers = the bootstrap pods by stable DNS name.
     let yaml = &d.config_map.data.as_ref().unwrap()["server.yaml"];
     let config: Value = serde_yaml::from_str(yaml).unwrap();
+    // Immutable, named by its content; the pods mount that one.
+    let name = d.config_map.metadata.name.clone().unwrap();
     assert_eq!(
-        d.config_map.metadata.name.as_deref(),
-        Some("vectors-config")
+        name,
+        format!("vectors-config-{}", &resources::hash(yaml)[..10])
+    );
+    assert_eq!(d.config_map.immutable, Some(true));
+    assert_eq!(
+        to_json(&d.statefulset)["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"],
+        name.as_str()
     );
     assert_eq!(config["cluster"]["enabled"], true);
     assert_eq!(
@@ -496,4 +503,29 @@ fn generated_keys_are_a_valid_key_file_and_auth_is_off_only_when_asked() {
     assert!(config["security"].get("api_keys_file").is_none());
     let volumes = to_json(&d.statefulset)["spec"]["template"]["spec"]["volumes"].clone();
     assert!(!volumes.to_string().contains("api-keys"), "{volumes}");
+}
+
+#[test]
+fn old_configurations_go_once_no_pod_mounts_them() {
+    let names = Names {
+        cluster: "vectors".into(),
+        namespace: "n".into(),
+    };
+    let existing: Vec<String> = [
+        "vectors-config",            // an earlier version's unhashed one
+        "vectors-config-0123456789", // the current one
+        "vectors-config-abcdefabcd", // the previous one, a pod still runs it
+        "vectors-config-fedcba9876", // older, unused
+        "vectors-config-extra",      // someone else's
+        "vectors-configuration",
+        "other-config-0123456789",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let in_use = std::collections::BTreeSet::from(["vectors-config-abcdefabcd".to_string()]);
+    assert_eq!(
+        resources::stale_config_maps(&names, "vectors-config-0123456789", &existing, &in_use),
+        vec!["vectors-config", "vectors-config-fedcba9876"]
+    );
 }

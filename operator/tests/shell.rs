@@ -118,25 +118,28 @@ async fn reconcile_applies_every_owned_object_with_server_side_apply_then_patche
     let ctx = Arc::new(Context::new(client, metrics.clone()));
     let object = cluster(Some(vec![FINALIZER]), false);
     let mut desired = resources::desired(&object, 3, 3);
-    let mut expected: Vec<(&str, Value)> = vec![
+    let mut expected: Vec<(String, Value)> = vec![
         (
-            "/api/v1/namespaces/default/configmaps/test-config",
+            format!(
+                "/api/v1/namespaces/default/configmaps/{}",
+                desired.config_map.metadata.name.as_deref().unwrap()
+            ),
             serde_json::to_value(&desired.config_map).unwrap(),
         ),
         (
-            "/api/v1/namespaces/default/services/test-headless",
+            "/api/v1/namespaces/default/services/test-headless".to_string(),
             serde_json::to_value(&desired.headless).unwrap(),
         ),
         (
-            "/api/v1/namespaces/default/services/test",
+            "/api/v1/namespaces/default/services/test".to_string(),
             serde_json::to_value(&desired.client_service).unwrap(),
         ),
         (
-            "/apis/apps/v1/namespaces/default/statefulsets/test",
+            "/apis/apps/v1/namespaces/default/statefulsets/test".to_string(),
             serde_json::to_value(&desired.statefulset).unwrap(),
         ),
         (
-            "/apis/policy/v1/namespaces/default/poddisruptionbudgets/test",
+            "/apis/policy/v1/namespaces/default/poddisruptionbudgets/test".to_string(),
             serde_json::to_value(&desired.pdb).unwrap(),
         ),
     ];
@@ -234,6 +237,33 @@ async fn reconcile_applies_every_owned_object_with_server_side_apply_then_patche
             assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
             respond(send, StatusCode::OK, &body);
         }
+        // Configurations of earlier templates that no pod mounts are deleted.
+        let (method, path, query, _, _, send) = next(&mut handle).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("GET", "/api/v1/namespaces/default/configmaps")
+        );
+        assert!(query.contains("labelSelector="), "{query}");
+        respond(
+            send,
+            StatusCode::OK,
+            &json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {}, "items": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "test-config", "namespace": "default"}},
+            ]}),
+        );
+        let (method, path, _, _, _, send) = next(&mut handle).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            (
+                "DELETE",
+                "/api/v1/namespaces/default/configmaps/test-config"
+            )
+        );
+        respond(
+            send,
+            StatusCode::OK,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+        );
         // Report: a merge patch of the status subresource.
         let (method, path, _, content_type, body, send) = next(&mut handle).await;
         assert_eq!(method, "PATCH");
@@ -317,7 +347,7 @@ async fn a_failed_apply_is_a_reconcile_error_and_is_counted() {
             method, "PATCH",
             "the existing secrets are not created again"
         );
-        assert!(path.ends_with("/configmaps/test-config"));
+        assert!(path.contains("/configmaps/test-config-"), "{path}");
         respond(
             send,
             StatusCode::FORBIDDEN,
@@ -656,6 +686,13 @@ async fn a_larger_storage_size_grows_each_claim_and_keeps_the_statefulsets_claim
             }
             respond(send, StatusCode::OK, &body);
         }
+        let (_, path, _, _, _, send) = next(&mut handle).await;
+        assert!(path.ends_with("/configmaps"), "{path}");
+        respond(
+            send,
+            StatusCode::OK,
+            &json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {}, "items": []}),
+        );
         // Each claim grows, with an Event.
         for i in 0..3 {
             let (method, path, _, content_type, body, send) = next(&mut handle).await;
