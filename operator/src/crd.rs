@@ -355,7 +355,8 @@ pub struct MonitoringSpec {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct GrapeClusterStatus {
-    /// `Pending`, `Creating`, `Running`, `Scaling`, `Updating`, `Degraded` or `Paused`.
+    /// `Pending`, `Creating`, `Running`, `Scaling`, `Updating`, `Rebalancing`, `Expanding`,
+    /// `Degraded` or `Paused`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// Pods the StatefulSet has.
