@@ -199,50 +199,48 @@ where
     Ok(())
 }
 
-/// Reads the operator's API key (and the CA) from the cluster's Secrets. A generated key
-/// Secret that does not exist yet means no key (the pods were started without one).
+/// The operator's API key and the CA, from the Secrets [`ensure_secrets`] read (a generated
+/// key Secret that does not exist yet means no key: the pods were started without one) or
+/// the key Secret the spec names.
 async fn credentials(
     cluster: &GrapeCluster,
     ctx: &Context,
     namespace: &str,
+    read: &ClusterSecrets,
 ) -> Result<(Option<String>, Option<Vec<u8>>), Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let names = Names::of(cluster);
-    let key = match resources::api_keys_secret(&cluster.spec, &names) {
+    let key_secret = match &cluster.spec.security.api_keys_secret {
         Some(name) => {
-            let generated = cluster.spec.security.api_keys_secret.is_none();
-            let secret = if generated {
-                secrets.get_opt(&name).await?
-            } else {
-                Some(secrets.get(&name).await?)
-            };
-            match secret {
-                Some(secret) => Some(
-                    secret
-                        .data
-                        .as_ref()
-                        .and_then(|d| d.get(OPERATOR_KEY))
-                        .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
-                        .ok_or_else(|| {
-                            Error::Invalid(format!(
-                                "Secret {name} has no `{OPERATOR_KEY}` (an admin key for the operator)"
-                            ))
-                        })?,
-                ),
-                None => None,
-            }
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+            Some(secrets.get(name).await?)
         }
+        None => read.api_keys.clone(),
+    };
+    let key = match key_secret {
+        Some(secret) => Some(secret_value(&secret, OPERATOR_KEY).ok_or_else(|| {
+            Error::Invalid(format!(
+                "Secret {} has no `{OPERATOR_KEY}` (an admin key for the operator)",
+                secret.name_any()
+            ))
+        })?),
         None => None,
     };
-    let ca = match &cluster.spec.security.tls_secret {
-        Some(name) => secrets
-            .get(name)
-            .await?
-            .data
-            .and_then(|d| d.get("ca.crt").map(|v| v.0.clone())),
-        None => None,
-    };
+    let ca = read
+        .tls
+        .as_ref()
+        .and_then(|t| t.data.as_ref())
+        .and_then(|d| d.get("ca.crt").map(|v| v.0.clone()));
     Ok((key, ca))
+}
+
+/// A Secret's value under `key`, trimmed (from `data`, or `stringData` of one just created).
+fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    let data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|v| String::from_utf8_lossy(&v.0).to_string());
+    data.or_else(|| secret.string_data.as_ref()?.get(key).cloned())
+        .map(|v| v.trim().to_string())
 }
 
 /// 32 random bytes, hex.
@@ -277,29 +275,48 @@ async fn ensure_secret(
     }
 }
 
+/// The Secrets one reconcile reads, each once.
+#[derive(Default)]
+struct ClusterSecrets {
+    /// The node-to-node secret.
+    cluster: Option<Secret>,
+    /// The generated API keys (None when the spec names its own or turns auth off).
+    api_keys: Option<Secret>,
+    /// The spec's TLS Secret.
+    tls: Option<Secret>,
+}
+
+impl ClusterSecrets {
+    /// Digest of what the nodes read at start-up (the cluster secret, TLS): part of the pods'
+    /// revision, so that rotating them rolls the pods.
+    fn digest(&self) -> String {
+        resources::secrets_digest([&self.cluster, &self.tls].into_iter().flatten())
+    }
+}
+
 /// The cluster's node-to-node secret and, unless the spec names its own or turns
-/// authentication off, its API keys: created once, random. Returns what the nodes read at
-/// start-up (the cluster secret, and the TLS Secret when one is named), whose digest is part
-/// of the pods' revision: rotating them rolls the pods.
+/// authentication off, its API keys: created once, random; and the TLS Secret, read.
 async fn ensure_secrets(
     cluster: &GrapeCluster,
     client: &Client,
     namespace: &str,
-) -> Result<Vec<Secret>, Error> {
+) -> Result<ClusterSecrets, Error> {
     let create = !cluster.spec.paused;
     let secret = resources::cluster_secret(cluster, &random_secret());
-    let mut read_at_start = Vec::new();
-    read_at_start.extend(ensure_secret(client, namespace, secret, create).await?);
+    let mut read = ClusterSecrets {
+        cluster: ensure_secret(client, namespace, secret, create).await?,
+        ..ClusterSecrets::default()
+    };
     let spec = &cluster.spec.security;
     if spec.api_keys_secret.is_none() && !spec.allow_unauthenticated {
         let keys = resources::generated_api_keys(cluster, &random_secret(), &random_secret());
-        ensure_secret(client, namespace, keys, create).await?;
+        read.api_keys = ensure_secret(client, namespace, keys, create).await?;
     }
     if let Some(name) = &spec.tls_secret {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-        read_at_start.extend(secrets.get_opt(name).await?);
+        read.tls = secrets.get_opt(name).await?;
     }
-    Ok(read_at_start)
+    Ok(read)
 }
 
 /// Observes, decides, applies, acts, reports.
@@ -346,10 +363,11 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
             .filter(|p| !p.ready && p.started)
             .map(|p| p.name.clone()),
     );
+    let secrets = ensure_secrets(cluster, client, &namespace).await?;
     let (key, ca) = if order.is_empty() {
         (None, None)
     } else {
-        credentials(cluster, ctx, &namespace).await?
+        credentials(cluster, ctx, &namespace, &secrets).await?
     };
     let endpoints = ServiceDns {
         names: names.clone(),
@@ -366,8 +384,7 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
         data_plane.observe(&order).await
     };
 
-    let read_at_start = ensure_secrets(cluster, client, &namespace).await?;
-    let secrets_digest = Some(resources::secrets_digest(&read_at_start));
+    let secrets_digest = Some(secrets.digest());
     let observed = Observed {
         generation: cluster.metadata.generation,
         annotations: cluster.annotations().clone(),
@@ -426,24 +443,20 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
                 .await;
             }
         }
-    }
-
-    // Configurations no pod runs any more go (best effort: a leftover is retried next time).
-    if plan.apply {
-        let current = desired_config_map_name(cluster, &plan);
+        // Configurations no pod runs any more go (best effort: a leftover is retried next time).
         let in_use: BTreeSet<String> = pods
             .items
             .iter()
             .flat_map(|p| p.spec.iter().flat_map(|s| s.volumes.iter().flatten()))
             .filter_map(|v| v.config_map.as_ref().map(|c| c.name.clone()))
             .collect();
-        let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &namespace);
         match config_maps
             .list(&ListParams::default().labels(&selector))
             .await
         {
             Ok(list) => {
                 let existing: Vec<String> = list.items.iter().map(|c| c.name_any()).collect();
+                let current = desired.config_map.name_any();
                 for stale in resources::stale_config_maps(&names, &current, &existing, &in_use) {
                     if let Err(e) = config_maps.delete(&stale, &DeleteParams::default()).await {
                         tracing::warn!(config_map = %stale, error = %e, "deleting an old configuration");
@@ -604,13 +617,6 @@ pub fn status_patch(old: &GrapeClusterStatus, new: &GrapeClusterStatus) -> serde
         }
     }
     json!({ "status": value })
-}
-
-/// The name of the ConfigMap the plan's StatefulSet mounts.
-fn desired_config_map_name(cluster: &GrapeCluster, plan: &decide::Plan) -> String {
-    resources::desired(cluster, plan.statefulset_replicas, plan.bootstrap_replicas)
-        .config_map
-        .name_any()
 }
 
 /// The pods' data claims and whether their StorageClass lets them grow (unknown when the
