@@ -60,6 +60,12 @@ pub struct ClusterStatus {
     /// shards they hold are refused with 507 until space is freed.
     #[serde(default)]
     pub low_disk: Vec<String>,
+    /// Members that answer with another data directory than the one the cluster recorded
+    /// (their volume was lost or replaced). They take no part in the cluster, and their
+    /// replicas count as lost, until they are removed (`remove-node` with `force`) and
+    /// added again as new nodes.
+    #[serde(default)]
+    pub data_lost: Vec<String>,
 }
 
 /// One member in [`ClusterStatus`].

@@ -5,7 +5,8 @@ use crate::{Cluster, vector};
 use futures::StreamExt;
 use grape_client::{
     AddNodeRequest, ClusterStatus, Consistency, DocumentInput, GrapeClient, OperationState,
-    OperationStatus, OperationsStatus, SearchRequest, ShardChecksum,
+    OperationStatus, OperationsStatus, RebalanceRequest, RemoveNodeRequest, SearchRequest,
+    ShardChecksum,
 };
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -402,6 +403,98 @@ pub async fn distribution(
         );
     }
     Ok(out)
+}
+
+/// Waits until operation `id` (a drain, rebalance or repair) is done.
+pub async fn wait_operation(cluster: &Cluster, id: u64, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    let mut last = None;
+    loop {
+        for node in cluster.nodes.iter().filter(|n| n.is_running()) {
+            if let Ok(status) = node.client().migration_status().await {
+                match status.operations.iter().find(|o| o.operation == id) {
+                    Some(o) if o.state == OperationState::Done => return Ok(()),
+                    Some(o) if matches!(o.state, OperationState::Failed { .. }) => {
+                        return Err(format!("operation {id} failed: {o:?}"));
+                    }
+                    _ => last = Some(status),
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "operation {id} not done within {within:?}: {last:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Replaces member `i`, whose data directory was lost, the way the docs tell an operator to:
+/// waits until the cluster lists it under `data_lost`, removes it with `force`, adds it back
+/// as a new node and rebalances; waits until it is ready.
+pub async fn replace_lost_member(
+    cluster: &Cluster,
+    i: usize,
+    within: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    let id = format!("node-{i}");
+    let others: Vec<&crate::GrapeNode> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(at, n)| *at + 1 != i && n.is_running())
+        .map(|(_, n)| n)
+        .collect();
+    let ask = others.first().ok_or("no other node runs")?.client();
+    loop {
+        match ask.cluster_status().await {
+            Ok(status) if status.data_lost.contains(&id) => break,
+            other if Instant::now() > deadline => {
+                return Err(format!("{id} never listed as data_lost: {other:?}"));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+    let remove = RemoveNodeRequest {
+        node_id: id.clone(),
+        force: true,
+    };
+    let started = retry(deadline, || ask.remove_node(&remove)).await?;
+    wait_operation(cluster, started.operation, within).await?;
+    let add = AddNodeRequest {
+        node_id: id.clone(),
+        address: cluster.raft_address(i),
+        role: None,
+    };
+    retry(deadline, || ask.add_node(&add)).await?;
+    let rebalance = RebalanceRequest {
+        strategy: Some("even_distribution".into()),
+    };
+    let started = retry(deadline, || ask.rebalance(&rebalance)).await?;
+    wait_operation(cluster, started.operation, within).await?;
+    cluster.node(i).wait_ready().await;
+    Ok(())
+}
+
+/// Calls `call` until it succeeds or `deadline` passes (an election or a joining node makes
+/// admin calls answer 503 or 409 for a moment).
+async fn retry<T, F, Fut>(deadline: Instant, mut call: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = grape_client::Result<T>>,
+{
+    loop {
+        match call().await {
+            Ok(answer) => return Ok(answer),
+            Err(e) if Instant::now() > deadline => return Err(e.to_string()),
+            Err(e) => {
+                eprintln!("retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 /// Starts one more node and admits it with `add-node`; waits until it is ready.

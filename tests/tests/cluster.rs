@@ -197,10 +197,16 @@ async fn no_acknowledged_write_is_lost_across_kills_restarts_and_a_wiped_node() 
         *urls.lock().unwrap() = urls_of(&cluster);
         tokio::time::sleep(Duration::from_millis(1500)).await;
         if round == 2 {
-            // The node comes back with an empty data directory and the same id.
+            // The node comes back with an empty data directory and the same id: the cluster
+            // keeps it out until it is removed and added again as a new node.
             cluster.node_mut(victim).wipe();
+            cluster.node_mut(victim).restart_unready().await;
+            load::replace_lost_member(&cluster, victim, Duration::from_secs(120))
+                .await
+                .unwrap();
+        } else {
+            cluster.node_mut(victim).restart_unready().await;
         }
-        cluster.node_mut(victim).restart_unready().await;
         cluster.node(victim).wait_ready().await;
         *urls.lock().unwrap() = urls_of(&cluster);
     }
@@ -223,6 +229,125 @@ async fn no_acknowledged_write_is_lost_across_kills_restarts_and_a_wiped_node() 
         if group.name != "meta" {
             assert!(group.purged_index.unwrap_or(0) > 0, "{group:?}");
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_with_a_wiped_volume_cannot_vote_a_stale_node_in_and_is_replaced_as_a_new_one() {
+    // The hazard: node-1 misses writes that node-2 and node-3 acknowledged; node-2 loses its
+    // volume. Were node-2 to vote as the member it was, node-1 and node-2 would make a
+    // majority, elect the stale node-1 and lose those writes.
+    let mut cluster = Cluster::start(3, options()).await;
+    let before: Vec<DocumentInput> = (0..20).map(|i| doc(&format!("before-{i}"), i)).collect();
+    let client = cluster.node(2).client();
+    client
+        .default_collection()
+        .upsert_batch(&before)
+        .await
+        .unwrap();
+    converged(&cluster).await;
+
+    cluster.isolate(1);
+    let during: Vec<DocumentInput> = (0..20)
+        .map(|i| doc(&format!("during-{i}"), 100 + i))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Err(e) = client.default_collection().upsert_batch(&during).await {
+        assert!(
+            Instant::now() < deadline,
+            "node-2 and node-3 take no writes: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let terms_before: BTreeMap<String, Option<u64>> = client
+        .cluster_status()
+        .await
+        .unwrap()
+        .groups
+        .into_iter()
+        .map(|g| (g.name, g.term))
+        .collect();
+    cluster.node_mut(2).kill9();
+    cluster.node_mut(3).kill9();
+    cluster.heal(1);
+    cluster.node_mut(2).wipe();
+    cluster.node_mut(2).restart_unready().await;
+
+    // Only the stale node-1 and the wiped node-2 run: no leader may be elected, and the
+    // cluster names node-2 as a member whose data is lost.
+    let stale = cluster.node(1).client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = stale.cluster_status().await.unwrap();
+        if status.data_lost == ["node-2"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node-2 not reported: {status:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Ten election timeouts.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for probe in ["during-5", "before-5"] {
+        let read = stale
+            .default_collection()
+            .get_with(probe, Consistency::Strong)
+            .await;
+        let status = read
+            .as_ref()
+            .err()
+            .and_then(|e| e.status())
+            .map(|s| s.as_u16());
+        assert!(
+            matches!(status, Some(503) | Some(504)),
+            "with the stale node and the wiped one alone, a strong read of {probe} must find no leader: {read:?}"
+        );
+    }
+    // No election was won: a leader node-1 still believes in dates from before the kills.
+    let status = stale.cluster_status().await.unwrap();
+    for group in &status.groups {
+        if group.leader.is_some() {
+            assert!(
+                group.term <= terms_before[&group.name],
+                "{} elected a leader without a majority of its real members: {status:?}",
+                group.name
+            );
+        }
+    }
+
+    // node-3 returns: node-1 and node-3 hold a majority with every acknowledged write.
+    cluster.node_mut(3).restart_unready().await;
+    cluster.node(3).wait_ready().await;
+    cluster.node(1).wait_ready().await;
+    for d in before.iter().chain(&during) {
+        let id = d.id.as_deref().unwrap();
+        stale
+            .default_collection()
+            .get_with(id, Consistency::Strong)
+            .await
+            .unwrap_or_else(|e| panic!("{id} was acknowledged and is lost: {e}"));
+    }
+    assert!(!cluster.node(2).client().ready().await.unwrap_or(false));
+
+    // Removed and added again, node-2 gets every replica back and serves them.
+    load::replace_lost_member(&cluster, 2, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let sums = converged(&cluster).await;
+    let stored: u64 = sums.iter().map(|s| s.documents).sum();
+    assert_eq!(stored, 40, "{sums:?}");
+    let status = stale.cluster_status().await.unwrap();
+    assert!(status.data_lost.is_empty(), "{status:?}");
+    let held = status.nodes.iter().find(|n| n.id == "node-2").unwrap();
+    assert!(held.replicas > 0, "{status:?}");
+    for d in before.iter().chain(&during) {
+        let id = d.id.as_deref().unwrap();
+        cluster
+            .node(2)
+            .client()
+            .default_collection()
+            .get_with(id, Consistency::Eventual)
+            .await
+            .unwrap_or_else(|e| panic!("{id} not on the replaced node-2: {e}"));
     }
 }
 

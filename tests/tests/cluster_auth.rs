@@ -1,6 +1,7 @@
 //! Node-to-node calls need proof: a stranger who reaches a node's Raft port, with no proof or
-//! with the wrong cluster secret, is refused on every internal route and changes nothing; a
-//! clustered node with no way to authenticate its peers refuses to start.
+//! with the wrong cluster secret, is refused on every internal route and changes nothing; so
+//! is a proven call meant for another incarnation of the node; a clustered node with no way to
+//! authenticate its peers refuses to start.
 
 use grape_client::DocumentInput;
 use grape_dataplane::cluster::raft::ids::NodeAddr;
@@ -85,6 +86,7 @@ async fn strangers_are_refused_on_every_internal_route_and_change_nothing() {
         request: Request::Meta(MetaCommand::RegisterNode {
             id: "intruder".into(),
             addr: NodeAddr::default(),
+            incarnation: Some(1),
         }),
     });
     let wrong_secret = "an-entirely-different-secret-0123456789";
@@ -121,6 +123,21 @@ async fn strangers_are_refused_on_every_internal_route_and_change_nothing() {
     let path = RpcKind::Propose.path();
     let other = signed("node-1", Some(&secret), path, &register);
     assert_eq!(call(&raft, path, &other, propose.clone()).await, 401);
+
+    // A call meant for another incarnation of the node (its data directory was replaced) is
+    // refused even with a valid proof; a malformed one too; a stranger still gets 401 first.
+    let proven = signed("node-1", Some(&secret), path, &propose);
+    for (value, expected) in [("12345", 421), ("not-a-number", 400), ("", 400)] {
+        let mut headers = proven.clone();
+        headers.push(("x-grape-incarnation".to_string(), value.to_string()));
+        assert_eq!(
+            call(&raft, path, &headers, propose.clone()).await,
+            expected,
+            "a proven write naming incarnation {value:?}"
+        );
+        let stranger = vec![("x-grape-incarnation".to_string(), value.to_string())];
+        assert_eq!(call(&raft, path, &stranger, propose.clone()).await, 401);
+    }
 
     // Nothing changed: no document, no member.
     let after = load::converged(&cluster, Duration::from_secs(30))

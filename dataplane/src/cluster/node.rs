@@ -36,6 +36,10 @@ use std::time::{Duration, Instant};
 pub struct Node {
     /// `node.id`.
     id: NodeId,
+    /// Identifies this node's data directory: drawn when the directory is first used and kept
+    /// in it. The cluster records it, and refuses Raft traffic to a member whose directory
+    /// was replaced (see [`INCARNATION_RECORD`]).
+    incarnation: u64,
     /// Where peers and clients reach this node.
     addr: NodeAddr,
     /// The configuration the node started with.
@@ -127,6 +131,12 @@ impl Node {
             .await
             .map_err(|e| Error::Internal(format!("forced recovery panicked: {e}")))??;
         }
+        let incarnation = {
+            let storage = Arc::clone(&storage);
+            tokio::task::spawn_blocking(move || incarnation_of(&storage))
+                .await
+                .map_err(|e| Error::Internal(format!("reading the incarnation panicked: {e}")))??
+        };
         let syncer = Arc::new(WalSyncer::start(&storage));
 
         let peer_auth = Arc::new(PeerAuth::from_config(&config)?);
@@ -199,6 +209,7 @@ impl Node {
         });
         let node = Arc::new(Node {
             id,
+            incarnation,
             addr,
             config,
             storage,
@@ -249,6 +260,11 @@ impl Node {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// This node's data directory's identity (see [`INCARNATION_RECORD`]).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     pub fn addr(&self) -> &NodeAddr {
@@ -492,6 +508,37 @@ fn check_default_collection(config: &Config, state: &MetaState) -> Result<()> {
     Ok(())
 }
 
+/// The node record that holds the data directory's incarnation.
+///
+/// A member whose volume was lost comes back under its old id with nothing: no log, no vote.
+/// Were it to take part in Raft as it was, it could vote a stale candidate in and lose entries
+/// a majority had acknowledged. So each data directory draws a random incarnation when it is
+/// first used; the cluster records every member's (`RegisterNode`), every node-to-node call
+/// names the incarnation its sender expects of the receiver, and a node with another one
+/// refuses them. The replaced member takes part in nothing until it is removed
+/// (`remove-node`, which forgets the recorded incarnation) and added again as a new node.
+pub const INCARNATION_RECORD: &str = "incarnation";
+
+/// The data directory's incarnation, drawn and saved (synced) on first use.
+fn incarnation_of(storage: &Storage) -> Result<u64> {
+    if let Some(bytes) = storage.node_record(INCARNATION_RECORD)? {
+        let bytes: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
+            Error::unavailable(
+                ErrorCode::StorageError,
+                "the data directory's incarnation record is damaged",
+            )
+        })?;
+        return Ok(u64::from_be_bytes(bytes));
+    }
+    // Never 0, so that a zero read from elsewhere cannot match.
+    let incarnation = rand::random::<u64>().max(1);
+    let mut changes = crate::storage::Changes::default();
+    changes.put_node_record(storage, INCARNATION_RECORD, &incarnation.to_be_bytes());
+    storage.commit(changes)?;
+    storage.sync()?;
+    Ok(incarnation)
+}
+
 /// Entries a replica may still have to apply and be ready: under a steady write load a
 /// follower is always a few entries behind the commit index it has heard of, and readiness
 /// must not flap with every batch.
@@ -532,11 +579,11 @@ fn raft_settings(config: &Config) -> Result<openraft::Config> {
         ),
         max_in_snapshot_log_to_keep: (config.cluster.snapshot_log_entries / 5).min(1_000),
         max_payload_entries: 64,
-        // A node whose data directory was wiped comes back under the same id with an empty
-        // log: its leaders must re-seed it instead of treating the reverted log as a bug.
-        // (A Raft member that loses acknowledged entries weakens the quorum guarantee, as any
-        // lost replica does: no acknowledged write is lost while a majority of its replicas
-        // survive.)
+        // A member whose data directory was replaced is refused by its incarnation (see
+        // INCARNATION_RECORD) and must be removed and added again. The one case left is a
+        // directory lost in the few hundred milliseconds between a node's first start and the
+        // registration of its incarnation: its leaders then re-seed it rather than stop
+        // replicating to it.
         allow_log_reversion: Some(true),
         ..Default::default()
     };

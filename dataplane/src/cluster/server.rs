@@ -12,6 +12,7 @@ use super::node::Node;
 use super::raft::auth::{Call, DIGEST_HEADER, NODE_HEADER, PROOF_HEADER, Refusal};
 use super::raft::ids::META_GROUP;
 use super::raft::meta_sm::MetaRaft;
+use super::raft::peers::INCARNATION_HEADER;
 use super::raft::rpc::{
     AdminRpc, AppendRpc, ChecksumsRpc, GetRpc, HandOverRpc, InitGroupRpc, ListRpc, MembershipRpc,
     PingRpc, PreVoteRpc, ProposeRpc, RemoteError, Rpc, RpcKind, SearchRpc, SnapshotChunkRpc,
@@ -243,6 +244,51 @@ async fn authenticate(
         .await
 }
 
+/// Refuses a call meant for another incarnation of this node (see
+/// `node::INCARNATION_RECORD`): this data directory is not the one the cluster knows under
+/// this id, so the node must not vote, acknowledge entries or serve data as that member. Status
+/// and ping calls still answer, so that the cluster can see the replaced member.
+async fn check_incarnation(
+    State(node): State<Arc<Node>>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path().to_string();
+    if path == RpcKind::Status.path() || path == RpcKind::Ping.path() {
+        return next.run(request).await;
+    }
+    let expected = request
+        .headers()
+        .get(INCARNATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.parse::<u64>());
+    match expected {
+        None => next.run(request).await,
+        Some(Ok(expected)) if expected == node.incarnation() => next.run(request).await,
+        Some(Ok(_)) => {
+            tracing::warn!(
+                %path,
+                "refused a node-to-node call meant for this node's earlier data directory: remove this node from the cluster and add it again"
+            );
+            // 421: this node is not the one the call was meant for. The caller treats it as
+            // unreachable.
+            (
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "{} has a new data directory: the cluster must remove it and add it again",
+                    node.id()
+                ),
+            )
+                .into_response()
+        }
+        Some(Err(_)) => (
+            StatusCode::BAD_REQUEST,
+            format!("{INCARNATION_HEADER} is not a number"),
+        )
+            .into_response(),
+    }
+}
+
 fn refuse(call: &Call<'_>, refusal: Refusal) -> Response {
     tracing::warn!(
         path = call.path,
@@ -323,6 +369,11 @@ pub fn router(node: Arc<Node>) -> axum::Router {
     }
     let body_timeout = Duration::from_millis(node.config().performance.body_read_timeout_ms);
     app.layer(DefaultBodyLimit::max(MAX_BODY))
+        // After the authentication: a stranger learns nothing from it.
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&node),
+            check_incarnation,
+        ))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&node),
             authenticate,

@@ -4,6 +4,7 @@
 
 use super::node::Node;
 use super::raft::ids::{GroupId, META_GROUP, NodeId};
+use super::raft::meta_state::MetaState;
 use super::raft::rpc::{GroupStatus, NodeStatus, StatusRpc};
 use super::route::blocking;
 use crate::collection::parse_group;
@@ -41,6 +42,7 @@ pub fn node_status(node: &Node) -> NodeStatus {
         meta_initialized: meta.last_log_index.is_some() || meta.vote.leader_id().term > 0,
         documents: node.replicas().document_count(),
         groups,
+        incarnation: Some(node.incarnation()),
     }
 }
 
@@ -197,7 +199,24 @@ pub async fn cluster_status(node: &Node) -> ClusterStatus {
         groups,
         joining,
         low_disk: state.low_disk.iter().cloned().collect(),
+        data_lost: replaced_members(&state, &statuses),
     }
+}
+
+/// Members that answer with another data directory than the one the cluster recorded: their
+/// volume was lost or replaced, and they take part in nothing until removed and added again.
+pub fn replaced_members(
+    state: &MetaState,
+    statuses: &BTreeMap<NodeId, Option<NodeStatus>>,
+) -> Vec<NodeId> {
+    statuses
+        .iter()
+        .filter_map(|(id, status)| {
+            let answered = status.as_ref()?.incarnation?;
+            let recorded = *state.incarnations.get(id)?;
+            (answered != recorded).then(|| id.clone())
+        })
+        .collect()
 }
 
 /// Each group this node holds, as Raft sees it: voters, leader, term, quorum.

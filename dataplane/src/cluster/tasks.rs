@@ -95,14 +95,19 @@ async fn bootstrap(node: Arc<Node>) {
     }
 }
 
-/// Keeps this node's addresses current in the meta group.
+/// Keeps this node's addresses and incarnation current in the meta group.
 async fn register(node: Arc<Node>) {
     loop {
-        let registered = node.meta_read().nodes.get(node.id()) == Some(node.addr());
+        let registered = {
+            let state = node.meta_read();
+            state.nodes.get(node.id()) == Some(node.addr())
+                && state.incarnations.get(node.id()) == Some(&node.incarnation())
+        };
         if !registered && node.meta_metrics().current_leader.is_some() {
             let command = Request::Meta(MetaCommand::RegisterNode {
                 id: node.id().to_string(),
                 addr: node.addr().clone(),
+                incarnation: Some(node.incarnation()),
             });
             if let Err(e) = propose(&node, META_GROUP, command).await {
                 tracing::debug!(error = %e, "registering this node");
@@ -117,7 +122,7 @@ async fn reconcile(node: Arc<Node>) {
     let mut changes = node.meta_changes();
     loop {
         // Addresses announced in the meta group.
-        let (nodes, wanted) = {
+        let (nodes, incarnations, wanted) = {
             let state = node.meta_read();
             let wanted: BTreeMap<_, _> = state
                 .copies_on(node.id())
@@ -128,11 +133,12 @@ async fn reconcile(node: Arc<Node>) {
                         .map(|c| (group.clone(), c.clone()))
                 })
                 .collect();
-            (state.nodes.clone(), wanted)
+            (state.nodes.clone(), state.incarnations.clone(), wanted)
         };
         for (id, addr) in &nodes {
             node.peers().learn(id, &addr.raft);
         }
+        node.peers().expect_incarnations(incarnations);
         for (group, collection) in &wanted {
             if node.replicas().get(group).is_none()
                 && let Err(e) = node.replicas().open(group, collection).await

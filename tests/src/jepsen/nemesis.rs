@@ -1,6 +1,6 @@
 //! Faults, chosen at random from a seed: kill -9 and restart, SIGSTOP/SIGCONT pauses,
 //! partitions (one node cut off, a minority from a majority, a bridge), leadership transfers,
-//! a node added and another removed with a rebalance, a wiped node rejoining, and a slow link
+//! a node added and another removed with a rebalance, a wiped node replaced as a new one (removed and added again), and a slow link
 //! (`tc` on loopback). One fault at a time, each held for a while and then healed.
 
 use super::workload::{Recorder, Targets};
@@ -151,9 +151,27 @@ impl Nemesis {
                 }
                 self.refresh_targets();
                 tokio::time::sleep(hold).await;
-                self.restart(i).await;
-                self.recorder
-                    .fault(name, "end", format!("node-{i} restarted"));
+                if fault == Fault::Wipe {
+                    // The cluster keeps a member with a new data directory out until it is
+                    // removed and added again as a new node.
+                    self.cluster.node_mut(i).restart_unready().await;
+                    let replaced = crate::load::replace_lost_member(
+                        &self.cluster,
+                        i,
+                        Duration::from_secs(180),
+                    )
+                    .await;
+                    self.refresh_targets();
+                    self.recorder.fault(
+                        name,
+                        "end",
+                        format!("node-{i} replaced as a new node: {replaced:?}"),
+                    );
+                } else {
+                    self.restart(i).await;
+                    self.recorder
+                        .fault(name, "end", format!("node-{i} restarted"));
+                }
             }
             Fault::Pause => {
                 let i = self.pick_member();

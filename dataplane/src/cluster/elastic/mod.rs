@@ -28,7 +28,7 @@ use crate::error::{Error, ErrorCode, Result};
 use grape_client::{AddNodeResponse, OperationStarted, RaftRole};
 use membership::change_meta_membership;
 use openraft::ChangeMembers;
-use planner::{plan_leaders, plan_replicas};
+use planner::{PlannedMove, plan_leaders, plan_missing, plan_replicas};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -104,6 +104,7 @@ async fn add_node(node: &Node, id: NodeId, address: String) -> Result<AddNodeRes
         MetaCommand::RegisterNode {
             id: id.clone(),
             addr: addr.clone(),
+            incarnation: None,
         },
     )
     .await?;
@@ -287,21 +288,28 @@ async fn start_operation(
     let moves = if nodes.is_empty() {
         Vec::new()
     } else {
+        // Groups a forced removal left short first, then the evacuation and the evening out.
+        let wanted: BTreeMap<GroupId, usize> = state
+            .groups
+            .iter()
+            .filter_map(|(group, record)| {
+                let collection = state.collections.get(&record.collection)?;
+                Some((group.clone(), collection.config.replication_factor as usize))
+            })
+            .collect();
+        let eligible: BTreeSet<NodeId> = nodes.difference(leaving).cloned().collect();
+        let mut moves = plan_missing(&placement, &eligible, &wanted);
+        let mut topped_up = placement.clone();
+        apply_moves(&mut topped_up, &moves);
         let mut all = nodes.clone();
         all.extend(leaving.iter().cloned());
-        plan_replicas(&placement, &all, leaving)
+        moves.extend(plan_replicas(&topped_up, &all, leaving));
+        moves
     };
-    for m in &moves {
-        if let Some(replicas) = placement.get_mut(&m.group) {
-            match &m.from {
-                Some(from) => {
-                    if let Some(at) = replicas.iter().position(|r| r == from) {
-                        replicas[at] = m.to.clone();
-                    }
-                }
-                None => replicas.push(m.to.clone()),
-            }
-        }
+    apply_moves(&mut placement, &moves);
+    // A replica a forced drain cannot move leaves with its node: it leads nothing.
+    for replicas in placement.values_mut() {
+        replicas.retain(|r| !leaving.contains(r));
     }
     let current: BTreeMap<GroupId, NodeId> = group_leaders(node)
         .await
@@ -331,6 +339,22 @@ async fn start_operation(
         other => Err(Error::Internal(format!(
             "starting an operation answered {other:?}"
         ))),
+    }
+}
+
+/// The placement once `moves` are done.
+fn apply_moves(placement: &mut BTreeMap<GroupId, Vec<NodeId>>, moves: &[PlannedMove]) {
+    for m in moves {
+        if let Some(replicas) = placement.get_mut(&m.group) {
+            match &m.from {
+                Some(from) => {
+                    if let Some(at) = replicas.iter().position(|r| r == from) {
+                        replicas[at] = m.to.clone();
+                    }
+                }
+                None => replicas.push(m.to.clone()),
+            }
+        }
     }
 }
 

@@ -89,7 +89,7 @@ pub async fn drive(node: &Node) {
         }
     }
     if moves.iter().all(|m| m.phase == MovePhase::Done)
-        && let Err(error) = finish_operation(node, &state, &operation).await
+        && let Err(error) = finish_operation(node, &state, &view, &operation).await
     {
         tracing::info!(operation = operation.id, %error, "finishing operation; retrying");
     }
@@ -243,7 +243,12 @@ async fn step_move(
 }
 
 /// After the moves: the planned leaders, and for a drain, the node's departure.
-async fn finish_operation(node: &Node, state: &MetaState, operation: &Operation) -> Result<()> {
+async fn finish_operation(
+    node: &Node,
+    state: &MetaState,
+    view: &ClusterView<'_>,
+    operation: &Operation,
+) -> Result<()> {
     let transfers = operation
         .leaders
         .iter()
@@ -258,6 +263,7 @@ async fn finish_operation(node: &Node, state: &MetaState, operation: &Operation)
         });
     futures::future::join_all(transfers).await;
     if let OperationKind::Drain { node: leaving, .. } = &operation.kind {
+        drop_leftover_replicas(node, state, view, leaving).await?;
         if leaving == node.id() {
             // This node leaves: hand the cluster to another member, which finishes the job.
             let next = state
@@ -287,6 +293,68 @@ async fn finish_operation(node: &Node, state: &MetaState, operation: &Operation)
     )
     .await?;
     tracing::info!(operation = operation.id, kind = ?operation.kind, "operation done");
+    Ok(())
+}
+
+/// A forced drain finds no node to move some replicas to (every other node holds the group
+/// already, as when a 3-node cluster with a replication factor of 3 loses one): those groups
+/// go on without the leaving node, under-replicated until a rebalance tops them up.
+async fn drop_leftover_replicas(
+    node: &Node,
+    state: &MetaState,
+    view: &ClusterView<'_>,
+    leaving: &str,
+) -> Result<()> {
+    let left = state.groups.iter().filter(|(_, record)| {
+        record.replicas.iter().any(|r| r == leaving) || record.learners.iter().any(|r| r == leaving)
+    });
+    for (group, record) in left {
+        let voters: BTreeSet<NodeId> = record
+            .replicas
+            .iter()
+            .filter(|r| *r != leaving)
+            .cloned()
+            .collect();
+        if voters.is_empty() {
+            // Its only replica leaves with the node: nothing to keep.
+            continue;
+        }
+        let leader = view.leader(group).ok_or_else(|| {
+            Error::unavailable(ErrorCode::NoLeader, format!("{group} has no leader"))
+        })?;
+        if leader == leaving {
+            let next = voters
+                .iter()
+                .find(|v| node.is_reachable(v))
+                .cloned()
+                .ok_or_else(|| {
+                    Error::unavailable(
+                        ErrorCode::Unavailable,
+                        format!("no voter of {group} answers"),
+                    )
+                })?;
+            transfer_group(node, group, &next).await?;
+            return Err(Error::unavailable(
+                ErrorCode::Unavailable,
+                format!("{group}: leadership moving off {leaving}"),
+            ));
+        }
+        membership(
+            node,
+            leader,
+            MembershipRpc::SetVoters {
+                group: group.clone(),
+                voters,
+            },
+        )
+        .await?;
+        let drop = MetaCommand::DropReplica {
+            group: group.clone(),
+            node: leaving.to_string(),
+        };
+        meta_command(node, drop).await?;
+        tracing::warn!(%group, node = %leaving, "the group goes on without the removed node's replica");
+    }
     Ok(())
 }
 

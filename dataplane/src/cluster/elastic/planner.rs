@@ -102,6 +102,46 @@ pub fn plan_replicas(
     moves
 }
 
+/// Replicas to add (`from: None`) to groups with fewer than `wanted` replicas (a forced
+/// removal left them short), each on the node among `nodes` that holds fewest replicas and
+/// lacks the group.
+pub fn plan_missing(
+    groups: &BTreeMap<GroupId, Vec<NodeId>>,
+    nodes: &BTreeSet<NodeId>,
+    wanted: &BTreeMap<GroupId, usize>,
+) -> Vec<PlannedMove> {
+    let mut count: BTreeMap<&NodeId, usize> = nodes.iter().map(|n| (n, 0)).collect();
+    for replicas in groups.values() {
+        for r in replicas {
+            if let Some(c) = count.get_mut(r) {
+                *c += 1;
+            }
+        }
+    }
+    let mut moves = Vec::new();
+    for (group, replicas) in groups {
+        let mut held = replicas.clone();
+        let want = wanted.get(group).copied().unwrap_or(0);
+        while held.len() < want {
+            let Some(target) = nodes
+                .iter()
+                .filter(|n| !held.contains(n))
+                .min_by_key(|n| (count[n], (*n).clone()))
+            else {
+                break;
+            };
+            *count.get_mut(target).expect("counted") += 1;
+            held.push(target.clone());
+            moves.push(PlannedMove {
+                group: group.clone(),
+                from: None,
+                to: target.clone(),
+            });
+        }
+    }
+    moves
+}
+
 /// A leader for every group, among its replicas, so that leaderships per node differ by at
 /// most one where the placement allows it; keeps `current` leaders where it can.
 pub fn plan_leaders(
@@ -269,6 +309,32 @@ mod tests {
         let counts = replica_counts(&groups);
         assert!(!counts.contains_key("e"), "{counts:?}");
         assert!(counts.values().all(|c| (12..=12).contains(c)), "{counts:?}");
+    }
+
+    #[test]
+    fn groups_left_short_by_a_forced_removal_get_their_replicas_back_on_the_emptiest_nodes() {
+        // Three nodes, replication factor 3; b was removed by force, so every group is left
+        // with a and c; b comes back empty.
+        let mut groups: BTreeMap<GroupId, Vec<NodeId>> = (0..4)
+            .map(|s| (format!("g{s}"), ids(&["a", "c"])))
+            .collect();
+        groups.insert("full".into(), ids(&["a", "c", "d"]));
+        let nodes: BTreeSet<NodeId> = ids(&["a", "b", "c", "d"]).into_iter().collect();
+        let wanted: BTreeMap<GroupId, usize> = groups.keys().map(|g| (g.clone(), 3)).collect();
+        let moves = plan_missing(&groups, &nodes, &wanted);
+        assert!(moves.iter().all(|m| m.from.is_none()), "{moves:?}");
+        apply(&mut groups, &moves);
+        assert!(groups.values().all(|r| r.len() == 3), "{groups:?}");
+        // b (empty) and d (one replica) take the four new replicas, ending even: 3 and 2.
+        let counts = replica_counts(&groups);
+        assert_eq!((counts["b"], counts["d"]), (3, 2), "{counts:?}");
+        assert_eq!((counts["a"], counts["c"]), (5, 5), "{counts:?}");
+        // Nothing to add once every group has its replicas, nor where no node is left.
+        assert!(plan_missing(&groups, &nodes, &wanted).is_empty());
+        let short: BTreeMap<GroupId, Vec<NodeId>> = BTreeMap::from([("g".into(), ids(&["a"]))]);
+        let lone: BTreeSet<NodeId> = ids(&["a"]).into_iter().collect();
+        let want: BTreeMap<GroupId, usize> = BTreeMap::from([("g".into(), 3)]);
+        assert!(plan_missing(&short, &lone, &want).is_empty());
     }
 
     #[test]

@@ -10,12 +10,21 @@ use std::collections::BTreeMap;
 /// A change to the cluster's shape.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum MetaCommand {
-    /// A node announces (or updates) where it listens.
-    RegisterNode { id: NodeId, addr: NodeAddr },
+    /// A node announces (or updates) where it listens, and the incarnation of its data
+    /// directory (`None` from `add-node`, which does not know it yet).
+    RegisterNode {
+        id: NodeId,
+        addr: NodeAddr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        incarnation: Option<u64>,
+    },
     /// Records a node's place in the cluster's life cycle.
     SetNodeState { id: NodeId, state: NodeState },
-    /// Forgets a node that has left the cluster.
+    /// Forgets a node that has left the cluster (its address and incarnation).
     ForgetNode { id: NodeId },
+    /// A drain left `node` in `group` for want of another node to move the replica to (a
+    /// forced removal): the group goes on without it.
+    DropReplica { group: GroupId, node: NodeId },
     /// Starts an operation: its replica moves (run by the meta leader) and the leaders it
     /// wants afterwards.
     StartOperation {

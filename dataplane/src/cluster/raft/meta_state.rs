@@ -40,6 +40,10 @@ pub struct MetaState {
     /// Nodes below their free-disk reserve: writes to the shards they hold are refused.
     #[serde(default)]
     pub low_disk: BTreeSet<NodeId>,
+    /// The incarnation of each registered node's data directory (see
+    /// `node::INCARNATION_RECORD`): a node answering with another one lost its data.
+    #[serde(default)]
+    pub incarnations: BTreeMap<NodeId, u64>,
 }
 
 /// Answers [`MetaState::answered`] keeps.
@@ -125,7 +129,25 @@ impl MetaState {
 
     fn apply_command(&mut self, log_id: &LogId, command: MetaCommand) -> MetaResponse {
         match command {
-            MetaCommand::RegisterNode { id, addr } => {
+            MetaCommand::RegisterNode {
+                id,
+                addr,
+                incarnation,
+            } => {
+                if let Some(incarnation) = incarnation {
+                    match self.incarnations.get(&id) {
+                        Some(known) if *known != incarnation => {
+                            return MetaResponse::Invalid {
+                                message: format!(
+                                    "{id}'s data directory was replaced: remove it and add it again"
+                                ),
+                            };
+                        }
+                        _ => {
+                            self.incarnations.insert(id.clone(), incarnation);
+                        }
+                    }
+                }
                 self.nodes.insert(id, addr);
                 MetaResponse::Done
             }
@@ -211,6 +233,17 @@ impl MetaState {
                 self.low_disk.remove(&id);
                 self.node_states.remove(&id);
                 self.nodes.remove(&id);
+                self.incarnations.remove(&id);
+                MetaResponse::Done
+            }
+            MetaCommand::DropReplica { group, node } => {
+                if let Some(record) = self.groups.get_mut(&group) {
+                    record.replicas.retain(|r| *r != node);
+                    record.learners.retain(|r| *r != node);
+                    if record.preferred_leader.as_ref() == Some(&node) {
+                        record.preferred_leader = None;
+                    }
+                }
                 MetaResponse::Done
             }
             MetaCommand::StartOperation {

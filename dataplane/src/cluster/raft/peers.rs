@@ -8,7 +8,7 @@ use super::rpc::{RemoteError, Rpc};
 use super::types::{decode, encode};
 use crate::error::{Error, ErrorCode};
 use parking_lot::RwLock;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,7 +52,13 @@ pub struct Peers {
     book: RwLock<HashMap<NodeId, String>>,
     /// When each peer last answered.
     answered: RwLock<HashMap<NodeId, std::time::Instant>>,
+    /// The data-directory incarnation the meta group recorded for each node: sent with every
+    /// call, so that a node whose directory was replaced refuses to take part.
+    incarnations: RwLock<BTreeMap<NodeId, u64>>,
 }
+
+/// The header that names the incarnation the caller expects of the node it calls.
+pub const INCARNATION_HEADER: &str = "x-grape-incarnation";
 
 impl std::fmt::Debug for Peers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,6 +76,15 @@ impl Peers {
             scheme: if tls { "https" } else { "http" },
             book: RwLock::new(HashMap::new()),
             answered: RwLock::new(HashMap::new()),
+            incarnations: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    /// Replaces the recorded incarnations (from the meta group's state).
+    pub fn expect_incarnations(&self, incarnations: BTreeMap<NodeId, u64>) {
+        let mut known = self.incarnations.write();
+        if *known != incarnations {
+            *known = incarnations;
         }
     }
 
@@ -117,6 +132,9 @@ impl Peers {
         for (name, value) in self.auth.headers(path, &body) {
             builder = builder.header(name, value);
         }
+        if let Some(incarnation) = self.incarnations.read().get(target) {
+            builder = builder.header(INCARNATION_HEADER, incarnation.to_string());
+        }
         let response = builder
             .body(body)
             .send()
@@ -127,6 +145,12 @@ impl Peers {
             .bytes()
             .await
             .map_err(|e| CallError::Unreachable(format!("{target}: {e}")))?;
+        if status == reqwest::StatusCode::MISDIRECTED_REQUEST {
+            // The node under this id has a new data directory: as a member it is gone.
+            return Err(CallError::Unreachable(
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ));
+        }
         if !status.is_success() {
             return Err(CallError::Remote(RemoteError {
                 status: status.as_u16(),

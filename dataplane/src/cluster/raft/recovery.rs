@@ -61,6 +61,7 @@ pub fn rewrite_as_single_node(
     let meta_applied = meta.applied.last_applied.clone();
     meta.applied.membership = StoredMembership::new(meta_applied.clone(), members.clone().into());
     meta.nodes.retain(|n, _| n == id);
+    meta.incarnations.retain(|n, _| n == id);
     meta.nodes.insert(id.clone(), addr.clone());
     meta.node_states.clear();
     for group in meta.groups.values_mut() {

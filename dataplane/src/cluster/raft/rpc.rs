@@ -310,6 +310,9 @@ pub struct NodeStatus {
     pub meta_initialized: bool,
     pub documents: u64,
     pub groups: Vec<GroupStatus>,
+    /// Its data directory's incarnation (absent from nodes of earlier versions).
+    #[serde(default)]
+    pub incarnation: Option<u64>,
 }
 
 /// One group as one member sees it.
