@@ -356,7 +356,8 @@ pub struct MonitoringSpec {
 #[serde(rename_all = "camelCase")]
 pub struct GrapeClusterStatus {
     /// `Pending`, `Creating`, `Running`, `Scaling`, `Updating`, `Rebalancing`, `Expanding`,
-    /// `Degraded` or `Paused`.
+    /// `Recovering` (a member whose volume was lost is being replaced), `Degraded` or
+    /// `Paused`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// Pods the StatefulSet has.

@@ -188,6 +188,13 @@ impl<'a> DataPlane<'a> {
                 })
                 .await
                 .map(|_| ()),
+            Action::ReplaceMember { node } => client
+                .remove_node(&RemoveNodeRequest {
+                    node_id: node.clone(),
+                    force: true,
+                })
+                .await
+                .map(|_| ()),
             Action::DeletePod { .. } => Ok(()),
         }
     }
@@ -234,6 +241,7 @@ pub fn observed(
         leader: status.leader.clone(),
         members,
         running_operation: running.map(|op| op.kind.name().to_string()),
+        data_lost: status.data_lost.clone(),
         operation_progress: running.map(|op| {
             format!(
                 "{} of {} moves done, {} in progress, {} documents and {} bytes left",

@@ -13,6 +13,7 @@
 //!                               halts the rollout there
 //!   rebalance annotation / unbalanced for a while ─> rebalance
 //!   storage.size grown       ─> patch each claim (where its StorageClass allows it)
+//!   a member's volume lost   ─> remove-node (force) ─> add-node as new ─> rebalance
 //! ```
 //!
 //! Only one data-plane action is taken per reconcile, and none while the data plane is running
@@ -92,6 +93,9 @@ pub struct ObservedDataPlane {
     pub running_operation: Option<String>,
     /// How far the running operation got, in words (it changes as moves advance).
     pub operation_progress: Option<String>,
+    /// Members that answer with a new data directory (their volume was lost): they take no
+    /// part until removed and added again as new nodes.
+    pub data_lost: Vec<String>,
 }
 
 /// Everything [`decide`] looks at.
@@ -127,6 +131,9 @@ pub enum Action {
     Switchover { to: String },
     /// Delete a pod so that the StatefulSet controller recreates it on the new revision.
     DeletePod { pod: String },
+    /// `POST /admin/cluster/remove-node` with `force` for a member whose volume was lost, so
+    /// that it joins again as a new node (add-node, then a rebalance gives it replicas).
+    ReplaceMember { node: String },
 }
 
 impl Action {
@@ -139,6 +146,7 @@ impl Action {
             Action::MoveLeadershipsOff { .. } => "MovingLeadership",
             Action::Switchover { .. } => "Switchover",
             Action::DeletePod { .. } => "RestartingPod",
+            Action::ReplaceMember { .. } => "ReplacingMember",
         }
     }
 
@@ -155,6 +163,9 @@ impl Action {
             }
             Action::Switchover { to } => format!("switching the leader over to {to}"),
             Action::DeletePod { pod } => format!("restarting {pod} on the new revision"),
+            Action::ReplaceMember { node } => format!(
+                "{node} lost its data volume: removing it from the cluster so that it joins again as a new node"
+            ),
         }
     }
 }
@@ -281,6 +292,7 @@ enum Work {
     Rebalancing,
     Switchover,
     ExpandingVolumes,
+    ReplacingMember,
 }
 
 impl Work {
@@ -293,6 +305,7 @@ impl Work {
             Work::Rebalancing => "Rebalancing",
             Work::Switchover => "Switchover",
             Work::ExpandingVolumes => "ExpandingVolumes",
+            Work::ReplacingMember => "ReplacingMember",
         }
     }
     fn phase(self) -> &'static str {
@@ -302,6 +315,7 @@ impl Work {
             Work::RollingUpdate => "Updating",
             Work::Rebalancing | Work::Switchover => "Rebalancing",
             Work::ExpandingVolumes => "Expanding",
+            Work::ReplacingMember => "Recovering",
         }
     }
 }
@@ -490,9 +504,25 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
             });
         } else if let Some(kind) = &dp.running_operation {
             work = Some(match kind.as_str() {
+                // The forced removal of a member whose volume was lost.
+                "drain" if !dp.data_lost.is_empty() => Work::ReplacingMember,
                 "drain" => Work::ScalingIn,
                 _ => Work::Rebalancing,
             });
+        } else if let Some(lost) = dp.data_lost.first() {
+            // A member whose volume was lost takes no part (it refuses Raft traffic meant for
+            // its old data): remove it, and it joins again as a new node below. The removal
+            // is forced (the others may be too few to take its replicas), so the operator
+            // checks the quorum itself: the lost member counts as down.
+            work = Some(Work::ReplacingMember);
+            if quorum_holds {
+                action = Some(Action::ReplaceMember { node: lost.clone() });
+            } else {
+                waiting = Some(format!(
+                    "{lost} lost its data volume; replacing it waits for a quorum: {}",
+                    down_list()
+                ));
+            }
         } else if let Some(victim) = victim {
             work = Some(Work::ScalingIn);
             // With members down, a drain goes ahead as long as the rest hold every quorum
@@ -835,6 +865,14 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
             format!(
                 "{} failed {} times in a row: {}",
                 failed.reason, failed.attempts, failed.message
+            ),
+        ))
+    } else if let Some(dp) = dp.filter(|d| !d.data_lost.is_empty()) {
+        Some((
+            "MemberDataLost",
+            format!(
+                "{} answer with a new data directory (volume lost): replaced as new nodes",
+                dp.data_lost.join(", ")
             ),
         ))
     } else if !down.is_empty() && !planned {

@@ -63,6 +63,7 @@ fn data_plane(members: &[(i32, i32, i32)]) -> ObservedDataPlane {
             .collect(),
         running_operation: None,
         operation_progress: None,
+        data_lost: Vec::new(),
     }
 }
 
@@ -1015,4 +1016,135 @@ fn a_rotated_secret_rolls_the_pods_and_insecure_auth_is_announced() {
     observed.status = plan.status.clone();
     let plan = decide(&open, &names(), &observed, now());
     assert!(plan.events.is_empty(), "{:?}", plan.events);
+}
+
+/// g-1's volume was lost: its pod runs with an empty data directory, which the data plane
+/// refuses as the member it was (listed under `data_lost`, not ready, leading nothing).
+fn g1_lost_its_volume(observed: &mut Observed) {
+    observed.pods[1].ready = false;
+    let dp = observed.data_plane.as_mut().unwrap();
+    dp.data_lost = vec!["g-1".into()];
+    let member = dp.members.get_mut("g-1").unwrap();
+    member.ready = false;
+    member.leads_any = false;
+    member.leaderships = 0;
+}
+
+#[test]
+fn a_member_that_lost_its_volume_is_removed_then_added_again_as_a_new_node_and_rebalanced() {
+    let mut observed = settled(3);
+    g1_lost_its_volume(&mut observed);
+    // Before a pending rollout too: the lost member is the first thing to fix.
+    observed.pods[2].template_hash = Some("an-older-revision".into());
+    let plan = decide(&spec(3), &names(), &observed, now());
+    assert_eq!(
+        plan.action,
+        Some(Action::ReplaceMember { node: "g-1".into() })
+    );
+    assert_eq!(
+        cond(&plan, "Degraded"),
+        ("True".into(), "MemberDataLost".into())
+    );
+    assert!(
+        condition(&plan.status, "Degraded")
+            .unwrap()
+            .message
+            .contains("g-1")
+    );
+    assert_eq!(
+        cond(&plan, "Progressing"),
+        ("True".into(), "ReplacingMember".into())
+    );
+    assert_eq!(plan.status.phase.as_deref(), Some("Recovering"));
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.warning && e.reason == "MemberDataLost"),
+        "{:?}",
+        plan.events
+    );
+    assert_eq!(
+        Action::ReplaceMember { node: "g-1".into() }.reason(),
+        "ReplacingMember"
+    );
+
+    // While the forced removal runs, nothing else happens.
+    observed.status = plan.status.clone();
+    observed.pods[2].template_hash = Some(current());
+    observed.data_plane.as_mut().unwrap().running_operation = Some("drain".into());
+    let plan = decide(&spec(3), &names(), &observed, now());
+    assert_eq!(plan.action, None);
+    assert_eq!(
+        cond(&plan, "Progressing"),
+        ("True".into(), "ReplacingMember".into())
+    );
+    assert!(plan.events.is_empty(), "{:?}", plan.events);
+
+    // Removed: the pod still runs, and is admitted again as a new node.
+    observed.status = plan.status.clone();
+    let dp = observed.data_plane.as_mut().unwrap();
+    dp.running_operation = None;
+    dp.data_lost.clear();
+    dp.members.remove("g-1");
+    let plan = decide(&spec(3), &names(), &observed, now());
+    assert_eq!(plan.action, Some(Action::AddNode { node: "g-1".into() }));
+    assert_eq!(cond(&plan, "Degraded").0, "False");
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| !e.warning && e.reason == "Recovered"),
+        "{:?}",
+        plan.events
+    );
+
+    // A member again, ready and holding nothing: a rebalance gives it its share (and tops
+    // up the shards the removal left short).
+    observed.status = plan.status.clone();
+    observed.pods[1].ready = true;
+    observed.data_plane.as_mut().unwrap().members.insert(
+        "g-1".into(),
+        ObservedMember {
+            reachable: true,
+            ready: true,
+            replicas: 0,
+            leaderships: 0,
+            leads_any: false,
+        },
+    );
+    let plan = decide(&spec(3), &names(), &observed, now());
+    assert_eq!(
+        plan.action,
+        Some(Action::Rebalance {
+            strategy: "even_distribution".into()
+        })
+    );
+}
+
+#[test]
+fn a_member_that_lost_its_volume_is_not_removed_while_another_member_is_down() {
+    let mut observed = settled(3);
+    g1_lost_its_volume(&mut observed);
+    // g-2 is down too: with g-1 out, only g-0 is left of three voters.
+    observed.pods[2].ready = false;
+    observed
+        .data_plane
+        .as_mut()
+        .unwrap()
+        .members
+        .get_mut("g-2")
+        .unwrap()
+        .reachable = false;
+    let plan = decide(&spec(3), &names(), &observed, now());
+    assert_eq!(plan.action, None);
+    let progressing = condition(&plan.status, "Progressing").unwrap();
+    assert_eq!(progressing.reason, "ReplacingMember");
+    assert!(
+        progressing.message.contains("g-2"),
+        "{}",
+        progressing.message
+    );
+    assert_eq!(
+        cond(&plan, "Degraded"),
+        ("True".into(), "MemberDataLost".into())
+    );
 }

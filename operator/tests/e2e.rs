@@ -1,8 +1,8 @@
 //! The operator's core driving real `grape` processes: a stand-in for the StatefulSet
 //! controller and the kubelet runs one process per pod (with the configuration the operator
 //! renders), and the operator's decisions take the cluster through create 3 -> scale to 5 ->
-//! rolling restart -> switchover -> scale to 3, and through a bad image rolled out and
-//! reverted, while writers run; no acknowledged write may be lost and the reported conditions
+//! rolling restart -> switchover -> scale to 3, through a bad image rolled out and reverted,
+//! a rotation of the cluster secret and a pod's lost volume, while writers run; no acknowledged write may be lost and the reported conditions
 //! are checked at each step.
 
 use grape_e2e::load::{self, Writers};
@@ -252,6 +252,20 @@ impl StatefulSetSim {
         let pod = self.pods.remove(&ordinal).unwrap();
         let restarted = self.start_pod(ordinal, Some(pod.node)).await;
         self.pods.insert(ordinal, restarted);
+    }
+
+    /// The pod's volume is lost (its claim deleted): the pod is recreated with the same name
+    /// and an empty data directory.
+    async fn lose_volume(&mut self, name: &str) {
+        let ordinal = self.names.ordinal(name).unwrap();
+        let pod = self.pods.get_mut(&ordinal).unwrap();
+        pod.node.kill9();
+        pod.node.wipe();
+        pod.node.restart_unready().await;
+        pod.started = false;
+        pod.ready = false;
+        let url = pod.node.url.clone();
+        self.endpoints.api.lock().unwrap().insert(name.into(), url);
     }
 
     /// What the kubelet's probes and the StatefulSet status report: a pod turns unready after
@@ -787,4 +801,85 @@ async fn rotating_the_cluster_secret_rolls_the_pods_without_downtime() {
     load::check_all_present_at(op.clients(), &acked)
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_volume_is_replaced_as_a_new_node_without_losing_an_acknowledged_write() {
+    let cluster = three_nodes("u-4", 8, json!({}));
+    let mut op = Operator::new(cluster);
+    op.until("created", Duration::from_secs(90), settled).await;
+    let writers =
+        Writers::start_with_key(Arc::clone(&op.sim.ready_urls), 2, Some(ADMIN_KEY.into()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // g-1's claim is deleted: the pod comes back under its name with nothing.
+    op.sim.lose_volume("g-1").await;
+    op.actions.clear();
+    op.progress.clear();
+    op.events.clear();
+    op.until("g-1 replaced", Duration::from_secs(180), |s| {
+        settled(s) && s.ready_replicas == 3
+    })
+    .await;
+    let replaced = op
+        .actions
+        .iter()
+        .position(|a| *a == Action::ReplaceMember { node: "g-1".into() })
+        .unwrap_or_else(|| panic!("no replacement: {:?}", op.actions));
+    let added = op
+        .actions
+        .iter()
+        .position(|a| *a == Action::AddNode { node: "g-1".into() })
+        .unwrap_or_else(|| panic!("not added again: {:?}", op.actions));
+    let rebalanced = op
+        .actions
+        .iter()
+        .position(|a| matches!(a, Action::Rebalance { .. }))
+        .unwrap_or_else(|| panic!("no rebalance: {:?}", op.actions));
+    assert!(replaced < added && added < rebalanced, "{:?}", op.actions);
+    assert!(
+        !op.actions
+            .iter()
+            .any(|a| matches!(a, Action::DeletePod { .. })),
+        "{:?}",
+        op.actions
+    );
+    assert!(
+        op.progress.contains(&"ReplacingMember".to_string()),
+        "{:?}",
+        op.progress
+    );
+    for reason in ["MemberDataLost", "Recovered"] {
+        assert!(op.events.contains(&reason.to_string()), "{:?}", op.events);
+    }
+
+    let acked = writers.stop().await;
+    assert!(acked.len() > 50, "{}", acked.len());
+    load::check_all_present_at(op.clients(), &acked)
+        .await
+        .unwrap();
+    // g-1 holds its share again, and every replica agrees.
+    let status = op.clients()[0].cluster_status().await.unwrap();
+    assert!(status.data_lost.is_empty(), "{status:?}");
+    let held: BTreeMap<&str, usize> = status
+        .nodes
+        .iter()
+        .map(|n| (n.id.as_str(), n.replicas))
+        .collect();
+    assert_eq!(held, BTreeMap::from([("g-0", 8), ("g-1", 8), ("g-2", 8)]));
+    let clients = op.clients();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut sums = Vec::new();
+        for client in &clients {
+            sums.push(client.checksum().await.unwrap().shards);
+        }
+        if sums.windows(2).all(|w| w[0] == w[1]) {
+            let stored: u64 = sums[0].iter().map(|s| s.documents).sum();
+            assert!(stored >= acked.len() as u64, "{stored} < {}", acked.len());
+            break;
+        }
+        assert!(Instant::now() < deadline, "replicas differ: {sums:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
