@@ -380,13 +380,16 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
         )
     });
 
-    // Members that are down: unreachable, or their pod not ready (or gone, or terminating).
+    // Members that are down: unreachable, their pod not ready (or gone, or terminating), or
+    // their volume lost.
     let down: Vec<String> = dp
         .map(|d| {
             d.members
                 .iter()
                 .filter(|(id, m)| {
-                    !m.reachable || !pod(id).is_some_and(|p| p.ready && !p.terminating)
+                    !m.reachable
+                        || !pod(id).is_some_and(|p| p.ready && !p.terminating)
+                        || d.data_lost.contains(id)
                 })
                 .map(|(id, _)| id.clone())
                 .collect()

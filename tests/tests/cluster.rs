@@ -3,8 +3,8 @@
 //! demand.
 
 use grape_client::{
-    AddNodeRequest, Consistency, DocumentInput, ErrorCode, RemoveNodeRequest, SearchRequest,
-    TransferLeadershipRequest,
+    AddNodeRequest, CollectionConfig, Consistency, DocumentInput, ErrorCode, RemoveNodeRequest,
+    SearchRequest, TransferLeadershipRequest,
 };
 use grape_e2e::load::{self, DIMENSION, Writers, doc, urls_of};
 use grape_e2e::{Cluster, NodeOptions, vector};
@@ -314,6 +314,23 @@ async fn a_member_with_a_wiped_volume_cannot_vote_a_stale_node_in_and_is_replace
         }
     }
 
+    // Removing node-2 now, even by force, could never finish: no shard it holds has a
+    // quorum without it.
+    let refused = stale
+        .remove_node(&RemoveNodeRequest {
+            node_id: "node-2".into(),
+            force: true,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            (refused.status().map(|s| s.as_u16()), refused.code()),
+            (Some(409), Some("would_lose_quorum")) | (Some(503), Some("no_leader"))
+        ),
+        "{refused}"
+    );
+
     // node-3 returns: node-1 and node-3 hold a majority with every acknowledged write.
     cluster.node_mut(3).restart_unready().await;
     cluster.node(3).wait_ready().await;
@@ -349,6 +366,58 @@ async fn a_member_with_a_wiped_volume_cannot_vote_a_stale_node_in_and_is_replace
             .await
             .unwrap_or_else(|e| panic!("{id} not on the replaced node-2: {e}"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forced_removal_that_no_shard_could_commit_is_refused_instead_of_hanging() {
+    let mut cluster = Cluster::start(3, options()).await;
+    let client = cluster.node(1).client();
+    // One replica per shard: a shard whose only replica is on node-3 cannot move without it.
+    client
+        .create_collection(&CollectionConfig {
+            shard_count: 3,
+            replication_factor: 1,
+            ..CollectionConfig::new("solo", DIMENSION)
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let on_node_3 = loop {
+        let status = client.cluster_status().await.unwrap();
+        let held = status
+            .nodes
+            .iter()
+            .find(|n| n.id == "node-3")
+            .map_or(0, |n| n.replicas);
+        let solo_led = status
+            .groups
+            .iter()
+            .filter(|g| g.name.starts_with("solo/") && g.leader.is_some())
+            .count();
+        if solo_led == 3 {
+            break held;
+        }
+        assert!(Instant::now() < deadline, "solo never formed: {status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(on_node_3 > 0, "node-3 holds a replica of something");
+    cluster.node_mut(3).kill9();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let refused = client
+        .remove_node(&RemoveNodeRequest {
+            node_id: "node-3".into(),
+            force: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.status().map(|s| s.as_u16()), refused.code()),
+        (Some(409), Some("would_lose_quorum")),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("solo/"), "{refused}");
+    // Nothing was started: the cluster runs no operation.
+    assert_eq!(client.migration_status().await.unwrap().running, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -138,6 +138,48 @@ async fn strangers_are_refused_on_every_internal_route_and_change_nothing() {
         let stranger = vec![("x-grape-incarnation".to_string(), value.to_string())];
         assert_eq!(call(&raft, path, &stranger, propose.clone()).await, 401);
     }
+    // Raft's own calls and pings too (refused before the body is read); a status answers,
+    // marked with the node's real incarnation.
+    let ping = encode(&PingRpc);
+    for kind in [
+        RpcKind::Vote,
+        RpcKind::Append,
+        RpcKind::PreVote,
+        RpcKind::Ping,
+    ] {
+        let mut headers = signed("node-1", Some(&secret), kind.path(), &ping);
+        headers.push(("x-grape-incarnation".to_string(), "12345".to_string()));
+        assert_eq!(
+            call(&raft, kind.path(), &headers, ping.clone()).await,
+            421,
+            "{} naming another incarnation",
+            kind.path()
+        );
+    }
+    let status_path = RpcKind::Status.path();
+    let mut headers = signed("node-1", Some(&secret), status_path, &ping);
+    headers.push(("x-grape-incarnation".to_string(), "12345".to_string()));
+    let http = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let mut request = http
+        .post(format!("http://{raft}{status_path}"))
+        .header("content-type", "application/msgpack");
+    for (name, value) in &headers {
+        request = request.header(name, value);
+    }
+    let answer = request.body(ping.clone()).send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    let marked = answer
+        .headers()
+        .get("x-grape-incarnation")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    assert!(
+        marked.is_some_and(|m| m != "12345" && m.parse::<u64>().is_ok()),
+        "a status for another incarnation is marked with the real one"
+    );
 
     // Nothing changed: no document, no member.
     let after = load::converged(&cluster, Duration::from_secs(30))

@@ -247,16 +247,14 @@ async fn authenticate(
 /// Refuses a call meant for another incarnation of this node (see
 /// `node::INCARNATION_RECORD`): this data directory is not the one the cluster knows under
 /// this id, so the node must not vote, acknowledge entries or serve data as that member. Status
-/// and ping calls still answer, so that the cluster can see the replaced member.
+/// calls still answer, marked with this node's incarnation, so that the cluster can list it
+/// under `data_lost` without counting it as a reachable member.
 async fn check_incarnation(
     State(node): State<Arc<Node>>,
     request: axum::extract::Request,
     next: Next,
 ) -> Response {
     let path = request.uri().path().to_string();
-    if path == RpcKind::Status.path() || path == RpcKind::Ping.path() {
-        return next.run(request).await;
-    }
     let expected = request
         .headers()
         .get(INCARNATION_HEADER)
@@ -265,6 +263,16 @@ async fn check_incarnation(
     match expected {
         None => next.run(request).await,
         Some(Ok(expected)) if expected == node.incarnation() => next.run(request).await,
+        // The status still answers, marked, so that the cluster can list this node under
+        // `data_lost` without counting it as a reachable member.
+        Some(Ok(_)) if path == RpcKind::Status.path() => {
+            let mut response = next.run(request).await;
+            response.headers_mut().insert(
+                INCARNATION_HEADER,
+                axum::http::HeaderValue::from(node.incarnation()),
+            );
+            response
+        }
         Some(Ok(_)) => {
             tracing::warn!(
                 %path,

@@ -199,7 +199,13 @@ pub async fn cluster_status(node: &Node) -> ClusterStatus {
         groups,
         joining,
         low_disk: state.low_disk.iter().cloned().collect(),
-        data_lost: replaced_members(&state, &statuses),
+        // Judged from a current meta state only: a lagging node could still hold the
+        // incarnation of a member that was replaced and admitted again since.
+        data_lost: if node.meta_caught_up() {
+            replaced_members(&state, &statuses)
+        } else {
+            Vec::new()
+        },
     }
 }
 

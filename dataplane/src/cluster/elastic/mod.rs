@@ -22,7 +22,7 @@ use crate::cluster::raft::meta_commands::{MetaCommand, MetaResponse, NodeState, 
 use crate::cluster::raft::meta_state::MetaState;
 pub use crate::cluster::raft::rpc::{AdminAnswer, AdminRpc};
 use crate::cluster::route::meta_command;
-use crate::cluster::status::member_statuses;
+use crate::cluster::status::{member_statuses, replaced_members};
 use crate::config::parse_host_port;
 use crate::error::{Error, ErrorCode, Result};
 use grape_client::{AddNodeResponse, OperationStarted, RaftRole};
@@ -169,6 +169,31 @@ async fn remove_node(node: &Node, id: NodeId, force: bool) -> Result<OperationSt
             ));
         }
     }
+    // Whatever `force` says: a shard whose other replicas cannot make a quorum cannot commit
+    // the membership change that takes this node out, and the drain would never end.
+    let stuck: Vec<String> = state
+        .groups
+        .iter()
+        .filter(|(_, g)| g.replicas.contains(&id))
+        .filter(|(_, g)| {
+            let live = g
+                .replicas
+                .iter()
+                .filter(|r| **r != id && node.is_reachable(r))
+                .count();
+            live < g.replicas.len() / 2 + 1
+        })
+        .map(|(group, _)| crate::cluster::status::display_group(group))
+        .collect();
+    if !stuck.is_empty() {
+        return Err(Error::conflict(
+            ErrorCode::WouldLoseQuorum,
+            format!(
+                "without '{id}', {} cannot change membership (too few of their other replicas answer): bring '{id}' or those replicas back, or recover with force-recovery",
+                stuck.join(", ")
+            ),
+        ));
+    }
     let leaving = BTreeSet::from([id.clone()]);
     start_operation(
         node,
@@ -217,7 +242,11 @@ async fn rebalance(node: &Node, strategy: &str) -> Result<OperationStarted> {
         wait_for_joining(node, JOIN_WAIT).await?;
     }
     let state = node.meta_state();
-    let placeable = state.placeable();
+    // A member whose data directory was replaced takes no replica until it is admitted again.
+    let lost: BTreeSet<NodeId> = replaced_members(&state, &member_statuses(node).await)
+        .into_iter()
+        .collect();
+    let placeable: BTreeSet<NodeId> = state.placeable().difference(&lost).cloned().collect();
     match strategy {
         "even_distribution" | "leaders_only" => {}
         other => {

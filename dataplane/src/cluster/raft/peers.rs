@@ -141,6 +141,7 @@ impl Peers {
             .await
             .map_err(|e| CallError::Unreachable(format!("{target} ({address}): {e}")))?;
         let status = response.status();
+        let replaced = response.headers().contains_key(INCARNATION_HEADER);
         let bytes = response
             .bytes()
             .await
@@ -163,9 +164,13 @@ impl Peers {
         let answer: Result<R::Response, RemoteError> = decode(&bytes).map_err(|e| {
             CallError::Unreachable(format!("{target} sent an unreadable answer: {e}"))
         })?;
-        self.answered
-            .write()
-            .insert(target.to_string(), std::time::Instant::now());
+        // A status marked with another incarnation comes from a replaced data directory: the
+        // member it was is not reachable.
+        if !replaced {
+            self.answered
+                .write()
+                .insert(target.to_string(), std::time::Instant::now());
+        }
         answer.map_err(CallError::Remote)
     }
 }
