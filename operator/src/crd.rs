@@ -109,6 +109,33 @@ pub struct GrapeClusterSpec {
     #[serde(default = "default_progress_deadline")]
     #[schemars(range(min = 1, max = 86400))]
     pub progress_deadline_seconds: i32,
+    /// Replacing a member that stays down (its host is gone, its pod cannot start).
+    #[serde(default)]
+    pub failover: FailoverSpec,
+}
+
+/// Failover of a member that stays down (the TiDB operator's pattern).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverSpec {
+    /// Seconds a member may stay unreachable or not ready before it is failed over: a spare
+    /// pod is added, the member is removed (its replicas move to the spare), and when its pod
+    /// is back it joins as a new node and the spare is drained away. 0 turns failover off.
+    #[serde(default = "default_failover_timeout")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub timeout_seconds: i32,
+}
+
+impl Default for FailoverSpec {
+    fn default() -> Self {
+        FailoverSpec {
+            timeout_seconds: default_failover_timeout(),
+        }
+    }
+}
+
+fn default_failover_timeout() -> i32 {
+    300
 }
 
 fn default_progress_deadline() -> i32 {
@@ -410,6 +437,21 @@ pub struct GrapeClusterStatus {
     /// When the operator last started a rebalance by itself (the cluster was unbalanced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_auto_rebalance_time: Option<Time>,
+    /// The member being failed over (down past `spec.failover.timeoutSeconds`), while it is:
+    /// until its pod is back and a ready member again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<Failover>,
+}
+
+/// A failover in progress (see [`GrapeClusterStatus::failover`]).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Failover {
+    /// The member that stayed down.
+    pub member: String,
+    /// The spare pod added in its place (the next ordinal above `spec.replicas`).
+    pub spare: String,
+    pub start_time: Time,
 }
 
 /// An action that failed (see [`GrapeClusterStatus::failed_action`]).
@@ -449,6 +491,9 @@ pub struct MemberStatus {
     pub replicas: i32,
     /// Shard groups it leads.
     pub leaderships: i32,
+    /// Since when it has been unreachable or not ready, while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable_since: Option<Time>,
 }
 
 /// The CustomResourceDefinition as YAML (what `crds/grapecluster.yaml` holds).

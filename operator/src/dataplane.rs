@@ -188,7 +188,7 @@ impl<'a> DataPlane<'a> {
                 })
                 .await
                 .map(|_| ()),
-            Action::ReplaceMember { node } => client
+            Action::ReplaceMember { node } | Action::FailOver { node } => client
                 .remove_node(&RemoveNodeRequest {
                     node_id: node.clone(),
                     force: true,

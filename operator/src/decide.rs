@@ -14,6 +14,10 @@
 //!   rebalance annotation / unbalanced for a while ─> rebalance
 //!   storage.size grown       ─> patch each claim (where its StorageClass allows it)
 //!   a member's volume lost   ─> remove-node (force) ─> add-node as new ─> rebalance
+//!   a member down past spec.failover.timeoutSeconds ─> spare pod (ordinal = replicas) ─>
+//!                               add-node spare ─> remove-node (force) the member: its
+//!                               replicas move to the spare ─> member's pod back ─> add-node
+//!                               ─> spare drained and removed (scale in)
 //! ```
 //!
 //! Only one data-plane action is taken per reconcile, and none while the data plane is running
@@ -22,7 +26,9 @@
 //! exponential backoff; work that makes no progress for `progressDeadlineSeconds` is reported
 //! Degraded.
 
-use crate::crd::{FailedAction, GrapeClusterSpec, GrapeClusterStatus, MemberStatus, PodStep};
+use crate::crd::{
+    FailedAction, Failover, GrapeClusterSpec, GrapeClusterStatus, MemberStatus, PodStep,
+};
 use crate::resources::{self, Names, REBALANCE_ANNOTATION, SWITCHOVER_ANNOTATION};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -134,6 +140,9 @@ pub enum Action {
     /// `POST /admin/cluster/remove-node` with `force` for a member whose volume was lost, so
     /// that it joins again as a new node (add-node, then a rebalance gives it replicas).
     ReplaceMember { node: String },
+    /// `POST /admin/cluster/remove-node` with `force` for a member down past
+    /// `spec.failover.timeoutSeconds`, once a spare pod is a member to take its replicas.
+    FailOver { node: String },
 }
 
 impl Action {
@@ -147,6 +156,7 @@ impl Action {
             Action::Switchover { .. } => "Switchover",
             Action::DeletePod { .. } => "RestartingPod",
             Action::ReplaceMember { .. } => "ReplacingMember",
+            Action::FailOver { .. } => "FailingOver",
         }
     }
 
@@ -165,6 +175,9 @@ impl Action {
             Action::DeletePod { pod } => format!("restarting {pod} on the new revision"),
             Action::ReplaceMember { node } => format!(
                 "{node} lost its data volume: removing it from the cluster so that it joins again as a new node"
+            ),
+            Action::FailOver { node } => format!(
+                "{node} stayed down: removing it from the cluster, its replicas move to the spare pod"
             ),
         }
     }
@@ -293,6 +306,7 @@ enum Work {
     Switchover,
     ExpandingVolumes,
     ReplacingMember,
+    FailingOver,
 }
 
 impl Work {
@@ -306,6 +320,7 @@ impl Work {
             Work::Switchover => "Switchover",
             Work::ExpandingVolumes => "ExpandingVolumes",
             Work::ReplacingMember => "ReplacingMember",
+            Work::FailingOver => "FailingOver",
         }
     }
     fn phase(self) -> &'static str {
@@ -315,7 +330,7 @@ impl Work {
             Work::RollingUpdate => "Updating",
             Work::Rebalancing | Work::Switchover => "Rebalancing",
             Work::ExpandingVolumes => "Expanding",
-            Work::ReplacingMember => "Recovering",
+            Work::ReplacingMember | Work::FailingOver => "Recovering",
         }
     }
 }
@@ -355,31 +370,6 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
         .filter(|p| p.ready && !p.terminating && p.template_hash.as_deref() == Some(&revision))
         .count() as i32;
 
-    // The StatefulSet's size: up at once, down only once the pods above are no longer members.
-    let statefulset_replicas = match current {
-        None => desired,
-        Some(current) if desired >= current => desired,
-        Some(current) => {
-            let drained =
-                dp.is_some() && (desired..current).all(|ordinal| !is_member(&names.pod(ordinal)));
-            if drained { desired } else { current }
-        }
-    };
-
-    // Imbalance among the members the spec keeps.
-    let balance = dp.map(|d| {
-        let kept: Vec<&ObservedMember> = d
-            .members
-            .iter()
-            .filter(|(id, _)| names.ordinal(id).is_some_and(|o| o < desired))
-            .map(|(_, m)| m)
-            .collect();
-        (
-            spread(kept.iter().map(|m| m.replicas)),
-            spread(kept.iter().map(|m| m.leaderships)),
-        )
-    });
-
     // Members that are down: unreachable, their pod not ready (or gone, or terminating), or
     // their volume lost.
     let down: Vec<String> = dp
@@ -403,6 +393,98 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
         let rf = spec.database.replication_factor.max(1) as usize;
         members - down.len() > members / 2 && down.len() <= (rf - 1) / 2
     });
+    // Since when each member has been down (carried over from the last status).
+    let down_since: BTreeMap<&str, Time> = down
+        .iter()
+        .map(|id| {
+            let since = before
+                .members
+                .iter()
+                .find(|m| m.name == *id)
+                .and_then(|m| m.unavailable_since.clone())
+                .unwrap_or(Time(now));
+            (id.as_str(), since)
+        })
+        .collect();
+    // Failover (the TiDB operator's pattern): a member down past spec.failover.timeoutSeconds
+    // gets a spare pod (the next ordinal above spec.replicas), is removed once the spare is a
+    // member (its replicas move to the spare), and rejoins as a new node when its pod is
+    // back; then the spare is drained away as any pod above spec.replicas.
+    let mut failover = before.failover.clone().filter(|f| {
+        let back = is_member(&f.member) && !down.contains(&f.member);
+        !back
+    });
+    let mut failover_event: Option<PlannedEvent> = None;
+    if let Some(f) = &before.failover
+        && failover.is_none()
+    {
+        failover_event = Some(PlannedEvent {
+            warning: false,
+            reason: "FailoverEnded".into(),
+            note: format!(
+                "{} is a ready member again; {} is drained away",
+                f.member, f.spare
+            ),
+        });
+    }
+    let timeout = i64::from(spec.failover.timeout_seconds);
+    let settling = before.last_step.as_ref().map(|s| s.pod.as_str());
+    if failover.is_none()
+        && timeout > 0
+        && !spec.paused
+        && current == Some(desired)
+        && quorum_holds
+        && let Some(dp) = dp.filter(|d| d.running_operation.is_none() && d.leader.is_some())
+        && let Some((member, since)) = down_since.iter().find(|(id, since)| {
+            !dp.data_lost.iter().any(|l| l == *id)
+                && Some(**id) != settling
+                && names.ordinal(id).is_some_and(|o| o < desired)
+                && now.as_second() - since.0.as_second() >= timeout
+        })
+    {
+        let spare = names.pod(desired);
+        failover_event = Some(PlannedEvent {
+            warning: true,
+            reason: "FailoverStarted".into(),
+            note: format!(
+                "{member} has been down since {} (spec.failover.timeoutSeconds {timeout}): adding the spare pod {spare} to take its replicas",
+                since.0
+            ),
+        });
+        failover = Some(Failover {
+            member: member.to_string(),
+            spare,
+            start_time: Time(now),
+        });
+    }
+    // The StatefulSet's pods: the spec's, and a spare while a member is failed over.
+    let target = desired + i32::from(failover.is_some());
+
+    // The StatefulSet's size: up at once, down only once the pods above are no longer members.
+    let statefulset_replicas = match current {
+        None => desired,
+        Some(current) if target >= current => target,
+        Some(current) => {
+            let drained =
+                dp.is_some() && (target..current).all(|ordinal| !is_member(&names.pod(ordinal)));
+            if drained { target } else { current }
+        }
+    };
+
+    // Imbalance among the members the spec keeps.
+    let balance = dp.map(|d| {
+        let kept: Vec<&ObservedMember> = d
+            .members
+            .iter()
+            .filter(|(id, _)| names.ordinal(id).is_some_and(|o| o < target))
+            .map(|(_, m)| m)
+            .collect();
+        (
+            spread(kept.iter().map(|m| m.replicas)),
+            spread(kept.iter().map(|m| m.leaderships)),
+        )
+    });
+
     // After a failure, no action (and no claim patch, after a failed one) before this.
     let backing_off = before.failed_action.as_ref().and_then(|f| {
         let wait = backoff(f.attempts).as_secs() as i64;
@@ -480,15 +562,19 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
             pods
         };
         let members_ready = down.is_empty();
-        let victim = (desired..current.unwrap_or(desired))
+        let victim = (target..current.unwrap_or(target))
             .rev()
             .map(|o| names.pod(o))
             .find(|p| is_member(p));
-        let newcomer = (0..desired)
+        let newcomer = (0..target)
             .map(|o| names.pod(o))
             .filter(|p| !is_member(p))
             .find(|p| pod(p).is_some_and(|p| p.started && !p.terminating));
-        let waiting_newcomers = (0..desired).any(|o| !is_member(&names.pod(o)));
+        // The failed-over member rejoins when its pod is back; nothing waits for it.
+        let failed_over = failover.as_ref().map(|f| f.member.as_str());
+        let waiting_newcomers = (0..target)
+            .map(|o| names.pod(o))
+            .any(|p| !is_member(&p) && Some(p.as_str()) != failed_over);
         let switchover = observed
             .annotations
             .get(SWITCHOVER_ANNOTATION)
@@ -509,6 +595,9 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
             work = Some(match kind.as_str() {
                 // The forced removal of a member whose volume was lost.
                 "drain" if !dp.data_lost.is_empty() => Work::ReplacingMember,
+                "drain" if failover.as_ref().is_some_and(|f| is_member(&f.member)) => {
+                    Work::FailingOver
+                }
                 "drain" => Work::ScalingIn,
                 _ => Work::Rebalancing,
             });
@@ -540,12 +629,27 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
         } else if let Some(newcomer) = newcomer {
             work = Some(Work::ScalingOut);
             action = Some(Action::AddNode { node: newcomer });
-        } else if waiting_newcomers || statefulset_replicas != desired {
-            work = Some(if current.unwrap_or(0) > desired {
+        } else if waiting_newcomers || statefulset_replicas != target {
+            work = Some(if current.unwrap_or(0) > target {
                 Work::ScalingIn
             } else {
                 Work::ScalingOut
             });
+        } else if let Some(f) = failover.as_ref().filter(|f| is_member(&f.member)) {
+            // The spare is a ready member: the failed member is removed, its replicas move
+            // to the spare (forced: it does not answer; the operator checks the quorum).
+            work = Some(Work::FailingOver);
+            let spare_ready = dp.members.get(&f.spare).is_some_and(|m| m.ready)
+                && pod(&f.spare).is_some_and(|p| p.ready);
+            if spare_ready && quorum_holds {
+                action = Some(Action::FailOver {
+                    node: f.member.clone(),
+                });
+            } else if !spare_ready {
+                waiting = Some(format!("waiting for the spare {} to be ready", f.spare));
+            } else {
+                waiting = Some(down_list());
+            }
         } else if let Some(target) = switchover {
             work = Some(Work::Switchover);
             let target_ok = dp
@@ -748,7 +852,7 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
                 let raft_role = match member {
                     None => "joining",
                     Some(_) if dp.and_then(|d| d.leader.as_ref()) == Some(&id) => "leader",
-                    Some(_) if names.ordinal(&id).is_some_and(|o| o >= desired) => "draining",
+                    Some(_) if names.ordinal(&id).is_some_and(|o| o >= target) => "draining",
                     Some(m) if !m.reachable => "unreachable",
                     Some(_) => "follower",
                 };
@@ -759,6 +863,7 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
                     raft_role: raft_role.into(),
                     replicas: member.map(|m| m.replicas).unwrap_or(0),
                     leaderships: member.map(|m| m.leaderships).unwrap_or(0),
+                    unavailable_since: down_since.get(id.as_str()).cloned(),
                 }
             })
             .collect()
@@ -878,6 +983,14 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
                 dp.data_lost.join(", ")
             ),
         ))
+    } else if let Some(f) = failover.as_ref() {
+        Some((
+            "MemberFailedOver",
+            format!(
+                "{} stayed down past spec.failover.timeoutSeconds and is failed over to {}; it rejoins as a new node when its pod is back",
+                f.member, f.spare
+            ),
+        ))
     } else if !down.is_empty() && !planned {
         Some((
             "MemberUnavailable",
@@ -932,6 +1045,7 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
         _ => {}
     }
 
+    events.extend(failover_event);
     if spec.security.allow_unauthenticated && generation != before.observed_generation {
         events.push(PlannedEvent {
             warning: true,
@@ -997,6 +1111,7 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
             last_switchover,
             last_auto_rebalance_time: last_auto,
             last_step,
+            failover: failover.clone(),
             selector: Some(
                 crate::resources::selector(names)
                     .iter()

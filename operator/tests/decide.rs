@@ -1148,3 +1148,199 @@ fn a_member_that_lost_its_volume_is_not_removed_while_another_member_is_down() {
         ("True".into(), "MemberDataLost".into())
     );
 }
+
+/// g-1's host died: its pod does not run (evicted and recreated, Pending), the member does
+/// not answer.
+fn g1_down(observed: &mut Observed) {
+    observed.pods[1].ready = false;
+    observed.pods[1].started = false;
+    let member = observed
+        .data_plane
+        .as_mut()
+        .unwrap()
+        .members
+        .get_mut("g-1")
+        .unwrap();
+    member.reachable = false;
+    member.ready = false;
+    member.leads_any = false;
+    member.leaderships = 0;
+}
+
+#[test]
+fn a_member_down_past_the_failover_timeout_is_replaced_by_a_spare_that_leaves_when_it_is_back() {
+    let mut observed = settled(3);
+    g1_down(&mut observed);
+    let plan = decide(&spec(3), &names(), &observed, now());
+    assert_eq!(plan.statefulset_replicas, 3);
+    assert_eq!(plan.status.failover, None);
+    assert_eq!(
+        cond(&plan, "Degraded"),
+        ("True".into(), "MemberUnavailable".into())
+    );
+    let since = |plan: &Plan| {
+        plan.status
+            .members
+            .iter()
+            .find(|m| m.name == "g-1")
+            .and_then(|m| m.unavailable_since.clone())
+    };
+    assert_eq!(since(&plan).map(|t| t.0), Some(now()));
+
+    // Just under spec.failover.timeoutSeconds (300): nothing yet, and the time holds.
+    observed.status = plan.status.clone();
+    let plan = decide(&spec(3), &names(), &observed, at(299));
+    assert_eq!(plan.statefulset_replicas, 3);
+    assert_eq!(plan.status.failover, None);
+    assert_eq!(since(&plan).map(|t| t.0), Some(now()));
+
+    // At the timeout: a spare pod, g-3.
+    observed.status = plan.status.clone();
+    let plan = decide(&spec(3), &names(), &observed, at(300));
+    assert_eq!(plan.statefulset_replicas, 4);
+    let failover = plan.status.failover.clone().expect("a failover");
+    assert_eq!(
+        (failover.member.as_str(), failover.spare.as_str()),
+        ("g-1", "g-3")
+    );
+    assert_eq!(
+        cond(&plan, "Degraded"),
+        ("True".into(), "MemberFailedOver".into())
+    );
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.warning && e.reason == "FailoverStarted"),
+        "{:?}",
+        plan.events
+    );
+    assert_eq!(plan.action, None);
+
+    // The spare started: admitted.
+    observed.status = plan.status.clone();
+    observed.statefulset.as_mut().unwrap().replicas = 4;
+    observed.pods.push(pod(3, false, &current()));
+    let plan = decide(&spec(3), &names(), &observed, at(310));
+    assert_eq!(plan.statefulset_replicas, 4);
+    assert_eq!(plan.action, Some(Action::AddNode { node: "g-3".into() }));
+    assert!(plan.events.is_empty(), "said once: {:?}", plan.events);
+
+    // The spare is a ready member: g-1 is removed, its replicas move to the spare.
+    observed.status = plan.status.clone();
+    observed.pods[3].ready = true;
+    observed.data_plane.as_mut().unwrap().members.insert(
+        "g-3".into(),
+        ObservedMember {
+            reachable: true,
+            ready: true,
+            replicas: 0,
+            leaderships: 0,
+            leads_any: false,
+        },
+    );
+    let plan = decide(&spec(3), &names(), &observed, at(330));
+    assert_eq!(plan.action, Some(Action::FailOver { node: "g-1".into() }));
+    assert_eq!(
+        Action::FailOver { node: "g-1".into() }.reason(),
+        "FailingOver"
+    );
+    assert_eq!(
+        cond(&plan, "Progressing"),
+        ("True".into(), "FailingOver".into())
+    );
+    assert_eq!(plan.status.phase.as_deref(), Some("Recovering"));
+
+    // g-1 is out, its pod still down: the spare stays, nothing else to do.
+    observed.status = plan.status.clone();
+    {
+        let dp = observed.data_plane.as_mut().unwrap();
+        dp.members.remove("g-1");
+        let spare = dp.members.get_mut("g-3").unwrap();
+        spare.replicas = 16;
+        spare.leaderships = 5;
+    }
+    let plan = decide(&spec(3), &names(), &observed, at(400));
+    assert_eq!(plan.action, None);
+    assert_eq!(plan.statefulset_replicas, 4);
+    assert_eq!(
+        cond(&plan, "Degraded"),
+        ("True".into(), "MemberFailedOver".into())
+    );
+    assert_eq!(cond(&plan, "Ready").0, "False");
+
+    // g-1's pod is back (its container started): it joins as a new node.
+    observed.status = plan.status.clone();
+    observed.pods[1].started = true;
+    let plan = decide(&spec(3), &names(), &observed, at(900));
+    assert_eq!(plan.action, Some(Action::AddNode { node: "g-1".into() }));
+
+    // A ready member again: the failover ends and the spare is drained away.
+    observed.status = plan.status.clone();
+    observed.pods[1].ready = true;
+    observed.data_plane.as_mut().unwrap().members.insert(
+        "g-1".into(),
+        ObservedMember {
+            reachable: true,
+            ready: true,
+            replicas: 0,
+            leaderships: 0,
+            leads_any: false,
+        },
+    );
+    let plan = decide(&spec(3), &names(), &observed, at(930));
+    assert_eq!(plan.status.failover, None);
+    assert_eq!(plan.action, Some(Action::RemoveNode { node: "g-3".into() }));
+    assert_eq!(plan.statefulset_replicas, 4, "lowered once g-3 is drained");
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| !e.warning && e.reason == "FailoverEnded"),
+        "{:?}",
+        plan.events
+    );
+}
+
+#[test]
+fn no_failover_when_it_is_off_or_the_others_hold_no_quorum() {
+    // Off: spec.failover.timeoutSeconds 0.
+    let mut off = spec(3);
+    off.failover.timeout_seconds = 0;
+    let mut observed = settled(3);
+    g1_down(&mut observed);
+    let plan = decide(&off, &names(), &observed, now());
+    observed.status = plan.status.clone();
+    let plan = decide(&off, &names(), &observed, at(86_400));
+    assert_eq!(plan.status.failover, None);
+    assert_eq!(plan.statefulset_replicas, 3);
+
+    // Two of three down: removing one would need a quorum the last one does not make.
+    let mut observed = settled(3);
+    g1_down(&mut observed);
+    observed.pods[2].ready = false;
+    observed
+        .data_plane
+        .as_mut()
+        .unwrap()
+        .members
+        .get_mut("g-2")
+        .unwrap()
+        .reachable = false;
+    let plan = decide(&spec(3), &names(), &observed, now());
+    observed.status = plan.status.clone();
+    let plan = decide(&spec(3), &names(), &observed, at(3_600));
+    assert_eq!(plan.status.failover, None);
+    assert_eq!(plan.statefulset_replicas, 3);
+    assert_eq!(plan.action, None);
+
+    // The pod being restarted (the last step awaited) is not failed over for a slow start.
+    let mut observed = settled(3);
+    g1_down(&mut observed);
+    let plan = decide(&spec(3), &names(), &observed, now());
+    observed.status = plan.status.clone();
+    observed.status.last_step = Some(grape_operator::crd::PodStep {
+        kind: "Restarted".into(),
+        pod: "g-1".into(),
+    });
+    let plan = decide(&spec(3), &names(), &observed, at(600));
+    assert_eq!(plan.status.failover, None);
+}

@@ -2,7 +2,8 @@
 //! controller and the kubelet runs one process per pod (with the configuration the operator
 //! renders), and the operator's decisions take the cluster through create 3 -> scale to 5 ->
 //! rolling restart -> switchover -> scale to 3, through a bad image rolled out and reverted,
-//! a rotation of the cluster secret and a pod's lost volume, while writers run; no acknowledged write may be lost and the reported conditions
+//! a rotation of the cluster secret, a pod's lost volume and a failover to a spare pod, while
+//! writers run; no acknowledged write may be lost and the reported conditions
 //! are checked at each step.
 
 use grape_e2e::load::{self, Writers};
@@ -264,6 +265,25 @@ impl StatefulSetSim {
         pod.node.restart_unready().await;
         pod.started = false;
         pod.ready = false;
+        let url = pod.node.url.clone();
+        self.endpoints.api.lock().unwrap().insert(name.into(), url);
+    }
+
+    /// The pod's host dies: the process is gone, and the pod (evicted, recreated, Pending on
+    /// no host) has not started.
+    fn host_dies(&mut self, name: &str) {
+        let ordinal = self.names.ordinal(name).unwrap();
+        let pod = self.pods.get_mut(&ordinal).unwrap();
+        pod.node.kill9();
+        pod.started = false;
+        pod.ready = false;
+    }
+
+    /// The host is back: the pod starts again on its volume.
+    async fn host_returns(&mut self, name: &str) {
+        let ordinal = self.names.ordinal(name).unwrap();
+        let pod = self.pods.get_mut(&ordinal).unwrap();
+        pod.node.restart_unready().await;
         let url = pod.node.url.clone();
         self.endpoints.api.lock().unwrap().insert(name.into(), url);
     }
@@ -882,4 +902,81 @@ async fn a_lost_volume_is_replaced_as_a_new_node_without_losing_an_acknowledged_
         assert!(Instant::now() < deadline, "replicas differ: {sums:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_down_past_the_failover_timeout_is_replaced_by_a_spare_until_it_returns() {
+    let cluster = three_nodes("u-5", 8, json!({"failover": {"timeoutSeconds": 5}}));
+    let mut op = Operator::new(cluster);
+    op.until("created", Duration::from_secs(90), settled).await;
+    let writers =
+        Writers::start_with_key(Arc::clone(&op.sim.ready_urls), 2, Some(ADMIN_KEY.into()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // g-1's host dies. Past the timeout a spare, g-3, takes its replicas.
+    op.sim.host_dies("g-1");
+    op.actions.clear();
+    op.events.clear();
+    op.until("failed over to g-3", Duration::from_secs(180), |s| {
+        s.failover.is_some()
+            && s.members
+                .iter()
+                .any(|m| m.name == "g-3" && m.ready && m.replicas == 8)
+            && !s
+                .members
+                .iter()
+                .any(|m| m.name == "g-1" && m.raft_role != "joining")
+    })
+    .await;
+    assert_eq!(
+        op.actions,
+        vec![
+            Action::AddNode { node: "g-3".into() },
+            Action::FailOver { node: "g-1".into() },
+        ]
+    );
+    assert!(
+        op.events.contains(&"FailoverStarted".to_string()),
+        "{:?}",
+        op.events
+    );
+    assert_eq!(
+        op.cond("Degraded"),
+        ("True".into(), "MemberFailedOver".into())
+    );
+    let during = writers.count();
+
+    // The host returns: g-1 joins as a new node and the spare leaves.
+    op.sim.host_returns("g-1").await;
+    op.actions.clear();
+    op.until("back to three", Duration::from_secs(240), |s| {
+        settled(s) && s.failover.is_none() && s.replicas == 3
+    })
+    .await;
+    assert_eq!(op.actions[0], Action::AddNode { node: "g-1".into() });
+    assert!(
+        op.actions
+            .contains(&Action::RemoveNode { node: "g-3".into() }),
+        "{:?}",
+        op.actions
+    );
+    assert!(
+        op.events.contains(&"FailoverEnded".to_string()),
+        "{:?}",
+        op.events
+    );
+    assert!(!op.sim.pods.contains_key(&3), "the spare pod is gone");
+
+    let acked = writers.stop().await;
+    assert!(acked.len() > during, "writes went on: {}", acked.len());
+    load::check_all_present_at(op.clients(), &acked)
+        .await
+        .unwrap();
+    let status = op.clients()[0].cluster_status().await.unwrap();
+    let held: BTreeMap<&str, usize> = status
+        .nodes
+        .iter()
+        .map(|n| (n.id.as_str(), n.replicas))
+        .collect();
+    assert_eq!(held, BTreeMap::from([("g-0", 8), ("g-1", 8), ("g-2", 8)]));
 }
