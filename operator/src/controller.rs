@@ -421,13 +421,24 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
             &desired.pdb,
         )
         .await?;
-        if let Some(monitor) = &desired.service_monitor {
-            let resource = ApiResource::from_gvk_with_plural(
+        let monitors: Api<DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            &namespace,
+            &ApiResource::from_gvk_with_plural(
                 &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
                 "servicemonitors",
-            );
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(client.clone(), &namespace, &resource);
+            ),
+        );
+        if desired.service_monitor.is_none()
+            && cluster.metadata.generation
+                != cluster.status.as_ref().and_then(|s| s.observed_generation)
+        {
+            // Turned off (looked at once per spec change): the ServiceMonitor this cluster
+            // owns goes; one of the same name that someone else made stays.
+            remove_owned_monitor(&monitors, &names.cluster, cluster.metadata.uid.as_deref()).await;
+        }
+        if let Some(monitor) = &desired.service_monitor {
+            let api = &monitors;
             if let Err(e) = api
                 .patch(&names.cluster, &apply_params(), &Patch::Apply(monitor))
                 .await
@@ -583,6 +594,31 @@ async fn cleanup(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error>
     .await;
     ctx.metrics.forget_cluster(&names.namespace, &names.cluster);
     Ok(Action::await_change())
+}
+
+/// Deletes the ServiceMonitor `name` if `owner` (a GrapeCluster's uid) owns it. Best effort:
+/// without the Prometheus operator's CRD there is nothing to delete.
+async fn remove_owned_monitor(api: &Api<DynamicObject>, name: &str, owner: Option<&str>) {
+    let Some(owner) = owner else {
+        return;
+    };
+    let existing = match api.get_opt(name).await {
+        Ok(existing) => existing,
+        Err(e) => {
+            tracing::debug!(error = %e, "looking for a ServiceMonitor to remove");
+            return;
+        }
+    };
+    let owned = existing.is_some_and(|m| {
+        m.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.uid == owner)
+    });
+    if owned && let Err(e) = api.delete(name, &DeleteParams::default()).await {
+        tracing::warn!(error = %e, "removing the ServiceMonitor");
+    }
 }
 
 async fn publish(

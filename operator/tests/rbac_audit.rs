@@ -248,7 +248,15 @@ fn permissive(existing: Option<Value>) -> (Client, Arc<Mutex<Vec<Call>>>) {
                         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "test-config", "namespace": "default"}},
                     ]}),
                 ),
-                (_, "configmaps", "delete") => (
+                // The ServiceMonitor of a cluster whose monitoring was turned off.
+                ("monitoring.coreos.com", "servicemonitors", "get") => (
+                    StatusCode::OK,
+                    json!({"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+                    "metadata": {"name": "test", "namespace": "default", "ownerReferences": [
+                        {"apiVersion": "grape.io/v1alpha1", "kind": "GrapeCluster", "name": "test", "uid": "uid-1"}
+                    ]}}),
+                ),
+                (_, "configmaps", "delete") | (_, "servicemonitors", "delete") => (
                     StatusCode::OK,
                     json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
                 ),
@@ -332,6 +340,8 @@ async fn every_call_the_operator_makes_is_granted_and_every_grant_is_used() {
         ("events.k8s.io", "events", "create"),
         ("grape.io", "grapeclusters/status", "patch"),
         ("monitoring.coreos.com", "servicemonitors", "patch"),
+        ("monitoring.coreos.com", "servicemonitors", "get"),
+        ("monitoring.coreos.com", "servicemonitors", "delete"),
         ("coordination.k8s.io", "leases", "get"),
     ] {
         let expected = (

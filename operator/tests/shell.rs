@@ -237,6 +237,25 @@ async fn reconcile_applies_every_owned_object_with_server_side_apply_then_patche
             assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
             respond(send, StatusCode::OK, &body);
         }
+        // Monitoring is off: the ServiceMonitor this cluster owns (made while it was on) goes.
+        let monitor = "/apis/monitoring.coreos.com/v1/namespaces/default/servicemonitors/test";
+        let (method, path, _, _, _, send) = next(&mut handle).await;
+        assert_eq!((method.as_str(), path.as_str()), ("GET", monitor));
+        respond(
+            send,
+            StatusCode::OK,
+            &json!({"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+            "metadata": {"name": "test", "namespace": "default", "ownerReferences": [
+                {"apiVersion": "grape.io/v1alpha1", "kind": "GrapeCluster", "name": "test", "uid": "uid-1"}
+            ]}}),
+        );
+        let (method, path, _, _, _, send) = next(&mut handle).await;
+        assert_eq!((method.as_str(), path.as_str()), ("DELETE", monitor));
+        respond(
+            send,
+            StatusCode::OK,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+        );
         // Configurations of earlier templates that no pod mounts are deleted.
         let (method, path, query, _, _, send) = next(&mut handle).await;
         assert_eq!(
@@ -686,6 +705,20 @@ async fn a_larger_storage_size_grows_each_claim_and_keeps_the_statefulsets_claim
             }
             respond(send, StatusCode::OK, &body);
         }
+        // Monitoring is off in this spec: a ServiceMonitor the cluster owns would go (none).
+        let (method, path, _, _, _, send) = next(&mut handle).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            (
+                "GET",
+                "/apis/monitoring.coreos.com/v1/namespaces/default/servicemonitors/test"
+            )
+        );
+        respond(
+            send,
+            StatusCode::NOT_FOUND,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+        );
         let (_, path, _, _, _, send) = next(&mut handle).await;
         assert!(path.ends_with("/configmaps"), "{path}");
         respond(
