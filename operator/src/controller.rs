@@ -701,6 +701,15 @@ async fn observe_volumes(
                 .resources
                 .and_then(|r| r.requests)
                 .and_then(|r| r.get("storage").map(|q| q.0.clone())),
+            resize_pending: claim
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|conditions| {
+                    conditions
+                        .iter()
+                        .any(|c| c.type_ == "FileSystemResizePending" && c.status == "True")
+                }),
             capacity: claim
                 .status
                 .and_then(|s| s.capacity)

@@ -471,7 +471,8 @@ pub struct FailedAction {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PodStep {
-    /// `MovedLeaderships`, `Restarted` or `Added`.
+    /// `MovedLeaderships`, `Restarted`, `RestartedForResize` (to let the kubelet grow its
+    /// file system) or `Added`.
     pub kind: String,
     pub pod: String,
 }

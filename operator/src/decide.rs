@@ -74,6 +74,9 @@ pub struct ObservedVolume {
     pub capacity: Option<String>,
     /// Its StorageClass's `allowVolumeExpansion` (None: unknown).
     pub expandable: Option<bool>,
+    /// The claim's `FileSystemResizePending` condition: the volume grew, and its file system
+    /// grows when the pod starts again (drivers without online expansion).
+    pub resize_pending: bool,
 }
 
 /// A data-plane member as reported by `/admin/cluster/status`.
@@ -521,6 +524,14 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
             .collect()
     };
 
+    // Pods whose volume grew but whose file system waits for a restart.
+    let resize_pending: Vec<&str> = observed
+        .volumes
+        .iter()
+        .filter(|v| v.resize_pending)
+        .map(|v| v.pod.as_str())
+        .collect();
+
     // The step taken last time, while its outcome is awaited: a restarted pod until it is
     // ready on the current template, an added one until it is a ready member, a pod whose
     // leaderships were moved off until it is restarted.
@@ -528,10 +539,13 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
         let p = pod(&step.pod);
         let ready = p.is_some_and(|p| p.ready && !p.terminating);
         let current = p.is_some_and(|p| p.template_hash.as_deref() == Some(revision.as_str()));
+        let resizing = resize_pending.contains(&step.pod.as_str());
         match step.kind.as_str() {
             "Restarted" => !(ready && current),
+            // Until the kubelet has grown the file system: no second restart for it.
+            "RestartedForResize" => !ready || resizing,
             "Added" => !(ready && is_member(&step.pod)),
-            "MovedLeaderships" => p.is_some() && !current,
+            "MovedLeaderships" => p.is_some() && (!current || resizing),
             _ => false,
         }
     });
@@ -551,6 +565,22 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
                 .iter()
                 .filter(|p| p.template_hash.as_deref() != Some(revision.as_str()) && !p.terminating)
                 .collect();
+            // Then pods restarted only to grow their file system (once each).
+            let resized_already = |name: &str| {
+                last_step
+                    .as_ref()
+                    .is_some_and(|s| s.kind == "RestartedForResize" && s.pod == name)
+            };
+            let resizing: Vec<&ObservedPod> = observed
+                .pods
+                .iter()
+                .filter(|p| {
+                    resize_pending.contains(&p.name.as_str())
+                        && !p.terminating
+                        && !pods.iter().any(|o| o.name == p.name)
+                        && !resized_already(&p.name)
+                })
+                .collect();
             // Pods that are not ready first (a crash-looping pod of a bad revision is replaced
             // before anything else), then the highest ordinal.
             pods.sort_by_key(|p| {
@@ -559,6 +589,7 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
                     std::cmp::Reverse(names.ordinal(&p.name).unwrap_or(0)),
                 )
             });
+            pods.extend(resizing);
             pods
         };
         let members_ready = down.is_empty();
@@ -669,7 +700,12 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
                 work = None;
             }
         } else if let Some(next) = outdated.first() {
-            work = Some(Work::RollingUpdate);
+            let for_resize = next.template_hash.as_deref() == Some(revision.as_str());
+            work = Some(if for_resize {
+                Work::ExpandingVolumes
+            } else {
+                Work::RollingUpdate
+            });
             // A pod that is not ready is replaced without waiting for it (waiting would wedge
             // the rollout: a bad image reverted), as long as that costs no vote: the others
             // are ready, or it does not answer as a member anyway. A ready one only while
@@ -757,6 +793,7 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
         // The last pod step still settling: the rollout or scale-out is not over yet.
         match step.kind.as_str() {
             "Restarted" => work = Some(Work::RollingUpdate),
+            "RestartedForResize" => work = Some(Work::ExpandingVolumes),
             "Added" => work = Some(Work::ScalingOut),
             _ => {}
         }
@@ -793,6 +830,15 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
     }
     let last_step = match &action {
         Some(Action::MoveLeadershipsOff { from }) => Some(step("MovedLeaderships", from)),
+        Some(Action::DeletePod { pod })
+            if resize_pending.contains(&pod.as_str())
+                && observed
+                    .pods
+                    .iter()
+                    .any(|p| p.name == *pod && p.template_hash.as_deref() == Some(&revision)) =>
+        {
+            Some(step("RestartedForResize", pod))
+        }
         Some(Action::DeletePod { pod }) => Some(step("Restarted", pod)),
         Some(Action::AddNode { node }) => Some(step("Added", node)),
         _ => last_step,

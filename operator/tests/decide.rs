@@ -797,6 +797,7 @@ fn a_storage_change_grows_claims_where_the_class_allows_and_says_so_where_it_doe
             requested: Some(requested.into()),
             capacity: Some(capacity.into()),
             expandable,
+            resize_pending: false,
         };
     let mut grown = spec(3);
     grown.storage.size = "20Gi".into();
@@ -1343,4 +1344,58 @@ fn no_failover_when_it_is_off_or_the_others_hold_no_quorum() {
     });
     let plan = decide(&spec(3), &names(), &observed, at(600));
     assert_eq!(plan.status.failover, None);
+}
+
+#[test]
+fn a_file_system_resize_pending_restarts_the_pod_once_leaderships_first() {
+    use grape_operator::decide::ObservedVolume;
+    let mut grown = spec(3);
+    grown.storage.size = "20Gi".into();
+    let mut observed = settled(3);
+    // The claims grew; g-1's driver grows the file system only when the pod starts again.
+    observed.volumes = (0..3)
+        .map(|o| ObservedVolume {
+            claim: format!("data-g-{o}"),
+            pod: format!("g-{o}"),
+            requested: Some("20Gi".into()),
+            capacity: Some(if o == 1 { "10Gi" } else { "20Gi" }.into()),
+            expandable: Some(true),
+            resize_pending: o == 1,
+        })
+        .collect();
+    let plan = decide(&grown, &names(), &observed, now());
+    assert_eq!(
+        plan.action,
+        Some(Action::MoveLeadershipsOff { from: "g-1".into() })
+    );
+    assert_eq!(
+        cond(&plan, "Progressing"),
+        ("True".into(), "ExpandingVolumes".into())
+    );
+
+    observed.status = plan.status.clone();
+    let plan = decide(&grown, &names(), &observed, now());
+    assert_eq!(plan.action, Some(Action::DeletePod { pod: "g-1".into() }));
+    assert_eq!(
+        plan.status.last_step.as_ref().map(|s| s.kind.as_str()),
+        Some("RestartedForResize")
+    );
+
+    // Restarted and ready, the kubelet not done yet: no second restart.
+    observed.status = plan.status.clone();
+    let plan = decide(&grown, &names(), &observed, now());
+    assert_eq!(plan.action, None);
+    assert_eq!(
+        cond(&plan, "Progressing"),
+        ("True".into(), "ExpandingVolumes".into())
+    );
+
+    // Grown: nothing left to do.
+    observed.status = plan.status.clone();
+    observed.volumes[1].resize_pending = false;
+    observed.volumes[1].capacity = Some("20Gi".into());
+    let plan = decide(&grown, &names(), &observed, now());
+    assert_eq!(plan.action, None);
+    assert_eq!(cond(&plan, "Progressing").0, "False");
+    assert_eq!(plan.status.last_step, None);
 }
