@@ -4,10 +4,15 @@
 //! patch the status, and requeue while work is in progress.
 //!
 //! ```text
-//!   watch ─> reconcile ─> finalizer ─┬─ Apply:   observe ─> decide ─> apply objects ─> act ─> status
-//!                                    └─ Cleanup: Event (owned objects go by garbage collection;
-//!                                                volumes are kept: whenDeleted Retain)
+//!   watch ─> reconcile ─┬─ observe ─> decide ─> apply objects ─> act ─> status
+//!                       └─ being deleted: Event (owned objects go by garbage collection;
+//!                                         volumes are kept: whenDeleted Retain)
 //! ```
+//!
+//! No finalizer: it would only block the deletion of a GrapeCluster (and of its namespace)
+//! while the operator is down, for no work of its own. The one earlier versions added is
+//! removed at the next reconcile; the metrics of deleted clusters are dropped by
+//! [`prune_metrics`].
 
 use crate::crd::{GrapeCluster, GrapeClusterStatus};
 use crate::dataplane::{self, DataPlane, ServiceDns};
@@ -27,15 +32,14 @@ use kube::api::{
 };
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The finalizer the operator puts on every GrapeCluster.
 pub const FINALIZER: &str = "grape.io/finalizer";
@@ -45,8 +49,6 @@ pub const FINALIZER: &str = "grape.io/finalizer";
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("{0}")]
     Invalid(String),
 }
@@ -93,8 +95,10 @@ pub async fn run(client: Client, metrics: Metrics, namespace: Option<String>) {
         ),
     };
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=grape-operator");
-    let context = Arc::new(Context::new(client, metrics));
-    Controller::new(clusters, watcher::Config::default())
+    let context = Arc::new(Context::new(client, metrics.clone()));
+    let controller = Controller::new(clusters, watcher::Config::default());
+    let pruning = tokio::spawn(prune_metrics(controller.store(), metrics));
+    controller
         .owns(statefulsets, managed.clone())
         // Pods belong to the StatefulSet; map them to their cluster by label.
         .watches(pods, managed, |pod: Pod| {
@@ -110,9 +114,10 @@ pub async fn run(client: Client, metrics: Metrics, namespace: Option<String>) {
             }
         })
         .await;
+    pruning.abort();
 }
 
-/// One reconcile of one GrapeCluster, behind the finalizer.
+/// One reconcile of one GrapeCluster.
 pub async fn reconcile(cluster: Arc<GrapeCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let namespace = cluster
@@ -120,14 +125,15 @@ pub async fn reconcile(cluster: Arc<GrapeCluster>, ctx: Arc<Context>) -> Result<
         .ok_or_else(|| Error::Invalid("GrapeCluster without a namespace".into()))?;
     let key = format!("{namespace}/{}", cluster.name_any());
     let api: Api<GrapeCluster> = Api::namespaced(ctx.client.clone(), &namespace);
-    let result = finalizer(&api, FINALIZER, cluster, |event| async {
-        match event {
-            Finalizer::Apply(cluster) => apply(&cluster, &ctx).await,
-            Finalizer::Cleanup(cluster) => cleanup(&cluster, &ctx).await,
+    let result = async {
+        remove_old_finalizer(&api, &cluster).await?;
+        if cluster.metadata.deletion_timestamp.is_some() {
+            cleanup(&cluster, &ctx).await
+        } else {
+            apply(&cluster, &ctx).await
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    }
+    .await;
     ctx.metrics
         .observe_reconcile(started.elapsed(), result.is_ok());
     if result.is_ok()
@@ -594,6 +600,44 @@ async fn cleanup(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error>
     .await;
     ctx.metrics.forget_cluster(&names.namespace, &names.cluster);
     Ok(Action::await_change())
+}
+
+/// Removes the finalizer earlier versions put on every GrapeCluster (a JSON patch that
+/// checks it is still where it was seen).
+async fn remove_old_finalizer(
+    api: &Api<GrapeCluster>,
+    cluster: &GrapeCluster,
+) -> Result<(), Error> {
+    let Some(at) = cluster.finalizers().iter().position(|f| f == FINALIZER) else {
+        return Ok(());
+    };
+    let path = format!("/metadata/finalizers/{at}");
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": path, "value": FINALIZER},
+        {"op": "remove", "path": path},
+    ]))
+    .map_err(|e| Error::Invalid(format!("finalizer patch: {e}")))?;
+    api.patch(
+        &cluster.name_any(),
+        &PatchParams::default(),
+        &Patch::Json::<()>(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Drops the metrics of GrapeClusters that no longer exist (deleted while the operator ran
+/// or not), every 30 s, from the controller's cache.
+pub async fn prune_metrics(store: Store<GrapeCluster>, metrics: Metrics) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let present: BTreeSet<(String, String)> = store
+            .state()
+            .iter()
+            .filter_map(|c| Some((c.namespace()?, c.name_any())))
+            .collect();
+        metrics.retain_clusters(&present);
+    }
 }
 
 /// Deletes the ServiceMonitor `name` if `owner` (a GrapeCluster's uid) owns it. Best effort:

@@ -5,6 +5,8 @@ use crate::crd::GrapeClusterStatus;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Registered once, cloned into every reconcile.
@@ -16,6 +18,8 @@ pub struct Metrics {
     actions: IntCounterVec,
     ready_members: IntGaugeVec,
     condition: IntGaugeVec,
+    /// Clusters whose series exist (namespace, name).
+    seen: Arc<Mutex<BTreeSet<(String, String)>>>,
 }
 
 impl Default for Metrics {
@@ -84,6 +88,7 @@ impl Metrics {
             actions,
             ready_members,
             condition,
+            seen: Arc::default(),
         }
     }
 
@@ -101,6 +106,9 @@ impl Metrics {
     }
 
     pub fn set_cluster(&self, namespace: &str, cluster: &str, status: &GrapeClusterStatus) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.insert((namespace.to_string(), cluster.to_string()));
+        }
         self.ready_members
             .with_label_values(&[namespace, cluster])
             .set(status.ready_replicas as i64);
@@ -111,7 +119,27 @@ impl Metrics {
         }
     }
 
+    /// Forgets the clusters not in `present` (namespace, name).
+    pub fn retain_clusters(&self, present: &BTreeSet<(String, String)>) {
+        let gone: Vec<(String, String)> = self
+            .seen
+            .lock()
+            .map(|seen| seen.difference(present).cloned().collect())
+            .unwrap_or_default();
+        for (namespace, cluster) in gone {
+            self.forget_cluster(&namespace, &cluster);
+        }
+    }
+
+    /// Clusters with series.
+    pub fn clusters(&self) -> BTreeSet<(String, String)> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
     pub fn forget_cluster(&self, namespace: &str, cluster: &str) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.remove(&(namespace.to_string(), cluster.to_string()));
+        }
         let _ = self
             .ready_members
             .remove_label_values(&[namespace, cluster]);
@@ -125,5 +153,27 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_series_of_a_deleted_cluster_are_dropped() {
+        let metrics = Metrics::new();
+        let status = GrapeClusterStatus {
+            ready_replicas: 3,
+            ..GrapeClusterStatus::default()
+        };
+        metrics.set_cluster("a", "kept", &status);
+        metrics.set_cluster("a", "deleted", &status);
+        let present = BTreeSet::from([("a".to_string(), "kept".to_string())]);
+        metrics.retain_clusters(&present);
+        let text = metrics.render();
+        assert!(text.contains("cluster=\"kept\""), "{text}");
+        assert!(!text.contains("cluster=\"deleted\""), "{text}");
+        assert_eq!(metrics.clusters(), present);
     }
 }

@@ -288,7 +288,7 @@ async fn every_call_the_operator_makes_is_granted_and_every_grant_is_used() {
     );
     let existing = serde_json::to_value(resources::desired(&base, 3, 3).statefulset).unwrap();
     let scenarios: Vec<(GrapeCluster, Option<Value>)> = vec![
-        // A new cluster: the finalizer first.
+        // A new cluster (no finalizer: none is added).
         (cluster(json!({}), &[], false), None),
         // Creation: secrets created, every object applied, status written.
         (base.clone(), None),
@@ -301,7 +301,7 @@ async fn every_call_the_operator_makes_is_granted_and_every_grant_is_used() {
             ),
             Some(existing.clone()),
         ),
-        // Deletion: an Event, the finalizer removed.
+        // Deletion of a cluster an earlier version reconciled: its finalizer removed, an Event.
         (
             cluster(
                 json!({"database": {"vectorDimension": 8}}),

@@ -1,4 +1,4 @@
-//! The kube-runtime shell against a mocked API server (tower-test): the finalizer, the exact
+//! The kube-runtime shell against a mocked API server (tower-test): the old finalizer's removal, the exact
 //! server-side-apply requests, the status patch, the Events, and leader election.
 
 use grape_operator::controller::{self, Context, FINALIZER};
@@ -84,7 +84,9 @@ fn not_found() -> Value {
 }
 
 #[tokio::test]
-async fn a_new_cluster_first_gets_the_finalizer() {
+async fn the_finalizer_of_earlier_versions_is_removed_and_none_is_added() {
+    // A cluster an earlier version reconciled carries its finalizer: it is taken off first,
+    // with a patch that checks it is still where it was seen.
     let (client, mut handle) = mock();
     let ctx = Arc::new(Context::new(client, Metrics::new()));
     let server = tokio::spawn(async move {
@@ -98,16 +100,42 @@ async fn a_new_cluster_first_gets_the_finalizer() {
         assert_eq!(
             body,
             json!([
-                {"op": "test", "path": "/metadata/finalizers", "value": null},
-                {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+                {"op": "test", "path": "/metadata/finalizers/1", "value": FINALIZER},
+                {"op": "remove", "path": "/metadata/finalizers/1"},
             ])
         );
-        let object = serde_json::to_value(cluster(Some(vec![FINALIZER]), false)).unwrap();
+        let object = serde_json::to_value(cluster(Some(vec!["someone.else/keep"]), false)).unwrap();
         respond(send, StatusCode::OK, &object);
+        // Then the usual reconcile: the StatefulSet is read (the rest is not answered here).
+        let (method, path, _, _, _, _send) = next(&mut handle).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("GET", "/apis/apps/v1/namespaces/default/statefulsets/test")
+        );
     });
-    controller::reconcile(Arc::new(cluster(None, false)), ctx)
-        .await
-        .expect("reconcile");
+    let old = cluster(Some(vec!["someone.else/keep", FINALIZER]), false);
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        controller::reconcile(Arc::new(old), ctx),
+    )
+    .await;
+    server.await.unwrap();
+
+    // A new cluster: no finalizer is added; the first call reads the StatefulSet.
+    let (client, mut handle) = mock();
+    let ctx = Arc::new(Context::new(client, Metrics::new()));
+    let server = tokio::spawn(async move {
+        let (method, path, _, _, _, _send) = next(&mut handle).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("GET", "/apis/apps/v1/namespaces/default/statefulsets/test")
+        );
+    });
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        controller::reconcile(Arc::new(cluster(None, false)), ctx),
+    )
+    .await;
     server.await.unwrap();
 }
 
@@ -116,7 +144,7 @@ async fn reconcile_applies_every_owned_object_with_server_side_apply_then_patche
     let (client, mut handle) = mock();
     let metrics = Metrics::new();
     let ctx = Arc::new(Context::new(client, metrics.clone()));
-    let object = cluster(Some(vec![FINALIZER]), false);
+    let object = cluster(None, false);
     let mut desired = resources::desired(&object, 3, 3);
     let mut expected: Vec<(String, Value)> = vec![
         (
@@ -302,7 +330,7 @@ async fn reconcile_applies_every_owned_object_with_server_side_apply_then_patche
             .collect();
         assert_eq!(types, vec!["Ready", "Progressing", "Degraded", "Balanced"]);
         assert_eq!(status["conditions"][1]["reason"], "Creating");
-        let mut object = serde_json::to_value(cluster(Some(vec![FINALIZER]), false)).unwrap();
+        let mut object = serde_json::to_value(cluster(None, false)).unwrap();
         object["status"] = status.clone();
         respond(send, StatusCode::OK, &object);
     });
@@ -374,7 +402,7 @@ async fn a_failed_apply_is_a_reconcile_error_and_is_counted() {
         );
         handle
     });
-    let object = Arc::new(cluster(Some(vec![FINALIZER]), false));
+    let object = Arc::new(cluster(None, false));
     let error = controller::reconcile(Arc::clone(&object), Arc::clone(&ctx))
         .await
         .unwrap_err();
@@ -414,18 +442,10 @@ async fn a_failed_apply_is_a_reconcile_error_and_is_counted() {
 }
 
 #[tokio::test]
-async fn deleting_a_cluster_publishes_an_event_and_removes_the_finalizer() {
+async fn deleting_a_cluster_removes_the_old_finalizer_and_publishes_an_event() {
     let (client, mut handle) = mock();
     let ctx = Arc::new(Context::new(client, Metrics::new()));
     let server = tokio::spawn(async move {
-        let (method, path, _, _, body, send) = next(&mut handle).await;
-        assert_eq!(method, "POST");
-        assert_eq!(path, "/apis/events.k8s.io/v1/namespaces/default/events");
-        assert_eq!(body["reason"], "Deleting");
-        assert_eq!(body["regarding"]["kind"], "GrapeCluster");
-        assert_eq!(body["regarding"]["name"], "test");
-        assert_eq!(body["reportingController"], "grape-operator");
-        respond(send, StatusCode::CREATED, &body);
         let (method, path, _, content_type, body, send) = next(&mut handle).await;
         assert_eq!(method, "PATCH");
         assert_eq!(
@@ -442,6 +462,14 @@ async fn deleting_a_cluster_publishes_an_event_and_removes_the_finalizer() {
         );
         let object = serde_json::to_value(cluster(Some(vec![]), true)).unwrap();
         respond(send, StatusCode::OK, &object);
+        let (method, path, _, _, body, send) = next(&mut handle).await;
+        assert_eq!(method, "POST");
+        assert_eq!(path, "/apis/events.k8s.io/v1/namespaces/default/events");
+        assert_eq!(body["reason"], "Deleting");
+        assert_eq!(body["regarding"]["kind"], "GrapeCluster");
+        assert_eq!(body["regarding"]["name"], "test");
+        assert_eq!(body["reportingController"], "grape-operator");
+        respond(send, StatusCode::CREATED, &body);
     });
     controller::reconcile(Arc::new(cluster(Some(vec![FINALIZER]), true)), ctx)
         .await
@@ -638,7 +666,7 @@ async fn a_replica_waits_while_another_holds_the_lease_and_loses_a_race_cleanly(
 async fn a_larger_storage_size_grows_each_claim_and_keeps_the_statefulsets_claim_template() {
     let (client, mut handle) = mock();
     let ctx = Arc::new(Context::new(client, Metrics::new()));
-    let created = cluster(Some(vec![FINALIZER]), false);
+    let created = cluster(None, false);
     let existing = serde_json::to_value(resources::desired(&created, 3, 3).statefulset).unwrap();
     let mut grown = created.clone();
     grown.spec.storage.size = "20Gi".into();
@@ -781,7 +809,7 @@ async fn a_larger_storage_size_grows_each_claim_and_keeps_the_statefulsets_claim
                 .contains("data-test-0, data-test-1, data-test-2 to 20Gi"),
             "{progressing}"
         );
-        let object = serde_json::to_value(cluster(Some(vec![FINALIZER]), false)).unwrap();
+        let object = serde_json::to_value(cluster(None, false)).unwrap();
         respond(send, StatusCode::OK, &object);
     });
     controller::reconcile(Arc::new(grown), ctx)
