@@ -88,6 +88,34 @@ fn settled(n: i32) -> Observed {
     }
 }
 
+/// Pod `g-{ordinal}` not ready and its member unreachable.
+fn take_down(observed: &mut Observed, ordinal: i32) {
+    observed.pods[ordinal as usize].ready = false;
+    observed
+        .data_plane
+        .as_mut()
+        .unwrap()
+        .members
+        .get_mut(&format!("g-{ordinal}"))
+        .unwrap()
+        .reachable = false;
+}
+
+/// Pod `g-{ordinal}` ready, and a member holding nothing yet.
+fn admit_empty(observed: &mut Observed, ordinal: i32) {
+    observed.pods[ordinal as usize].ready = true;
+    observed.data_plane.as_mut().unwrap().members.insert(
+        format!("g-{ordinal}"),
+        ObservedMember {
+            reachable: true,
+            ready: true,
+            replicas: 0,
+            leaderships: 0,
+            leads_any: false,
+        },
+    );
+}
+
 fn cond(plan: &Plan, type_: &str) -> (String, String) {
     let c = condition(&plan.status, type_).unwrap_or_else(|| panic!("no {type_} condition"));
     (c.status.clone(), c.reason.clone())
@@ -330,15 +358,7 @@ fn scale_in_goes_ahead_with_one_member_down_while_every_quorum_holds() {
     assert_eq!(plan.statefulset_replicas, 5);
     // The member down is the one to drain: its replicas are re-created from the others.
     let mut observed = settled(5);
-    observed.pods[4].ready = false;
-    observed
-        .data_plane
-        .as_mut()
-        .unwrap()
-        .members
-        .get_mut("g-4")
-        .unwrap()
-        .reachable = false;
+    take_down(&mut observed, 4);
     let plan = decide(&spec(4), &names(), &observed, now());
     assert_eq!(plan.action, Some(Action::RemoveNode { node: "g-4".into() }));
 
@@ -1101,17 +1121,7 @@ fn a_member_that_lost_its_volume_is_removed_then_added_again_as_a_new_node_and_r
     // A member again, ready and holding nothing: a rebalance gives it its share (and tops
     // up the shards the removal left short).
     observed.status = plan.status.clone();
-    observed.pods[1].ready = true;
-    observed.data_plane.as_mut().unwrap().members.insert(
-        "g-1".into(),
-        ObservedMember {
-            reachable: true,
-            ready: true,
-            replicas: 0,
-            leaderships: 0,
-            leads_any: false,
-        },
-    );
+    admit_empty(&mut observed, 1);
     let plan = decide(&spec(3), &names(), &observed, now());
     assert_eq!(
         plan.action,
@@ -1126,15 +1136,7 @@ fn a_member_that_lost_its_volume_is_not_removed_while_another_member_is_down() {
     let mut observed = settled(3);
     g1_lost_its_volume(&mut observed);
     // g-2 is down too: with g-1 out, only g-0 is left of three voters.
-    observed.pods[2].ready = false;
-    observed
-        .data_plane
-        .as_mut()
-        .unwrap()
-        .members
-        .get_mut("g-2")
-        .unwrap()
-        .reachable = false;
+    take_down(&mut observed, 2);
     let plan = decide(&spec(3), &names(), &observed, now());
     assert_eq!(plan.action, None);
     let progressing = condition(&plan.status, "Progressing").unwrap();
@@ -1228,17 +1230,7 @@ fn a_member_down_past_the_failover_timeout_is_replaced_by_a_spare_that_leaves_wh
 
     // The spare is a ready member: g-1 is removed, its replicas move to the spare.
     observed.status = plan.status.clone();
-    observed.pods[3].ready = true;
-    observed.data_plane.as_mut().unwrap().members.insert(
-        "g-3".into(),
-        ObservedMember {
-            reachable: true,
-            ready: true,
-            replicas: 0,
-            leaderships: 0,
-            leads_any: false,
-        },
-    );
+    admit_empty(&mut observed, 3);
     let plan = decide(&spec(3), &names(), &observed, at(330));
     assert_eq!(plan.action, Some(Action::FailOver { node: "g-1".into() }));
     assert_eq!(
@@ -1277,17 +1269,7 @@ fn a_member_down_past_the_failover_timeout_is_replaced_by_a_spare_that_leaves_wh
 
     // A ready member again: the failover ends and the spare is drained away.
     observed.status = plan.status.clone();
-    observed.pods[1].ready = true;
-    observed.data_plane.as_mut().unwrap().members.insert(
-        "g-1".into(),
-        ObservedMember {
-            reachable: true,
-            ready: true,
-            replicas: 0,
-            leaderships: 0,
-            leads_any: false,
-        },
-    );
+    admit_empty(&mut observed, 1);
     let plan = decide(&spec(3), &names(), &observed, at(930));
     assert_eq!(plan.status.failover, None);
     assert_eq!(plan.action, Some(Action::RemoveNode { node: "g-3".into() }));
@@ -1317,15 +1299,7 @@ fn no_failover_when_it_is_off_or_the_others_hold_no_quorum() {
     // Two of three down: removing one would need a quorum the last one does not make.
     let mut observed = settled(3);
     g1_down(&mut observed);
-    observed.pods[2].ready = false;
-    observed
-        .data_plane
-        .as_mut()
-        .unwrap()
-        .members
-        .get_mut("g-2")
-        .unwrap()
-        .reachable = false;
+    take_down(&mut observed, 2);
     let plan = decide(&spec(3), &names(), &observed, now());
     observed.status = plan.status.clone();
     let plan = decide(&spec(3), &names(), &observed, at(3_600));

@@ -515,6 +515,16 @@ fn three_nodes(uid: &str, shards: i32, extra: serde_json::Value) -> GrapeCluster
     .unwrap()
 }
 
+/// Cluster `g` (three nodes, eight shards) created and settled, and two writers going
+/// through its ready pods.
+async fn running(uid: &str, extra: serde_json::Value) -> (Operator, Writers) {
+    let mut op = Operator::new(three_nodes(uid, 8, extra));
+    op.until("created", Duration::from_secs(90), settled).await;
+    let writers =
+        Writers::start_with_key(Arc::clone(&op.sim.ready_urls), 2, Some(ADMIN_KEY.into()));
+    (op, writers)
+}
+
 fn settled(status: &GrapeClusterStatus) -> bool {
     let is = |t: &str, s: &str| condition(status, t).is_some_and(|c| c.status == s);
     is("Ready", "True")
@@ -781,11 +791,7 @@ async fn a_bad_image_halts_the_rollout_and_reverting_it_recovers_the_cluster_una
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rotating_the_cluster_secret_rolls_the_pods_without_downtime() {
-    let cluster = three_nodes("u-3", 8, json!({}));
-    let mut op = Operator::new(cluster);
-    op.until("created", Duration::from_secs(90), settled).await;
-    let writers =
-        Writers::start_with_key(Arc::clone(&op.sim.ready_urls), 2, Some(ADMIN_KEY.into()));
+    let (mut op, writers) = running("u-3", json!({})).await;
     let old = "e2e-cluster-secret-0123456789abcdef";
     let new = "rotated-cluster-secret-fedcba9876543210";
     // The documented rotation (docs/security.md), one edit of the Secret per step; the
@@ -825,11 +831,7 @@ async fn rotating_the_cluster_secret_rolls_the_pods_without_downtime() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_volume_is_replaced_as_a_new_node_without_losing_an_acknowledged_write() {
-    let cluster = three_nodes("u-4", 8, json!({}));
-    let mut op = Operator::new(cluster);
-    op.until("created", Duration::from_secs(90), settled).await;
-    let writers =
-        Writers::start_with_key(Arc::clone(&op.sim.ready_urls), 2, Some(ADMIN_KEY.into()));
+    let (mut op, writers) = running("u-4", json!({})).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // g-1's claim is deleted: the pod comes back under its name with nothing.
@@ -906,11 +908,7 @@ async fn a_lost_volume_is_replaced_as_a_new_node_without_losing_an_acknowledged_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_down_past_the_failover_timeout_is_replaced_by_a_spare_until_it_returns() {
-    let cluster = three_nodes("u-5", 8, json!({"failover": {"timeoutSeconds": 5}}));
-    let mut op = Operator::new(cluster);
-    op.until("created", Duration::from_secs(90), settled).await;
-    let writers =
-        Writers::start_with_key(Arc::clone(&op.sim.ready_urls), 2, Some(ADMIN_KEY.into()));
+    let (mut op, writers) = running("u-5", json!({"failover": {"timeoutSeconds": 5}})).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // g-1's host dies. Past the timeout a spare, g-3, takes its replicas.
