@@ -14,6 +14,7 @@
 //! removed at the next reconcile; the metrics of deleted clusters are dropped by
 //! [`prune_metrics`].
 
+use crate::certs;
 use crate::crd::{GrapeCluster, GrapeClusterStatus};
 use crate::dataplane::{self, DataPlane, ServiceDns};
 use crate::decide::{
@@ -288,7 +289,7 @@ struct ClusterSecrets {
     cluster: Option<Secret>,
     /// The generated API keys (None when the spec names its own or turns auth off).
     api_keys: Option<Secret>,
-    /// The spec's TLS Secret.
+    /// The nodes' TLS Secret (the spec's own, or the one issued for them).
     tls: Option<Secret>,
 }
 
@@ -318,11 +319,80 @@ async fn ensure_secrets(
         let keys = resources::generated_api_keys(cluster, &random_secret(), &random_secret());
         read.api_keys = ensure_secret(client, namespace, keys, create).await?;
     }
-    if let Some(name) = &spec.tls_secret {
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-        read.tls = secrets.get_opt(name).await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let names = Names::of(cluster);
+    match (&spec.tls_secret, spec.certificates()) {
+        (Some(name), _) => read.tls = secrets.get_opt(name).await?,
+        (None, "operator") => read.tls = ensure_certificate(cluster, &secrets, create).await?,
+        (None, "cert-manager") => {
+            if create && let Some(certificate) = certs::cert_manager_certificate(cluster) {
+                let api: Api<DynamicObject> = Api::namespaced_with(
+                    client.clone(),
+                    namespace,
+                    &ApiResource::from_gvk_with_plural(
+                        &GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate"),
+                        "certificates",
+                    ),
+                );
+                api.patch(
+                    &names.tls_secret(),
+                    &apply_params(),
+                    &Patch::Apply(certificate),
+                )
+                .await?;
+            }
+            // Until cert-manager has issued it, the pods wait for the Secret to mount.
+            read.tls = secrets.get_opt(&names.tls_secret()).await?;
+        }
+        _ => {}
     }
     Ok(read)
+}
+
+/// The operator's CA (created once) and the nodes' certificate it signs (issued again 30
+/// days before it expires, or when the CA changed). Nothing is written while paused.
+async fn ensure_certificate(
+    cluster: &GrapeCluster,
+    secrets: &Api<Secret>,
+    create: bool,
+) -> Result<Option<Secret>, Error> {
+    let names = Names::of(cluster);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let ca = match secrets.get_opt(&names.ca_secret()).await? {
+        Some(ca) => ca,
+        None if create => {
+            let new = certs::new_ca(cluster, now).map_err(Error::Invalid)?;
+            match secrets.create(&PostParams::default(), &new).await {
+                Ok(created) => created,
+                // Created meanwhile: read next time.
+                Err(kube::Error::Api(e)) if e.code == 409 => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        None => return Ok(None),
+    };
+    match secrets.get_opt(&names.tls_secret()).await? {
+        Some(tls) if !create || !certs::needs_renewal(&tls, &ca, now) => Ok(Some(tls)),
+        Some(tls) => {
+            let mut renewed = certs::node_certificate(cluster, &ca, now).map_err(Error::Invalid)?;
+            renewed.metadata.resource_version = tls.metadata.resource_version.clone();
+            tracing::info!(secret = %names.tls_secret(), "issuing the nodes' certificate again");
+            Ok(Some(
+                secrets
+                    .replace(&names.tls_secret(), &PostParams::default(), &renewed)
+                    .await?,
+            ))
+        }
+        None if create => {
+            let new = certs::node_certificate(cluster, &ca, now).map_err(Error::Invalid)?;
+            match secrets.create(&PostParams::default(), &new).await {
+                Ok(created) => Ok(Some(created)),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        }
+        None => Ok(None),
+    }
 }
 
 /// Observes, decides, applies, acts, reports.
@@ -334,6 +404,8 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
     // Observe Kubernetes.
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
     let statefulset = sts_api.get_opt(&names.statefulset()).await?;
+    let kept = resources::with_transport_kept(cluster, statefulset.as_ref());
+    let cluster = &kept;
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let selector = resources::selector(&names)
         .iter()
@@ -377,7 +449,7 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
     };
     let endpoints = ServiceDns {
         names: names.clone(),
-        https: cluster.spec.security.tls_secret.is_some(),
+        https: resources::tls_secret(&cluster.spec, &names).is_some(),
     };
     let http = match &ca {
         Some(pem) => dataplane::http_client(Some(pem)),

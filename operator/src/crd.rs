@@ -118,7 +118,8 @@ pub struct GrapeClusterSpec {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct FailoverSpec {
-    /// Seconds a member may stay unreachable or not ready before it is failed over: a spare
+    /// Seconds a member may stay unreachable before it is failed over (one that answers but is
+    /// not ready, e.g. loading its graphs, is not): a spare
     /// pod is added, the member is removed (its replicas move to the spare), and when its pod
     /// is back it joins as a new node and the spare is drained away. 0 turns failover off.
     #[serde(default = "default_failover_timeout")]
@@ -346,6 +347,7 @@ impl Default for RaftSpec {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!self.allowUnauthenticated || !(has(self.apiKeysSecret) || has(self.rbacSecret))").message("allowUnauthenticated turns authentication off: it cannot go with apiKeysSecret or rbacSecret"))]
+#[x_kube(validation = Rule::new("!has(self.certificates) || self.certificates != 'cert-manager' || has(self.certManagerIssuer)").message("certificates: cert-manager needs certManagerIssuer"))]
 pub struct SecuritySpec {
     /// Secret with an `api_keys.yaml` key (the seed guide's format). It must also hold
     /// `operator-key`, an admin key in that file, for the operator's own calls (see
@@ -364,9 +366,50 @@ pub struct SecuritySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rbac_secret: Option<String>,
     /// Secret of type `kubernetes.io/tls` (`tls.crt`, `tls.key`, `ca.crt`): HTTPS for clients
-    /// and verified TLS between nodes.
+    /// and verified TLS between nodes, with your own certificate (`certificates` is then not
+    /// used).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret: Option<String>,
+    /// Where the nodes' certificate comes from without `tlsSecret`: `operator` (the
+    /// operator's own CA, Secret `<cluster>-ca`, signs `<cluster>-tls`, renewed 30 days
+    /// before it expires; clients trust `ca.crt` of either), `cert-manager` (a cert-manager
+    /// `Certificate` for `<cluster>-tls`, from `certManagerIssuer`), or `none` (plain HTTP
+    /// for clients, probes and node-to-node traffic: a Warning Event at each spec change).
+    /// Unset: `operator` for a new cluster; a cluster created before TLS was the default
+    /// keeps plain HTTP until this is set (see docs/kubernetes.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['operator', 'cert-manager', 'none']").message("certificates must be operator, cert-manager or none"))]
+    pub certificates: Option<String>,
+    /// The cert-manager issuer of the nodes' certificate (`certificates: cert-manager`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_manager_issuer: Option<IssuerRef>,
+}
+
+impl SecuritySpec {
+    /// Where the certificate comes from (`operator` when unset).
+    pub fn certificates(&self) -> &str {
+        self.certificates.as_deref().unwrap_or("operator")
+    }
+}
+
+/// A cert-manager issuer.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    pub name: String,
+    /// `Issuer` (in the cluster's namespace) or `ClusterIssuer`.
+    #[serde(default = "default_issuer_kind")]
+    pub kind: String,
+    #[serde(default = "default_issuer_group")]
+    pub group: String,
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".to_string()
+}
+
+fn default_issuer_group() -> String {
+    "cert-manager.io".to_string()
 }
 
 /// Prometheus scraping.
@@ -383,8 +426,8 @@ pub struct MonitoringSpec {
 #[serde(rename_all = "camelCase")]
 pub struct GrapeClusterStatus {
     /// `Pending`, `Creating`, `Running`, `Scaling`, `Updating`, `Rebalancing`, `Expanding`,
-    /// `Recovering` (a member whose volume was lost is being replaced), `Degraded` or
-    /// `Paused`.
+    /// `Recovering` (a member whose volume was lost is being replaced, or a member that stayed
+    /// down is failed over to a spare), `Degraded` or `Paused`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// Pods the StatefulSet has.

@@ -439,7 +439,10 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
         && quorum_holds
         && let Some(dp) = dp.filter(|d| d.running_operation.is_none() && d.leader.is_some())
         && let Some((member, since)) = down_since.iter().find(|(id, since)| {
-            !dp.data_lost.iter().any(|l| l == *id)
+            // Unreachable: a node that answers but is not ready (loading its graphs after a
+            // restart, however long) is not failed over.
+            dp.members.get(**id).is_some_and(|m| !m.reachable)
+                && !dp.data_lost.iter().any(|l| l == *id)
                 && Some(**id) != settling
                 && names.ordinal(id).is_some_and(|o| o < desired)
                 && now.as_second() - since.0.as_second() >= timeout
@@ -1098,6 +1101,18 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
             reason: "InsecureAuthDisabled".into(),
             note: "security.allowUnauthenticated is set: anyone who reaches the API port may \
                    read, write and administer this cluster"
+                .into(),
+        });
+    }
+    if spec.security.tls_secret.is_none()
+        && spec.security.certificates() == "none"
+        && generation != before.observed_generation
+    {
+        events.push(PlannedEvent {
+            warning: true,
+            reason: "InsecureTransport".into(),
+            note: "security.certificates is none: clients, probes and nodes talk plain HTTP; \
+                   anyone on the network path can read and alter the traffic"
                 .into(),
         });
     }

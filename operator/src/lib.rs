@@ -5,14 +5,16 @@
 //! ```text
 //!   crd        the custom resource (spec, status)          (pure)
 //!   resources  owned objects rendered from the spec         (pure)
+//!   certs      the nodes' CA and certificate, when the operator issues them (pure)
 //!   decide     (spec, observed) -> StatefulSet size, action, status   (pure)
 //!   dataplane  observe the cluster / run an action through grape-client
-//!   controller the kube-runtime shell: watch, apply, finalizer, status, events
+//!   controller the kube-runtime shell: watch, apply, status, events
 //!   lease      leader election so that two operator replicas never act at once
 //! ```
 
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod controller;
 pub mod crd;
 pub mod dataplane;

@@ -114,6 +114,14 @@ impl Names {
     pub fn api_keys_secret(&self) -> String {
         format!("{}-api-keys", self.cluster)
     }
+    /// The operator's CA for this cluster (`certificates: operator`).
+    pub fn ca_secret(&self) -> String {
+        format!("{}-ca", self.cluster)
+    }
+    /// The nodes' certificate when the operator or cert-manager issues it.
+    pub fn tls_secret(&self) -> String {
+        format!("{}-tls", self.cluster)
+    }
     /// The Secret holding the secret every node-to-node call proves.
     pub fn cluster_secret(&self) -> String {
         format!("{}-cluster-secret", self.cluster)
@@ -162,7 +170,7 @@ pub fn selector(names: &Names) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn meta(cluster: &GrapeCluster, names: &Names, name: String) -> ObjectMeta {
+pub(crate) fn meta(cluster: &GrapeCluster, names: &Names, name: String) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: Some(names.namespace.clone()),
@@ -198,7 +206,7 @@ pub fn server_config(spec: &GrapeClusterSpec, names: &Names, bootstrap_replicas:
             json!({"id": pod, "address": format!("{}:{RAFT_PORT}", names.pod_host(&pod))})
         })
         .collect();
-    let tls = spec.security.tls_secret.is_some();
+    let tls = tls_secret(spec, names).is_some();
     let mut cluster = json!({
         "enabled": true,
         "peers": peers,
@@ -464,7 +472,7 @@ pub fn desired(
     let names = Names::of(cluster);
     let spec = &cluster.spec;
     let yaml = server_yaml(spec, &names, bootstrap_replicas);
-    let tls = spec.security.tls_secret.is_some();
+    let tls = tls_secret(spec, &names).is_some();
     let scheme = if tls { "HTTPS" } else { "HTTP" };
 
     // Immutable and named by its content: a pod always runs the configuration of the
@@ -564,7 +572,7 @@ pub fn desired(
             ..Volume::default()
         });
     }
-    if let Some(secret) = &spec.security.tls_secret {
+    if let Some(secret) = &tls_secret(spec, &names) {
         mounts.push(VolumeMount {
             name: "tls".into(),
             mount_path: format!("{CONFIG_DIR}/tls"),
@@ -865,6 +873,40 @@ pub fn pod_template_hash(template: &PodTemplateSpec) -> String {
 
 /// The Secret the nodes read their API keys from: the spec's, or the generated one unless
 /// authentication is explicitly off.
+/// `cluster` as it is to be run. A cluster created before TLS was the default (its
+/// StatefulSet mounts no certificate) and whose spec does not say `certificates` keeps plain
+/// HTTP: switching the transport by rolling restarts would cut each restarted pod off from
+/// the others (they would speak different schemes), so it takes an explicit choice.
+pub fn with_transport_kept(cluster: &GrapeCluster, existing: Option<&StatefulSet>) -> GrapeCluster {
+    let security = &cluster.spec.security;
+    let mounts_tls = |sts: &StatefulSet| {
+        sts.spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|p| p.volumes.as_ref())
+            .is_some_and(|volumes| volumes.iter().any(|v| v.name == "tls"))
+    };
+    let mut kept = cluster.clone();
+    if security.certificates.is_none()
+        && security.tls_secret.is_none()
+        && existing.is_some_and(|sts| !mounts_tls(sts))
+    {
+        kept.spec.security.certificates = Some("none".into());
+    }
+    kept
+}
+
+/// The Secret the nodes' certificate is read from, when TLS is on: `security.tlsSecret`, or
+/// `<cluster>-tls` which the operator (or cert-manager) fills; none with `certificates: none`.
+pub fn tls_secret(spec: &GrapeClusterSpec, names: &Names) -> Option<String> {
+    match (&spec.security.tls_secret, spec.security.certificates()) {
+        (Some(own), _) => Some(own.clone()),
+        (None, "none") => None,
+        (None, _) => Some(names.tls_secret()),
+    }
+}
+
 pub fn api_keys_secret(spec: &GrapeClusterSpec, names: &Names) -> Option<String> {
     match (
         &spec.security.api_keys_secret,

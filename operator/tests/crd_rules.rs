@@ -221,6 +221,29 @@ fn authentication_is_off_only_when_asked_and_then_without_keys() {
             "allowUnauthenticated turns authentication off",
         );
     }
+    // Certificates: one of three sources; cert-manager needs an issuer.
+    for certificates in ["operator", "none"] {
+        check(
+            &cluster(json!({"security": {"certificates": certificates}})),
+            None,
+        )
+        .unwrap();
+    }
+    check(
+        &cluster(json!({"security": {"certificates": "cert-manager", "certManagerIssuer": {"name": "corp"}}})),
+        None,
+    )
+    .unwrap();
+    assert_refused(
+        &cluster(json!({"security": {"certificates": "self-signed"}})),
+        None,
+        "certificates must be operator, cert-manager or none",
+    );
+    assert_refused(
+        &cluster(json!({"security": {"certificates": "cert-manager"}})),
+        None,
+        "certificates: cert-manager needs certManagerIssuer",
+    );
 }
 
 #[test]

@@ -1037,6 +1037,30 @@ fn a_rotated_secret_rolls_the_pods_and_insecure_auth_is_announced() {
     observed.status = plan.status.clone();
     let plan = decide(&open, &names(), &observed, now());
     assert!(plan.events.is_empty(), "{:?}", plan.events);
+
+    // So is plain HTTP (`certificates: none`); the default issues certificates, silently.
+    let mut plain = spec(3);
+    plain.security.certificates = Some("none".into());
+    let mut observed = settled(3);
+    observed.pods = (0..3)
+        .map(|o| pod(o, true, &resources::template_hash(&plain, &names(), 3)))
+        .collect();
+    let plan = decide(&plain, &names(), &observed, now());
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.warning && e.reason == "InsecureTransport"),
+        "{:?}",
+        plan.events
+    );
+    observed.status = plan.status.clone();
+    assert!(decide(&plain, &names(), &observed, now()).events.is_empty());
+    let plan = decide(&spec(3), &names(), &settled(3), now());
+    assert!(
+        !plan.events.iter().any(|e| e.reason == "InsecureTransport"),
+        "{:?}",
+        plan.events
+    );
 }
 
 /// g-1's volume was lost: its pod runs with an empty data directory, which the data plane
@@ -1306,6 +1330,24 @@ fn no_failover_when_it_is_off_or_the_others_hold_no_quorum() {
     assert_eq!(plan.status.failover, None);
     assert_eq!(plan.statefulset_replicas, 3);
     assert_eq!(plan.action, None);
+
+    // A member that answers but is not ready (loading its graphs after a crash) is not
+    // failed over, however long it takes.
+    let mut observed = settled(3);
+    observed.pods[1].ready = false;
+    observed
+        .data_plane
+        .as_mut()
+        .unwrap()
+        .members
+        .get_mut("g-1")
+        .unwrap()
+        .ready = false;
+    let plan = decide(&spec(3), &names(), &observed, now());
+    observed.status = plan.status.clone();
+    let plan = decide(&spec(3), &names(), &observed, at(3_600));
+    assert_eq!(plan.status.failover, None);
+    assert_eq!(plan.statefulset_replicas, 3);
 
     // The pod being restarted (the last step awaited) is not failed over for a slow start.
     let mut observed = settled(3);

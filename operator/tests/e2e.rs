@@ -502,6 +502,9 @@ fn three_nodes(uid: &str, shards: i32, extra: serde_json::Value) -> GrapeCluster
     let mut spec = json!({
         "replicas": 3,
         "database": {"vectorDimension": load::DIMENSION, "metric": "l2", "shardCount": shards, "replicationFactor": 3},
+        // The simulated pods have no Secret volumes for certificates (tests/tests/cluster_tls.rs
+        // and operator/tests/certs.rs cover TLS).
+        "security": {"certificates": "none"},
     });
     for (key, value) in extra.as_object().unwrap() {
         spec[key] = value.clone();

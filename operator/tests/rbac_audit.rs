@@ -24,6 +24,12 @@ type Call = (String, String, String);
 /// Granted verbs not called by the reconciles below, and where the operator uses them.
 const USED_ELSEWHERE: &[(&str, &str, &str, &str)] = &[
     (
+        "cert-manager.io",
+        "certificates",
+        "create",
+        "server-side apply of a new Certificate",
+    ),
+    (
         "grape.io",
         "grapeclusters",
         "list",
@@ -240,6 +246,14 @@ fn permissive(existing: Option<Value>) -> (Client, Arc<Mutex<Vec<Call>>>) {
                     StatusCode::OK,
                     json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "fast"}, "provisioner": "x", "allowVolumeExpansion": true}),
                 ),
+                // A node certificate close to its expiry (and of another CA): issued again.
+                (_, "secrets", "get") if path.ends_with("/secrets/test-tls") => (
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                        "metadata": {"name": "test-tls", "namespace": "default", "resourceVersion": "5",
+                            "annotations": {"grape.io/not-after": "2026-12-04T00:00:00Z"}},
+                        "data": {"tls.crt": "eA==", "tls.key": "eA==", "ca.crt": "eA=="}}),
+                ),
                 (_, "secrets", "get") | (_, "leases", "get") => (StatusCode::NOT_FOUND, not_found),
                 // A configuration of an earlier version that no pod mounts: deleted.
                 (_, "configmaps", "list") => (
@@ -301,6 +315,15 @@ async fn every_call_the_operator_makes_is_granted_and_every_grant_is_used() {
             ),
             Some(existing.clone()),
         ),
+        // Certificates from cert-manager.
+        (
+            cluster(
+                json!({"database": {"vectorDimension": 8}, "security": {"certificates": "cert-manager", "certManagerIssuer": {"name": "corp"}}}),
+                &[],
+                false,
+            ),
+            None,
+        ),
         // Deletion of a cluster an earlier version reconciled: its finalizer removed, an Event.
         (
             cluster(
@@ -333,6 +356,8 @@ async fn every_call_the_operator_makes_is_granted_and_every_grant_is_used() {
     );
     for expected in [
         ("", "secrets", "create"),
+        ("", "secrets", "update"),
+        ("cert-manager.io", "certificates", "patch"),
         ("", "persistentvolumeclaims", "patch"),
         ("", "configmaps", "list"),
         ("", "configmaps", "delete"),

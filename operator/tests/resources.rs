@@ -104,8 +104,19 @@ fn default_spec_renders_every_owned_object() {
         "/etc/grape-vector-db/cluster/cluster.secret"
     );
     assert_eq!(config["node"]["data_dir"], "/var/lib/grape-vector-db");
-    assert_eq!(config["security"]["enable_tls"], false);
-    // Secure by default: authentication on, with the key Secret the operator generates.
+    // Secure by default: TLS for clients, probes and nodes (verified both ways), with the
+    // certificate the operator issues into `<cluster>-tls`.
+    assert_eq!(config["security"]["enable_tls"], true);
+    assert_eq!(config["cluster"]["enable_tls"], true);
+    assert_eq!(config["cluster"]["tls_config"]["verify_peer"], true);
+    assert_eq!(
+        config["security"]["cert_file"],
+        "/etc/grape-vector-db/tls/tls.crt"
+    );
+    let probe =
+        &to_json(&d.statefulset)["spec"]["template"]["spec"]["containers"][0]["readinessProbe"];
+    assert_eq!(probe["httpGet"]["scheme"], "HTTPS", "{probe}");
+    // Authentication on, with the key Secret the operator generates.
     assert_eq!(config["security"]["enable_auth"], true);
     assert_eq!(
         config["security"]["api_keys_file"],
@@ -118,6 +129,14 @@ fn default_spec_renders_every_owned_object() {
             .unwrap()
             .iter()
             .any(|v| v["secret"]["secretName"] == "vectors-api-keys"),
+        "{pod_volumes}"
+    );
+    assert!(
+        pod_volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "vectors-tls"),
         "{pod_volumes}"
     );
 
@@ -181,7 +200,7 @@ fn default_spec_renders_every_owned_object() {
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/health");
     assert_eq!(container["startupProbe"]["httpGet"]["path"], "/health");
-    assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTP");
+    assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
     assert_eq!(container["securityContext"]["runAsNonRoot"], true);
     // Pod Security "restricted" (checked field by field on the rendered sample by
     // scripts/check-k8s.sh): RuntimeDefault seccomp; volumes re-owned only on a mismatch.
@@ -527,5 +546,88 @@ fn old_configurations_go_once_no_pod_mounts_them() {
     assert_eq!(
         resources::stale_config_maps(&names, "vectors-config-0123456789", &existing, &in_use),
         vec!["vectors-config", "vectors-config-fedcba9876"]
+    );
+}
+
+#[test]
+fn certificates_none_turns_tls_off_loudly_and_an_own_secret_wins_over_issued_ones() {
+    let names = |c: &GrapeCluster| Names::of(c);
+    // `none`: plain HTTP everywhere, no certificate volume.
+    let plain = cluster(json!({"security": {"certificates": "none"}}));
+    assert_eq!(resources::tls_secret(&plain.spec, &names(&plain)), None);
+    let d = resources::desired(&plain, 3, 3);
+    let yaml = d.config_map.data.as_ref().unwrap()["server.yaml"].clone();
+    let config: Value = serde_yaml::from_str(&yaml).unwrap();
+    assert_eq!(config["security"]["enable_tls"], false);
+    assert_eq!(config["cluster"].get("enable_tls"), None);
+    let pod = to_json(&d.statefulset)["spec"]["template"]["spec"].clone();
+    assert_eq!(
+        container_of(&pod)["readinessProbe"]["httpGet"]["scheme"],
+        "HTTP"
+    );
+    assert!(
+        !pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "tls"),
+        "{pod}"
+    );
+    // The default and cert-manager read `<cluster>-tls`; an own Secret is used as given.
+    let issued = cluster(json!({}));
+    assert_eq!(
+        resources::tls_secret(&issued.spec, &names(&issued)).as_deref(),
+        Some("vectors-tls")
+    );
+    let by_cert_manager = cluster(
+        json!({"security": {"certificates": "cert-manager", "certManagerIssuer": {"name": "ca"}}}),
+    );
+    assert_eq!(
+        resources::tls_secret(&by_cert_manager.spec, &names(&by_cert_manager)).as_deref(),
+        Some("vectors-tls")
+    );
+    let own = cluster(full_spec());
+    assert_eq!(
+        resources::tls_secret(&own.spec, &names(&own)).as_deref(),
+        Some("grape-tls")
+    );
+}
+
+#[test]
+fn a_cluster_created_before_tls_was_the_default_keeps_plain_http_until_told() {
+    let names = |c: &GrapeCluster| Names::of(c);
+    let tls_of = |c: &GrapeCluster| resources::tls_secret(&c.spec, &names(c));
+    // What an earlier operator ran: no certificate mounted.
+    let old = cluster(json!({"security": {"certificates": "none"}}));
+    let old_statefulset = resources::desired(&old, 3, 3).statefulset;
+    let unset = cluster(json!({}));
+    // New (no StatefulSet yet): TLS.
+    assert_eq!(
+        tls_of(&resources::with_transport_kept(&unset, None)).as_deref(),
+        Some("vectors-tls")
+    );
+    // Existing and plain: kept plain (rolling it onto TLS would split the cluster).
+    let kept = resources::with_transport_kept(&unset, Some(&old_statefulset));
+    assert_eq!(tls_of(&kept), None);
+    assert_eq!(kept.spec.security.certificates.as_deref(), Some("none"));
+    // Existing with TLS: unchanged.
+    let tls_statefulset = resources::desired(&unset, 3, 3).statefulset;
+    assert_eq!(
+        tls_of(&resources::with_transport_kept(
+            &unset,
+            Some(&tls_statefulset)
+        ))
+        .as_deref(),
+        Some("vectors-tls")
+    );
+    // Told explicitly: as told.
+    let told = cluster(json!({"security": {"certificates": "operator"}}));
+    assert_eq!(
+        tls_of(&resources::with_transport_kept(
+            &told,
+            Some(&old_statefulset)
+        ))
+        .as_deref(),
+        Some("vectors-tls")
     );
 }

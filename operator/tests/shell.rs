@@ -79,6 +79,35 @@ fn respond(send: tower_test::mock::SendResponse<Response<Body>>, status: StatusC
     );
 }
 
+/// The CA and node certificate Secrets of an existing cluster (issued now, not due for
+/// renewal), as the API server returns them.
+fn issued() -> (Value, Value) {
+    let object = cluster(None, false);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let ca = grape_operator::certs::new_ca(&object, now).unwrap();
+    let tls = grape_operator::certs::node_certificate(&object, &ca, now).unwrap();
+    (
+        serde_json::to_value(&ca).unwrap(),
+        serde_json::to_value(&tls).unwrap(),
+    )
+}
+
+/// Answers the reads of an existing cluster's CA and certificate: nothing is written.
+async fn answer_issued(handle: &mut Handle) {
+    let (ca, tls) = issued();
+    for (name, secret) in [("test-ca", ca), ("test-tls", tls)] {
+        let (method, path, _, _, _, send) = next(handle).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            (
+                "GET",
+                format!("/api/v1/namespaces/default/secrets/{name}").as_str()
+            )
+        );
+        respond(send, StatusCode::OK, &secret);
+    }
+}
+
 fn not_found() -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
 }
@@ -216,18 +245,8 @@ async fn reconcile_applies_every_owned_object_with_server_side_apply_then_patche
             .trim();
         assert_eq!(secret.len(), 64, "{secret}");
         assert!(secret.chars().all(|c| c.is_ascii_hexdigit()), "{secret}");
-        // The pods' revision carries the digest of what they read at start-up: rotating the
-        // cluster secret rolls them.
         let created: k8s_openapi::api::core::v1::Secret =
             serde_json::from_value(body.clone()).unwrap();
-        let digest = resources::secrets_digest([&created]);
-        resources::stamp_secrets(&mut desired.statefulset, Some(&digest));
-        let stamped = serde_json::to_value(&desired.statefulset).unwrap();
-        assert_eq!(
-            stamped["spec"]["template"]["metadata"]["annotations"]["grape.io/secrets-digest"],
-            digest.as_str()
-        );
-        expected[3].1 = stamped;
         respond(send, StatusCode::CREATED, &body);
         // No API keys named in the spec: the operator generates them (authentication on).
         let (method, path, _, _, _, send) = next(&mut handle).await;
@@ -253,6 +272,53 @@ async fn reconcile_applies_every_owned_object_with_server_side_apply_then_patche
             assert!(file.contains(key), "{file}");
         }
         respond(send, StatusCode::CREATED, &body);
+        // Secure by default: the operator's CA, created once, then the nodes' certificate it
+        // signs (operator/tests/certs.rs checks the chain and the names).
+        let (method, path, _, _, _, send) = next(&mut handle).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("GET", "/api/v1/namespaces/default/secrets/test-ca")
+        );
+        respond(send, StatusCode::NOT_FOUND, &not_found());
+        let (method, path, _, _, body, send) = next(&mut handle).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("POST", "/api/v1/namespaces/default/secrets")
+        );
+        assert_eq!(body["metadata"]["name"], "test-ca");
+        assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert!(body["data"]["ca.crt"].is_string() && body["data"]["ca.key"].is_string());
+        let ca: k8s_openapi::api::core::v1::Secret = serde_json::from_value(body.clone()).unwrap();
+        respond(send, StatusCode::CREATED, &body);
+        let (method, path, _, _, _, send) = next(&mut handle).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("GET", "/api/v1/namespaces/default/secrets/test-tls")
+        );
+        respond(send, StatusCode::NOT_FOUND, &not_found());
+        let (method, path, _, _, body, send) = next(&mut handle).await;
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("POST", "/api/v1/namespaces/default/secrets")
+        );
+        assert_eq!(body["metadata"]["name"], "test-tls");
+        assert_eq!(body["type"], "kubernetes.io/tls");
+        let tls: k8s_openapi::api::core::v1::Secret = serde_json::from_value(body.clone()).unwrap();
+        assert_eq!(
+            grape_operator::certs::text(&tls, "ca.crt"),
+            grape_operator::certs::text(&ca, "ca.crt")
+        );
+        respond(send, StatusCode::CREATED, &body);
+        // The pods' revision carries the digest of what they read at start-up (the cluster
+        // secret and the certificate): rotating either rolls them.
+        let digest = resources::secrets_digest([&created, &tls]);
+        resources::stamp_secrets(&mut desired.statefulset, Some(&digest));
+        let stamped = serde_json::to_value(&desired.statefulset).unwrap();
+        assert_eq!(
+            stamped["spec"]["template"]["metadata"]["annotations"]["grape.io/secrets-digest"],
+            digest.as_str()
+        );
+        expected[3].1 = stamped;
         // Apply: each owned object, server-side, one field manager, forced.
         for (want_path, want_body) in expected {
             let (method, path, query, content_type, body, send) = next(&mut handle).await;
@@ -389,6 +455,8 @@ async fn a_failed_apply_is_a_reconcile_error_and_is_counted() {
             StatusCode::OK,
             &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "test-api-keys", "namespace": "default"}, "data": {"operator-key": "a2V5"}}),
         );
+        // The CA and a certificate far from expiry: read, not renewed.
+        answer_issued(&mut handle).await;
         let (method, path, _, _, _, send) = next(&mut handle).await;
         assert_eq!(
             method, "PATCH",
@@ -721,6 +789,7 @@ async fn a_larger_storage_size_grows_each_claim_and_keeps_the_statefulsets_claim
                 &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "default"}, "data": {"cluster.secret": "c2VjcmV0"}}),
             );
         }
+        answer_issued(&mut handle).await;
         // Apply: the StatefulSet keeps the claim template it was created with (the API server
         // refuses any change to it: the old operator wedged here).
         for _ in 0..5 {
