@@ -1415,3 +1415,53 @@ fn a_file_system_resize_pending_restarts_the_pod_once_leaderships_first() {
     assert_eq!(cond(&plan, "Progressing").0, "False");
     assert_eq!(plan.status.last_step, None);
 }
+
+#[test]
+fn an_evicted_pod_is_waited_for_and_reported_without_any_action() {
+    // A node drain evicts g-1 (the PDB allowed it): its pod terminates (it hands its
+    // leaderships over as it stops), and the StatefulSet recreates it.
+    let mut observed = settled(3);
+    observed.pods[1].terminating = true;
+    observed.pods[1].ready = false;
+    let plan = decide(&spec(3), &names(), &observed, now());
+    assert_eq!(
+        plan.action, None,
+        "the operator does not fight the eviction"
+    );
+    assert_eq!(plan.statefulset_replicas, 3);
+    assert_eq!(
+        cond(&plan, "Degraded"),
+        ("True".into(), "MemberUnavailable".into())
+    );
+    assert!(
+        condition(&plan.status, "Degraded")
+            .unwrap()
+            .message
+            .contains("g-1")
+    );
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.warning && e.reason == "MemberUnavailable"),
+        "{:?}",
+        plan.events
+    );
+    // Recreated elsewhere, starting: still waited for, nothing else moves.
+    observed.status = plan.status.clone();
+    observed.pods[1].terminating = false;
+    let plan = decide(&spec(3), &names(), &observed, now());
+    assert_eq!(plan.action, None);
+    assert!(plan.events.is_empty(), "said once: {:?}", plan.events);
+    // Ready again: healthy, and said so.
+    observed.status = plan.status.clone();
+    observed.pods[1].ready = true;
+    let plan = decide(&spec(3), &names(), &observed, now());
+    assert_eq!(cond(&plan, "Degraded").0, "False");
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| !e.warning && e.reason == "Recovered"),
+        "{:?}",
+        plan.events
+    );
+}
