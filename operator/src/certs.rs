@@ -134,10 +134,8 @@ pub fn node_certificate(
         DnType::CommonName,
         format!("{}.{}", names.cluster, names.namespace),
     );
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
+    // An ECDSA key signs; it does not encipher keys (RFC 5480).
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
@@ -195,7 +193,7 @@ pub fn cert_manager_certificate(cluster: &GrapeCluster) -> Option<Value> {
             "commonName": format!("{}.{}", names.cluster, names.namespace),
             "dnsNames": dns_names(&names),
             "ipAddresses": ["127.0.0.1"],
-            "usages": ["server auth", "client auth", "digital signature", "key encipherment"],
+            "usages": ["server auth", "client auth", "digital signature"],
             "duration": "8760h",
             "renewBefore": "720h",
             "privateKey": {"rotationPolicy": "Always"},

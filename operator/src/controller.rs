@@ -404,8 +404,6 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
     // Observe Kubernetes.
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
     let statefulset = sts_api.get_opt(&names.statefulset()).await?;
-    let kept = resources::with_transport_kept(cluster, statefulset.as_ref());
-    let cluster = &kept;
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let selector = resources::selector(&names)
         .iter()
@@ -415,6 +413,8 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
     let pods = pod_api
         .list(&ListParams::default().labels(&selector))
         .await?;
+    let kept = resources::with_transport_kept(cluster, statefulset.as_ref(), &pods.items);
+    let cluster = &kept;
     let observed_pods: Vec<ObservedPod> = pods.items.iter().map(observe_pod).collect();
     let observed_sts = statefulset.as_ref().map(|s| ObservedStatefulSet {
         replicas: s.spec.replicas.unwrap_or(1),
@@ -689,13 +689,19 @@ async fn remove_old_finalizer(
         {"op": "remove", "path": path},
     ]))
     .map_err(|e| Error::Invalid(format!("finalizer patch: {e}")))?;
-    api.patch(
-        &cluster.name_any(),
-        &PatchParams::default(),
-        &Patch::Json::<()>(patch),
-    )
-    .await?;
-    Ok(())
+    match api
+        .patch(
+            &cluster.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Gone already, or the finalizer moved or went meanwhile: nothing left to do here.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 422 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Drops the metrics of GrapeClusters that no longer exist (deleted while the operator ran
@@ -817,14 +823,20 @@ async fn observe_volumes(
                 .resources
                 .and_then(|r| r.requests)
                 .and_then(|r| r.get("storage").map(|q| q.0.clone())),
-            resize_pending: claim
+            resize_pending_since: claim
                 .status
                 .as_ref()
                 .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|conditions| {
+                .and_then(|conditions| {
                     conditions
                         .iter()
-                        .any(|c| c.type_ == "FileSystemResizePending" && c.status == "True")
+                        .find(|c| c.type_ == "FileSystemResizePending" && c.status == "True")
+                })
+                .map(|c| {
+                    c.last_transition_time
+                        .as_ref()
+                        .map(|t| t.0)
+                        .unwrap_or_else(k8s_openapi::jiff::Timestamp::now)
                 }),
             capacity: claim
                 .status

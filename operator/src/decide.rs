@@ -74,10 +74,15 @@ pub struct ObservedVolume {
     pub capacity: Option<String>,
     /// Its StorageClass's `allowVolumeExpansion` (None: unknown).
     pub expandable: Option<bool>,
-    /// The claim's `FileSystemResizePending` condition: the volume grew, and its file system
-    /// grows when the pod starts again (drivers without online expansion).
-    pub resize_pending: bool,
+    /// Since when the claim's `FileSystemResizePending` condition holds: the volume grew, and
+    /// its file system grows when the pod starts again (drivers without online expansion;
+    /// with online expansion it holds only until the kubelet's next look).
+    pub resize_pending_since: Option<Timestamp>,
 }
+
+/// How long a `FileSystemResizePending` condition must hold before the pod is restarted for
+/// it: with online expansion the kubelet clears it without a restart, within its sync period.
+pub const RESIZE_GRACE: Duration = Duration::from_secs(120);
 
 /// A data-plane member as reported by `/admin/cluster/status`.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -414,8 +419,15 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
     // member (its replicas move to the spare), and rejoins as a new node when its pod is
     // back; then the spare is drained away as any pod above spec.replicas.
     let mut failover = before.failover.clone().filter(|f| {
-        let back = is_member(&f.member) && !down.contains(&f.member);
-        !back
+        // Over once the member is a ready member again: back before its removal, or admitted
+        // again after it. Not while an operation runs (the member's removal may be under way:
+        // it is still listed until the drain ends), and not for a member the spec no longer
+        // has (scaled away).
+        let back = is_member(&f.member)
+            && !down.contains(&f.member)
+            && dp.is_some_and(|d| d.running_operation.is_none());
+        let kept = names.ordinal(&f.member).is_some_and(|o| o < desired);
+        !back && kept
     });
     let mut failover_event: Option<PlannedEvent> = None;
     if let Some(f) = &before.failover
@@ -531,7 +543,11 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
     let resize_pending: Vec<&str> = observed
         .volumes
         .iter()
-        .filter(|v| v.resize_pending)
+        .filter(|v| {
+            v.resize_pending_since.is_some_and(|since| {
+                now.as_second() - since.as_second() >= RESIZE_GRACE.as_secs() as i64
+            })
+        })
         .map(|v| v.pod.as_str())
         .collect();
 

@@ -874,24 +874,24 @@ pub fn pod_template_hash(template: &PodTemplateSpec) -> String {
 /// The Secret the nodes read their API keys from: the spec's, or the generated one unless
 /// authentication is explicitly off.
 /// `cluster` as it is to be run. A cluster created before TLS was the default (its
-/// StatefulSet mounts no certificate) and whose spec does not say `certificates` keeps plain
-/// HTTP: switching the transport by rolling restarts would cut each restarted pod off from
-/// the others (they would speak different schemes), so it takes an explicit choice.
-pub fn with_transport_kept(cluster: &GrapeCluster, existing: Option<&StatefulSet>) -> GrapeCluster {
+/// StatefulSet or its pods mount no certificate) and whose spec does not say `certificates`
+/// keeps plain HTTP: switching the transport by rolling restarts would cut each restarted pod
+/// off from the others (they would speak different schemes), so it takes an explicit choice.
+/// The pods count too: a StatefulSet deleted with `--cascade=orphan` leaves them running.
+pub fn with_transport_kept(
+    cluster: &GrapeCluster,
+    existing: Option<&StatefulSet>,
+    pods: &[k8s_openapi::api::core::v1::Pod],
+) -> GrapeCluster {
     let security = &cluster.spec.security;
-    let mounts_tls = |sts: &StatefulSet| {
-        sts.spec
-            .template
-            .spec
-            .as_ref()
-            .and_then(|p| p.volumes.as_ref())
+    let has_tls = |spec: Option<&PodSpec>| {
+        spec.and_then(|p| p.volumes.as_ref())
             .is_some_and(|volumes| volumes.iter().any(|v| v.name == "tls"))
     };
+    let plain = existing.is_some_and(|sts| !has_tls(sts.spec.template.spec.as_ref()))
+        || pods.iter().any(|p| !has_tls(p.spec.as_ref()));
     let mut kept = cluster.clone();
-    if security.certificates.is_none()
-        && security.tls_secret.is_none()
-        && existing.is_some_and(|sts| !mounts_tls(sts))
-    {
+    if security.certificates.is_none() && security.tls_secret.is_none() && plain {
         kept.spec.security.certificates = Some("none".into());
     }
     kept

@@ -817,7 +817,7 @@ fn a_storage_change_grows_claims_where_the_class_allows_and_says_so_where_it_doe
             requested: Some(requested.into()),
             capacity: Some(capacity.into()),
             expandable,
-            resize_pending: false,
+            resize_pending_since: None,
         };
     let mut grown = spec(3);
     grown.storage.size = "20Gi".into();
@@ -1376,10 +1376,13 @@ fn a_file_system_resize_pending_restarts_the_pod_once_leaderships_first() {
             requested: Some("20Gi".into()),
             capacity: Some(if o == 1 { "10Gi" } else { "20Gi" }.into()),
             expandable: Some(true),
-            resize_pending: o == 1,
+            resize_pending_since: (o == 1).then(now),
         })
         .collect();
+    // With online expansion the kubelet clears the condition by itself: a grace first.
     let plan = decide(&grown, &names(), &observed, now());
+    assert_eq!(plan.action, None);
+    let plan = decide(&grown, &names(), &observed, at(121));
     assert_eq!(
         plan.action,
         Some(Action::MoveLeadershipsOff { from: "g-1".into() })
@@ -1390,7 +1393,7 @@ fn a_file_system_resize_pending_restarts_the_pod_once_leaderships_first() {
     );
 
     observed.status = plan.status.clone();
-    let plan = decide(&grown, &names(), &observed, now());
+    let plan = decide(&grown, &names(), &observed, at(130));
     assert_eq!(plan.action, Some(Action::DeletePod { pod: "g-1".into() }));
     assert_eq!(
         plan.status.last_step.as_ref().map(|s| s.kind.as_str()),
@@ -1399,7 +1402,7 @@ fn a_file_system_resize_pending_restarts_the_pod_once_leaderships_first() {
 
     // Restarted and ready, the kubelet not done yet: no second restart.
     observed.status = plan.status.clone();
-    let plan = decide(&grown, &names(), &observed, now());
+    let plan = decide(&grown, &names(), &observed, at(130));
     assert_eq!(plan.action, None);
     assert_eq!(
         cond(&plan, "Progressing"),
@@ -1408,7 +1411,7 @@ fn a_file_system_resize_pending_restarts_the_pod_once_leaderships_first() {
 
     // Grown: nothing left to do.
     observed.status = plan.status.clone();
-    observed.volumes[1].resize_pending = false;
+    observed.volumes[1].resize_pending_since = None;
     observed.volumes[1].capacity = Some("20Gi".into());
     let plan = decide(&grown, &names(), &observed, now());
     assert_eq!(plan.action, None);
@@ -1464,4 +1467,53 @@ fn an_evicted_pod_is_waited_for_and_reported_without_any_action() {
         "{:?}",
         plan.events
     );
+}
+
+#[test]
+fn a_member_back_during_its_failover_drain_is_admitted_again_before_the_spare_leaves() {
+    // g-1 failed over to g-3; its removal (a drain) runs when its host returns.
+    let mut observed = settled(3);
+    g1_down(&mut observed);
+    let plan = decide(&spec(3), &names(), &observed, now());
+    observed.status = plan.status.clone();
+    let plan = decide(&spec(3), &names(), &observed, at(300));
+    assert!(plan.status.failover.is_some());
+    observed.status = plan.status.clone();
+    observed.statefulset.as_mut().unwrap().replicas = 4;
+    observed.pods.push(pod(3, true, &current()));
+    admit_empty(&mut observed, 3);
+    observed.data_plane.as_mut().unwrap().running_operation = Some("drain".into());
+    // Back: a member still (the drain has not ended), reachable, its pod ready.
+    observed.pods[1].ready = true;
+    observed.pods[1].started = true;
+    let member = observed
+        .data_plane
+        .as_mut()
+        .unwrap()
+        .members
+        .get_mut("g-1")
+        .unwrap();
+    member.reachable = true;
+    member.ready = true;
+    let plan = decide(&spec(3), &names(), &observed, at(320));
+    assert!(
+        plan.status.failover.is_some(),
+        "not over while its removal runs"
+    );
+    assert_eq!(plan.action, None);
+    assert_eq!(plan.statefulset_replicas, 4);
+    // The drain ended: g-1 is out, its pod runs: admitted again first, the spare stays.
+    observed.status = plan.status.clone();
+    {
+        let dp = observed.data_plane.as_mut().unwrap();
+        dp.running_operation = None;
+        dp.members.remove("g-1");
+    }
+    observed.pods[1].ready = false;
+    let plan = decide(&spec(3), &names(), &observed, at(340));
+    assert_eq!(plan.action, Some(Action::AddNode { node: "g-1".into() }));
+    assert!(plan.status.failover.is_some());
+    // Scaling the failed member away ends the failover too.
+    let plan = decide(&spec(1), &names(), &observed, at(340));
+    assert_eq!(plan.status.failover, None);
 }

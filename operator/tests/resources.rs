@@ -603,11 +603,11 @@ fn a_cluster_created_before_tls_was_the_default_keeps_plain_http_until_told() {
     let unset = cluster(json!({}));
     // New (no StatefulSet yet): TLS.
     assert_eq!(
-        tls_of(&resources::with_transport_kept(&unset, None)).as_deref(),
+        tls_of(&resources::with_transport_kept(&unset, None, &[])).as_deref(),
         Some("vectors-tls")
     );
     // Existing and plain: kept plain (rolling it onto TLS would split the cluster).
-    let kept = resources::with_transport_kept(&unset, Some(&old_statefulset));
+    let kept = resources::with_transport_kept(&unset, Some(&old_statefulset), &[]);
     assert_eq!(tls_of(&kept), None);
     assert_eq!(kept.spec.security.certificates.as_deref(), Some("none"));
     // Existing with TLS: unchanged.
@@ -615,17 +615,28 @@ fn a_cluster_created_before_tls_was_the_default_keeps_plain_http_until_told() {
     assert_eq!(
         tls_of(&resources::with_transport_kept(
             &unset,
-            Some(&tls_statefulset)
+            Some(&tls_statefulset),
+            &[]
         ))
         .as_deref(),
         Some("vectors-tls")
+    );
+    // The StatefulSet deleted with --cascade=orphan, its plain pods still running: kept.
+    let orphan = k8s_openapi::api::core::v1::Pod {
+        spec: old_statefulset.spec.template.spec.clone(),
+        ..Default::default()
+    };
+    assert_eq!(
+        tls_of(&resources::with_transport_kept(&unset, None, &[orphan])),
+        None
     );
     // Told explicitly: as told.
     let told = cluster(json!({"security": {"certificates": "operator"}}));
     assert_eq!(
         tls_of(&resources::with_transport_kept(
             &told,
-            Some(&old_statefulset)
+            Some(&old_statefulset),
+            &[]
         ))
         .as_deref(),
         Some("vectors-tls")

@@ -169,18 +169,15 @@ async fn remove_node(node: &Node, id: NodeId, force: bool) -> Result<OperationSt
             ));
         }
     }
-    // Whatever `force` says: a shard whose other replicas cannot make a quorum cannot commit
-    // the membership change that takes this node out, and the drain would never end.
+    // Whatever `force` says: a shard whose replicas that answer (this node's among them, if it
+    // answers) make no quorum cannot commit the membership change that takes this node out,
+    // and the drain would never end.
     let stuck: Vec<String> = state
         .groups
         .iter()
         .filter(|(_, g)| g.replicas.contains(&id))
         .filter(|(_, g)| {
-            let live = g
-                .replicas
-                .iter()
-                .filter(|r| **r != id && node.is_reachable(r))
-                .count();
+            let live = g.replicas.iter().filter(|r| node.is_reachable(r)).count();
             live < g.replicas.len() / 2 + 1
         })
         .map(|(group, _)| crate::cluster::status::display_group(group))
@@ -189,7 +186,7 @@ async fn remove_node(node: &Node, id: NodeId, force: bool) -> Result<OperationSt
         return Err(Error::conflict(
             ErrorCode::WouldLoseQuorum,
             format!(
-                "without '{id}', {} cannot change membership (too few of their other replicas answer): bring '{id}' or those replicas back, or recover with force-recovery",
+                "{} cannot change membership (too few of their replicas answer, '{id}' among them): bring '{id}' or those replicas back, or recover with force-recovery",
                 stuck.join(", ")
             ),
         ));
