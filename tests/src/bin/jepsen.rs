@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// States the linearizability search may visit per key before it gives up.
+/// States the linearizability search may visit per key before it gives up (`--budget`).
 const BUDGET: usize = 2_000_000;
 
 struct Args {
@@ -37,6 +37,7 @@ struct Args {
     faults: Vec<Fault>,
     out: PathBuf,
     check: Option<PathBuf>,
+    budget: usize,
 }
 
 fn parse() -> Result<Args, String> {
@@ -53,6 +54,7 @@ fn parse() -> Result<Args, String> {
         faults: Fault::ALL.to_vec(),
         out: PathBuf::from("target/jepsen"),
         check: None,
+        budget: BUDGET,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -67,6 +69,7 @@ fn parse() -> Result<Args, String> {
             "--keys" => args.keys = number(value()?)? as usize,
             "--out" => args.out = PathBuf::from(value()?),
             "--check" => args.check = Some(PathBuf::from(value()?)),
+            "--budget" => args.budget = number(value()?)? as usize,
             "--faults" => {
                 args.faults = value()?
                     .split(',')
@@ -82,7 +85,7 @@ fn parse() -> Result<Args, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument {other}; use --seed N --cycles N --nodes N --max-nodes N --clients N --keys N --faults a,b --out DIR | --check FILE"
+                    "unknown argument {other}; use --seed N --cycles N --nodes N --max-nodes N --clients N --keys N --faults a,b --out DIR | --check FILE; --budget N (states per key, default 2000000)"
                 ));
             }
         }
@@ -108,7 +111,7 @@ fn main() {
         }
     };
     let valid = if let Some(file) = &args.check {
-        recheck(file)
+        recheck(file, args.budget)
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
@@ -121,7 +124,7 @@ fn main() {
 }
 
 /// Checks a saved history again.
-fn recheck(file: &Path) -> bool {
+fn recheck(file: &Path, budget: usize) -> bool {
     let lines = match history::load(file) {
         Ok(lines) => lines,
         Err(e) => {
@@ -136,16 +139,16 @@ fn recheck(file: &Path) -> bool {
             _ => None,
         })
         .collect();
-    let report = check_in_thread(ops);
+    let report = check_in_thread(ops, budget);
     print_report(&report);
     report.valid()
 }
 
 /// The checker runs on a thread of its own with a large stack and without the runtime.
-fn check_in_thread(ops: Vec<Op>) -> Report {
+fn check_in_thread(ops: Vec<Op>, budget: usize) -> Report {
     std::thread::Builder::new()
         .stack_size(256 << 20)
-        .spawn(move || checker::check(&ops, BUDGET))
+        .spawn(move || checker::check(&ops, budget))
         .expect("a checker thread")
         .join()
         .expect("the checker")
@@ -275,7 +278,7 @@ async fn run(args: &Args) -> bool {
 
     let ops = recorder.ops();
     let faults = recorder.faults();
-    let report = check_in_thread(ops.clone());
+    let report = check_in_thread(ops.clone(), args.budget);
     print_report(&report);
     print_faults(&ops, &faults, &cycles);
     for problem in &problems {
