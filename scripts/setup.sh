@@ -21,3 +21,10 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
 fi
+# The backup tests write to a real S3-compatible server: moto's, from PyPI, in .tools/moto.
+cd "$(dirname "$0")/.."
+if [ ! -x .tools/moto/bin/moto_server ]; then
+  mkdir -p .tools
+  python3 -m venv .tools/moto
+  .tools/moto/bin/pip install -q 'moto[server]'
+fi

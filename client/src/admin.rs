@@ -394,3 +394,92 @@ pub struct SlowQuery {
     pub ef: Option<usize>,
     pub filtered: bool,
 }
+
+/// `POST /admin/backups` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRequest {
+    /// `file:///absolute/dir` (on the node that takes the request) or `s3://bucket/prefix`.
+    pub destination: String,
+    /// Collections to back up; all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collections: Option<Vec<String>>,
+}
+
+/// Where a backup or a restore is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupState {
+    Running,
+    Done,
+    Failed,
+}
+
+/// One backup, as `GET /admin/backups/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupInfo {
+    pub id: String,
+    pub state: BackupState,
+    /// Where its files are: the destination followed by the id.
+    pub location: String,
+    pub collections: Vec<String>,
+    /// The node that runs it.
+    pub coordinator: String,
+    /// Unix time, milliseconds.
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    /// Shard files written, of all.
+    pub shards_done: u32,
+    pub shards_total: u32,
+    /// Bytes and documents written so far (all of them once done).
+    pub bytes: u64,
+    pub documents: u64,
+    pub error: Option<String>,
+}
+
+/// `GET /admin/backups` answer, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupList {
+    pub backups: Vec<BackupInfo>,
+}
+
+/// `POST /admin/restore` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// The destination the backup was written to (`file:///dir`, `s3://bucket/prefix`).
+    pub source: String,
+    /// Which backup; the newest complete one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    /// Collections to restore; all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collections: Option<Vec<String>>,
+    /// New names for restored collections (`{"docs": "docs_restored"}`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rename: BTreeMap<String, String>,
+}
+
+/// One restore, as `GET /admin/restore` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreInfo {
+    /// The backup restored.
+    pub backup_id: String,
+    pub state: BackupState,
+    pub source: String,
+    /// Backed-up name -> restored name.
+    pub collections: BTreeMap<String, String>,
+    pub coordinator: String,
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    pub documents_total: u64,
+    pub documents_restored: u64,
+    pub bytes_total: u64,
+    pub error: Option<String>,
+}
+
+/// `GET /admin/restore` answer, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreList {
+    pub restores: Vec<RestoreInfo>,
+}

@@ -73,6 +73,10 @@ error_codes! {
     InvalidTopK = "invalid_top_k",
     /// A vector with a non-finite value, or all zeros for cosine.
     InvalidVector = "invalid_vector",
+    /// A backup location that cannot be used (scheme, path, bucket, credentials).
+    InvalidLocation = "invalid_location",
+    /// A backup that cannot be restored: corrupt, truncated, or of an unknown format.
+    InvalidBackup = "invalid_backup",
     /// Metadata over 64 KiB.
     MetadataTooLarge = "metadata_too_large",
     // 401
@@ -88,6 +92,8 @@ error_codes! {
     CollectionNotFound = "collection_not_found",
     /// No such document.
     DocumentNotFound = "document_not_found",
+    /// No backup with this id (or none at all) at the location.
+    BackupNotFound = "backup_not_found",
     // 405
     /// The route exists for other methods.
     MethodNotAllowed = "method_not_allowed",
@@ -111,6 +117,10 @@ error_codes! {
     NodesNotReady = "nodes_not_ready",
     /// A forced recovery asked of a node that still reaches a majority of the members.
     ClusterHealthy = "cluster_healthy",
+    /// Another backup (or restore) is running.
+    BackupRunning = "backup_running",
+    /// A restore into a collection that holds documents (or differs and cannot be replaced).
+    RestoreConflict = "restore_conflict",
     // 413
     /// The body is over `performance.max_request_body_mb`.
     PayloadTooLarge = "payload_too_large",

@@ -303,6 +303,32 @@ impl GrapeClient {
         self.post("/admin/cluster/force-recovery", request).await
     }
 
+    /// `POST /admin/backups`: starts a backup; answers it as it starts.
+    pub async fn start_backup(&self, request: &BackupRequest) -> Result<BackupInfo> {
+        self.post("/admin/backups", request).await
+    }
+
+    /// `GET /admin/backups`: the backups the cluster remembers, newest first.
+    pub async fn backups(&self) -> Result<BackupList> {
+        self.get("/admin/backups").await
+    }
+
+    /// `GET /admin/backups/{id}`
+    pub async fn backup(&self, id: &str) -> Result<BackupInfo> {
+        self.get(&format!("/admin/backups/{}", encode_path_segment(id)))
+            .await
+    }
+
+    /// `POST /admin/restore`: starts restoring a backup into this (empty) cluster.
+    pub async fn start_restore(&self, request: &RestoreRequest) -> Result<RestoreInfo> {
+        self.post("/admin/restore", request).await
+    }
+
+    /// `GET /admin/restore`: restores, newest first.
+    pub async fn restores(&self) -> Result<RestoreList> {
+        self.get("/admin/restore").await
+    }
+
     /// `GET /metrics` as Prometheus text.
     pub async fn metrics_text(&self) -> Result<String> {
         let response = self.request(Method::GET, "/metrics").send().await?;

@@ -28,6 +28,10 @@ enum Command {
     /// on a terminal; else the first line), for `password_hash` in the `rbac.users` block.
     /// The password never appears in the command line or the shell's history.
     HashPassword(hash_password::Args),
+    /// Prepares a new node to start from a backup: downloads it into the data directory and
+    /// checks every file (a corrupt or truncated backup is refused and leaves nothing). The
+    /// node restores it once the cluster has formed. Run it on one node of a new cluster.
+    Restore(restore::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +39,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::DevCluster(args)) => return dev_cluster::run(args),
         Some(Command::HashPassword(args)) => return hash_password::run(args),
+        Some(Command::Restore(args)) => return restore::run(args, cli.overrides),
         None => {}
     }
     let config = match Config::load(&cli.overrides) {
@@ -247,6 +252,76 @@ mod hash_password {
             password.len()
         );
         println!("{}", bcrypt::hash(password, args.cost)?);
+        Ok(())
+    }
+}
+
+mod restore {
+    use grape_client::RestoreRequest;
+    use grape_dataplane::config::{Config, Overrides};
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    #[derive(Debug, clap::Args)]
+    pub struct Args {
+        /// Where the backup was written: file:///dir or s3://bucket/prefix.
+        #[arg(long, value_name = "URI")]
+        from: String,
+        /// Which backup; the newest complete one when absent.
+        #[arg(long)]
+        backup_id: Option<String>,
+        /// A collection to restore (repeatable); all when absent.
+        #[arg(long = "collection", value_name = "NAME")]
+        collections: Vec<String>,
+        /// OLD=NEW: restore a collection under a new name (repeatable).
+        #[arg(long, value_name = "OLD=NEW")]
+        rename: Vec<String>,
+        /// The new node's data directory (node.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The node's configuration file (for node.data_dir and backup.credentials_file).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+    }
+
+    pub fn run(args: Args, overrides: Overrides) -> anyhow::Result<()> {
+        let overrides = Overrides {
+            config: args.config.or(overrides.config),
+            data_dir: args.data_dir.or(overrides.data_dir),
+            ..overrides
+        };
+        let config = Config::load(&overrides).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut rename = BTreeMap::new();
+        for pair in &args.rename {
+            let (old, new) = pair
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--rename takes OLD=NEW, not {pair:?}"))?;
+            rename.insert(old.to_string(), new.to_string());
+        }
+        let request = RestoreRequest {
+            source: args.from,
+            backup_id: args.backup_id,
+            collections: (!args.collections.is_empty()).then_some(args.collections),
+            rename,
+        };
+        let data_dir = config.node.data_dir.clone();
+        std::fs::create_dir_all(&data_dir)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let manifest = runtime
+            .block_on(grape_dataplane::cluster::backup::restore::prepare_offline(
+                &data_dir, request, &config,
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!(
+            "backup {} ({} documents, {} bytes, {} collections) is checked and staged in {}; start the node to restore it",
+            manifest.id,
+            manifest.documents,
+            manifest.bytes,
+            manifest.collections.len(),
+            data_dir.join("restore").display()
+        );
         Ok(())
     }
 }

@@ -251,6 +251,14 @@ impl GrapeNode {
         self.metrics_url = urls.remove("metrics");
     }
 
+    /// Starts a node on a data directory prepared beforehand (by `grape restore`, say) and
+    /// waits until it is ready.
+    pub async fn start_in(options: NodeOptions, data_dir: tempfile::TempDir) -> GrapeNode {
+        let mut node = GrapeNode::unstarted(options, data_dir);
+        node.launch().await;
+        node
+    }
+
     /// Starts a node serving HTTPS with a certificate signed by `ca_pem`.
     pub async fn start_tls(options: NodeOptions, ca_pem: &str) -> GrapeNode {
         let data_dir = tempfile::tempdir().expect("temp dir");

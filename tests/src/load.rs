@@ -117,6 +117,11 @@ impl Writers {
         Writers { acked, stop, tasks }
     }
 
+    /// The writes acknowledged so far, with their seeds.
+    pub fn acked_now(&self) -> BTreeMap<String, u64> {
+        self.acked.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
     /// Writes acknowledged so far.
     pub fn count(&self) -> usize {
         self.acked.lock().map(|l| l.len()).unwrap_or(0)

@@ -5,7 +5,8 @@
 
 use grape_client::GrapeClient;
 use grape_dataplane::cluster::raft::rpc::{
-    ProposeRpc, RemoteError, RpcKind, SnapshotChunkRpc, SnapshotFinish,
+    BackupChunkRpc, BackupHoldRpc, ProposeRpc, RemoteError, RpcKind, SnapshotChunkRpc,
+    SnapshotFinish,
 };
 use grape_dataplane::cluster::raft::snapshot::Whole;
 use grape_dataplane::cluster::raft::types::{
@@ -186,6 +187,19 @@ fn routes() -> Vec<(Method, &'static str, Option<Value>)> {
             Method::POST,
             "/admin/cluster/force-recovery",
             Some(json!({"recovery_mode": "single_node", "accept_data_loss": true})),
+        ),
+        (Method::GET, "/admin/backups", None),
+        (Method::GET, "/admin/backups/20261203T000000Z-0000", None),
+        (Method::GET, "/admin/restore", None),
+        (
+            Method::POST,
+            "/admin/backups",
+            Some(json!({"destination": "file:///nonexistent-grape-backups"})),
+        ),
+        (
+            Method::POST,
+            "/admin/restore",
+            Some(json!({"source": "file:///nonexistent-grape-backups"})),
         ),
     ]
 }
@@ -540,6 +554,67 @@ fn api_probes() -> Vec<Probe> {
         ),
         ("/admin/cluster/transfer-leadership", json!({"to_node": []})),
         ("/admin/cluster/add-node", json!({"node_id": "x"})),
+        // Backup destinations that cannot be used, and bodies that do not fit.
+        ("/admin/backups", json!({})),
+        ("/admin/backups", json!({"destination": 5})),
+        (
+            "/admin/backups",
+            json!({"destination": "ftp://example.com/b"}),
+        ),
+        (
+            "/admin/backups",
+            json!({"destination": "file://relative/dir"}),
+        ),
+        (
+            "/admin/backups",
+            json!({"destination": "file:///nonexistent-grape-backups"}),
+        ),
+        (
+            "/admin/backups",
+            json!({"destination": "file:///tmp/../etc"}),
+        ),
+        // /tmp holds the node's data directory.
+        ("/admin/backups", json!({"destination": "file:///tmp"})),
+        ("/admin/backups", json!({"destination": "file:///proc"})),
+        (
+            "/admin/backups",
+            json!({"destination": "s3://Not_A_Bucket/x"}),
+        ),
+        ("/admin/backups", json!({"destination": "s3://bucket/../x"})),
+        (
+            "/admin/backups",
+            json!({"destination": format!("file:///{}", "a/".repeat(600))}),
+        ),
+        (
+            "/admin/backups",
+            json!({"destination": "file:///var", "collections": []}),
+        ),
+        (
+            "/admin/backups",
+            json!({"destination": "file:///var", "extra": 1}),
+        ),
+        ("/admin/restore", json!({})),
+        (
+            "/admin/restore",
+            json!({"source": "file:///nonexistent-grape-backups"}),
+        ),
+        (
+            "/admin/restore",
+            json!({"source": "file:///var", "backup_id": "../../etc"}),
+        ),
+        (
+            "/admin/restore",
+            json!({"source": "file:///var", "backup_id": ""}),
+        ),
+        (
+            "/admin/restore",
+            json!({"source": "file:///var", "backup_id": "x".repeat(100)}),
+        ),
+        ("/admin/restore", json!({"source": "gopher://x"})),
+        (
+            "/admin/restore",
+            json!({"source": "file:///var", "rename": {"a": 5}}),
+        ),
     ] {
         probes.push(probe(
             format!("{path} with {body}"),
@@ -548,6 +623,30 @@ fn api_probes() -> Vec<Probe> {
             Some(ADMIN),
             Some(serde_json::to_vec(&body).unwrap()),
             BAD,
+        ));
+    }
+    // Backups and collections that do not exist.
+    for (method, path, body) in [
+        (Method::GET, "/admin/backups/no-such-backup", None),
+        (Method::GET, "/admin/backups/..%2F..%2Fetc", None),
+        (
+            Method::POST,
+            "/admin/restore",
+            Some(json!({"source": "file:///var", "backup_id": "no-such-backup"})),
+        ),
+        (
+            Method::POST,
+            "/admin/backups",
+            Some(json!({"destination": "file:///var", "collections": ["no-such-collection"]})),
+        ),
+    ] {
+        probes.push(probe(
+            format!("{method} {path} with {body:?}"),
+            method,
+            path,
+            Some(ADMIN),
+            body.map(|b| serde_json::to_vec(&b).unwrap()),
+            &[404],
         ));
     }
     // Methods and routes that do not exist.
@@ -901,6 +1000,59 @@ async fn raft_probes(raft: &str, secret: &str, shard_group: &str) -> (usize, Vec
                 match answer {
                     Ok(Ok(None)) if accepted => {}
                     Ok(Err(e)) if !accepted && (400..500).contains(&e.status) => {}
+                    other => failures.push(format!("{what} answered {other:?}")),
+                }
+            }
+            Ok(r) => failures.push(format!("{what}: {}", r.status())),
+            Err(e) => failures.push(format!("{what}: {e}")),
+        }
+    }
+    // A trusted peer misusing backup calls: refused, and nothing is paused or exported.
+    let misuse = [
+        (
+            "a chunk of a backup never taken",
+            RpcKind::BackupChunk.path(),
+            encode(&BackupChunkRpc {
+                backup: "no-such-backup".into(),
+                group: shard_group.to_string(),
+                seq: 0,
+            }),
+        ),
+        (
+            "a chunk far ahead",
+            RpcKind::BackupChunk.path(),
+            encode(&BackupChunkRpc {
+                backup: "no-such-backup".into(),
+                group: "nope/0".into(),
+                seq: u64::MAX,
+            }),
+        ),
+        (
+            "a pause without a backup id",
+            RpcKind::BackupHold.path(),
+            encode(&BackupHoldRpc {
+                backup: String::new(),
+                pause: true,
+            }),
+        ),
+        (
+            "a pause with an oversized id",
+            RpcKind::BackupHold.path(),
+            encode(&BackupHoldRpc {
+                backup: "x".repeat(10_000),
+                pause: true,
+            }),
+        ),
+    ];
+    for (what, path, body) in misuse {
+        total += 1;
+        let headers = peer_headers("node-1", Some(secret), path, &body);
+        match call(path, headers, body).await {
+            Ok(r) if r.status() == 200 => {
+                let bytes = r.bytes().await.unwrap();
+                let answer: Result<Result<Value, RemoteError>, _> = decode(&bytes);
+                match answer {
+                    Ok(Err(e)) if (400..500).contains(&e.status) => {}
                     other => failures.push(format!("{what} answered {other:?}")),
                 }
             }

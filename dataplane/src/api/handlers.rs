@@ -3,6 +3,7 @@
 use super::auth::Usage;
 use super::metrics::{directory_size, resident_memory};
 use super::{AppState, Caller, JsonBody, SlowQuery};
+use crate::cluster::backup;
 use crate::cluster::elastic::{self, AdminAnswer, AdminRpc, leadership, operations, recovery};
 use crate::cluster::route::{catalog, documents, search};
 use crate::cluster::status;
@@ -14,12 +15,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use grape_client::{
-    AddNodeRequest, AddNodeResponse, BatchRequest, BatchResponse, ChecksumResponse, ClusterStatus,
-    CollectionConfig, CollectionList, ConsensusResponse, DeleteResponse, DocumentInput,
-    ElectionHistory, ErrorBody, ErrorDetail, ForceRecoveryRequest, ForceRecoveryResponse,
-    HealthResponse, InsertResponse, LeaderResponse, ListResponse, OperationStarted,
-    OperationsStatus, ReadyResponse, RebalanceRequest, RemoveNodeRequest, RepairRequest,
-    SearchRequest, SearchResponse, ShardStatsResponse, SlowQueries, StatsResponse, SyncStatus,
+    AddNodeRequest, AddNodeResponse, BackupInfo, BackupList, BackupRequest, BatchRequest,
+    BatchResponse, ChecksumResponse, ClusterStatus, CollectionConfig, CollectionList,
+    ConsensusResponse, DeleteResponse, DocumentInput, ElectionHistory, ErrorBody, ErrorDetail,
+    ForceRecoveryRequest, ForceRecoveryResponse, HealthResponse, InsertResponse, LeaderResponse,
+    ListResponse, OperationStarted, OperationsStatus, ReadyResponse, RebalanceRequest,
+    RemoveNodeRequest, RepairRequest, RestoreInfo, RestoreList, RestoreRequest, SearchRequest,
+    SearchResponse, ShardStatsResponse, SlowQueries, StatsResponse, SyncStatus,
     TransferLeadershipRequest, TransferLeadershipResponse,
 };
 use serde::Deserialize;
@@ -498,4 +500,39 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
         },
     };
     (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}
+
+pub async fn start_backup(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<BackupRequest>,
+) -> Result<(StatusCode, Json<BackupInfo>)> {
+    let info = backup::start(&state.node, request).await?;
+    Ok((StatusCode::ACCEPTED, Json(info)))
+}
+
+pub async fn list_backups(State(state): State<AppState>) -> Json<BackupList> {
+    Json(BackupList {
+        backups: backup::list(&state.node),
+    })
+}
+
+pub async fn get_backup(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<BackupInfo>> {
+    backup::get(&state.node, &id).map(Json)
+}
+
+pub async fn start_restore(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<RestoreRequest>,
+) -> Result<(StatusCode, Json<RestoreInfo>)> {
+    let info = backup::restore::start(&state.node, request).await?;
+    Ok((StatusCode::ACCEPTED, Json(info)))
+}
+
+pub async fn list_restores(State(state): State<AppState>) -> Json<RestoreList> {
+    Json(RestoreList {
+        restores: backup::restore::list(&state.node),
+    })
 }

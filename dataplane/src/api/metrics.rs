@@ -34,6 +34,16 @@ pub struct Metrics {
     raft_leadership_changes: IntCounter,
     leader_status: IntGauge,
     nodes_connected: IntGauge,
+    backups_started: IntCounter,
+    backups_succeeded: IntCounter,
+    backups_failed: IntCounter,
+    restores_started: IntCounter,
+    restores_succeeded: IntCounter,
+    restores_failed: IntCounter,
+    backup_running: IntGauge,
+    backup_last_success: IntGauge,
+    backup_last_duration: prometheus::Gauge,
+    backup_last_bytes: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -166,6 +176,47 @@ impl Metrics {
                 "grape_cluster_nodes_connected",
                 "Cluster members this node can reach, itself included",
             )?,
+            backups_started: counter(
+                "grape_backup_started_total",
+                "Backups this node started (as their coordinator)",
+            )?,
+            backups_succeeded: counter(
+                "grape_backup_succeeded_total",
+                "Backups this node ran to the end",
+            )?,
+            backups_failed: counter(
+                "grape_backup_failed_total",
+                "Backups this node ran that failed",
+            )?,
+            restores_started: counter("grape_restore_started_total", "Restores this node started")?,
+            restores_succeeded: counter(
+                "grape_restore_succeeded_total",
+                "Restores this node ran to the end",
+            )?,
+            restores_failed: counter(
+                "grape_restore_failed_total",
+                "Restores this node ran that failed",
+            )?,
+            backup_running: gauge(
+                "grape_backup_running",
+                "1 while a backup of the cluster runs (any node), else 0",
+            )?,
+            backup_last_success: gauge(
+                "grape_backup_last_success_timestamp_seconds",
+                "When the cluster's newest successful backup ended (Unix seconds; 0: none recorded)",
+            )?,
+            backup_last_duration: {
+                let metric = prometheus::Gauge::new(
+                    "grape_backup_last_duration_seconds",
+                    "How long the cluster's newest successful backup took",
+                )?;
+                registry.register(Box::new(metric.clone()))?;
+                metric
+            },
+            backup_last_bytes: gauge(
+                "grape_backup_last_bytes",
+                "Bytes the cluster's newest successful backup wrote",
+            )?,
             registry,
         };
         #[cfg(target_os = "linux")]
@@ -243,6 +294,35 @@ impl Metrics {
         );
         self.leader_status.set(i64::from(node.is_meta_leader()));
         self.nodes_connected.set(node.connected_nodes() as i64);
+        let counters = node.backup_counters();
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        advance(&self.backups_started, load(&counters.started));
+        advance(&self.backups_succeeded, load(&counters.succeeded));
+        advance(&self.backups_failed, load(&counters.failed));
+        advance(&self.restores_started, load(&counters.restores_started));
+        advance(&self.restores_succeeded, load(&counters.restores_succeeded));
+        advance(&self.restores_failed, load(&counters.restores_failed));
+        {
+            let state = node.meta_read();
+            self.backup_running.set(i64::from(
+                state
+                    .backups
+                    .values()
+                    .any(|b| b.state == grape_client::BackupState::Running),
+            ));
+            let newest = state
+                .backups
+                .values()
+                .filter(|b| b.state == grape_client::BackupState::Done)
+                .max_by_key(|b| b.finished_ms.unwrap_or_default());
+            if let Some(newest) = newest {
+                let finished = newest.finished_ms.unwrap_or_default();
+                self.backup_last_success.set((finished / 1000) as i64);
+                self.backup_last_duration
+                    .set(finished.saturating_sub(newest.started_ms) as f64 / 1000.0);
+                self.backup_last_bytes.set(newest.bytes as i64);
+            }
+        }
 
         let mut out = Vec::new();
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

@@ -293,7 +293,10 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/cluster/sync-status", get(sync_status))
         .route("/admin/cluster/rebalance-status", get(rebalance_status))
         .route("/admin/cluster/migration-status", get(migration_status))
-        .route("/admin/cluster/repair-status", get(repair_status));
+        .route("/admin/cluster/repair-status", get(repair_status))
+        .route("/admin/backups", get(list_backups))
+        .route("/admin/backups/{id}", get(get_backup))
+        .route("/admin/restore", get(list_restores));
     let admin_write = Router::new()
         .route(
             "/admin/cluster/transfer-leadership",
@@ -303,7 +306,9 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/cluster/remove-node", post(remove_node))
         .route("/admin/cluster/rebalance", post(rebalance))
         .route("/admin/cluster/repair", post(repair))
-        .route("/admin/cluster/force-recovery", post(force_recovery));
+        .route("/admin/cluster/force-recovery", post(force_recovery))
+        .route("/admin/backups", post(start_backup))
+        .route("/admin/restore", post(start_restore));
     let metrics_read = Router::new().route("/metrics", get(metrics));
     Router::new()
         .route("/health", get(health))

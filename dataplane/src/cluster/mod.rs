@@ -22,6 +22,7 @@
 //! - [`tasks`]: the background work above; [`server`]: every call from peers.
 
 pub mod activity;
+pub mod backup;
 pub mod connections;
 pub mod disk;
 pub mod elastic;

@@ -5,6 +5,8 @@
 //! `status`, `tasks` and `server`.
 
 use super::activity::Activity;
+use super::backup::BackupCounters;
+use super::backup::export::{Exports, WriteGate};
 use super::disk::DiskReserve;
 use super::raft::auth::PeerAuth;
 use super::raft::ids::{GroupId, META_GROUP, NodeAddr, NodeId};
@@ -81,6 +83,14 @@ pub struct Node {
     incoming: Arc<Incoming>,
     /// Snapshots being sent to peers.
     outgoing: Arc<Outgoing>,
+    /// Shards this node exports for backups.
+    exports: Arc<Exports>,
+    /// Pauses writes for a backup's cut.
+    write_gate: Arc<WriteGate>,
+    /// Backups and restores this node ran.
+    backup_counters: BackupCounters,
+    /// Backups whose restore this node is running.
+    restores_running: Mutex<BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -196,6 +206,7 @@ impl Node {
             config.node.data_dir.clone(),
             config.database.min_free_disk_mb,
         );
+        let exports = Arc::new(Exports::default());
         let replicas = Replicas::new(ReplicaParts {
             node_id: id.clone(),
             storage: Arc::clone(&storage),
@@ -206,6 +217,7 @@ impl Node {
             index: config.index.options(),
             snapshot_dir,
             activity: Arc::clone(&activity),
+            exports: Arc::clone(&exports),
         });
         let node = Arc::new(Node {
             id,
@@ -230,6 +242,10 @@ impl Node {
             disk,
             incoming,
             outgoing,
+            exports,
+            write_gate: Arc::new(WriteGate::default()),
+            backup_counters: BackupCounters::default(),
+            restores_running: Mutex::new(BTreeSet::new()),
         });
         let weak = Arc::downgrade(&node);
         node.activity
@@ -288,6 +304,30 @@ impl Node {
     /// Snapshots being sent to peers.
     pub fn outgoing(&self) -> &Outgoing {
         &self.outgoing
+    }
+
+    /// Shards this node exports for backups.
+    pub fn exports(&self) -> &Exports {
+        &self.exports
+    }
+
+    pub fn exports_arc(&self) -> &Arc<Exports> {
+        &self.exports
+    }
+
+    /// Pauses writes for a backup's cut.
+    pub fn write_gate(&self) -> &Arc<WriteGate> {
+        &self.write_gate
+    }
+
+    /// Backups and restores this node ran.
+    pub fn backup_counters(&self) -> &BackupCounters {
+        &self.backup_counters
+    }
+
+    /// Backups whose restore this node is running.
+    pub fn restores_running(&self) -> &Mutex<BTreeSet<String>> {
+        &self.restores_running
     }
 
     pub fn storage(&self) -> &Arc<Storage> {

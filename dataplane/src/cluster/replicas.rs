@@ -2,6 +2,7 @@
 //! removed here, and looked up by everything that serves requests.
 
 use super::activity::Activity;
+use super::backup::export::Exports;
 use super::raft::ids::{GroupId, META_GROUP, NodeAddr, NodeId};
 use super::raft::log_store::LogStore;
 use super::raft::network::{NetworkFactory, Router};
@@ -56,6 +57,8 @@ pub struct ReplicaParts {
     pub snapshot_dir: PathBuf,
     /// Follows each group's leadership and progress.
     pub activity: Arc<Activity>,
+    /// Backups' exports of local replicas.
+    pub exports: Arc<Exports>,
 }
 
 /// The registry of local replicas.
@@ -137,7 +140,12 @@ impl Replicas {
             Arc::clone(&parts.raft_config),
             NetworkFactory::new(parts.network.clone(), group.to_string()),
             LogStore::new(group, Arc::clone(&parts.storage), Arc::clone(&parts.syncer)),
-            ShardStateMachine::new(Arc::clone(&shard), &parts.snapshot_dir),
+            ShardStateMachine::new(
+                Arc::clone(&shard),
+                &parts.snapshot_dir,
+                parts.node_id.clone(),
+                Arc::clone(&parts.exports),
+            ),
         )
         .await
         .map_err(|e| Error::Internal(format!("cannot start group {group}: {e}")))?;
@@ -203,7 +211,12 @@ impl Replicas {
         };
         let _ = local.raft.shutdown().await;
         let storage = Arc::clone(&self.parts.storage);
-        let snapshot = ShardStateMachine::new(Arc::clone(&local.shard), &self.parts.snapshot_dir);
+        let snapshot = ShardStateMachine::new(
+            Arc::clone(&local.shard),
+            &self.parts.snapshot_dir,
+            self.parts.node_id.clone(),
+            Arc::clone(&self.parts.exports),
+        );
         let group_name = group.to_string();
         tokio::task::spawn_blocking(move || -> Result<()> {
             local.shard.destroy()?;

@@ -14,9 +14,9 @@ use super::raft::ids::META_GROUP;
 use super::raft::meta_sm::MetaRaft;
 use super::raft::peers::INCARNATION_HEADER;
 use super::raft::rpc::{
-    AdminRpc, AppendRpc, ChecksumsRpc, GetRpc, HandOverRpc, InitGroupRpc, ListRpc, MembershipRpc,
-    PingRpc, PreVoteRpc, ProposeRpc, RemoteError, Rpc, RpcKind, SearchRpc, SnapshotChunkRpc,
-    SnapshotRpc, StatusRpc, TransferLeaderRpc, VoteRpc,
+    AdminRpc, AppendRpc, BackupChunkRpc, BackupHoldRpc, ChecksumsRpc, GetRpc, HandOverRpc,
+    InitGroupRpc, ListRpc, MembershipRpc, PingRpc, PreVoteRpc, ProposeRpc, RemoteError, Rpc,
+    RpcKind, SearchRpc, SnapshotChunkRpc, SnapshotRpc, StatusRpc, TransferLeaderRpc, VoteRpc,
 };
 use super::raft::shard_sm::ShardRaft;
 use super::raft::tls::server_tls;
@@ -119,6 +119,28 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Error::Internal(e.to_string()))?
+}
+
+/// Pauses writes here for a backup's cut, or resumes them.
+async fn hold_for_backup(node: &Arc<Node>, rpc: BackupHoldRpc) -> Result<()> {
+    if rpc.backup.is_empty() || rpc.backup.len() > 64 {
+        return Err(Error::invalid(
+            crate::error::ErrorCode::InvalidRequest,
+            "a backup id has 1 to 64 bytes",
+        ));
+    }
+    if rpc.pause {
+        node.write_gate()
+            .hold(
+                &rpc.backup,
+                crate::cluster::backup::PAUSE_WAIT,
+                crate::cluster::backup::PAUSE_LEASE,
+            )
+            .await
+    } else {
+        node.write_gate().release(&rpc.backup);
+        Ok(())
+    }
 }
 
 /// Refuses snapshot data for a group this node does not hold, or while its disk is low.
@@ -369,6 +391,13 @@ pub fn router(node: Arc<Node>) -> axum::Router {
             }),
             RpcKind::Admin => serve_rpc(app, kind, |node, rpc: AdminRpc| async move {
                 elastic::admin_here(&node, rpc).await
+            }),
+            RpcKind::BackupHold => serve_rpc(app, kind, |node, rpc: BackupHoldRpc| async move {
+                hold_for_backup(&node, rpc).await
+            }),
+            RpcKind::BackupChunk => serve_rpc(app, kind, |node, rpc: BackupChunkRpc| async move {
+                let exports = Arc::clone(node.exports_arc());
+                blocking(move || exports.next(&rpc.backup, &rpc.group, rpc.seq)).await
             }),
             RpcKind::Membership => serve_rpc(app, kind, |node, rpc: MembershipRpc| async move {
                 membership::membership_here(&node, rpc).await

@@ -26,6 +26,8 @@ pub fn spawn_all(node: &Arc<Node>) {
         tokio::spawn(probe(Arc::clone(node))),
         tokio::spawn(watch_disk(Arc::clone(node))),
         tokio::spawn(save_graphs(Arc::clone(node))),
+        tokio::spawn(super::backup::restore::resume_pending(Arc::clone(node))),
+        tokio::spawn(sweep_exports(Arc::clone(node))),
     ] {
         node.add_task(task);
     }
@@ -347,5 +349,14 @@ async fn watch_disk(node: Arc<Node>) {
         if let Err(error) = propose(&node, META_GROUP, Request::Meta(command)).await {
             tracing::debug!(%error, "recording the disk state failed; retrying");
         }
+    }
+}
+
+/// Drops backups' exports that nobody pulls any more (their coordinator died).
+async fn sweep_exports(node: Arc<Node>) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        every.tick().await;
+        node.exports().sweep();
     }
 }

@@ -30,6 +30,7 @@ pub struct Config {
     pub performance: PerformanceConfig,
     pub monitoring: MonitoringConfig,
     pub security: SecurityConfig,
+    pub backup: BackupConfig,
     /// The guide's `rbac` block (roles and users), when it is in the configuration file: the
     /// file is then read as `security.rbac_file` too (checked, and reloaded on change or
     /// SIGHUP, by the API layer). Never printed.
@@ -368,6 +369,16 @@ impl Default for MonitoringConfig {
             log_level: "info".to_string(),
         }
     }
+}
+
+/// `backup`: where backups get their S3 credentials (beyond the `AWS_*` environment).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// A file of `KEY=VALUE` lines (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+    /// `AWS_ENDPOINT`, ...), read at each backup or restore; its values win over the
+    /// environment's.
+    pub credentials_file: Option<PathBuf>,
 }
 
 /// `security`: API keys and TLS for clients.

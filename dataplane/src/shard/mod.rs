@@ -690,6 +690,35 @@ impl Shard {
             })
     }
 
+    /// Writes this replica's documents, as they are at one instant, to `out` as records (see
+    /// [`write_record`]; no remembered answers), calling `fixed` as soon as that instant is
+    /// fixed (writes applied afterwards are not in the copy). Answers how many documents were
+    /// written and their checksum, as [`Shard::checksum`] computes it.
+    pub fn export_into(
+        &self,
+        out: &mut dyn std::io::Write,
+        fixed: &mut dyn FnMut(),
+    ) -> Result<(u64, u64)> {
+        let written = |e: std::io::Error| {
+            Error::unavailable(
+                ErrorCode::StorageError,
+                format!("exporting {}: {e}", self.namespace),
+            )
+        };
+        self.storage
+            .with_consistent_view(&self.namespace, |_, _, scan| {
+                fixed();
+                let (mut count, mut sum) = (0u64, 0u64);
+                scan(&mut |id, value| {
+                    write_record(out, id, value).map_err(written)?;
+                    sum = sum.wrapping_add(document_hash(id, value));
+                    count += 1;
+                    Ok(true)
+                })?;
+                Ok((count, sum))
+            })
+    }
+
     /// [`Shard::snapshot_into`] a buffer.
     #[cfg(test)]
     pub fn snapshot(&self) -> Result<(Option<Vec<u8>>, Vec<u8>)> {
@@ -1065,7 +1094,7 @@ fn failed_error(namespace: &str, reason: &str) -> Error {
 }
 
 /// The hash one document contributes to its shard's checksum.
-fn document_hash(id: &str, value: &[u8]) -> u64 {
+pub fn document_hash(id: &str, value: &[u8]) -> u64 {
     let mut bytes = Vec::with_capacity(id.len() + 1 + value.len());
     bytes.extend_from_slice(id.as_bytes());
     bytes.push(0);
@@ -1078,7 +1107,7 @@ fn document_hash(id: &str, value: &[u8]) -> u64 {
 const MAX_RECORD_VALUE: usize = 64 * 1024 * 1024;
 
 /// One snapshot record: id length (u32 LE), id, value length (u32 LE), value.
-fn write_record(out: &mut dyn std::io::Write, id: &str, value: &[u8]) -> std::io::Result<()> {
+pub fn write_record(out: &mut dyn std::io::Write, id: &str, value: &[u8]) -> std::io::Result<()> {
     out.write_all(&(id.len() as u32).to_le_bytes())?;
     out.write_all(id.as_bytes())?;
     out.write_all(&(value.len() as u32).to_le_bytes())?;
@@ -1086,7 +1115,7 @@ fn write_record(out: &mut dyn std::io::Write, id: &str, value: &[u8]) -> std::io
 }
 
 /// Reads the next [`write_record`] record; `None` at the end of the stream.
-fn read_record(input: &mut dyn std::io::Read) -> std::io::Result<Option<(String, Vec<u8>)>> {
+pub fn read_record(input: &mut dyn std::io::Read) -> std::io::Result<Option<(String, Vec<u8>)>> {
     use std::io::{Error, ErrorKind, Read};
     let mut len = [0u8; 4];
     // The end of the stream is only allowed between records.

@@ -1043,19 +1043,28 @@ mod saved_graphs {
     fn a_save_is_due_after_the_interval_or_once_a_bulk_load_is_indexed() {
         let dir = tempfile::tempdir().unwrap();
         let storage = storage(dir.path());
+        let interval = Duration::from_secs(1);
+        let opened = std::time::Instant::now();
         let shard = open(
             &storage,
             IndexOptions {
-                graph_save_interval: Some(Duration::from_millis(300)),
+                graph_save_interval: Some(interval),
                 ..options()
             },
         );
         assert_eq!(shard.save_graph_if_due().unwrap(), None, "nothing to save");
         upsert(&shard, (0..500).map(|i| (i, 0)), "a");
         indexed(&shard);
-        assert_eq!(shard.save_graph_if_due().unwrap(), None, "too soon");
-        std::thread::sleep(Duration::from_millis(350));
-        assert!(shard.save_graph_if_due().unwrap().is_some());
+        // On a loaded machine indexing can outlast the interval; "too soon" is only checked
+        // while it is.
+        let due = shard.save_graph_if_due().unwrap();
+        if opened.elapsed() < interval {
+            assert_eq!(due, None, "too soon");
+        }
+        if due.is_none() {
+            std::thread::sleep(interval + Duration::from_millis(100));
+            assert!(shard.save_graph_if_due().unwrap().is_some());
+        }
         assert_eq!(shard.save_graph_if_due().unwrap(), None, "saved already");
     }
 

@@ -3,7 +3,10 @@
 
 use super::ids::{GroupId, NodeAddr, NodeId};
 use crate::collection::Collection;
-pub use grape_client::{CollectionConfig, MovePhase, OperationKind, OperationState};
+pub use grape_client::{
+    BackupInfo, BackupState, CollectionConfig, MovePhase, OperationKind, OperationState,
+    RestoreInfo,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -60,6 +63,11 @@ pub enum MetaCommand {
     GroupInitialized { group: GroupId },
     /// A node's data volume went below its free-space reserve (`low`), or came back above it.
     SetDiskLow { node: NodeId, low: bool },
+    /// Records a backup (started, progressing or ended). A new running backup is refused
+    /// while another one runs.
+    PutBackup { info: BackupInfo },
+    /// Records a restore, likewise.
+    PutRestore { info: RestoreInfo },
 }
 
 impl MetaCommand {

@@ -115,7 +115,8 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
                         StoredMembership::new(Some(log_id.clone()), membership);
                     Response::None
                 }
-                EntryPayload::Normal(Request::Shard(_)) | EntryPayload::Blank => Response::None,
+                EntryPayload::Normal(Request::Shard(_) | Request::Fence { .. })
+                | EntryPayload::Blank => Response::None,
             };
             next.applied.last_applied = Some(log_id);
             answers.push((responder, response));

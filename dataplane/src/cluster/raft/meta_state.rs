@@ -10,8 +10,8 @@
 
 use super::ids::{GroupId, NodeAddr, NodeId};
 use super::meta_commands::{
-    GroupRecord, MetaCommand, MetaResponse, MovePhase, MoveProgress, MoveRecord, NodeState,
-    Operation, OperationKind, OperationState,
+    BackupInfo, BackupState, GroupRecord, MetaCommand, MetaResponse, MovePhase, MoveProgress,
+    MoveRecord, NodeState, Operation, OperationKind, OperationState, RestoreInfo,
 };
 use super::types::{AppliedState, LogId};
 use crate::collection::{Collection, validate_collection_config};
@@ -44,6 +44,27 @@ pub struct MetaState {
     /// `node::INCARNATION_RECORD`): a node answering with another one lost its data.
     #[serde(default)]
     pub incarnations: BTreeMap<NodeId, u64>,
+    /// Backups, by id (ids sort by start time); the newest [`KEPT_BACKUPS`] ended ones are kept.
+    #[serde(default)]
+    pub backups: BTreeMap<String, BackupInfo>,
+    /// Restores, by the backup restored.
+    #[serde(default)]
+    pub restores: BTreeMap<String, RestoreInfo>,
+}
+
+/// Ended backups (and restores) the meta state remembers.
+pub const KEPT_BACKUPS: usize = 100;
+
+/// Forgets the oldest ended records beyond [`KEPT_BACKUPS`] (keys sort oldest first).
+fn prune_ended<T>(records: &mut BTreeMap<String, T>, state: impl Fn(&T) -> BackupState) {
+    let ended: Vec<String> = records
+        .iter()
+        .filter(|(_, r)| state(r) != BackupState::Running)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in ended.iter().take(ended.len().saturating_sub(KEPT_BACKUPS)) {
+        records.remove(key);
+    }
 }
 
 /// Answers [`MetaState::answered`] keeps.
@@ -227,6 +248,52 @@ impl MetaState {
                 } else {
                     self.low_disk.remove(&node);
                 }
+                MetaResponse::Done
+            }
+            MetaCommand::PutBackup { info } => {
+                let running_other = self
+                    .backups
+                    .values()
+                    .find(|b| b.state == BackupState::Running && b.id != info.id);
+                if info.state == BackupState::Running
+                    && !self.backups.contains_key(&info.id)
+                    && let Some(other) = running_other
+                {
+                    return MetaResponse::Invalid {
+                        message: format!(
+                            "backup {} is running (on {}); one backup runs at a time",
+                            other.id, other.coordinator
+                        ),
+                    };
+                }
+                if self
+                    .backups
+                    .get(&info.id)
+                    .is_some_and(|known| known.state != BackupState::Running)
+                {
+                    // An ended backup stays as it ended (a late progress report).
+                    return MetaResponse::Done;
+                }
+                self.backups.insert(info.id.clone(), info);
+                prune_ended(&mut self.backups, |b| b.state);
+                MetaResponse::Done
+            }
+            MetaCommand::PutRestore { info } => {
+                if info.state == BackupState::Running
+                    && let Some(other) = self
+                        .restores
+                        .values()
+                        .find(|r| r.state == BackupState::Running && r.backup_id != info.backup_id)
+                {
+                    return MetaResponse::Invalid {
+                        message: format!(
+                            "the restore of backup {} is running (on {}); one restore runs at a time",
+                            other.backup_id, other.coordinator
+                        ),
+                    };
+                }
+                self.restores.insert(info.backup_id.clone(), info);
+                prune_ended(&mut self.restores, |r| r.state);
                 MetaResponse::Done
             }
             MetaCommand::ForgetNode { id } => {

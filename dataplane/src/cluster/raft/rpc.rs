@@ -10,6 +10,7 @@
 use super::ids::{GroupId, NodeAddr, NodeId};
 use super::snapshot::Whole;
 use super::types::{RaftMetrics, Request, Response, SnapshotMeta, TypeConfig, Vote};
+use crate::cluster::backup::export::ExportChunk;
 use crate::collection::Collection;
 use crate::error::{Error, ErrorCode};
 use crate::shard::ShardHit;
@@ -82,6 +83,10 @@ rpc_kinds! {
     Admin = "/internal/admin",
     /// A membership change for a group's leader.
     Membership = "/internal/membership",
+    /// A backup pauses (or resumes) writes on this node for its cut.
+    BackupHold = "/internal/backup-hold",
+    /// The next chunk of a shard this node exports for a backup.
+    BackupChunk = "/internal/backup-chunk",
 }
 
 /// One node-to-node call: the request type itself, with its kind and its answer.
@@ -300,6 +305,23 @@ pub enum MembershipRpc {
     },
 }
 rpc!(MembershipRpc, Membership, ());
+
+/// A backup's coordinator pauses writes on this node (`pause`), or resumes them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupHoldRpc {
+    pub backup: String,
+    pub pause: bool,
+}
+rpc!(BackupHoldRpc, BackupHold, ());
+
+/// A backup's coordinator pulls chunk `seq` of the export of `group`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupChunkRpc {
+    pub backup: String,
+    pub group: GroupId,
+    pub seq: u64,
+}
+rpc!(BackupChunkRpc, BackupChunk, ExportChunk);
 
 /// What a node reports about itself and the groups it holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -7,11 +7,13 @@
 //! An installed snapshot is kept the same way. Neither is ever held in memory whole (see
 //! [`super::snapshot`]).
 
+use super::ids::NodeId;
 use super::snapshot::{self, file_stem};
 use super::types::{
     AppliedState, LogId, Request, Response, Snapshot, SnapshotData, SnapshotMeta, StoredMembership,
     TypeConfig, decode, encode,
 };
+use crate::cluster::backup::export::Exports;
 use crate::shard::{Shard, ShardCommand};
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
@@ -41,10 +43,19 @@ pub struct ShardStateMachine {
     /// Held while the kept snapshot is replaced: openraft builds snapshots beside installs,
     /// and the file must only ever move forward in the log.
     keeping: Arc<parking_lot::Mutex<()>>,
+    /// This node, which exports the shard for a backup whose fence names it.
+    node_id: NodeId,
+    /// Where backups' exports run.
+    exports: Arc<Exports>,
 }
 
 impl ShardStateMachine {
-    pub fn new(shard: Arc<Shard>, snapshot_dir: &std::path::Path) -> Self {
+    pub fn new(
+        shard: Arc<Shard>,
+        snapshot_dir: &std::path::Path,
+        node_id: NodeId,
+        exports: Arc<Exports>,
+    ) -> Self {
         let stem = file_stem(shard.namespace());
         // Earlier versions kept snapshots whole under another name and format.
         let _ = std::fs::remove_file(snapshot_dir.join(format!("{stem}.snapshot")));
@@ -52,12 +63,64 @@ impl ShardStateMachine {
             snapshot_file: snapshot_dir.join(format!("{stem}.snap")),
             shard,
             keeping: Arc::new(parking_lot::Mutex::new(())),
+            node_id,
+            exports,
         }
     }
 
     /// Deletes the kept snapshot (the replica is being dropped).
     pub fn remove_file(&self) {
         let _ = std::fs::remove_file(&self.snapshot_file);
+    }
+}
+
+/// Entries read but not yet applied: their commands, and which command answers each entry.
+#[derive(Default)]
+struct Pending {
+    commands: Vec<ShardCommand>,
+    answers: Vec<(
+        Option<usize>,
+        Option<openraft::storage::ApplyResponder<TypeConfig>>,
+    )>,
+}
+
+impl ShardStateMachine {
+    /// Applies `pending` with the applied state `state` (one storage batch), then answers.
+    /// With nothing pending, records `state` only if `always`.
+    async fn apply_pending(
+        &self,
+        state: &AppliedState,
+        pending: Pending,
+        always: bool,
+    ) -> io::Result<()> {
+        if pending.answers.is_empty() && !always {
+            return Ok(());
+        }
+        let Pending { commands, answers } = pending;
+        let marker = encode(state);
+        let shard = Arc::clone(&self.shard);
+        let responses = tokio::task::spawn_blocking(move || {
+            if commands.is_empty() {
+                shard.mark_applied(&marker).map(|()| Vec::new())
+            } else {
+                let refs: Vec<&ShardCommand> = commands.iter().collect();
+                shard.apply(&refs, &marker)
+            }
+        })
+        .await
+        .map_err(io::Error::other)?
+        .map_err(io::Error::other)?;
+        let mut responses: Vec<Option<_>> = responses.into_iter().map(Some).collect();
+        for (command, responder) in answers {
+            let response = command
+                .and_then(|i| responses.get_mut(i).and_then(Option::take))
+                .map(Response::Shard)
+                .unwrap_or_default();
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -132,57 +195,46 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
         let entries: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
-        let Some(last) = entries.last().map(|(entry, _)| entry.log_id()) else {
+        if entries.is_empty() {
             return Ok(());
-        };
+        }
         let mut state = applied_state(&self.shard)?;
-        state.last_applied = Some(last);
-        let mut commands: Vec<ShardCommand> = Vec::new();
-        // Which command (if any) answers each entry.
-        let mut answers: Vec<(
-            Option<usize>,
-            Option<openraft::storage::ApplyResponder<TypeConfig>>,
-        )> = Vec::with_capacity(entries.len());
+        let mut pending = Pending::default();
         for (entry, responder) in entries {
             let log_id = entry.log_id();
+            state.last_applied = Some(log_id.clone());
             match entry.payload {
                 EntryPayload::Normal(Request::Shard(command)) => {
-                    answers.push((Some(commands.len()), responder));
-                    commands.push(command);
+                    pending
+                        .answers
+                        .push((Some(pending.commands.len()), responder));
+                    pending.commands.push(command);
                 }
                 EntryPayload::Membership(membership) => {
                     state.membership = StoredMembership::new(Some(log_id), membership);
-                    answers.push((None, responder));
+                    pending.answers.push((None, responder));
+                }
+                EntryPayload::Normal(Request::Fence { backup, exporter }) => {
+                    // What precedes the fence is applied first: the export sees exactly it.
+                    self.apply_pending(&state, std::mem::take(&mut pending), false)
+                        .await?;
+                    if exporter == self.node_id {
+                        let (shard, exports) = (Arc::clone(&self.shard), Arc::clone(&self.exports));
+                        let group = self.shard.namespace().to_string();
+                        tokio::task::spawn_blocking(move || exports.begin(&backup, &group, shard))
+                            .await
+                            .map_err(io::Error::other)?;
+                    }
+                    if let Some(responder) = responder {
+                        responder.send(Response::Fenced { exporter });
+                    }
                 }
                 EntryPayload::Normal(Request::Meta(_)) | EntryPayload::Blank => {
-                    answers.push((None, responder));
+                    pending.answers.push((None, responder));
                 }
             }
         }
-        let marker = encode(&state);
-        let shard = Arc::clone(&self.shard);
-        let responses = tokio::task::spawn_blocking(move || {
-            if commands.is_empty() {
-                shard.mark_applied(&marker).map(|()| Vec::new())
-            } else {
-                let refs: Vec<&ShardCommand> = commands.iter().collect();
-                shard.apply(&refs, &marker)
-            }
-        })
-        .await
-        .map_err(io::Error::other)?
-        .map_err(io::Error::other)?;
-        let mut responses: Vec<Option<_>> = responses.into_iter().map(Some).collect();
-        for (command, responder) in answers {
-            let response = command
-                .and_then(|i| responses.get_mut(i).and_then(Option::take))
-                .map(Response::Shard)
-                .unwrap_or_default();
-            if let Some(responder) = responder {
-                responder.send(response);
-            }
-        }
-        Ok(())
+        self.apply_pending(&state, pending, true).await
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

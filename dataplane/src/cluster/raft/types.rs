@@ -12,6 +12,12 @@ use std::fmt;
 pub enum Request {
     Meta(MetaCommand),
     Shard(ShardCommand),
+    /// A backup's cut in a shard group: `exporter`'s replica copies the shard exactly as it
+    /// is when it applies this entry (see `cluster::backup`). Changes no data.
+    Fence {
+        backup: String,
+        exporter: NodeId,
+    },
 }
 
 impl fmt::Display for Request {
@@ -23,6 +29,9 @@ impl fmt::Display for Request {
             }
             Request::Shard(ShardCommand::Delete { ids, .. }) => {
                 write!(f, "delete of {} ids", ids.len())
+            }
+            Request::Fence { backup, exporter } => {
+                write!(f, "fence of backup {backup} (exported by {exporter})")
             }
         }
     }
@@ -36,6 +45,10 @@ pub enum Response {
     None,
     Meta(MetaResponse),
     Shard(ShardResponse),
+    /// A backup's fence was applied; `exporter` copies the shard.
+    Fenced {
+        exporter: NodeId,
+    },
 }
 
 openraft::declare_raft_types!(

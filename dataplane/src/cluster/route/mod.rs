@@ -175,6 +175,20 @@ pub async fn propose(node: &Node, group: &str, request: Request) -> Result<Respo
 /// forwarded write).
 pub async fn propose_here(node: &Node, group: &str, request: Request) -> Result<Response> {
     admit_write(node, group, &request)?;
+    // Data writes wait while a backup takes its cut (see `cluster::backup`), and hold their
+    // permit until they are committed.
+    let _pass = match &request {
+        Request::Shard(_) => Some(node.write_gate().pass().await?),
+        _ => None,
+    };
+    // The leader that appends a backup's fence exports the shard at it.
+    let request = match request {
+        Request::Fence { backup, .. } => Request::Fence {
+            backup,
+            exporter: node.id().to_string(),
+        },
+        other => other,
+    };
     let result = if group == META_GROUP {
         node.meta_raft().client_write(request).await.map(|r| r.data)
     } else {

@@ -1,0 +1,524 @@
+//! Backups: a consistent cut of chosen collections, copied from one replica per shard to a
+//! directory or an S3-compatible bucket while writes go on; and restores of such a copy into
+//! a cluster of any size ([`restore`]).
+//!
+//! A backup is run by the node that took the request (its *coordinator*):
+//!
+//! ```text
+//!   1. record the backup (meta: PutBackup running; one at a time)
+//!   2. pause new writes on every member (in-flight writes finish first)   ─┐ milliseconds
+//!   3. append a fence entry to every shard group through its leader        │
+//!   4. resume writes                                                      ─┘
+//!   5. pull each shard's export (taken by the leader as it applied the fence) and write it
+//!   6. write manifest.json (files, lengths, xxh3, document checksums); record the end
+//! ```
+//!
+//! Every write acknowledged before step 2 is committed before the fences, so it is in the
+//! copy; a write that waited at the pause is after every fence, so it is in none. Writes in
+//! flight during the pause finish before the fences, so a write a client could only send
+//! after seeing another one acknowledged is never in the copy without that one.
+
+pub mod export;
+pub mod manifest;
+pub mod restore;
+pub mod store;
+
+use self::export::{ExportChunk, ExportEnd};
+use self::manifest::{CollectionEntry, FORMAT, MANIFEST, Manifest, ShardEntry, shard_file};
+use self::store::{Location, store_error};
+use super::node::Node;
+use super::raft::ids::NodeId;
+use super::raft::meta_commands::MetaCommand;
+use super::raft::peers::CallError;
+use super::raft::rpc::{BackupChunkRpc, BackupHoldRpc};
+use super::raft::types::{Request, Response};
+use super::route::{blocking, meta_command, propose};
+use crate::collection::Collection;
+use crate::error::{Error, ErrorCode, Result};
+use grape_client::{BackupInfo, BackupRequest, BackupState};
+use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use xxhash_rust::xxh3::Xxh3;
+
+/// How long in-flight writes may take to finish when a backup pauses writes.
+pub const PAUSE_WAIT: Duration = Duration::from_secs(5);
+
+/// A pause ends by itself after this long, should its coordinator vanish.
+pub const PAUSE_LEASE: Duration = Duration::from_secs(15);
+
+/// How often a running backup or restore records its progress in the meta group.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Bytes per uploaded part (S3 needs at least 5 MiB per part but the last).
+const PART_BYTES: usize = 8 * 1024 * 1024;
+
+/// What this node counted of the backups and restores it ran (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct BackupCounters {
+    pub started: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    pub restores_started: AtomicU64,
+    pub restores_succeeded: AtomicU64,
+    pub restores_failed: AtomicU64,
+    /// Of the last backup this node ran to the end.
+    pub last_duration_ms: AtomicU64,
+    pub last_bytes: AtomicU64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// A new backup id: its start time (ids sort by it) and a random suffix.
+fn new_id() -> String {
+    format!(
+        "{}-{:04x}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        rand::random::<u16>()
+    )
+}
+
+/// The collections a backup or restore names, or all of them.
+fn chosen(node: &Node, names: Option<&[String]>) -> Result<Vec<Collection>> {
+    let all = node.meta_read().collections.clone();
+    match names {
+        None => Ok(all.into_values().collect()),
+        Some([]) => Err(Error::invalid(
+            ErrorCode::InvalidRequest,
+            "collections must not be empty (leave it out to back up every collection)",
+        )),
+        Some(names) => names
+            .iter()
+            .map(|name| {
+                all.get(name).cloned().ok_or_else(|| {
+                    Error::not_found(
+                        ErrorCode::CollectionNotFound,
+                        format!("collection '{name}' does not exist"),
+                    )
+                })
+            })
+            .collect(),
+    }
+}
+
+/// Starts a backup: checks the request and the destination (a small file is written there
+/// first), records the backup, and answers it while it runs in the background.
+pub async fn start(node: &Arc<Node>, request: BackupRequest) -> Result<BackupInfo> {
+    let location = Location::parse(&request.destination, node.config())?;
+    let collections = chosen(node, request.collections.as_deref())?;
+    if let Some(running) = node
+        .meta_read()
+        .backups
+        .values()
+        .find(|b| b.state == BackupState::Running)
+    {
+        return Err(Error::conflict(
+            ErrorCode::BackupRunning,
+            format!(
+                "backup {} is running (on {}); one backup runs at a time",
+                running.id, running.coordinator
+            ),
+        ));
+    }
+    let id = new_id();
+    let info = BackupInfo {
+        id: id.clone(),
+        state: BackupState::Running,
+        location: location.display(&id),
+        collections: collections.iter().map(|c| c.name().to_string()).collect(),
+        coordinator: node.id().to_string(),
+        started_ms: now_ms(),
+        finished_ms: None,
+        shards_done: 0,
+        shards_total: collections.iter().map(|c| c.config.shard_count).sum(),
+        bytes: 0,
+        documents: 0,
+        error: None,
+    };
+    let started = serde_json::to_vec_pretty(&info).unwrap_or_default();
+    location
+        .store
+        .put(
+            &location.path(&id, "started.json"),
+            PutPayload::from(started),
+        )
+        .await
+        .map_err(|e| {
+            let e = store_error(&format!("cannot write to {}", location.uri), e);
+            Error::invalid(ErrorCode::InvalidLocation, e.to_string())
+        })?;
+    put_backup(node, &info).await?;
+    node.backup_counters()
+        .started
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::info!(backup = %id, location = %info.location, collections = ?info.collections, "backup started");
+    let node = Arc::clone(node);
+    let answer = info.clone();
+    tokio::spawn(async move { run(node, info, location, collections).await });
+    Ok(answer)
+}
+
+async fn put_backup(node: &Node, info: &BackupInfo) -> Result<()> {
+    match meta_command(node, MetaCommand::PutBackup { info: info.clone() }).await? {
+        super::raft::meta_commands::MetaResponse::Invalid { message } => {
+            Err(Error::conflict(ErrorCode::BackupRunning, message))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Runs a recorded backup to its end and records how it ended.
+async fn run(
+    node: Arc<Node>,
+    mut info: BackupInfo,
+    location: Location,
+    collections: Vec<Collection>,
+) {
+    let started = Instant::now();
+    let outcome = take(&node, &mut info, &location, &collections).await;
+    node.exports().forget(&info.id);
+    info.finished_ms = Some(now_ms());
+    let counters = node.backup_counters();
+    match outcome {
+        Ok(()) => {
+            info.state = BackupState::Done;
+            counters.succeeded.fetch_add(1, Ordering::Relaxed);
+            counters
+                .last_duration_ms
+                .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            counters.last_bytes.store(info.bytes, Ordering::Relaxed);
+            tracing::info!(backup = %info.id, bytes = info.bytes, documents = info.documents, millis = started.elapsed().as_millis() as u64, "backup done");
+        }
+        Err(error) => {
+            info.state = BackupState::Failed;
+            info.error = Some(error.to_string());
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(backup = %info.id, %error, "backup failed");
+        }
+    }
+    // The end must be recorded: retried while the meta group is unavailable.
+    for attempt in 0..30 {
+        match put_backup(&node, &info).await {
+            Ok(()) => return,
+            Err(error) if attempt == 29 => {
+                tracing::error!(backup = %info.id, %error, "cannot record the end of a backup");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+        }
+    }
+}
+
+/// One shard to copy: its group, and (once fenced) the node exporting it.
+struct Fenced {
+    collection: usize,
+    shard: u32,
+    group: String,
+    exporter: NodeId,
+}
+
+async fn take(
+    node: &Arc<Node>,
+    info: &mut BackupInfo,
+    location: &Location,
+    collections: &[Collection],
+) -> Result<()> {
+    let fenced = cut(node, &info.id, collections).await?;
+    let mut entries: Vec<CollectionEntry> = collections
+        .iter()
+        .map(|c| CollectionEntry {
+            config: c.config.clone(),
+            shards: Vec::new(),
+        })
+        .collect();
+    let mut reported = Instant::now();
+    for shard in fenced {
+        let entry = copy_shard(node, info, location, &shard).await?;
+        info.shards_done += 1;
+        info.bytes += entry.bytes;
+        info.documents += entry.documents;
+        entries[shard.collection].shards.push(entry);
+        if reported.elapsed() > PROGRESS_EVERY {
+            reported = Instant::now();
+            let _ = put_backup(node, info).await;
+        }
+    }
+    let manifest = Manifest {
+        format: FORMAT,
+        grape_version: env!("CARGO_PKG_VERSION").to_string(),
+        id: info.id.clone(),
+        started_ms: info.started_ms,
+        finished_ms: now_ms(),
+        collections: entries,
+        bytes: info.bytes,
+        documents: info.documents,
+    };
+    let body = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| Error::Internal(format!("encoding the manifest: {e}")))?;
+    location
+        .store
+        .put(&location.path(&info.id, MANIFEST), PutPayload::from(body))
+        .await
+        .map_err(|e| store_error("writing the manifest", e))?;
+    Ok(())
+}
+
+/// Pauses writes on every member, appends a fence to every shard group, resumes writes.
+/// Answers each shard with the node that exports it.
+async fn cut(node: &Arc<Node>, backup: &str, collections: &[Collection]) -> Result<Vec<Fenced>> {
+    let members: Vec<NodeId> = node.members().into_iter().collect();
+    let held = futures::future::join_all(members.iter().map(|member| async move {
+        let result = hold(node, member, backup, true).await;
+        (member.clone(), result)
+    }))
+    .await;
+    let mut failure = None;
+    for (member, result) in &held {
+        match result {
+            Ok(()) => {}
+            // A member that is down leads no group and takes no write.
+            Err(CallError::Unreachable(why)) => {
+                tracing::warn!(%member, %why, "a member did not answer the backup's pause; it is down and takes no writes");
+            }
+            Err(CallError::Remote(e)) => {
+                failure = Some(Error::unavailable(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "{member} could not pause writes for the backup's cut: {}",
+                        e.message
+                    ),
+                ));
+            }
+        }
+    }
+    let fenced = match failure {
+        Some(error) => Err(error),
+        None => fence_all(node, backup, collections).await,
+    };
+    for (member, result) in held {
+        if result.is_ok()
+            && let Err(error) = hold(node, &member, backup, false).await
+        {
+            // Its pause ends by itself when its lease runs out.
+            tracing::warn!(%member, %error, "could not resume writes after the backup's cut");
+        }
+    }
+    fenced
+}
+
+async fn hold(
+    node: &Arc<Node>,
+    member: &str,
+    backup: &str,
+    pause: bool,
+) -> std::result::Result<(), CallError> {
+    if member == node.id() {
+        return if pause {
+            node.write_gate()
+                .hold(backup, PAUSE_WAIT, PAUSE_LEASE)
+                .await
+                .map_err(|e| CallError::Remote((&e).into()))
+        } else {
+            node.write_gate().release(backup);
+            Ok(())
+        };
+    }
+    let rpc = BackupHoldRpc {
+        backup: backup.to_string(),
+        pause,
+    };
+    node.peers()
+        .call(member, &rpc, PAUSE_WAIT + Duration::from_secs(2))
+        .await
+}
+
+async fn fence_all(
+    node: &Arc<Node>,
+    backup: &str,
+    collections: &[Collection],
+) -> Result<Vec<Fenced>> {
+    let shards: Vec<(usize, u32, String)> = collections
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| c.shard_ids().map(move |s| (i, s, c.group(s))))
+        .collect();
+    let fences = shards
+        .into_iter()
+        .map(|(collection, shard, group)| async move {
+            let request = Request::Fence {
+                backup: backup.to_string(),
+                // The leader that appends the fence names itself (see `route::propose_here`).
+                exporter: String::new(),
+            };
+            match propose(node, &group, request).await? {
+                Response::Fenced { exporter } => Ok(Fenced {
+                    collection,
+                    shard,
+                    group,
+                    exporter,
+                }),
+                other => Err(Error::Internal(format!("a fence answered {other:?}"))),
+            }
+        });
+    futures::future::join_all(fences)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Copies one shard's export to the location: answers its manifest entry.
+async fn copy_shard(
+    node: &Arc<Node>,
+    info: &BackupInfo,
+    location: &Location,
+    shard: &Fenced,
+) -> Result<ShardEntry> {
+    let file = shard_file(shard.collection, shard.shard);
+    let path = location.path(&info.id, &file);
+    let upload = location
+        .store
+        .put_multipart(&path)
+        .await
+        .map_err(|e| store_error(&format!("starting {file}"), e))?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+    let mut digest = Xxh3::new();
+    let mut bytes = 0u64;
+    let mut seq = 0u64;
+    let copied: Result<ExportEnd> = async {
+        loop {
+            let chunk = pull(node, &info.id, shard, seq).await?;
+            digest.update(&chunk.data);
+            bytes += chunk.data.len() as u64;
+            writer
+                .wait_for_capacity(2)
+                .await
+                .map_err(|e| store_error(&format!("writing {file}"), e))?;
+            writer.write(&chunk.data);
+            if let Some(end) = chunk.end {
+                return Ok(end);
+            }
+            seq += 1;
+        }
+    }
+    .await;
+    let end = match copied {
+        Ok(end) => end,
+        Err(error) => {
+            let _ = writer.abort().await;
+            return Err(error);
+        }
+    };
+    writer
+        .finish()
+        .await
+        .map_err(|e| store_error(&format!("finishing {file}"), e))?;
+    Ok(ShardEntry {
+        shard: shard.shard,
+        file,
+        bytes,
+        xxh3: format!("{:016x}", digest.digest()),
+        documents: end.documents,
+        checksum: format!("{:016x}", end.checksum),
+        exporter: shard.exporter.clone(),
+    })
+}
+
+/// The chunk `seq` of a shard's export, from this node or from its exporter; retried while
+/// the exporter asks to (no data yet) or does not answer, for up to a minute.
+async fn pull(node: &Arc<Node>, backup: &str, shard: &Fenced, seq: u64) -> Result<ExportChunk> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let result = if shard.exporter == node.id() {
+            let exports = Arc::clone(node.exports_arc());
+            let (backup, group) = (backup.to_string(), shard.group.clone());
+            blocking(move || exports.next(&backup, &group, seq)).await
+        } else {
+            let rpc = BackupChunkRpc {
+                backup: backup.to_string(),
+                group: shard.group.clone(),
+                seq,
+            };
+            node.peers()
+                .call(&shard.exporter, &rpc, Duration::from_secs(40))
+                .await
+                .map_err(Error::from)
+        };
+        match result {
+            Ok(chunk) => return Ok(chunk),
+            Err(Error::Unavailable {
+                code: ErrorCode::Unavailable | ErrorCode::PeerUnreachable,
+                message,
+            }) if Instant::now() < deadline => {
+                tracing::debug!(group = %shard.group, %message, "retrying an export pull");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => {
+                return Err(Error::unavailable(
+                    ErrorCode::Unavailable,
+                    format!("copying {} from {}: {error}", shard.group, shard.exporter),
+                ));
+            }
+        }
+    }
+}
+
+/// Backups as this node's copy of the meta state records them, newest first.
+pub fn list(node: &Node) -> Vec<BackupInfo> {
+    node.meta_read().backups.values().rev().cloned().collect()
+}
+
+/// One backup, or 404.
+pub fn get(node: &Node, id: &str) -> Result<BackupInfo> {
+    node.meta_read().backups.get(id).cloned().ok_or_else(|| {
+        Error::not_found(
+            ErrorCode::BackupNotFound,
+            format!("no backup {id:?} is recorded"),
+        )
+    })
+}
+
+/// At start: backups and restores this node was running when it stopped are recorded as
+/// failed (a restore can be started again and finishes what it began).
+pub async fn fail_interrupted(node: &Arc<Node>) {
+    let (backups, restores) = {
+        let state = node.meta_read();
+        (
+            state
+                .backups
+                .values()
+                .filter(|b| b.state == BackupState::Running && b.coordinator == node.id())
+                .cloned()
+                .collect::<Vec<_>>(),
+            state
+                .restores
+                .values()
+                .filter(|r| r.state == BackupState::Running && r.coordinator == node.id())
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+    };
+    for mut info in backups {
+        info.state = BackupState::Failed;
+        info.finished_ms = Some(now_ms());
+        info.error = Some(format!("{} restarted while it ran the backup", node.id()));
+        let _ = put_backup(node, &info).await;
+    }
+    for mut info in restores {
+        if restore::is_running_here(node, &info.backup_id) {
+            continue;
+        }
+        info.state = BackupState::Failed;
+        info.finished_ms = Some(now_ms());
+        info.error = Some(format!(
+            "{} restarted while it ran the restore: start it again to finish it",
+            node.id()
+        ));
+        let _ = meta_command(node, MetaCommand::PutRestore { info }).await;
+    }
+}
