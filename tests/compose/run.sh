@@ -40,10 +40,13 @@ docker build -q -t grape-nginx:compose-test -f tests/compose/nginx.Dockerfile te
 cleanup() {
   if [ "${KEEP_COMPOSE:-}" = "" ]; then
     "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+    rm -rf backups
   fi
 }
 trap cleanup EXIT
 cleanup
+# The backups folder the nodes share (docs/compose.md#backups), writable by the image's user.
+rm -rf backups && mkdir -p backups && chown 10001:10001 backups
 "${compose[@]}" up -d --no-build grape-node-1 grape-node-2 grape-node-3 nginx
 
 python3 - "$key" <<'PY'
@@ -135,6 +138,30 @@ wait("grape-node-2 caught up (checksums equal)", lambda: (c := checksums()) is n
 missing = [i for i in acked if call("GET", NODES["node-2"] + f"/api/v1/documents/{i}")[0] != 200]
 assert not missing, f"{len(missing)} acknowledged documents missing on node-2: {missing[:5]}"
 print(f"ok: all {len(acked)} acknowledged documents are on the restarted node")
+
+# Backup to the host folder, then restore it beside the original under another name.
+s, started = call("POST", NODES["node-1"] + "/admin/backups", {"destination": "file:///backups"})
+assert s == 202, (s, started)
+def backup_state():
+    s, body = call("GET", NODES["node-3"] + "/admin/backups/" + started["id"])
+    return body if s == 200 and body["state"] != "running" else None
+wait("the backup done", lambda: backup_state() is not None, within=120)
+done = backup_state()
+assert done["state"] == "done", done
+s, _ = call("POST", NODES["node-2"] + "/admin/restore",
+            {"source": "file:///backups", "backup_id": done["id"], "rename": {"default": "restored"}})
+assert s == 202, s
+def restore_state():
+    s, body = call("GET", NODES["node-2"] + "/admin/restore")
+    found = [r for r in body.get("restores", []) if r["backup_id"] == done["id"] and r["state"] != "running"]
+    return found[0] if found else None
+wait("the restore done", lambda: restore_state() is not None, within=180)
+assert restore_state()["state"] == "done", restore_state()
+def by_collection(name):
+    s, body = call("GET", NODES["node-1"] + "/admin/checksum")
+    return sorted((c["shard"], c["documents"], c["checksum"]) for c in body["shards"] if c["collection"] == name)
+wait("the restored copy matches", lambda: by_collection("restored") == by_collection("default"), within=60)
+print(f"ok: backup {done['id']} ({done['documents']} documents) to ./backups restored as 'restored', checksums equal")
 s, _ = call("GET", LB + "/metrics")
 assert s == 403, f"/metrics through nginx from outside should be refused, got {s}"
 inside = subprocess.run(["docker", "exec", "grape-node-1", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
