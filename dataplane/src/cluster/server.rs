@@ -122,7 +122,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Pauses writes here for a backup's cut, or resumes them.
-async fn hold_for_backup(node: &Arc<Node>, rpc: BackupHoldRpc) -> Result<()> {
+async fn hold_for_backup(node: &Arc<Node>, rpc: BackupHoldRpc) -> Result<bool> {
     if rpc.backup.is_empty() || rpc.backup.len() > 64 {
         return Err(Error::invalid(
             crate::error::ErrorCode::InvalidRequest,
@@ -137,9 +137,9 @@ async fn hold_for_backup(node: &Arc<Node>, rpc: BackupHoldRpc) -> Result<()> {
                 crate::cluster::backup::PAUSE_LEASE,
             )
             .await
+            .map(|()| true)
     } else {
-        node.write_gate().release(&rpc.backup);
-        Ok(())
+        Ok(node.write_gate().release(&rpc.backup))
     }
 }
 

@@ -357,6 +357,13 @@ async fn sweep_exports(node: Arc<Node>) {
     let mut every = tokio::time::interval(Duration::from_secs(60));
     loop {
         every.tick().await;
-        node.exports().sweep();
+        let running: std::collections::BTreeSet<String> = node
+            .meta_read()
+            .backups
+            .values()
+            .filter(|b| b.state == grape_client::BackupState::Running)
+            .map(|b| b.id.clone())
+            .collect();
+        node.exports().sweep(&running);
     }
 }

@@ -118,7 +118,6 @@ impl Exports {
     /// Starts exporting `shard` for `backup`: returns once the copy's instant is fixed, so
     /// that the caller (applying the fence) may apply the next entries. Blocking.
     pub fn begin(&self, backup: &str, group: &str, shard: Arc<Shard>) {
-        self.sweep();
         let (out, pieces) = sync_channel::<Piece>(4);
         let export = Arc::new(Export {
             stream: Mutex::new(Stream {
@@ -252,11 +251,12 @@ impl Exports {
         self.running.lock().retain(|(b, _), _| b != backup);
     }
 
-    /// Drops exports nobody pulled for [`IDLE`].
-    pub fn sweep(&self) {
-        self.running
-            .lock()
-            .retain(|_, export| export.touched.lock().elapsed() < IDLE);
+    /// Drops exports nobody pulled for [`IDLE`], except those of backups still running
+    /// (`running`): a large backup copies its shards one after another, for hours.
+    pub fn sweep(&self, running: &std::collections::BTreeSet<String>) {
+        self.running.lock().retain(|(backup, _), export| {
+            running.contains(backup) || export.touched.lock().elapsed() < IDLE
+        });
     }
 
     /// How many exports are running (for tests and status).
@@ -354,11 +354,15 @@ impl WriteGate {
         Ok(())
     }
 
-    /// Ends the pause of `backup`, if it holds one.
-    pub fn release(&self, backup: &str) {
+    /// Ends the pause of `backup`; answers whether it was still held (false: its lease ran
+    /// out, and writes resumed before the backup's cut was complete).
+    pub fn release(&self, backup: &str) -> bool {
         let mut held = self.held.lock();
         if held.as_ref().is_some_and(|(b, _, _)| b == backup) {
             *held = None;
+            true
+        } else {
+            false
         }
     }
 }

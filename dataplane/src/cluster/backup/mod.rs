@@ -46,7 +46,11 @@ use xxhash_rust::xxh3::Xxh3;
 pub const PAUSE_WAIT: Duration = Duration::from_secs(5);
 
 /// A pause ends by itself after this long, should its coordinator vanish.
-pub const PAUSE_LEASE: Duration = Duration::from_secs(15);
+pub const PAUSE_LEASE: Duration = Duration::from_secs(30);
+
+/// How long the fences may take, well within [`PAUSE_LEASE`] (a pause begins up to
+/// [`PAUSE_WAIT`] before the fences).
+const FENCE_WAIT: Duration = Duration::from_secs(15);
 
 /// How often a running backup or restore records its progress in the meta group.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -94,8 +98,14 @@ fn chosen(node: &Node, names: Option<&[String]>) -> Result<Vec<Collection>> {
             ErrorCode::InvalidRequest,
             "collections must not be empty (leave it out to back up every collection)",
         )),
+        Some(names) if names.len() > 1024 => Err(Error::invalid(
+            ErrorCode::InvalidRequest,
+            "at most 1024 collections may be named",
+        )),
         Some(names) => names
             .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .map(|name| {
                 all.get(name).cloned().ok_or_else(|| {
                     Error::not_found(
@@ -117,7 +127,7 @@ pub async fn start(node: &Arc<Node>, request: BackupRequest) -> Result<BackupInf
         .meta_read()
         .backups
         .values()
-        .find(|b| b.state == BackupState::Running)
+        .find(|b| b.state == BackupState::Running && node.members().contains(&b.coordinator))
     {
         return Err(Error::conflict(
             ErrorCode::BackupRunning,
@@ -155,6 +165,8 @@ pub async fn start(node: &Arc<Node>, request: BackupRequest) -> Result<BackupInf
             Error::invalid(ErrorCode::InvalidLocation, e.to_string())
         })?;
     put_backup(node, &info).await?;
+    // This node answers for the backup as soon as it says it started.
+    wait_applied(node, |state| state.backups.contains_key(&id)).await;
     node.backup_counters()
         .started
         .fetch_add(1, Ordering::Relaxed);
@@ -163,6 +175,18 @@ pub async fn start(node: &Arc<Node>, request: BackupRequest) -> Result<BackupInf
     let answer = info.clone();
     tokio::spawn(async move { run(node, info, location, collections).await });
     Ok(answer)
+}
+
+/// Waits (a few seconds at most) until this node's copy of the meta state shows what was just
+/// committed, so that its own reads see it.
+pub(super) async fn wait_applied(
+    node: &Node,
+    seen: impl Fn(&super::raft::meta_state::MetaState) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !seen(&node.meta_read()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn put_backup(node: &Node, info: &BackupInfo) -> Result<()> {
@@ -270,63 +294,93 @@ async fn take(
 }
 
 /// Pauses writes on every member, appends a fence to every shard group, resumes writes.
-/// Answers each shard with the node that exports it.
+/// Answers each shard with the node that exports it. Every member must pause, and every pause
+/// must still be held when the fences are in: otherwise the cut could split a write from one
+/// that depends on it, and the backup fails (it can be started again).
 async fn cut(node: &Arc<Node>, backup: &str, collections: &[Collection]) -> Result<Vec<Fenced>> {
     let members: Vec<NodeId> = node.members().into_iter().collect();
-    let held = futures::future::join_all(members.iter().map(|member| async move {
-        let result = hold(node, member, backup, true).await;
-        (member.clone(), result)
-    }))
+    let held = futures::future::join_all(
+        members
+            .iter()
+            .map(|member| async move { (member.clone(), hold(node, member, backup, true).await) }),
+    )
     .await;
-    let mut failure = None;
-    for (member, result) in &held {
-        match result {
-            Ok(()) => {}
-            // A member that is down leads no group and takes no write.
-            Err(CallError::Unreachable(why)) => {
-                tracing::warn!(%member, %why, "a member did not answer the backup's pause; it is down and takes no writes");
-            }
-            Err(CallError::Remote(e)) => {
-                failure = Some(Error::unavailable(
-                    ErrorCode::Unavailable,
-                    format!(
-                        "{member} could not pause writes for the backup's cut: {}",
-                        e.message
-                    ),
-                ));
-            }
+    let refused: Vec<String> = held
+        .iter()
+        .filter_map(|(member, result)| result.as_ref().err().map(|e| format!("{member}: {e}")))
+        .collect();
+    let fenced = if refused.is_empty() {
+        // Well within the pauses' lease, so that no pause runs out before the last fence.
+        match tokio::time::timeout(FENCE_WAIT, fence_all(node, backup, collections)).await {
+            Ok(fenced) => fenced,
+            Err(_) => Err(Error::unavailable(
+                ErrorCode::NoLeader,
+                format!(
+                    "the fences were not all in within {} s (an election?); writes resumed",
+                    FENCE_WAIT.as_secs()
+                ),
+            )),
         }
-    }
-    let fenced = match failure {
-        Some(error) => Err(error),
-        None => fence_all(node, backup, collections).await,
+    } else {
+        Err(Error::unavailable(
+            ErrorCode::PeerUnreachable,
+            format!(
+                "every member must pause writes for the backup's cut, and {} could not ({}); with a member down for good, remove it first",
+                refused.len(),
+                refused.join("; ")
+            ),
+        ))
     };
-    for (member, result) in held {
-        if result.is_ok()
-            && let Err(error) = hold(node, &member, backup, false).await
-        {
+    // Every member is told to resume, whether or not its pause answered.
+    let resumed =
+        futures::future::join_all(members.iter().map(|member| async move {
+            (member.clone(), hold(node, member, backup, false).await)
+        }))
+        .await;
+    let mut lapsed = Vec::new();
+    for ((member, result), (_, paused)) in resumed.into_iter().zip(&held) {
+        match result {
+            Ok(true) => {}
+            Ok(false) if paused.is_ok() => lapsed.push(member),
+            Ok(false) => {}
             // Its pause ends by itself when its lease runs out.
-            tracing::warn!(%member, %error, "could not resume writes after the backup's cut");
+            Err(error) => {
+                tracing::warn!(%member, %error, "could not resume writes after the backup's cut");
+                if paused.is_ok() {
+                    lapsed.push(member);
+                }
+            }
         }
     }
-    fenced
+    let fenced = fenced?;
+    if !lapsed.is_empty() {
+        return Err(Error::unavailable(
+            ErrorCode::Unavailable,
+            format!(
+                "the write pause on {} ran out before every fence was in: the cut is not consistent, so the backup stops here",
+                lapsed.join(", ")
+            ),
+        ));
+    }
+    Ok(fenced)
 }
 
+/// Pauses (or resumes) writes on `member`; a resume answers whether the pause was still held.
 async fn hold(
     node: &Arc<Node>,
     member: &str,
     backup: &str,
     pause: bool,
-) -> std::result::Result<(), CallError> {
+) -> std::result::Result<bool, CallError> {
     if member == node.id() {
         return if pause {
             node.write_gate()
                 .hold(backup, PAUSE_WAIT, PAUSE_LEASE)
                 .await
+                .map(|()| true)
                 .map_err(|e| CallError::Remote((&e).into()))
         } else {
-            node.write_gate().release(backup);
-            Ok(())
+            Ok(node.write_gate().release(backup))
         };
     }
     let rpc = BackupHoldRpc {
@@ -513,6 +567,7 @@ pub async fn fail_interrupted(node: &Arc<Node>) {
         if restore::is_running_here(node, &info.backup_id) {
             continue;
         }
+        restore::clean_staging(node, &info.backup_id);
         info.state = BackupState::Failed;
         info.finished_ms = Some(now_ms());
         info.error = Some(format!(

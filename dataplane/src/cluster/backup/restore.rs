@@ -40,11 +40,14 @@ use std::time::{Duration, Instant};
 use xxhash_rust::xxh3::Xxh3;
 
 /// Documents per proposed batch (also bounded by [`BATCH_BYTES`]).
-const BATCH_DOCUMENTS: usize = 1000;
-const BATCH_BYTES: usize = 4 * 1024 * 1024;
+const BATCH_DOCUMENTS: usize = 500;
+const BATCH_BYTES: usize = 2 * 1024 * 1024;
 
 /// Shards restored at once.
-const SHARDS_AT_ONCE: usize = 4;
+const SHARDS_AT_ONCE: usize = 2;
+
+/// Tries of one batch while the cluster answers "retry later" (an election, a slow peer).
+const BATCH_TRIES: u32 = 8;
 
 /// What `grape restore` leaves for the node's first start.
 const PENDING: &str = "pending.json";
@@ -88,7 +91,10 @@ pub async fn newest(location: &Location) -> Result<String> {
 
 /// Reads and checks a backup's manifest.
 pub async fn read_manifest(location: &Location, id: &str) -> Result<Manifest> {
-    if id.is_empty() || id.len() > 64 || id.contains('/') || id.starts_with('.') {
+    let well_formed = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if id.is_empty() || id.len() > 64 || !well_formed {
         return Err(Error::invalid(
             ErrorCode::InvalidRequest,
             format!("{id:?} is not a backup id"),
@@ -297,6 +303,19 @@ pub fn list(node: &Node) -> Vec<RestoreInfo> {
     all
 }
 
+/// Deletes what an interrupted restore of `id` staged, unless `grape restore` prepared it
+/// (that one is taken up again at the next start).
+pub fn clean_staging(node: &Node, id: &str) {
+    let pending = node.config().node.data_dir.join("restore").join(PENDING);
+    let prepared = std::fs::read(&pending)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<PendingRestore>(&bytes).ok())
+        .is_some_and(|p| p.manifest.id == id);
+    if !prepared {
+        let _ = std::fs::remove_dir_all(staging(node, id));
+    }
+}
+
 /// Where a restore stages its files.
 fn staging(node: &Node, id: &str) -> PathBuf {
     node.config().node.data_dir.join("restore").join(id)
@@ -319,6 +338,23 @@ pub async fn start(node: &Arc<Node>, request: RestoreRequest) -> Result<RestoreI
     let manifest = read_manifest(&location, &id).await?;
     let targets = plan(node, &manifest, &request).await?;
     check_files(&location, &manifest, &targets).await?;
+    // The staged files, then the documents themselves, must fit beside the reserve.
+    let staged: u64 = targets
+        .iter()
+        .flat_map(|t| &manifest.collections[t.entry].shards)
+        .map(|s| s.bytes)
+        .sum();
+    let needed = staged.saturating_mul(2) + node.disk().reserve_bytes();
+    let free = nix::sys::statvfs::statvfs(&node.config().node.data_dir)
+        .map(|fs| fs.blocks_available().saturating_mul(fs.fragment_size()))
+        .unwrap_or(u64::MAX);
+    if free < needed {
+        return Err(Error::InsufficientStorage(format!(
+            "restoring backup {id} needs about {} MiB free on the data volume (its files staged, then its documents, and database.min_free_disk_mb); {} MiB are free",
+            needed >> 20,
+            free >> 20
+        )));
+    }
     let dir = staging(node, &id);
     begin(
         node,
@@ -388,6 +424,14 @@ async fn begin(
         node.restores_running().lock().remove(&manifest.id);
         return Err(error);
     }
+    let started_ms = info.started_ms;
+    super::wait_applied(node, |state| {
+        state
+            .restores
+            .get(&manifest.id)
+            .is_some_and(|r| r.started_ms == started_ms)
+    })
+    .await;
     node.backup_counters()
         .restores_started
         .fetch_add(1, Ordering::Relaxed);
@@ -522,6 +566,7 @@ pub async fn stage(
                 location.store.as_ref(),
                 &location.path(&manifest.id, &shard.file),
                 &target,
+                shard.bytes,
             )
             .await?;
             let (bytes, digest) = file_digest(target.clone()).await?;
@@ -563,6 +608,7 @@ async fn download(
     store: &dyn ObjectStore,
     from: &object_store::path::Path,
     to: &Path,
+    expected: u64,
 ) -> Result<()> {
     let found = store
         .get(from)
@@ -576,8 +622,17 @@ async fn download(
             format!("cannot create {}: {e}", part.display()),
         )
     })?);
+    let mut written = 0u64;
     while let Some(bytes) = stream.next().await {
         let bytes = bytes.map_err(|e| store_error(&format!("reading {from}"), e))?;
+        written += bytes.len() as u64;
+        if written > expected {
+            drop(out);
+            let _ = std::fs::remove_file(&part);
+            return Err(invalid(format!(
+                "{from} is longer than its manifest says ({expected} bytes): it changed since the backup"
+            )));
+        }
         out.write_all(&bytes).map_err(|e| {
             Error::unavailable(
                 ErrorCode::StorageError,
@@ -735,7 +790,25 @@ async fn restore_shard(
     let _ = shard_count;
     while let Some(batch) = receive.recv().await {
         let count = batch.len() as u64;
-        match propose(node, &group, Request::Shard(ShardCommand::upsert(batch))).await? {
+        // One request id for every try: a retry after a lost answer is answered, not applied
+        // twice (and upserts are idempotent anyway).
+        let command = ShardCommand::upsert(batch);
+        let mut pause = Duration::from_millis(500);
+        let mut tries = 0;
+        let answer = loop {
+            tries += 1;
+            match propose(node, &group, Request::Shard(command.clone())).await {
+                Err(Error::Unavailable { code, message })
+                    if tries < BATCH_TRIES && code != ErrorCode::StorageError =>
+                {
+                    tracing::warn!(%group, %code, %message, tries, "a restore batch is retried");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(8));
+                }
+                other => break other?,
+            }
+        };
+        match answer {
             Response::Shard(ShardResponse::Rejected { code, message }) => {
                 return Err(Error::invalid(
                     code,

@@ -107,7 +107,8 @@ impl Location {
                     return Err(Error::invalid(
                         ErrorCode::InvalidLocation,
                         format!(
-                            "backup.credentials_file names an unknown setting {key:?} (use AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT, ...)"
+                            "backup.credentials_file has a line whose name is not an S3 setting ({} characters before '='; use AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT, ...)",
+                            key.len()
                         ),
                     ));
                 }
@@ -170,17 +171,37 @@ fn credentials_file(config: &Config) -> Result<Vec<(String, String)>> {
         .collect())
 }
 
-/// An error from the store, for a message: object_store's errors name paths and HTTP
-/// statuses, not credentials, but a signed URL's query could carry a signature.
+/// An error from the store, for a message. object_store's errors can carry the store's
+/// response body, and an S3 signature error's body holds the access key id and what was signed:
+/// only the part before any XML or JSON body is kept, at most 300 characters, and signed URLs'
+/// query parameters are masked.
 pub fn redact(message: &str) -> String {
-    message
+    let cut = message
+        .find(['<', '{'])
+        .map_or(message, |at| &message[..at]);
+    let words: Vec<&str> = cut
         .split_whitespace()
-        .map(|word| match word.find("X-Amz-") {
-            Some(_) => "<signed url>",
-            None => word,
+        .map(|word| {
+            if word.contains("X-Amz-")
+                || word.contains("Signature")
+                || word.contains("AWSAccessKeyId")
+            {
+                "<redacted>"
+            } else {
+                word
+            }
         })
-        .collect::<Vec<_>>()
-        .join(" ")
+        .collect();
+    let mut text = words.join(" ");
+    if text.len() > 300 {
+        let mut end = 300;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
 }
 
 /// A store error as a Grape error.
@@ -189,9 +210,12 @@ pub fn store_error(what: &str, error: object_store::Error) -> Error {
     match error {
         object_store::Error::NotFound { .. } => Error::not_found(ErrorCode::NotFound, message),
         object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. } => {
-            Error::invalid(ErrorCode::InvalidLocation, message)
-        }
+        | object_store::Error::Unauthenticated { .. } => Error::invalid(
+            ErrorCode::InvalidLocation,
+            format!(
+                "{what}: the store refused access (check the credentials and the bucket policy)"
+            ),
+        ),
         _ => Error::unavailable(ErrorCode::Unavailable, message),
     }
 }

@@ -56,10 +56,17 @@ pub struct MetaState {
 pub const KEPT_BACKUPS: usize = 100;
 
 /// Forgets the oldest ended records beyond [`KEPT_BACKUPS`] (keys sort oldest first).
+/// The newest successful one is always kept (`grape_backup_last_success_timestamp_seconds`
+/// and its alert read it).
 fn prune_ended<T>(records: &mut BTreeMap<String, T>, state: impl Fn(&T) -> BackupState) {
+    let newest_done = records
+        .iter()
+        .rev()
+        .find(|(_, r)| state(r) == BackupState::Done)
+        .map(|(k, _)| k.clone());
     let ended: Vec<String> = records
         .iter()
-        .filter(|(_, r)| state(r) != BackupState::Running)
+        .filter(|(k, r)| state(r) != BackupState::Running && Some(*k) != newest_done.as_ref())
         .map(|(k, _)| k.clone())
         .collect();
     for key in ended.iter().take(ended.len().saturating_sub(KEPT_BACKUPS)) {

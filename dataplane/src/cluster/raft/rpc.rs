@@ -312,7 +312,8 @@ pub struct BackupHoldRpc {
     pub backup: String,
     pub pause: bool,
 }
-rpc!(BackupHoldRpc, BackupHold, ());
+// Answers, to a resume, whether the pause was still held (its lease had not run out).
+rpc!(BackupHoldRpc, BackupHold, bool);
 
 /// A backup's coordinator pulls chunk `seq` of the export of `group`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
