@@ -227,12 +227,17 @@ async fn run(
             tracing::warn!(backup = %info.id, %error, "backup failed");
         }
     }
-    // The end must be recorded: retried while the meta group is unavailable.
+    record_end(&node, MetaCommand::PutBackup { info }).await;
+}
+
+/// Records how a backup or restore ended: retried for a minute while the meta group is
+/// unavailable (a record left running is failed when its coordinator starts again).
+pub(super) async fn record_end(node: &Node, command: MetaCommand) {
     for attempt in 0..30 {
-        match put_backup(&node, &info).await {
-            Ok(()) => return,
+        match meta_command(node, command.clone()).await {
+            Ok(_) => return,
             Err(error) if attempt == 29 => {
-                tracing::error!(backup = %info.id, %error, "cannot record the end of a backup");
+                tracing::error!(%error, "cannot record the end of a backup or restore");
             }
             Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
         }

@@ -124,6 +124,34 @@ pub async fn read_manifest(location: &Location, id: &str) -> Result<Manifest> {
     Manifest::parse(id, &bytes)
 }
 
+/// The manifest's collections a restore names (all when `names` is absent), by position.
+fn chosen_entries(manifest: &Manifest, names: Option<&[String]>) -> Result<Vec<usize>> {
+    match names {
+        None => Ok((0..manifest.collections.len()).collect()),
+        Some([]) => Err(Error::invalid(
+            ErrorCode::InvalidRequest,
+            "collections must not be empty (leave it out to restore every collection)",
+        )),
+        Some(names) => names
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(|name| {
+                manifest
+                    .collections
+                    .iter()
+                    .position(|c| &c.config.name == name)
+                    .ok_or_else(|| {
+                        Error::not_found(
+                            ErrorCode::CollectionNotFound,
+                            format!("backup {} holds no collection '{name}'", manifest.id),
+                        )
+                    })
+            })
+            .collect(),
+    }
+}
+
 /// What a restore does with one backed-up collection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Target {
@@ -146,30 +174,7 @@ enum Action {
 /// Decides what happens to each restored collection; refuses a target that holds documents
 /// (unless an unfinished try of this same restore put them there).
 async fn plan(node: &Node, manifest: &Manifest, request: &RestoreRequest) -> Result<Vec<Target>> {
-    let chosen: Vec<usize> = match &request.collections {
-        None => (0..manifest.collections.len()).collect(),
-        Some(names) if names.is_empty() => {
-            return Err(Error::invalid(
-                ErrorCode::InvalidRequest,
-                "collections must not be empty (leave it out to restore every collection)",
-            ));
-        }
-        Some(names) => names
-            .iter()
-            .map(|name| {
-                manifest
-                    .collections
-                    .iter()
-                    .position(|c| &c.config.name == name)
-                    .ok_or_else(|| {
-                        Error::not_found(
-                            ErrorCode::CollectionNotFound,
-                            format!("backup {} holds no collection '{name}'", manifest.id),
-                        )
-                    })
-            })
-            .collect::<Result<_>>()?,
-    };
+    let chosen = chosen_entries(manifest, request.collections.as_deref())?;
     for from in request.rename.keys() {
         if !chosen
             .iter()
@@ -462,15 +467,7 @@ async fn begin(
                 tracing::warn!(backup = %info.backup_id, %error, "restore failed");
             }
         }
-        for attempt in 0..30 {
-            match put_restore(&node, &info).await {
-                Ok(()) => break,
-                Err(error) if attempt == 29 => {
-                    tracing::error!(backup = %info.backup_id, %error, "cannot record the end of a restore");
-                }
-                Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
-            }
-        }
+        super::record_end(&node, MetaCommand::PutRestore { info: info.clone() }).await;
         node.restores_running().lock().remove(&info.backup_id);
     });
     Ok(answer)
@@ -854,24 +851,7 @@ pub async fn prepare_offline(
         None => newest(&location).await?,
     };
     let manifest = read_manifest(&location, &id).await?;
-    let entries: Vec<usize> = match &request.collections {
-        None => (0..manifest.collections.len()).collect(),
-        Some(names) => names
-            .iter()
-            .map(|name| {
-                manifest
-                    .collections
-                    .iter()
-                    .position(|c| &c.config.name == name)
-                    .ok_or_else(|| {
-                        Error::not_found(
-                            ErrorCode::CollectionNotFound,
-                            format!("backup {id} holds no collection '{name}'"),
-                        )
-                    })
-            })
-            .collect::<Result<_>>()?,
-    };
+    let entries = chosen_entries(&manifest, request.collections.as_deref())?;
     let dir = data_dir.join("restore").join(&id);
     let staged = async {
         stage(&location, &manifest, entries.iter().copied(), &dir).await?;
