@@ -443,6 +443,14 @@ pub struct BackupList {
     pub backups: Vec<BackupInfo>,
 }
 
+/// `DELETE /admin/backups/{id}` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupDeleted {
+    pub id: String,
+    /// Files deleted at the backup's destination.
+    pub objects_deleted: u64,
+}
+
 /// `POST /admin/restore` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

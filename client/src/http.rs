@@ -319,6 +319,12 @@ impl GrapeClient {
             .await
     }
 
+    /// `DELETE /admin/backups/{id}`: deletes an ended backup's files and its record.
+    pub async fn delete_backup(&self, id: &str) -> Result<BackupDeleted> {
+        self.delete(&format!("/admin/backups/{}", encode_path_segment(id)))
+            .await
+    }
+
     /// `POST /admin/restore`: starts restoring a backup into this (empty) cluster.
     pub async fn start_restore(&self, request: &RestoreRequest) -> Result<RestoreInfo> {
         self.post("/admin/restore", request).await

@@ -409,6 +409,106 @@ async fn backups_go_to_and_come_back_from_an_s3_compatible_server() {
     let sums = as_tuples(&client.checksum().await.unwrap().shards);
     assert_eq!(sums, source_sums);
     assert_eq!(answers(&client).await, source_answers);
+
+    // Deleting a backup (what a schedule's retention does): its objects and its record go,
+    // the other backup at the same destination stays and is the newest one restored.
+    let source_client = source.node(1).client();
+    let second = source_client
+        .start_backup(&BackupRequest {
+            destination: destination.into(),
+            collections: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_backup(&source_client, &second.id).await.state,
+        BackupState::Done
+    );
+    let keys = |id: String| {
+        let endpoint = moto.endpoint.clone();
+        async move {
+            let listing = reqwest::get(format!(
+                "{endpoint}/grape-backups?list-type=2&prefix=nightly/cluster-a/{id}/"
+            ))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+            listing.matches("<Key>").count()
+        }
+    };
+    let files = keys(info.id.clone()).await;
+    assert!(files >= 2 + SHARDS as usize, "{files} objects listed");
+    let deleted = source_client.delete_backup(&info.id).await.unwrap();
+    assert_eq!(deleted.objects_deleted, files as u64);
+    assert_eq!(keys(info.id.clone()).await, 0);
+    assert!(keys(second.id.clone()).await >= 2 + SHARDS as usize);
+    let gone = source_client.backup(&info.id).await.unwrap_err();
+    assert!(gone.to_string().contains("backup_not_found"), "{gone}");
+    let again = source_client.delete_backup(&info.id).await.unwrap_err();
+    assert!(again.to_string().contains("backup_not_found"), "{again}");
+    let fresh = GrapeNode::start(s3_options(&moto, &credentials)).await;
+    let refused = fresh
+        .client()
+        .start_restore(&RestoreRequest {
+            source: destination.into(),
+            backup_id: Some(info.id.clone()),
+            collections: None,
+            rename: BTreeMap::new(),
+        })
+        .await
+        .expect_err("a deleted backup is not restored");
+    assert!(refused.to_string().contains(&info.id), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_backup_removes_its_folder_and_record() {
+    let node = GrapeNode::start(options()).await;
+    let client = node.client();
+    let docs: Vec<DocumentInput> = (0..2000).map(|i| load::doc(&format!("d{i}"), i)).collect();
+    for batch in docs.chunks(500) {
+        client
+            .default_collection()
+            .upsert_batch(batch)
+            .await
+            .unwrap();
+    }
+    let backups = tempfile::tempdir().unwrap();
+    let request = BackupRequest {
+        destination: file_uri(backups.path()),
+        collections: None,
+    };
+    let first = client.start_backup(&request).await.unwrap();
+    let first = wait_backup(&client, &first.id).await;
+    assert_eq!(first.state, BackupState::Done, "{first:?}");
+    let second = client.start_backup(&request).await.unwrap();
+    assert_eq!(
+        wait_backup(&client, &second.id).await.state,
+        BackupState::Done
+    );
+    let deleted = client.delete_backup(&first.id).await.unwrap();
+    assert_eq!(deleted.id, first.id);
+    assert!(deleted.objects_deleted >= 2 + SHARDS as u64, "{deleted:?}");
+    assert!(!backups.path().join(&first.id).exists());
+    assert!(
+        backups
+            .path()
+            .join(&second.id)
+            .join("manifest.json")
+            .exists()
+    );
+    let listed: Vec<String> = client
+        .backups()
+        .await
+        .unwrap()
+        .backups
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(listed, vec![second.id.clone()]);
+    let again = client.delete_backup(&first.id).await.unwrap_err();
+    assert!(again.to_string().contains("backup_not_found"), "{again}");
 }
 
 /// Copies a backup's folder to a new location.

@@ -190,6 +190,7 @@ fn routes() -> Vec<(Method, &'static str, Option<Value>)> {
         ),
         (Method::GET, "/admin/backups", None),
         (Method::GET, "/admin/backups/20261203T000000Z-0000", None),
+        (Method::DELETE, "/admin/backups/20261203T000000Z-0000", None),
         (Method::GET, "/admin/restore", None),
         (
             Method::POST,
@@ -629,6 +630,9 @@ fn api_probes() -> Vec<Probe> {
     for (method, path, body) in [
         (Method::GET, "/admin/backups/no-such-backup", None),
         (Method::GET, "/admin/backups/..%2F..%2Fetc", None),
+        (Method::DELETE, "/admin/backups/no-such-backup", None),
+        (Method::DELETE, "/admin/backups/..%2F..%2Fetc", None),
+        (Method::DELETE, "/admin/backups/%00", None),
         (
             Method::POST,
             "/admin/restore",

@@ -15,8 +15,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use grape_client::{
-    AddNodeRequest, AddNodeResponse, BackupInfo, BackupList, BackupRequest, BatchRequest,
-    BatchResponse, ChecksumResponse, ClusterStatus, CollectionConfig, CollectionList,
+    AddNodeRequest, AddNodeResponse, BackupDeleted, BackupInfo, BackupList, BackupRequest,
+    BatchRequest, BatchResponse, ChecksumResponse, ClusterStatus, CollectionConfig, CollectionList,
     ConsensusResponse, DeleteResponse, DocumentInput, ElectionHistory, ErrorBody, ErrorDetail,
     ForceRecoveryRequest, ForceRecoveryResponse, HealthResponse, InsertResponse, LeaderResponse,
     ListResponse, OperationStarted, OperationsStatus, ReadyResponse, RebalanceRequest,
@@ -521,6 +521,13 @@ pub async fn get_backup(
     Path(id): Path<String>,
 ) -> Result<Json<BackupInfo>> {
     backup::get(&state.node, &id).map(Json)
+}
+
+pub async fn delete_backup(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<BackupDeleted>> {
+    backup::delete(&state.node, &id).await.map(Json)
 }
 
 pub async fn start_restore(

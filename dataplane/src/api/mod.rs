@@ -308,6 +308,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/cluster/repair", post(repair))
         .route("/admin/cluster/force-recovery", post(force_recovery))
         .route("/admin/backups", post(start_backup))
+        .route("/admin/backups/{id}", axum::routing::delete(delete_backup))
         .route("/admin/restore", post(start_restore));
     let metrics_read = Router::new().route("/metrics", get(metrics));
     Router::new()

@@ -35,7 +35,7 @@ use super::raft::types::{Request, Response};
 use super::route::{blocking, meta_command, propose};
 use crate::collection::Collection;
 use crate::error::{Error, ErrorCode, Result};
-use grape_client::{BackupInfo, BackupRequest, BackupState};
+use grape_client::{BackupDeleted, BackupInfo, BackupRequest, BackupState};
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -540,6 +540,87 @@ pub fn get(node: &Node, id: &str) -> Result<BackupInfo> {
             format!("no backup {id:?} is recorded"),
         )
     })
+}
+
+/// Deletes an ended backup: its files at its destination (the manifest first, so that a
+/// half-deleted backup is never taken for a complete one), then its record. Refused while it
+/// runs (unless its coordinator left the cluster) or while this cluster restores it. A
+/// deletion cut short is finished by deleting again.
+pub async fn delete(node: &Node, id: &str) -> Result<BackupDeleted> {
+    let info = get(node, id)?;
+    if info.state == BackupState::Running && node.members().contains(&info.coordinator) {
+        return Err(Error::conflict(
+            ErrorCode::BackupRunning,
+            format!("backup {id} is running; delete it once it has ended"),
+        ));
+    }
+    if node
+        .meta_read()
+        .restores
+        .get(id)
+        .is_some_and(|r| r.state == BackupState::Running)
+    {
+        return Err(Error::conflict(
+            ErrorCode::BackupRunning,
+            format!("backup {id} is being restored into this cluster; delete it once that ended"),
+        ));
+    }
+    let destination = info
+        .location
+        .strip_suffix(&format!("/{id}"))
+        .ok_or_else(|| {
+            Error::Internal(format!(
+                "backup {id}'s location {:?} does not end with its id",
+                info.location
+            ))
+        })?;
+    let location = Location::parse(destination, node.config())?;
+    let objects = delete_files(&location, id).await?;
+    if let Some(dir) = destination.strip_prefix("file://") {
+        // object_store deletes files; the backup's folders stay behind, empty.
+        let folder = std::path::Path::new(dir).join(id);
+        let _ = std::fs::remove_dir(folder.join("data"));
+        let _ = std::fs::remove_dir(&folder);
+    }
+    // Another deletion may have forgotten it meanwhile: the files are gone either way.
+    let _ = meta_command(node, MetaCommand::DeleteBackup { id: id.to_string() }).await?;
+    wait_applied(node, |state| !state.backups.contains_key(id)).await;
+    tracing::info!(backup = %id, objects, "backup deleted");
+    Ok(BackupDeleted {
+        id: id.to_string(),
+        objects_deleted: objects,
+    })
+}
+
+/// Deletes every object of backup `id` at `location`, the manifest first; answers how many.
+async fn delete_files(location: &Location, id: &str) -> Result<u64> {
+    let what = format!("deleting backup {id} at {}", location.uri);
+    let manifest = location.path(id, MANIFEST);
+    let mut deleted = 0;
+    match location.store.delete(&manifest).await {
+        Ok(()) => deleted += 1,
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(store_error(&what, e)),
+    }
+    let folder = location.prefix.clone().join(id);
+    let mut listed = location.store.list(Some(&folder));
+    let mut paths = Vec::new();
+    while let Some(object) = futures::StreamExt::next(&mut listed).await {
+        match object {
+            Ok(object) => paths.push(object.location),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store_error(&what, e)),
+        }
+    }
+    drop(listed);
+    for path in paths {
+        match location.store.delete(&path).await {
+            Ok(()) => deleted += 1,
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store_error(&what, e)),
+        }
+    }
+    Ok(deleted)
 }
 
 /// At start: backups and restores this node was running when it stopped are recorded as

@@ -68,6 +68,8 @@ pub enum MetaCommand {
     PutBackup { info: BackupInfo },
     /// Records a restore, likewise.
     PutRestore { info: RestoreInfo },
+    /// Forgets an ended backup (its files were deleted first). Refused while it runs.
+    DeleteBackup { id: String },
 }
 
 impl MetaCommand {

@@ -303,6 +303,16 @@ impl MetaState {
                 prune_ended(&mut self.restores, |r| r.state);
                 MetaResponse::Done
             }
+            MetaCommand::DeleteBackup { id } => match self.backups.get(&id) {
+                None => MetaResponse::NotFound,
+                Some(b) if b.state == BackupState::Running => MetaResponse::Invalid {
+                    message: format!("backup {id} is running; delete it once it has ended"),
+                },
+                Some(_) => {
+                    self.backups.remove(&id);
+                    MetaResponse::Done
+                }
+            },
             MetaCommand::ForgetNode { id } => {
                 self.low_disk.remove(&id);
                 self.node_states.remove(&id);
@@ -492,6 +502,49 @@ mod tests {
         assert_eq!(state.answered.len(), REMEMBERED);
         assert!(matches!(
             state.apply(&log_id, drop(Some(7))),
+            MetaResponse::NotFound
+        ));
+    }
+
+    #[test]
+    fn a_running_backup_cannot_be_forgotten_an_ended_one_can() {
+        let mut state = MetaState::default();
+        let log_id = LogId::new(
+            openraft::impls::leader_id_adv::LeaderId {
+                term: 1,
+                node_id: "a".to_string(),
+            },
+            1,
+        );
+        let mut info = grape_client::BackupInfo {
+            id: "20261203T000000Z-0001".into(),
+            state: BackupState::Running,
+            location: "file:///backups/20261203T000000Z-0001".into(),
+            collections: vec!["default".into()],
+            coordinator: "a".into(),
+            started_ms: 1,
+            finished_ms: None,
+            shards_done: 0,
+            shards_total: 1,
+            bytes: 0,
+            documents: 0,
+            error: None,
+        };
+        let delete = || MetaCommand::DeleteBackup {
+            id: "20261203T000000Z-0001".into(),
+        };
+        state.apply(&log_id, MetaCommand::PutBackup { info: info.clone() });
+        assert!(matches!(
+            state.apply(&log_id, delete()),
+            MetaResponse::Invalid { .. }
+        ));
+        assert!(state.backups.contains_key(&info.id));
+        info.state = BackupState::Failed;
+        state.apply(&log_id, MetaCommand::PutBackup { info: info.clone() });
+        assert!(matches!(state.apply(&log_id, delete()), MetaResponse::Done));
+        assert!(state.backups.is_empty());
+        assert!(matches!(
+            state.apply(&log_id, delete()),
             MetaResponse::NotFound
         ));
     }
