@@ -376,8 +376,8 @@ impl Default for MonitoringConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct BackupConfig {
     /// A file of `KEY=VALUE` lines (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
-    /// `AWS_ENDPOINT`, ...), read at each backup or restore; its values win over the
-    /// environment's.
+    /// `AWS_ENDPOINT`, ...), or a directory of one file per key (a mounted Kubernetes Secret),
+    /// read at each backup or restore; its values win over the environment's.
     pub credentials_file: Option<PathBuf>,
 }
 

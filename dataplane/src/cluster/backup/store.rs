@@ -145,12 +145,14 @@ impl Location {
     }
 }
 
-/// The `KEY=VALUE` lines of `backup.credentials_file` (blank lines and `#` comments skipped).
+/// The settings of `backup.credentials_file`: a file of `KEY=VALUE` lines (blank lines and
+/// `#` comments skipped), or a directory holding one file per key, named by it (a mounted
+/// Kubernetes Secret: names starting with `.`, the kubelet's own, are skipped).
 fn credentials_file(config: &Config) -> Result<Vec<(String, String)>> {
     let Some(path) = &config.backup.credentials_file else {
         return Ok(Vec::new());
     };
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let unreadable = |e: std::io::Error| {
         Error::unavailable(
             ErrorCode::Unavailable,
             format!(
@@ -158,7 +160,22 @@ fn credentials_file(config: &Config) -> Result<Vec<(String, String)>> {
                 path.display()
             ),
         )
-    })?;
+    };
+    if path.is_dir() {
+        let mut settings = Vec::new();
+        for entry in std::fs::read_dir(path).map_err(unreadable)? {
+            let entry = entry.map_err(unreadable)?;
+            let key = entry.file_name().to_string_lossy().to_string();
+            if key.starts_with('.') || !entry.path().is_file() {
+                continue;
+            }
+            let value = std::fs::read_to_string(entry.path()).map_err(unreadable)?;
+            settings.push((key, value.trim().to_string()));
+        }
+        settings.sort();
+        return Ok(settings);
+    }
+    let text = std::fs::read_to_string(path).map_err(unreadable)?;
     Ok(text
         .lines()
         .map(str::trim)
@@ -217,5 +234,44 @@ pub fn store_error(what: &str, error: object_store::Error) -> Error {
             ),
         ),
         _ => Error::unavailable(ErrorCode::Unavailable, message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(path: &std::path::Path) -> Vec<(String, String)> {
+        let mut config = Config::default();
+        config.backup.credentials_file = Some(path.to_path_buf());
+        credentials_file(&config).unwrap()
+    }
+
+    #[test]
+    fn credentials_come_from_key_value_lines_or_a_mounted_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s3.env");
+        std::fs::write(
+            &file,
+            "# keys\n\nAWS_ACCESS_KEY_ID=id\nAWS_SECRET_ACCESS_KEY = \"secret=x\"\n",
+        )
+        .unwrap();
+        let expected = vec![
+            ("AWS_ACCESS_KEY_ID".to_string(), "id".to_string()),
+            ("AWS_SECRET_ACCESS_KEY".to_string(), "secret=x".to_string()),
+        ];
+        assert_eq!(read(&file), expected);
+
+        // As the kubelet mounts a Secret: each key a link into a hidden, dated folder.
+        let mounted = dir.path().join("secret");
+        let data = mounted.join("..2026_12_03_18_00_00.1");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("AWS_ACCESS_KEY_ID"), "id\n").unwrap();
+        std::fs::write(data.join("AWS_SECRET_ACCESS_KEY"), "secret=x").unwrap();
+        std::os::unix::fs::symlink("..2026_12_03_18_00_00.1", mounted.join("..data")).unwrap();
+        for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+            std::os::unix::fs::symlink(format!("..data/{key}"), mounted.join(key)).unwrap();
+        }
+        assert_eq!(read(&mounted), expected);
     }
 }
