@@ -15,7 +15,7 @@
 //! [`prune_metrics`].
 
 use crate::certs;
-use crate::crd::{GrapeCluster, GrapeClusterStatus};
+use crate::crd::GrapeCluster;
 use crate::dataplane::{self, DataPlane, ServiceDns};
 use crate::decide::{
     self, Action as DataAction, Observed, ObservedPod, ObservedStatefulSet, ObservedVolume,
@@ -99,7 +99,8 @@ pub async fn run(client: Client, metrics: Metrics, namespace: Option<String>) {
     let context = Arc::new(Context::new(client, metrics.clone()));
     let controller = Controller::new(clusters, watcher::Config::default());
     let pruning = tokio::spawn(prune_metrics(controller.store(), metrics));
-    controller
+    let backups = crate::backup::controller::run(Arc::clone(&context), namespace.clone());
+    let clusters = controller
         .owns(statefulsets, managed.clone())
         // Pods belong to the StatefulSet; map them to their cluster by label.
         .watches(pods, managed, |pod: Pod| {
@@ -113,8 +114,8 @@ pub async fn run(client: Client, metrics: Metrics, namespace: Option<String>) {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "reconcile");
             }
-        })
-        .await;
+        });
+    futures::join!(clusters, backups);
     pruning.abort();
 }
 
@@ -237,6 +238,78 @@ async fn credentials(
         .and_then(|t| t.data.as_ref())
         .and_then(|d| d.get("ca.crt").map(|v| v.0.clone()));
     Ok((key, ca))
+}
+
+/// How another controller (backups) reaches a cluster's data plane: the ready pods, whether
+/// they serve HTTPS (they mount a certificate), the operator's key and the cluster's CA. Reads
+/// only: nothing is created.
+pub struct Access {
+    pub endpoints: ServiceDns,
+    pub api_key: Option<String>,
+    pub http: reqwest::Client,
+    /// The ready pods, to ask in turn.
+    pub pods: Vec<String>,
+}
+
+impl Access {
+    pub fn data_plane(&self) -> DataPlane<'_> {
+        DataPlane::new(&self.endpoints, self.api_key.clone(), self.http.clone())
+    }
+}
+
+/// Reads what [`Access`] needs for `cluster`.
+pub async fn access(ctx: &Context, cluster: &GrapeCluster) -> Result<Access, Error> {
+    let names = Names::of(cluster);
+    let client = &ctx.client;
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
+    let selector = resources::selector(&names)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods = pod_api
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    let ready: Vec<String> = pods
+        .items
+        .iter()
+        .map(observe_pod)
+        .filter(|p| p.ready && !p.terminating)
+        .map(|p| p.name)
+        .collect();
+    // The transport the pods run with (an older cluster may run plain HTTP whatever the
+    // spec's default says): they serve HTTPS when they mount the certificate.
+    let https = pods.items.iter().any(|p| {
+        p.spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .any(|v| v.name == "tls")
+    });
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
+    let api_key = match resources::api_keys_secret(&cluster.spec, &names) {
+        Some(name) if !ready.is_empty() => secrets
+            .get_opt(&name)
+            .await?
+            .and_then(|s| secret_value(&s, OPERATOR_KEY)),
+        _ => None,
+    };
+    let ca = match resources::tls_secret(&cluster.spec, &names) {
+        Some(name) if https && !ready.is_empty() => secrets
+            .get_opt(&name)
+            .await?
+            .and_then(|s| s.data)
+            .and_then(|d| d.get("ca.crt").map(|v| v.0.clone())),
+        _ => None,
+    };
+    Ok(Access {
+        endpoints: ServiceDns { names, https },
+        api_key,
+        http: match &ca {
+            Some(pem) => dataplane::http_client(Some(pem)),
+            None => ctx.data_plane_http.clone(),
+        },
+        pods: ready,
+    })
 }
 
 /// A Secret's value under `key`, trimmed (from `data`, or `stringData` of one just created).
@@ -648,6 +721,42 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
         publish(ctx, cluster, type_, &event.reason, &event.note).await;
     }
 
+    // Restore the bootstrap backup once every pod is ready.
+    let mut requeue = plan.requeue;
+    if cluster.spec.bootstrap.is_some() && !cluster.spec.paused {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let pending = status
+            .restore
+            .as_ref()
+            .is_none_or(|r| r.phase != crate::backup::decide::COMPLETED);
+        let restores = if pending && status.phase.as_deref() == Some("Running") {
+            data_plane.restores(&order).await.ok()
+        } else {
+            None
+        };
+        let (step, next, events) =
+            crate::backup::decide::bootstrap(&cluster.spec, &status, restores.as_deref(), now);
+        status = next;
+        let mut events = events;
+        if let crate::backup::decide::RestoreStep::Start(request) = step {
+            let outcome = data_plane.start_restore(&request, &order).await;
+            let (next, event) = crate::backup::decide::restore_started(&status, outcome, now);
+            status = next;
+            events.push(event);
+        }
+        for event in events {
+            let type_ = if event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            publish(ctx, cluster, type_, &event.reason, &event.note).await;
+        }
+        if pending {
+            requeue = requeue.min(Duration::from_secs(5));
+        }
+    }
+
     // Report.
     let api: Api<GrapeCluster> = Api::namespaced(client.clone(), &namespace);
     api.patch_status(
@@ -657,7 +766,7 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
     )
     .await?;
     ctx.metrics.set_cluster(&namespace, &names.cluster, &status);
-    Ok(Action::requeue(plan.requeue))
+    Ok(Action::requeue(requeue))
 }
 
 async fn cleanup(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
@@ -750,6 +859,17 @@ async fn publish(
     reason: &str,
     note: &str,
 ) {
+    publish_about(ctx, &cluster.object_ref(&()), type_, reason, note).await
+}
+
+/// Publishes an Event about the object `reference` names.
+pub async fn publish_about(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
     let event = Event {
         type_,
         reason: reason.into(),
@@ -757,7 +877,7 @@ async fn publish(
         action: reason.into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
         tracing::warn!(error = %e, "publishing an event");
     }
 }
@@ -765,7 +885,7 @@ async fn publish(
 /// The merge patch that makes the status `new`: a field `new` no longer has is sent as
 /// `null` (a merge patch leaves out what it does not name: a cleared `failedAction` would
 /// otherwise stay).
-pub fn status_patch(old: &GrapeClusterStatus, new: &GrapeClusterStatus) -> serde_json::Value {
+pub fn status_patch<S: Serialize>(old: &S, new: &S) -> serde_json::Value {
     let mut value = serde_json::to_value(new).unwrap_or_else(|_| json!({}));
     if let (Some(fields), Ok(serde_json::Value::Object(before))) =
         (value.as_object_mut(), serde_json::to_value(old))

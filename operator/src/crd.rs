@@ -39,7 +39,8 @@ use std::collections::BTreeMap;
 )]
 #[x_kube(
     cel,
-    validation = Rule::new("self.database.replicationFactor <= self.replicas").message("database.replicationFactor must not exceed replicas")
+    validation = Rule::new("self.database.replicationFactor <= self.replicas").message("database.replicationFactor must not exceed replicas"),
+    validation = Rule::new("has(self.bootstrap) == has(oldSelf.bootstrap) && (!has(self.bootstrap) || self.bootstrap == oldSelf.bootstrap)").message("bootstrap is fixed once the cluster exists")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GrapeClusterSpec {
@@ -112,6 +113,56 @@ pub struct GrapeClusterSpec {
     /// Replacing a member that stays down (its host is gone, its pod cannot start).
     #[serde(default)]
     pub failover: FailoverSpec,
+    /// What the nodes need to take backups and restore them (`GrapeBackup`,
+    /// `GrapeScheduledBackup`, `bootstrap.fromBackup`).
+    #[serde(default)]
+    pub backup: BackupSpec,
+    /// How a new cluster gets its first data; fixed once the cluster exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapSpec>,
+}
+
+/// What the nodes need to take backups and restore them.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// Secret whose keys are S3 settings (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, and
+    /// optionally `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, `AWS_SESSION_TOKEN`): mounted
+    /// read-only into every node and read at each backup and restore (`backup.credentials_file`),
+    /// so that a rotated key is used without a restart. Never shown in a status or Event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+    /// An existing PersistentVolumeClaim (ReadWriteMany: every node writes to it) mounted at
+    /// `/backups` in every node, for `file:///backups/...` destinations. S3 needs none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_claim_name: Option<String>,
+}
+
+/// How a new cluster gets its first data.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapSpec {
+    /// Restore a backup once the cluster's pods are first ready (`POST /admin/restore`).
+    pub from_backup: FromBackup,
+}
+
+/// A backup to restore into a new cluster.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FromBackup {
+    /// Where the backup was written: `s3://bucket/prefix` or `file:///backups/...` (the
+    /// destination given when it was taken, without the backup's id).
+    #[x_kube(validation = Rule::new("self.startsWith('s3://') || self.startsWith('file:///')").message("source must be s3://bucket/prefix or file:///dir"))]
+    pub source: String,
+    /// The backup's id; the newest complete backup at `source` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    /// Collections to restore; all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collections: Option<Vec<String>>,
+    /// New names for restored collections (`{docs: docs_v1}`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rename: BTreeMap<String, String>,
 }
 
 /// Failover of a member that stays down (the TiDB operator's pattern).
@@ -480,10 +531,38 @@ pub struct GrapeClusterStatus {
     /// When the operator last started a rebalance by itself (the cluster was unbalanced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_auto_rebalance_time: Option<Time>,
+    /// The restore of `spec.bootstrap.fromBackup`, once started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreStatus>,
     /// The member being failed over (down past `spec.failover.timeoutSeconds`), while it is:
     /// until its pod is back and a ready member again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<Failover>,
+}
+
+/// The bootstrap restore (see [`GrapeClusterStatus::restore`]).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStatus {
+    /// The backup being restored (known once the data plane has started it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    /// `Running`, `Completed` or `Failed` (retried with backoff while it fails).
+    pub phase: String,
+    #[serde(default)]
+    pub documents_restored: i64,
+    #[serde(default)]
+    pub documents_total: i64,
+    /// The data plane's error, while it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Failed starts and runs in a row.
+    #[serde(default)]
+    pub attempts: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
 }
 
 /// A failover in progress (see [`GrapeClusterStatus::failover`]).
@@ -548,4 +627,25 @@ pub fn crd_yaml() -> String {
         "# Generated by `cargo run -p grape-operator --bin crdgen`; do not edit.\n{}",
         serde_yaml::to_string(&crd).unwrap_or_default()
     )
+}
+
+/// Every CustomResourceDefinition of the operator, by file stem (`crds/<stem>.yaml`).
+pub fn crd_yamls() -> Vec<(String, String)> {
+    let mut all = vec![("grapecluster".to_string(), crd_yaml())];
+    all.extend(crate::backup::crd::crd_yamls());
+    all
+}
+
+/// Where the repository keeps copies of CRD `stem` (relative to its root).
+pub fn crd_copies(stem: &str) -> Vec<String> {
+    let manifest = if stem == "grapecluster" {
+        "manifests/crd.yaml".to_string()
+    } else {
+        format!("manifests/crd-{stem}.yaml")
+    };
+    vec![
+        format!("crds/{stem}.yaml"),
+        format!("charts/grape-operator/crds/{stem}.yaml"),
+        manifest,
+    ]
 }

@@ -2,11 +2,13 @@
 //! API (`/admin/cluster/*`). Where each pod answers is given by [`Endpoints`]: on Kubernetes
 //! the pod's stable DNS name; in tests, local processes.
 
+use crate::backup::decide::CallError;
 use crate::decide::{Action, ObservedDataPlane, ObservedMember};
 use crate::resources::{API_PORT, Names, RAFT_PORT};
 use grape_client::{
-    AddNodeRequest, ClientError, ClusterStatus, GrapeClient, OperationState, OperationsStatus,
-    RebalanceRequest, RemoveNodeRequest, TransferLeadershipRequest,
+    AddNodeRequest, BackupInfo, BackupRequest, ClientError, ClusterStatus, GrapeClient,
+    OperationState, OperationsStatus, RebalanceRequest, RemoveNodeRequest, RestoreInfo,
+    RestoreRequest, TransferLeadershipRequest,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -147,6 +149,83 @@ impl<'a> DataPlane<'a> {
             action: action.describe(),
             message: last,
         })
+    }
+
+    /// The first answer of `call` on `pods` in turn: a refusal (4xx) is final; an
+    /// unreachable node or a 5xx moves on to the next pod.
+    async fn first_answer<T, F, Fut>(&self, pods: &[String], call: F) -> Result<T, CallError>
+    where
+        F: Fn(GrapeClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let mut last = CallError {
+            status: None,
+            code: None,
+            message: "no pod is ready to ask".into(),
+        };
+        for pod in pods {
+            match call(self.client(pod)).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) => {
+                    let error = CallError {
+                        status: e.status().map(|s| s.as_u16()),
+                        code: e.code().map(str::to_string),
+                        message: e.to_string(),
+                    };
+                    if e.status().is_some_and(|s| s.is_client_error()) {
+                        return Err(error);
+                    }
+                    tracing::debug!(%pod, error = %error.message, "data-plane call");
+                    last = error;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// `POST /admin/backups`.
+    pub async fn start_backup(
+        &self,
+        request: &BackupRequest,
+        pods: &[String],
+    ) -> Result<BackupInfo, CallError> {
+        self.first_answer(pods, |c| async move { c.start_backup(request).await })
+            .await
+    }
+
+    /// `GET /admin/backups/{id}`.
+    pub async fn backup(&self, id: &str, pods: &[String]) -> Result<BackupInfo, CallError> {
+        self.first_answer(pods, |c| async move { c.backup(id).await })
+            .await
+    }
+
+    /// `DELETE /admin/backups/{id}`; a backup the cluster has no record of is deleted already.
+    pub async fn delete_backup(&self, id: &str, pods: &[String]) -> Result<(), CallError> {
+        match self
+            .first_answer(pods, |c| async move { c.delete_backup(id).await })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.status == Some(404) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /admin/restore`.
+    pub async fn restores(&self, pods: &[String]) -> Result<Vec<RestoreInfo>, CallError> {
+        self.first_answer(pods, |c| async move { c.restores().await })
+            .await
+            .map(|list| list.restores)
+    }
+
+    /// `POST /admin/restore`.
+    pub async fn start_restore(
+        &self,
+        request: &RestoreRequest,
+        pods: &[String],
+    ) -> Result<RestoreInfo, CallError> {
+        self.first_answer(pods, |c| async move { c.start_restore(request).await })
+            .await
     }
 
     /// One admin call for `action`.

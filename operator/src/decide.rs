@@ -1189,6 +1189,7 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
             last_auto_rebalance_time: last_auto,
             last_step,
             failover: failover.clone(),
+            restore: observed.status.restore.clone(),
             selector: Some(
                 crate::resources::selector(names)
                     .iter()
@@ -1216,7 +1217,7 @@ fn since(time: &Option<Time>) -> String {
         .unwrap_or_else(|| "the start".into())
 }
 
-fn make_condition(
+pub(crate) fn make_condition(
     old: &[Condition],
     type_: &str,
     status: bool,

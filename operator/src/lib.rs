@@ -10,10 +10,12 @@
 //!   dataplane  observe the cluster / run an action through grape-client
 //!   controller the kube-runtime shell: watch, apply, status, events
 //!   lease      leader election so that two operator replicas never act at once
+//!   backup     GrapeBackup, GrapeScheduledBackup and the bootstrap restore (crd, decide, shell)
 //! ```
 
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod certs;
 pub mod controller;
 pub mod crd;

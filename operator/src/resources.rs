@@ -23,10 +23,11 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
-    VolumeResourceRequirements, WeightedPodAffinityTerm,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -57,6 +58,10 @@ pub const CLUSTER_SECRET_KEY: &str = "cluster.secret";
 pub const OPERATOR_KEY: &str = "operator-key";
 /// The key inside a generated API-keys Secret holding the admin key for people.
 pub const ADMIN_KEY: &str = "admin-key";
+/// Where `backup.credentialsSecret` is mounted, under [`CONFIG_DIR`].
+pub const BACKUP_CREDENTIALS_DIR: &str = "backup-credentials";
+/// Where `backup.volumeClaimName` is mounted (`file:///backups` destinations).
+pub const BACKUPS_DIR: &str = "/backups";
 /// Pod template annotation: hash of the rest of the pod template, rendered configuration
 /// included. Pods whose annotation differs from the desired one are restarted, one at a time.
 pub const TEMPLATE_HASH_ANNOTATION: &str = "grape.io/template-hash";
@@ -238,7 +243,7 @@ pub fn server_config(spec: &GrapeClusterSpec, names: &Names, bootstrap_replicas:
         security["enable_auth"] = json!(true);
         security["rbac_file"] = json!(format!("{CONFIG_DIR}/rbac/{RBAC_FILE}"));
     }
-    json!({
+    let mut config = json!({
         "node": {
             "listen_address": format!("0.0.0.0:{API_PORT}"),
             "raft_address": format!("0.0.0.0:{RAFT_PORT}"),
@@ -263,7 +268,14 @@ pub fn server_config(spec: &GrapeClusterSpec, names: &Names, bootstrap_replicas:
             "metrics_port": METRICS_PORT,
         },
         "security": security,
-    })
+    });
+    // Only when asked for: a key more would change the configuration (and restart the pods)
+    // of every cluster at an operator upgrade.
+    if spec.backup.credentials_secret.is_some() {
+        config["backup"] =
+            json!({"credentials_file": format!("{CONFIG_DIR}/{BACKUP_CREDENTIALS_DIR}")});
+    }
+    config
 }
 
 /// `server.yaml` as text.
@@ -568,6 +580,37 @@ pub fn desired(
             secret: Some(SecretVolumeSource {
                 secret_name: Some(secret.clone()),
                 ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    if let Some(secret) = &spec.backup.credentials_secret {
+        mounts.push(VolumeMount {
+            name: "backup-credentials".into(),
+            mount_path: format!("{CONFIG_DIR}/{BACKUP_CREDENTIALS_DIR}"),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "backup-credentials".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    if let Some(claim) = &spec.backup.volume_claim_name {
+        mounts.push(VolumeMount {
+            name: "backups".into(),
+            mount_path: BACKUPS_DIR.into(),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "backups".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.clone(),
+                read_only: None,
             }),
             ..Volume::default()
         });

@@ -263,16 +263,25 @@ fn shipped_samples_are_valid_grapeclusters() {
 }
 
 #[test]
-fn crd_copies_match_the_generated_crd() {
-    let generated = grape_operator::crd::crd_yaml();
-    for copy in [
-        "manifests/crd.yaml",
-        "charts/grape-operator/crds/grapecluster.yaml",
+fn crd_copies_match_the_generated_crds() {
+    let all = grape_operator::crd::crd_yamls();
+    assert_eq!(all.len(), 3);
+    for (stem, generated) in all {
+        for copy in grape_operator::crd::crd_copies(&stem) {
+            let text = std::fs::read_to_string(root().join(&copy)).unwrap();
+            assert!(
+                text == generated,
+                "{copy} is stale: cargo run -p grape-operator --bin crdgen -- --write"
+            );
+        }
+    }
+    let kustomization =
+        std::fs::read_to_string(root().join("manifests/kustomization.yaml")).unwrap();
+    for file in [
+        "crd.yaml",
+        "crd-grapebackup.yaml",
+        "crd-grapescheduledbackup.yaml",
     ] {
-        let text = std::fs::read_to_string(root().join(copy)).unwrap();
-        assert!(
-            text == generated,
-            "{copy} is stale: cargo run -p grape-operator --bin crdgen | tee crds/grapecluster.yaml manifests/crd.yaml charts/grape-operator/crds/grapecluster.yaml"
-        );
+        assert!(kustomization.contains(file), "kustomization misses {file}");
     }
 }

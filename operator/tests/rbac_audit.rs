@@ -5,6 +5,7 @@
 //! The other way round, every granted verb is either called here or listed below with where
 //! it is used.
 
+use grape_operator::backup::{self, crd::GrapeBackup, crd::GrapeScheduledBackup};
 use grape_operator::controller::{self, Context, FINALIZER};
 use grape_operator::crd::GrapeCluster;
 use grape_operator::lease;
@@ -46,6 +47,36 @@ const USED_ELSEWHERE: &[(&str, &str, &str, &str)] = &[
         "grapeclusters/finalizers",
         "update",
         "owner references that block deletion",
+    ),
+    (
+        "grape.io",
+        "grapebackups",
+        "list",
+        "the backup controllers' watches",
+    ),
+    (
+        "grape.io",
+        "grapebackups",
+        "watch",
+        "the backup controllers' watches",
+    ),
+    (
+        "grape.io",
+        "grapescheduledbackups",
+        "list",
+        "the schedule controller's watch",
+    ),
+    (
+        "grape.io",
+        "grapescheduledbackups",
+        "watch",
+        "the schedule controller's watch",
+    ),
+    (
+        "grape.io",
+        "grapescheduledbackups/finalizers",
+        "update",
+        "a schedule's backups are owned by it (owner references that block deletion)",
     ),
     (
         "apps",
@@ -185,6 +216,28 @@ fn cluster(spec: Value, finalizers: &[&str], deleting: bool) -> GrapeCluster {
     .unwrap()
 }
 
+/// A completed GrapeBackup a schedule made (no data-plane id: deleting it needs no node).
+fn backup_object(name: &str, created: &str) -> Value {
+    json!({
+        "apiVersion": "grape.io/v1alpha1", "kind": "GrapeBackup",
+        "metadata": {"name": name, "namespace": "default", "creationTimestamp": created,
+            "labels": {"grape.io/scheduled-backup": "nightly"}},
+        "spec": {"cluster": "test", "destination": "s3://bucket/grape"},
+        "status": {"phase": "Completed", "completionTime": created},
+    })
+}
+
+fn schedule_object() -> GrapeScheduledBackup {
+    serde_json::from_value(json!({
+        "apiVersion": "grape.io/v1alpha1", "kind": "GrapeScheduledBackup",
+        "metadata": {"name": "nightly", "namespace": "default", "uid": "uid-s",
+            "creationTimestamp": "2026-10-01T00:00:00Z"},
+        "spec": {"cluster": "test", "schedule": "0 2 * * *", "destination": "s3://bucket/grape",
+            "successfulBackupsToKeep": 1, "immediate": true},
+    }))
+    .unwrap()
+}
+
 /// An API server that answers everything plausibly and records what was asked.
 fn permissive(existing: Option<Value>) -> (Client, Arc<Mutex<Vec<Call>>>) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
@@ -274,6 +327,26 @@ fn permissive(existing: Option<Value>) -> (Client, Arc<Mutex<Vec<Call>>>) {
                     StatusCode::OK,
                     json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
                 ),
+                // A schedule's backups: two completed, past a retention of one.
+                ("grape.io", "grapebackups", "list") => (
+                    StatusCode::OK,
+                    json!({"apiVersion": "grape.io/v1alpha1", "kind": "GrapeBackupList", "metadata": {}, "items": [
+                        backup_object("nightly-1", "2026-11-01T02:00:00Z"),
+                        backup_object("nightly-2", "2026-11-02T02:00:00Z"),
+                    ]}),
+                ),
+                ("grape.io", "grapebackups", "delete") => (
+                    StatusCode::OK,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+                ),
+                ("grape.io", "grapebackups" | "grapebackups/status", _) => (
+                    StatusCode::OK,
+                    backup_object("nightly-2", "2026-11-02T02:00:00Z"),
+                ),
+                ("grape.io", "grapescheduledbackups/status", _) => (
+                    StatusCode::OK,
+                    serde_json::to_value(schedule_object()).unwrap(),
+                ),
                 ("grape.io", _, _) => (
                     StatusCode::OK,
                     serde_json::to_value(cluster(json!({}), &[FINALIZER], false)).unwrap(),
@@ -340,6 +413,20 @@ async fn every_call_the_operator_makes_is_granted_and_every_grant_is_used() {
         let _ = controller::reconcile(Arc::new(object), ctx).await;
         calls.extend(recorded.lock().unwrap().iter().cloned());
     }
+    // A new GrapeBackup (its cluster has no ready pod: it waits), and a schedule that takes
+    // its first backup and deletes one past retention.
+    let (client, recorded) = permissive(None);
+    let ctx = Arc::new(Context::new(client, Metrics::new()));
+    let backup: GrapeBackup = serde_json::from_value(json!({
+        "apiVersion": "grape.io/v1alpha1", "kind": "GrapeBackup",
+        "metadata": {"name": "once", "namespace": "default", "uid": "uid-b"},
+        "spec": {"cluster": "test", "destination": "s3://bucket/grape"},
+    }))
+    .unwrap();
+    let _ = backup::controller::reconcile_backup(Arc::new(backup), Arc::clone(&ctx)).await;
+    let _ = backup::controller::reconcile_schedule(Arc::new(schedule_object()), ctx).await;
+    calls.extend(recorded.lock().unwrap().iter().cloned());
+
     // Leader election: create, renew, release.
     let (client, recorded) = permissive(None);
     let api: Api<Lease> = Api::namespaced(client, "grape-system");
@@ -364,6 +451,11 @@ async fn every_call_the_operator_makes_is_granted_and_every_grant_is_used() {
         ("storage.k8s.io", "storageclasses", "get"),
         ("events.k8s.io", "events", "create"),
         ("grape.io", "grapeclusters/status", "patch"),
+        ("grape.io", "grapeclusters", "get"),
+        ("grape.io", "grapebackups", "create"),
+        ("grape.io", "grapebackups", "delete"),
+        ("grape.io", "grapebackups/status", "patch"),
+        ("grape.io", "grapescheduledbackups/status", "patch"),
         ("monitoring.coreos.com", "servicemonitors", "patch"),
         ("monitoring.coreos.com", "servicemonitors", "get"),
         ("monitoring.coreos.com", "servicemonitors", "delete"),

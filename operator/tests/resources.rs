@@ -387,7 +387,7 @@ fn checked_in_crd_matches_the_types() {
     let on_disk = std::fs::read_to_string(path).expect("crds/grapecluster.yaml");
     assert!(
         on_disk == grape_operator::crd::crd_yaml(),
-        "crds/grapecluster.yaml is stale: run `cargo run -p grape-operator --bin crdgen > crds/grapecluster.yaml`"
+        "crds/grapecluster.yaml is stale: run `cargo run -p grape-operator --bin crdgen -- --write`"
     );
     let crd: Value = serde_yaml::from_str(&on_disk).unwrap();
     assert_eq!(crd["spec"]["group"], "grape.io");

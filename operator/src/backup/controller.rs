@@ -1,0 +1,324 @@
+//! The kube-runtime shell of the backup resources: a controller for GrapeBackups (start the
+//! data plane's backup, follow it to its end, report it) and one for GrapeScheduledBackups
+//! (make a GrapeBackup at each scheduled time, delete those past retention, files first).
+
+use super::crd::{GrapeBackup, GrapeBackupSpec, GrapeScheduledBackup};
+use super::decide::{self, BackupStep, CallError, Child, ClusterView};
+use crate::controller::{Context, Error, access, publish_about, status_patch};
+use crate::crd::GrapeCluster;
+use crate::decide::PlannedEvent;
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs both controllers until the process is asked to stop.
+pub async fn run(context: Arc<Context>, namespace: Option<String>) {
+    let client = context.client.clone();
+    let (backups, schedules, owned) = match &namespace {
+        Some(ns) => (
+            Api::<GrapeBackup>::namespaced(client.clone(), ns),
+            Api::<GrapeScheduledBackup>::namespaced(client.clone(), ns),
+            Api::<GrapeBackup>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::<GrapeBackup>::all(client.clone()),
+            Api::<GrapeScheduledBackup>::all(client.clone()),
+            Api::<GrapeBackup>::all(client.clone()),
+        ),
+    };
+    let one = Controller::new(backups, watcher::Config::default())
+        .shutdown_on_signal()
+        .run(reconcile_backup, error_policy, Arc::clone(&context))
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "backup reconcile");
+            }
+        });
+    let scheduled = Controller::new(schedules, watcher::Config::default())
+        .owns(
+            owned,
+            watcher::Config::default().labels(decide::SCHEDULE_LABEL),
+        )
+        .shutdown_on_signal()
+        .run(reconcile_schedule, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "schedule reconcile");
+            }
+        });
+    futures::join!(one, scheduled);
+}
+
+fn error_policy<K: kube::Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &Error,
+    _ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(object = %object.meta().name.clone().unwrap_or_default(), %error, "backup reconcile failed");
+    Action::requeue(Duration::from_secs(30))
+}
+
+fn call_error(error: kube::Error) -> Error {
+    Error::Kube(error)
+}
+
+async fn publish_all<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &K,
+    events: impl IntoIterator<Item = PlannedEvent>,
+) {
+    let reference = object.object_ref(&());
+    for event in events {
+        let type_ = if event.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish_about(ctx, &reference, type_, &event.reason, &event.note).await;
+    }
+}
+
+/// What the backup controller sees of a cluster: whether it can take a backup, and how to
+/// reach it.
+async fn view(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<(ClusterView, Option<crate::controller::Access>), Error> {
+    let clusters: Api<GrapeCluster> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(cluster) = clusters.get_opt(name).await.map_err(call_error)? else {
+        return Ok((ClusterView::Missing, None));
+    };
+    let access = access(ctx, &cluster).await?;
+    let view = if access.pods.is_empty() {
+        ClusterView::NotReady("no pod is ready".into())
+    } else {
+        ClusterView::Ready
+    };
+    Ok((view, Some(access)))
+}
+
+/// One reconcile of one GrapeBackup.
+pub async fn reconcile_backup(
+    backup: Arc<GrapeBackup>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let status = backup.status.clone().unwrap_or_default();
+    let (step, _) =
+        decide::backup_step(&backup.spec, &status, &ClusterView::Ready, Timestamp::now());
+    if step == BackupStep::Ended {
+        // Nothing is asked of the API server for a backup that ended.
+        return Ok(Action::await_change());
+    }
+    let namespace = backup
+        .namespace()
+        .ok_or_else(|| Error::Invalid("GrapeBackup without a namespace".into()))?;
+    let (cluster, access) = view(&ctx, &namespace, &backup.spec.cluster).await?;
+    let now = Timestamp::now();
+    let (step, mut next) = decide::backup_step(&backup.spec, &status, &cluster, now);
+    let mut events = Vec::new();
+    let requeue = match step {
+        BackupStep::Ended => None,
+        BackupStep::Wait(after) => Some(after),
+        BackupStep::Start(request) => {
+            let outcome = match &access {
+                Some(access) => {
+                    access
+                        .data_plane()
+                        .start_backup(&request, &access.pods)
+                        .await
+                }
+                None => Err(unreachable_cluster()),
+            };
+            let (after, event) = decide::backup_started(&next, outcome, now);
+            next = after;
+            events.push(event);
+            Some(Duration::from_secs(2))
+        }
+        BackupStep::Follow(id) => {
+            let outcome = match &access {
+                Some(access) if !access.pods.is_empty() => {
+                    access.data_plane().backup(&id, &access.pods).await
+                }
+                _ => Err(unreachable_cluster()),
+            };
+            let (after, event) = decide::backup_followed(&next, outcome, now);
+            next = after;
+            events.extend(event);
+            Some(Duration::from_secs(5))
+        }
+    };
+    if next != status {
+        let api: Api<GrapeBackup> = Api::namespaced(ctx.client.clone(), &namespace);
+        api.patch_status(
+            &backup.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(status_patch(&status, &next)),
+        )
+        .await
+        .map_err(call_error)?;
+    }
+    publish_all(&ctx, backup.as_ref(), events).await;
+    let ended = matches!(
+        next.phase.as_deref(),
+        Some(decide::COMPLETED) | Some(decide::FAILED)
+    );
+    Ok(match requeue {
+        Some(after) if !ended => Action::requeue(after),
+        _ => Action::await_change(),
+    })
+}
+
+fn unreachable_cluster() -> CallError {
+    CallError {
+        status: None,
+        code: None,
+        message: "no pod of the cluster is ready".into(),
+    }
+}
+
+fn child(backup: &GrapeBackup) -> Child {
+    let status = backup.status.clone().unwrap_or_default();
+    Child {
+        name: backup.name_any(),
+        phase: status.phase,
+        created: backup
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or_else(Timestamp::now, |t| t.0),
+        completed: status.completion_time.map(|t| t.0),
+        backup_id: status.backup_id,
+    }
+}
+
+/// The GrapeBackup a schedule makes for one run.
+pub fn scheduled_backup(schedule: &GrapeScheduledBackup, name: &str) -> GrapeBackup {
+    GrapeBackup {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: schedule.namespace(),
+            labels: Some(BTreeMap::from([(
+                decide::SCHEDULE_LABEL.to_string(),
+                schedule.name_any(),
+            )])),
+            owner_references: schedule.controller_owner_ref(&()).map(|r| vec![r]),
+            ..ObjectMeta::default()
+        },
+        spec: GrapeBackupSpec {
+            cluster: schedule.spec.cluster.clone(),
+            target: schedule.spec.target.clone(),
+        },
+        status: None,
+    }
+}
+
+/// One reconcile of one GrapeScheduledBackup.
+pub async fn reconcile_schedule(
+    schedule: Arc<GrapeScheduledBackup>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let namespace = schedule
+        .namespace()
+        .ok_or_else(|| Error::Invalid("GrapeScheduledBackup without a namespace".into()))?;
+    let name = schedule.name_any();
+    let backups: Api<GrapeBackup> = Api::namespaced(ctx.client.clone(), &namespace);
+    let listed = backups
+        .list(&ListParams::default().labels(&format!("{}={name}", decide::SCHEDULE_LABEL)))
+        .await
+        .map_err(call_error)?;
+    let children: Vec<Child> = listed.items.iter().map(child).collect();
+    let status = schedule.status.clone().unwrap_or_default();
+    let now = Timestamp::now();
+    let created = schedule
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(now, |t| t.0);
+    let plan = decide::schedule(&name, &schedule.spec, &status, created, &children, now);
+    let mut events = plan.events.clone();
+    if let Some(child) = &plan.create {
+        match backups
+            .create(&PostParams::default(), &scheduled_backup(&schedule, child))
+            .await
+        {
+            Ok(_) => events.push(PlannedEvent {
+                warning: false,
+                reason: "BackupCreated".into(),
+                note: format!("GrapeBackup {child} created"),
+            }),
+            // Made by an earlier try of this same run.
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(call_error(e)),
+        }
+    }
+    if !plan.delete.is_empty() {
+        // The nodes are asked only for backups they took (one that never started has no files).
+        let reach = if plan.delete.iter().any(|c| c.backup_id.is_some()) {
+            view(&ctx, &namespace, &schedule.spec.cluster).await?.1
+        } else {
+            None
+        };
+        for old in &plan.delete {
+            let deleted = match (&old.backup_id, &reach) {
+                (None, _) => Ok(()),
+                (Some(id), Some(access)) => {
+                    access.data_plane().delete_backup(id, &access.pods).await
+                }
+                (Some(_), None) => Err(CallError {
+                    status: None,
+                    code: None,
+                    message: format!("GrapeCluster {} does not exist", schedule.spec.cluster),
+                }),
+            };
+            match deleted {
+                Ok(()) => {
+                    match backups.delete(&old.name, &DeleteParams::default()).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
+                        Err(e) => return Err(call_error(e)),
+                    }
+                    events.push(PlannedEvent {
+                        warning: false,
+                        reason: "BackupDeleted".into(),
+                        note: format!(
+                            "{} deleted (past retention){}",
+                            old.name,
+                            old.backup_id
+                                .as_ref()
+                                .map(|id| format!(", with backup {id}'s files"))
+                                .unwrap_or_default()
+                        ),
+                    });
+                }
+                Err(error) => events.push(PlannedEvent {
+                    warning: true,
+                    reason: "RetentionFailed".into(),
+                    note: format!(
+                        "{} is past retention but its files could not be deleted (retried later): {}",
+                        old.name, error.message
+                    ),
+                }),
+            }
+        }
+    }
+    if plan.status != status {
+        let api: Api<GrapeScheduledBackup> = Api::namespaced(ctx.client.clone(), &namespace);
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(status_patch(&status, &plan.status)),
+        )
+        .await
+        .map_err(call_error)?;
+    }
+    publish_all(&ctx, schedule.as_ref(), events).await;
+    Ok(Action::requeue(plan.requeue))
+}
