@@ -724,26 +724,15 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
     // Restore the bootstrap backup once every pod is ready.
     let mut requeue = plan.requeue;
     if cluster.spec.bootstrap.is_some() && !cluster.spec.paused {
-        let now = k8s_openapi::jiff::Timestamp::now();
-        let pending = status
-            .restore
-            .as_ref()
-            .is_none_or(|r| r.phase != crate::backup::decide::COMPLETED);
-        let restores = if pending && status.phase.as_deref() == Some("Running") {
-            data_plane.restores(&order).await.ok()
-        } else {
-            None
-        };
-        let (step, next, events) =
-            crate::backup::decide::bootstrap(&cluster.spec, &status, restores.as_deref(), now);
+        let (next, events) = crate::backup::controller::bootstrap_restore(
+            &cluster.spec,
+            &status,
+            &data_plane,
+            &order,
+            k8s_openapi::jiff::Timestamp::now(),
+        )
+        .await;
         status = next;
-        let mut events = events;
-        if let crate::backup::decide::RestoreStep::Start(request) = step {
-            let outcome = data_plane.start_restore(&request, &order).await;
-            let (next, event) = crate::backup::decide::restore_started(&status, outcome, now);
-            status = next;
-            events.push(event);
-        }
         for event in events {
             let type_ = if event.warning {
                 EventType::Warning
@@ -752,7 +741,11 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
             };
             publish(ctx, cluster, type_, &event.reason, &event.note).await;
         }
-        if pending {
+        if status
+            .restore
+            .as_ref()
+            .is_some_and(|r| r.phase != crate::backup::decide::COMPLETED)
+        {
             requeue = requeue.min(Duration::from_secs(5));
         }
     }

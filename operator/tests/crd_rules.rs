@@ -10,18 +10,22 @@ fn root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn schema() -> Value {
+fn schema_of(stem: &str) -> Value {
     let crd: Value = serde_yaml::from_str(
-        &std::fs::read_to_string(root().join("crds/grapecluster.yaml")).unwrap(),
+        &std::fs::read_to_string(root().join(format!("crds/{stem}.yaml"))).unwrap(),
     )
     .unwrap();
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
 }
 
-fn check(object: &Value, old: Option<&Value>) -> Result<(), Vec<String>> {
+fn check_against(stem: &str, object: &Value, old: Option<&Value>) -> Result<(), Vec<String>> {
     // `validate` applies the schema's defaults first, as the API server does.
-    kube_cel::validate(&schema(), object, old)
+    kube_cel::validate(&schema_of(stem), object, old)
         .map_err(|e| e.into_vec().into_iter().map(|e| e.message).collect())
+}
+
+fn check(object: &Value, old: Option<&Value>) -> Result<(), Vec<String>> {
+    check_against("grapecluster", object, old)
 }
 
 /// Asserts that the API server would refuse `object` with an error mentioning `message`.
@@ -284,4 +288,116 @@ fn crd_copies_match_the_generated_crds() {
     ] {
         assert!(kustomization.contains(file), "kustomization misses {file}");
     }
+}
+
+#[test]
+fn a_bootstrap_is_fixed_once_the_cluster_exists() {
+    let from = json!({"bootstrap": {"fromBackup": {"source": "s3://b/p"}}});
+    check(&cluster(from.clone()), None).unwrap();
+    assert_refused(
+        &cluster(json!({"bootstrap": {"fromBackup": {"source": "gopher://x"}}})),
+        None,
+        "source must be s3://bucket/prefix or file:///dir",
+    );
+    for (new, old) in [
+        (json!({}), from.clone()),
+        (from.clone(), json!({})),
+        (
+            json!({"bootstrap": {"fromBackup": {"source": "s3://b/other"}}}),
+            from.clone(),
+        ),
+    ] {
+        assert_refused(
+            &cluster(new),
+            Some(&cluster(old)),
+            "bootstrap is fixed once the cluster exists",
+        );
+    }
+    check(&cluster(from.clone()), Some(&cluster(from))).unwrap();
+}
+
+#[test]
+fn backups_name_a_valid_destination_and_a_backup_is_fixed() {
+    let backup = |spec: Value| json!({"apiVersion": "grape.io/v1alpha1", "kind": "GrapeBackup", "metadata": {"name": "b"}, "spec": spec});
+    let good = backup(json!({"cluster": "g", "destination": "s3://bucket/x"}));
+    check_against("grapebackup", &good, None).unwrap();
+    let errors = check_against(
+        "grapebackup",
+        &backup(json!({"cluster": "g", "destination": "/backups"})),
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        errors.iter().any(|e| e.contains("destination must be")),
+        "{errors:?}"
+    );
+    let errors = check_against(
+        "grapebackup",
+        &backup(json!({"cluster": "g", "destination": "file:///backups"})),
+        Some(&good),
+    )
+    .unwrap_err();
+    assert!(
+        errors.iter().any(|e| e.contains("spec is fixed")),
+        "{errors:?}"
+    );
+
+    let schedule = |spec: Value| json!({"apiVersion": "grape.io/v1alpha1", "kind": "GrapeScheduledBackup", "metadata": {"name": "s"}, "spec": spec});
+    check_against(
+        "grapescheduledbackup",
+        &schedule(json!({"cluster": "g", "schedule": "0 2 * * *", "destination": "s3://b/p"})),
+        None,
+    )
+    .unwrap();
+    assert!(
+        check_against(
+            "grapescheduledbackup",
+            &schedule(json!({"cluster": "g", "schedule": "0 2 * * *", "destination": "ftp://b/p"})),
+            None
+        )
+        .is_err()
+    );
+    // kube-cel checks the CEL rules; the bounds and required fields are plain OpenAPI.
+    let spec = &schema_of("grapescheduledbackup")["properties"]["spec"];
+    assert_eq!(
+        spec["properties"]["successfulBackupsToKeep"]["minimum"],
+        1.0
+    );
+    assert_eq!(spec["properties"]["successfulBackupsToKeep"]["default"], 7);
+    assert_eq!(spec["properties"]["failedBackupsToKeep"]["default"], 3);
+    assert_eq!(
+        spec["required"],
+        json!(["cluster", "destination", "schedule"])
+    );
+}
+
+#[test]
+fn the_backup_samples_are_valid_and_parse() {
+    let text = std::fs::read_to_string(root().join("manifests/samples/backups.yaml")).unwrap();
+    let mut kinds = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let doc: Value = serde::Deserialize::deserialize(doc).unwrap();
+        let kind = doc["kind"].as_str().unwrap().to_string();
+        let stem = kind.to_lowercase();
+        check_against(&stem, &doc, None).unwrap();
+        match kind.as_str() {
+            "GrapeBackup" => {
+                serde_json::from_value::<grape_operator::backup::crd::GrapeBackup>(doc).unwrap();
+            }
+            "GrapeScheduledBackup" => {
+                let parsed: grape_operator::backup::crd::GrapeScheduledBackup =
+                    serde_json::from_value(doc).unwrap();
+                grape_operator::backup::decide::parse_schedule(&parsed.spec.schedule).unwrap();
+            }
+            _ => {
+                let parsed: GrapeCluster = serde_json::from_value(doc).unwrap();
+                assert!(parsed.spec.bootstrap.is_some());
+            }
+        }
+        kinds.push(kind);
+    }
+    assert_eq!(
+        kinds,
+        ["GrapeBackup", "GrapeScheduledBackup", "GrapeCluster"]
+    );
 }

@@ -8,6 +8,8 @@
 
 use grape_e2e::load::{self, Writers};
 use grape_e2e::{Cluster, GrapeNode, NodeOptions};
+use grape_operator::backup::crd::{GrapeBackupSpec, GrapeBackupStatus, GrapeScheduledBackupSpec};
+use grape_operator::backup::decide::{self as backup_decide, BackupStep, Child, ClusterView};
 use grape_operator::crd::{GrapeCluster, GrapeClusterStatus};
 use grape_operator::dataplane::{self, DataPlane, Endpoints};
 use grape_operator::decide::{
@@ -441,6 +443,19 @@ impl Operator {
                 }
             };
             self.actions.push(action.clone());
+        }
+        // As the controller does: the bootstrap restore once the cluster runs.
+        if self.cluster.spec.bootstrap.is_some() {
+            let (next, events) = grape_operator::backup::controller::bootstrap_restore(
+                &self.cluster.spec,
+                &status,
+                &data_plane,
+                &order,
+                k8s_openapi::jiff::Timestamp::now(),
+            )
+            .await;
+            status = next;
+            self.events.extend(events.into_iter().map(|e| e.reason));
         }
         self.events
             .extend(plan.events.iter().map(|e| e.reason.clone()));
@@ -980,4 +995,151 @@ async fn a_member_down_past_the_failover_timeout_is_replaced_by_a_spare_until_it
         .map(|n| (n.id.as_str(), n.replicas))
         .collect();
     assert_eq!(held, BTreeMap::from([("g-0", 8), ("g-1", 8), ("g-2", 8)]));
+}
+
+/// A GrapeBackup of cluster `g` into `destination`, through the backup decisions and the
+/// operator's data-plane calls, to its end.
+async fn take_backup(op: &Operator, destination: &str) -> GrapeBackupStatus {
+    let spec: GrapeBackupSpec =
+        serde_json::from_value(json!({"cluster": "g", "destination": destination})).unwrap();
+    let data_plane = DataPlane::new(
+        op.sim.endpoints.as_ref(),
+        Some(OPERATOR_KEY.into()),
+        dataplane::http_client(None),
+    );
+    let pods: Vec<String> = op.sim.pods.keys().map(|o| op.names.pod(*o)).collect();
+    let mut status = GrapeBackupStatus::default();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let (step, next) = backup_decide::backup_step(&spec, &status, &ClusterView::Ready, now);
+        status = match step {
+            BackupStep::Ended => return status,
+            BackupStep::Wait(_) => next,
+            BackupStep::Start(request) => {
+                let outcome = data_plane.start_backup(&request, &pods).await;
+                backup_decide::backup_started(&next, outcome, now).0
+            }
+            BackupStep::Follow(id) => {
+                let outcome = data_plane.backup(&id, &pods).await;
+                backup_decide::backup_followed(&next, outcome, now).0
+            }
+        };
+        assert!(Instant::now() < deadline, "backup not ended: {status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backups_the_operator_takes_are_kept_by_retention_and_bootstrap_a_new_cluster() {
+    let (op, writers) = running("u-6", json!({})).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let folder = tempfile::tempdir().unwrap();
+    let destination = format!("file://{}", folder.path().display());
+
+    // Three runs of a schedule, the last after the writers stopped.
+    let mut children = Vec::new();
+    let mut writers = Some(writers);
+    for run in 0..3 {
+        if run == 2
+            && let Some(writers) = writers.take()
+        {
+            let acked = writers.stop().await;
+            assert!(acked.len() > 50, "{} writes", acked.len());
+        }
+        let status = take_backup(&op, &destination).await;
+        assert_eq!(
+            status.phase.as_deref(),
+            Some(backup_decide::COMPLETED),
+            "{status:?}"
+        );
+        assert!(status.documents > 0 && status.bytes > 0, "{status:?}");
+        let id = status.backup_id.clone().unwrap();
+        assert!(folder.path().join(&id).join("manifest.json").exists());
+        children.push(Child {
+            name: format!("nightly-{run}"),
+            phase: status.phase.clone(),
+            created: k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + run).unwrap(),
+            completed: status.completion_time.as_ref().map(|t| t.0),
+            backup_id: Some(id),
+        });
+    }
+    let source_sums = op.clients()[0].checksum().await.unwrap().shards;
+
+    // Retention of two: the oldest goes, files first, through the data plane.
+    let schedule: GrapeScheduledBackupSpec = serde_json::from_value(json!({
+        "cluster": "g", "schedule": "@daily", "destination": destination,
+        "successfulBackupsToKeep": 2,
+    }))
+    .unwrap();
+    let plan = backup_decide::schedule(
+        "nightly",
+        &schedule,
+        &Default::default(),
+        k8s_openapi::jiff::Timestamp::now(),
+        &children,
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    assert_eq!(plan.delete, vec![children[0].clone()]);
+    let data_plane = DataPlane::new(
+        op.sim.endpoints.as_ref(),
+        Some(OPERATOR_KEY.into()),
+        dataplane::http_client(None),
+    );
+    let pods: Vec<String> = op.sim.pods.keys().map(|o| op.names.pod(*o)).collect();
+    let oldest = children[0].backup_id.clone().unwrap();
+    data_plane.delete_backup(&oldest, &pods).await.unwrap();
+    assert!(!folder.path().join(&oldest).exists());
+    for kept in &children[1..] {
+        let id = kept.backup_id.as_ref().unwrap();
+        assert!(folder.path().join(id).join("manifest.json").exists());
+    }
+    // Deleting again (a retry after a lost answer) is not an error.
+    data_plane.delete_backup(&oldest, &pods).await.unwrap();
+
+    // A new cluster bootstraps from the destination: the newest backup, restored once the
+    // pods are ready, then Running with the source's data.
+    let mut restored = Operator::new(three_nodes(
+        "u-7",
+        8,
+        json!({"bootstrap": {"fromBackup": {"source": destination}}}),
+    ));
+    let start = Instant::now();
+    loop {
+        restored.reconcile().await;
+        let done = restored
+            .status
+            .restore
+            .as_ref()
+            .is_some_and(|r| r.phase == backup_decide::COMPLETED);
+        if done {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "not restored: {:#?}",
+            restored.status
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let restore = restored.status.restore.clone().unwrap();
+    assert_eq!(
+        restore.backup_id, children[2].backup_id,
+        "the newest backup"
+    );
+    assert_eq!(restored.status.phase.as_deref(), Some("Running"));
+    let (state, reason) = restored.cond("Restored");
+    assert_eq!((state.as_str(), reason.as_str()), ("True", "Restored"));
+    for event in ["Restoring", "Restored"] {
+        assert!(
+            restored.events.contains(&event.to_string()),
+            "{:?}",
+            restored.events
+        );
+    }
+    let sums = restored.clients()[0].checksum().await.unwrap().shards;
+    assert_eq!(sums, source_sums);
+    // Later reconciles leave it alone.
+    restored.reconcile().await;
+    assert_eq!(restored.status.restore.as_ref(), Some(&restore));
 }

@@ -642,3 +642,57 @@ fn a_cluster_created_before_tls_was_the_default_keeps_plain_http_until_told() {
         Some("vectors-tls")
     );
 }
+
+#[test]
+fn backup_credentials_and_a_backup_volume_are_mounted_only_when_asked_for() {
+    // Without them nothing changes: no `backup` key, so an operator upgrade restarts no pod.
+    let plain = resources::desired(&cluster(json!({})), 3, 3);
+    let config: Value =
+        serde_yaml::from_str(&plain.config_map.data.as_ref().unwrap()["server.yaml"]).unwrap();
+    assert!(config.get("backup").is_none(), "{config}");
+    let pod = to_json(&plain.statefulset.spec.template.spec);
+    let volumes = pod["volumes"].as_array().unwrap();
+    assert!(
+        volumes
+            .iter()
+            .all(|v| v["name"] != "backup-credentials" && v["name"] != "backups")
+    );
+
+    let with = resources::desired(
+        &cluster(
+            json!({"backup": {"credentialsSecret": "s3-keys", "volumeClaimName": "shared-backups"}}),
+        ),
+        3,
+        3,
+    );
+    let config: Value =
+        serde_yaml::from_str(&with.config_map.data.as_ref().unwrap()["server.yaml"]).unwrap();
+    let file = config["backup"]["credentials_file"].as_str().unwrap();
+    let pod = to_json(&with.statefulset.spec.template.spec);
+    let volumes = pod["volumes"].as_array().unwrap();
+    let secret = volumes
+        .iter()
+        .find(|v| v["name"] == "backup-credentials")
+        .unwrap();
+    assert_eq!(secret["secret"]["secretName"], "s3-keys");
+    let claim = volumes.iter().find(|v| v["name"] == "backups").unwrap();
+    assert_eq!(
+        claim["persistentVolumeClaim"]["claimName"],
+        "shared-backups"
+    );
+    let mounts = container_of(&pod)["volumeMounts"].as_array().unwrap();
+    let credentials = mounts
+        .iter()
+        .find(|m| m["name"] == "backup-credentials")
+        .unwrap();
+    // The node reads the mounted Secret as a directory of one file per key.
+    assert_eq!(credentials["mountPath"], file);
+    assert_eq!(credentials["readOnly"], true);
+    let backups = mounts.iter().find(|m| m["name"] == "backups").unwrap();
+    assert_eq!(backups["mountPath"], "/backups");
+    // A change of either rolls the pods (they read them at start).
+    assert_ne!(
+        resources::pod_template_hash(&plain.statefulset.spec.template),
+        resources::pod_template_hash(&with.statefulset.spec.template)
+    );
+}

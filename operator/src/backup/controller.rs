@@ -322,3 +322,32 @@ pub async fn reconcile_schedule(
     publish_all(&ctx, schedule.as_ref(), events).await;
     Ok(Action::requeue(plan.requeue))
 }
+
+/// The bootstrap restore's part of a GrapeCluster reconcile: reads the data plane's restores
+/// while one is to do, starts it when [`decide::bootstrap`] says so, and answers the status to
+/// report with the Events to publish.
+pub async fn bootstrap_restore(
+    spec: &crate::crd::GrapeClusterSpec,
+    planned: &crate::crd::GrapeClusterStatus,
+    data_plane: &crate::dataplane::DataPlane<'_>,
+    pods: &[String],
+    now: Timestamp,
+) -> (crate::crd::GrapeClusterStatus, Vec<PlannedEvent>) {
+    let pending = planned
+        .restore
+        .as_ref()
+        .is_none_or(|r| r.phase != decide::COMPLETED);
+    let restores = if pending && planned.phase.as_deref() == Some("Running") {
+        data_plane.restores(pods).await.ok()
+    } else {
+        None
+    };
+    let (step, mut status, mut events) = decide::bootstrap(spec, planned, restores.as_deref(), now);
+    if let decide::RestoreStep::Start(request) = step {
+        let outcome = data_plane.start_restore(&request, pods).await;
+        let (next, event) = decide::restore_started(&status, outcome, now);
+        status = next;
+        events.push(event);
+    }
+    (status, events)
+}
