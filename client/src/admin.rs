@@ -404,6 +404,11 @@ pub struct BackupRequest {
     /// Collections to back up; all when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collections: Option<Vec<String>>,
+    /// A caller's label kept in the backup's record (at most 256 printable characters): a
+    /// caller that lost the answer finds its backup by it (the operator tags each with its
+    /// GrapeBackup) instead of starting another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
 }
 
 /// Where a backup or a restore is.
@@ -435,6 +440,9 @@ pub struct BackupInfo {
     pub bytes: u64,
     pub documents: u64,
     pub error: Option<String>,
+    /// The request's `tag`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
 }
 
 /// `GET /admin/backups` answer, newest first.

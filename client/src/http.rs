@@ -62,6 +62,7 @@ pub struct GrapeClient {
     http: reqwest::Client,
     base: String,
     api_key: Option<String>,
+    timeout: Option<Duration>,
 }
 
 impl GrapeClient {
@@ -80,6 +81,7 @@ impl GrapeClient {
             http,
             base: base_url.trim_end_matches('/').to_string(),
             api_key: None,
+            timeout: None,
         }
     }
 
@@ -89,7 +91,14 @@ impl GrapeClient {
             http,
             base: base_url.trim_end_matches('/').to_string(),
             api_key: None,
+            timeout: None,
         }
+    }
+
+    /// Gives every request this long (instead of the HTTP client's own timeout).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 
     /// Sends `X-API-Key: key` with every request.
@@ -108,6 +117,9 @@ impl GrapeClient {
         let mut builder = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(key) = &self.api_key {
             builder = builder.header("X-API-Key", key);
+        }
+        if let Some(timeout) = self.timeout {
+            builder = builder.timeout(timeout);
         }
         builder
     }
@@ -319,10 +331,19 @@ impl GrapeClient {
             .await
     }
 
-    /// `DELETE /admin/backups/{id}`: deletes an ended backup's files and its record.
-    pub async fn delete_backup(&self, id: &str) -> Result<BackupDeleted> {
-        self.delete(&format!("/admin/backups/{}", encode_path_segment(id)))
-            .await
+    /// `DELETE /admin/backups/{id}`: deletes an ended backup's files and its record. With
+    /// `destination`, a backup the cluster no longer has a record of is deleted there.
+    pub async fn delete_backup(
+        &self,
+        id: &str,
+        destination: Option<&str>,
+    ) -> Result<BackupDeleted> {
+        let path = format!("/admin/backups/{}", encode_path_segment(id));
+        let mut builder = self.request(Method::DELETE, &path);
+        if let Some(destination) = destination {
+            builder = builder.query(&[("destination", destination)]);
+        }
+        self.call(builder).await
     }
 
     /// `POST /admin/restore`: starts restoring a backup into this (empty) cluster.

@@ -723,10 +723,11 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
 
     // Restore the bootstrap backup once every pod is ready.
     let mut requeue = plan.requeue;
-    if cluster.spec.bootstrap.is_some() && !cluster.spec.paused {
+    if cluster.spec.bootstrap.is_some() {
         let (next, events) = crate::backup::controller::bootstrap_restore(
             &cluster.spec,
             &status,
+            &observed.status,
             &data_plane,
             &order,
             k8s_openapi::jiff::Timestamp::now(),

@@ -40,7 +40,7 @@ use std::collections::BTreeMap;
 #[x_kube(
     cel,
     validation = Rule::new("self.database.replicationFactor <= self.replicas").message("database.replicationFactor must not exceed replicas"),
-    validation = Rule::new("has(self.bootstrap) == has(oldSelf.bootstrap) && (!has(self.bootstrap) || self.bootstrap == oldSelf.bootstrap)").message("bootstrap is fixed once the cluster exists")
+    validation = Rule::new("!has(self.bootstrap) || (has(oldSelf.bootstrap) && self.bootstrap == oldSelf.bootstrap)").message("bootstrap is fixed once the cluster exists (it may only be removed)")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GrapeClusterSpec {
@@ -126,6 +126,13 @@ pub struct GrapeClusterSpec {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupSpec {
+    /// Where GrapeBackups and GrapeScheduledBackups of this cluster may write:
+    /// `s3://bucket/prefix` or `file:///backups/...` locations; a backup's destination must be
+    /// one of them or inside one. Empty: none may (whoever may create a GrapeBackup must not
+    /// be able to send the data elsewhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub destinations: Vec<String>,
     /// Secret whose keys are S3 settings (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, and
     /// optionally `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, `AWS_SESSION_TOKEN`): mounted
     /// read-only into every node and read at each backup and restore (`backup.credentials_file`),

@@ -13,6 +13,10 @@ use grape_client::{
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+/// How long the calls that start a backup or restore, or delete one, may take (they reach
+/// the backup's storage before they answer).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Where a pod (node) answers.
 pub trait Endpoints: Send + Sync {
     /// Base URL of its client API.
@@ -189,8 +193,37 @@ impl<'a> DataPlane<'a> {
         request: &BackupRequest,
         pods: &[String],
     ) -> Result<BackupInfo, CallError> {
-        self.first_answer(pods, |c| async move { c.start_backup(request).await })
+        // Starting writes a first file to the destination: slower than other admin calls.
+        self.first_answer(pods, |c| async move {
+            c.with_timeout(START_TIMEOUT).start_backup(request).await
+        })
+        .await
+    }
+
+    /// The backup `request` (which carries a tag) started: one that carries the same tag
+    /// already (a start whose answer was lost: a timeout, a status not written) is answered
+    /// rather than started again.
+    pub async fn start_backup_once(
+        &self,
+        request: &BackupRequest,
+        pods: &[String],
+    ) -> Result<BackupInfo, CallError> {
+        let earlier = self
+            .backups(pods)
+            .await?
+            .into_iter()
+            .find(|b| b.tag.is_some() && b.tag == request.tag);
+        match earlier {
+            Some(earlier) => Ok(earlier),
+            None => self.start_backup(request, pods).await,
+        }
+    }
+
+    /// `GET /admin/backups`.
+    pub async fn backups(&self, pods: &[String]) -> Result<Vec<BackupInfo>, CallError> {
+        self.first_answer(pods, |c| async move { c.backups().await })
             .await
+            .map(|list| list.backups)
     }
 
     /// `GET /admin/backups/{id}`.
@@ -199,10 +232,20 @@ impl<'a> DataPlane<'a> {
             .await
     }
 
-    /// `DELETE /admin/backups/{id}`; a backup the cluster has no record of is deleted already.
-    pub async fn delete_backup(&self, id: &str, pods: &[String]) -> Result<(), CallError> {
+    /// `DELETE /admin/backups/{id}?destination=`: its files are deleted at `destination` even
+    /// when the cluster no longer has a record of it; one that is nowhere is deleted already.
+    pub async fn delete_backup(
+        &self,
+        id: &str,
+        destination: &str,
+        pods: &[String],
+    ) -> Result<(), CallError> {
         match self
-            .first_answer(pods, |c| async move { c.delete_backup(id).await })
+            .first_answer(pods, |c| async move {
+                c.with_timeout(START_TIMEOUT)
+                    .delete_backup(id, Some(destination))
+                    .await
+            })
             .await
         {
             Ok(_) => Ok(()),
@@ -224,8 +267,11 @@ impl<'a> DataPlane<'a> {
         request: &RestoreRequest,
         pods: &[String],
     ) -> Result<RestoreInfo, CallError> {
-        self.first_answer(pods, |c| async move { c.start_restore(request).await })
-            .await
+        // Starting reads the manifest and checks every file's length at the source first.
+        self.first_answer(pods, |c| async move {
+            c.with_timeout(START_TIMEOUT).start_restore(request).await
+        })
+        .await
     }
 
     /// One admin call for `action`.

@@ -42,6 +42,16 @@ fn info(state: BackupState) -> BackupInfo {
         bytes: 1234,
         documents: 99,
         error: (state == BackupState::Failed).then(|| "copying docs/0 from g-2: gone".into()),
+        tag: Some("GrapeBackup default/once uid-b".into()),
+    }
+}
+
+const TAG: &str = "GrapeBackup default/once uid-b";
+
+/// The cluster can take a backup to s3://bucket (and below).
+fn ready() -> ClusterView {
+    ClusterView::Ready {
+        destinations: vec!["s3://bucket/".into()],
     }
 }
 
@@ -71,7 +81,7 @@ fn condition<'a>(conditions: &'a [Condition], type_: &str) -> &'a Condition {
 #[test]
 fn a_backup_waits_for_its_cluster_then_starts_with_its_spec() {
     let status = GrapeBackupStatus::default();
-    let (step, waiting) = decide::backup_step(&spec(), &status, &ClusterView::Missing, at(0));
+    let (step, waiting) = decide::backup_step(&spec(), TAG, &status, &ClusterView::Missing, at(0));
     assert_eq!(step, BackupStep::Wait(Duration::from_secs(30)));
     assert_eq!(waiting.phase.as_deref(), Some(PENDING));
     assert!(
@@ -86,13 +96,14 @@ fn a_backup_waits_for_its_cluster_then_starts_with_its_spec() {
 
     let (step, _) = decide::backup_step(
         &spec(),
+        TAG,
         &status,
         &ClusterView::NotReady("no pod is ready".into()),
         at(0),
     );
     assert!(matches!(step, BackupStep::Wait(_)));
 
-    let (step, _) = decide::backup_step(&spec(), &waiting, &ClusterView::Ready, at(1));
+    let (step, _) = decide::backup_step(&spec(), TAG, &waiting, &ready(), at(1));
     let BackupStep::Start(request) = step else {
         panic!("{step:?}")
     };
@@ -114,7 +125,7 @@ fn a_started_backup_is_followed_to_its_end() {
     assert_eq!(event.reason, "BackupStarted");
     assert!(!event.warning);
     // From now on it is followed, whatever the cluster looks like.
-    let (step, _) = decide::backup_step(&spec(), &running, &ClusterView::Missing, at(1));
+    let (step, _) = decide::backup_step(&spec(), TAG, &running, &ClusterView::Missing, at(1));
     assert_eq!(step, BackupStep::Follow("20270115T080000Z-00aa".into()));
 
     // A node that cannot be reached changes nothing but the message.
@@ -140,7 +151,7 @@ fn a_started_backup_is_followed_to_its_end() {
     assert_eq!(condition(&done.conditions, "Complete").status, "True");
     assert_eq!(condition(&done.conditions, "Failed").status, "False");
     assert_eq!(event.unwrap().reason, "BackupCompleted");
-    let (step, same) = decide::backup_step(&spec(), &done, &ClusterView::Ready, at(80));
+    let (step, same) = decide::backup_step(&spec(), TAG, &done, &ready(), at(80));
     assert_eq!(step, BackupStep::Ended);
     assert_eq!(same, done);
 
@@ -167,13 +178,13 @@ fn a_busy_cluster_defers_a_backup_with_backoff_and_a_refusal_fails_it() {
     assert_eq!(deferred.attempts, 1);
     assert!(event.warning && event.reason == "BackupDeferred");
     // 5 s after the first failure, not before.
-    let (step, _) = decide::backup_step(&spec(), &deferred, &ClusterView::Ready, at(2));
+    let (step, _) = decide::backup_step(&spec(), TAG, &deferred, &ready(), at(2));
     assert_eq!(step, BackupStep::Wait(Duration::from_secs(3)));
-    let (step, _) = decide::backup_step(&spec(), &deferred, &ClusterView::Ready, at(5));
+    let (step, _) = decide::backup_step(&spec(), TAG, &deferred, &ready(), at(5));
     assert!(matches!(step, BackupStep::Start(_)));
     let (again, _) = decide::backup_started(&deferred, Err(unreachable()), at(5));
     assert_eq!(again.attempts, 2);
-    let (step, _) = decide::backup_step(&spec(), &again, &ClusterView::Ready, at(10));
+    let (step, _) = decide::backup_step(&spec(), TAG, &again, &ready(), at(10));
     assert!(matches!(step, BackupStep::Wait(_)), "10 s after the second");
     let (started, _) = decide::backup_started(&again, Ok(info(BackupState::Running)), at(15));
     assert_eq!((started.attempts, started.last_attempt_time), (0, None));
@@ -193,7 +204,7 @@ fn a_busy_cluster_defers_a_backup_with_backoff_and_a_refusal_fails_it() {
             .contains("invalid_location")
     );
     assert!(event.warning && event.reason == "BackupFailed");
-    let (step, _) = decide::backup_step(&spec(), &failed, &ClusterView::Ready, at(60));
+    let (step, _) = decide::backup_step(&spec(), TAG, &failed, &ready(), at(60));
     assert_eq!(step, BackupStep::Ended);
 }
 
@@ -214,6 +225,7 @@ fn child(name: &str, phase: Option<&str>, created: i64) -> Child {
         created: at(created),
         completed: matches!(phase, Some(COMPLETED) | Some(FAILED)).then(|| at(created + 60)),
         backup_id: Some(format!("id-{name}")),
+        destination: "s3://bucket/grape".into(),
     }
 }
 
@@ -415,8 +427,13 @@ fn restore(state: BackupState) -> RestoreInfo {
 #[test]
 fn a_bootstrap_restore_starts_once_the_cluster_is_running_and_is_followed_to_its_end() {
     // Without bootstrap: nothing at all.
-    let (step, status, events) =
-        decide::bootstrap(&cluster_spec(false), &running_cluster(), Some(&[]), at(0));
+    let (step, status, events) = decide::bootstrap(
+        &cluster_spec(false),
+        &running_cluster(),
+        &[],
+        Some(&[]),
+        at(0),
+    );
     assert_eq!(step, RestoreStep::Nothing);
     assert_eq!(status, running_cluster());
     assert!(events.is_empty());
@@ -427,14 +444,14 @@ fn a_bootstrap_restore_starts_once_the_cluster_is_running_and_is_followed_to_its
         phase: Some("Creating".into()),
         ..Default::default()
     };
-    let (step, status, _) = decide::bootstrap(&spec, &creating, None, at(0));
+    let (step, status, _) = decide::bootstrap(&spec, &creating, &[], None, at(0));
     assert_eq!(step, RestoreStep::Nothing);
     assert_eq!(status.phase.as_deref(), Some("Creating"));
     assert_eq!(status.restore.as_ref().unwrap().phase, PENDING);
     assert_eq!(condition(&status.conditions, "Restored").status, "False");
 
     // Running, nothing restored yet: start it, with the spec's request.
-    let (step, status, _) = decide::bootstrap(&spec, &running_cluster(), Some(&[]), at(1));
+    let (step, status, _) = decide::bootstrap(&spec, &running_cluster(), &[], Some(&[]), at(1));
     let RestoreStep::Start(request) = step else {
         panic!("{step:?}")
     };
@@ -463,6 +480,7 @@ fn a_bootstrap_restore_starts_once_the_cluster_is_running_and_is_followed_to_its
     let (step, status, _) = decide::bootstrap(
         &spec,
         &planned,
+        &[],
         Some(&[restore(BackupState::Running)]),
         at(5),
     );
@@ -476,8 +494,13 @@ fn a_bootstrap_restore_starts_once_the_cluster_is_running_and_is_followed_to_its
     );
 
     // Done: Running, Restored, an Event, and never asked again.
-    let (step, status, events) =
-        decide::bootstrap(&spec, &planned, Some(&[restore(BackupState::Done)]), at(40));
+    let (step, status, events) = decide::bootstrap(
+        &spec,
+        &planned,
+        &planned.conditions,
+        Some(&[restore(BackupState::Done)]),
+        at(40),
+    );
     assert_eq!(step, RestoreStep::Nothing);
     assert_eq!(status.phase.as_deref(), Some("Running"));
     let done = status.restore.clone().unwrap();
@@ -492,7 +515,7 @@ fn a_bootstrap_restore_starts_once_the_cluster_is_running_and_is_followed_to_its
         restore: Some(done),
         ..running_cluster()
     };
-    let (step, status, events) = decide::bootstrap(&spec, &later, None, at(1000));
+    let (step, status, events) = decide::bootstrap(&spec, &later, &[], None, at(1000));
     assert_eq!(step, RestoreStep::Nothing);
     assert_eq!(status.phase.as_deref(), Some("Running"));
     assert!(events.is_empty());
@@ -512,6 +535,7 @@ fn a_failed_bootstrap_restore_is_started_again_after_a_backoff() {
     let (step, status, events) = decide::bootstrap(
         &spec,
         &planned,
+        &[],
         Some(&[restore(BackupState::Failed)]),
         at(0),
     );
@@ -530,6 +554,7 @@ fn a_failed_bootstrap_restore_is_started_again_after_a_backoff() {
     let (step, status, events) = decide::bootstrap(
         &spec,
         &planned,
+        &[],
         Some(&[restore(BackupState::Failed)]),
         at(6),
     );
@@ -549,4 +574,116 @@ fn a_failed_bootstrap_restore_is_started_again_after_a_backoff() {
     let failed = status.restore.unwrap();
     assert_eq!((failed.phase.as_str(), failed.attempts), (FAILED, 2));
     assert!(failed.message.unwrap().contains("restore_conflict"));
+}
+
+#[test]
+fn a_backup_goes_only_where_its_cluster_allows() {
+    for (allowed, ok) in [
+        (vec![], false),
+        (vec!["s3://bucket/grape"], true),
+        (vec!["s3://bucket/grape/"], true),
+        (vec!["s3://bucket"], true),
+        (vec!["s3://bucket/gr"], false),
+        (vec!["s3://other", "s3://bucket/grape"], true),
+        (vec!["file:///backups"], false),
+    ] {
+        let view = ClusterView::Ready {
+            destinations: allowed.iter().map(|a| a.to_string()).collect(),
+        };
+        let (step, status) =
+            decide::backup_step(&spec(), TAG, &GrapeBackupStatus::default(), &view, at(0));
+        if ok {
+            assert!(
+                matches!(step, BackupStep::Start(_)),
+                "{allowed:?}: {step:?}"
+            );
+        } else {
+            assert_eq!(step, BackupStep::Ended, "{allowed:?}");
+            assert_eq!(status.phase.as_deref(), Some(FAILED));
+            assert!(
+                status
+                    .message
+                    .as_ref()
+                    .unwrap()
+                    .contains("spec.backup.destinations"),
+                "{status:?}"
+            );
+        }
+    }
+    // The request carries the GrapeBackup's tag: a lost answer is found by it.
+    let (BackupStep::Start(request), _) =
+        decide::backup_step(&spec(), TAG, &GrapeBackupStatus::default(), &ready(), at(0))
+    else {
+        panic!()
+    };
+    assert_eq!(request.tag.as_deref(), Some(TAG));
+}
+
+#[test]
+fn only_a_bad_request_fails_a_backup_for_good() {
+    for (status, code, final_) in [
+        (400, "invalid_location", true),
+        (404, "collection_not_found", true),
+        (401, "unauthorized", false),
+        (403, "forbidden", false),
+        (409, "backup_running", false),
+        (429, "rate_limited", false),
+        (503, "unavailable", false),
+    ] {
+        let (next, _) = decide::backup_started(
+            &GrapeBackupStatus::default(),
+            Err(refused(status, code)),
+            at(0),
+        );
+        let expected = if final_ { FAILED } else { PENDING };
+        assert_eq!(next.phase.as_deref(), Some(expected), "{status}");
+    }
+}
+
+#[test]
+fn the_restored_condition_keeps_its_transition_time_across_reconciles() {
+    let spec = cluster_spec(true);
+    let restoring = GrapeClusterStatus {
+        restore: Some(RestoreStatus {
+            backup_id: Some("20270115T080000Z-00aa".into()),
+            phase: RUNNING.into(),
+            ..Default::default()
+        }),
+        ..running_cluster()
+    };
+    let running = [restore(BackupState::Running)];
+    let (_, first, _) = decide::bootstrap(&spec, &restoring, &[], Some(&running), at(0));
+    // The next reconcile's planned status has no Restored condition (the cluster decisions
+    // rebuild the list); the one last reported gives its time.
+    let (_, second, _) =
+        decide::bootstrap(&spec, &restoring, &first.conditions, Some(&running), at(50));
+    let time = |s: &GrapeClusterStatus| {
+        condition(&s.conditions, "Restored")
+            .last_transition_time
+            .clone()
+    };
+    assert_eq!(time(&first), Time(at(0)));
+    assert_eq!(time(&second), Time(at(0)));
+    assert_eq!(second, first);
+    // Paused: nothing read or started, and the condition stays as it was.
+    let (step, paused, _) = decide::bootstrap(&spec, &restoring, &first.conditions, None, at(60));
+    assert_eq!(step, RestoreStep::Nothing);
+    assert_eq!(time(&paused), Time(at(0)));
+}
+
+#[test]
+fn a_schedule_whose_name_cannot_be_a_label_says_so() {
+    let name = "n".repeat(64);
+    let plan = decide::schedule(
+        &name,
+        &schedule_spec("0 * * * *", json!({"immediate": true})),
+        &GrapeScheduledBackupStatus::default(),
+        at(0),
+        &[],
+        at(10),
+    );
+    assert_eq!(plan.create, None);
+    let ready = condition(&plan.status.conditions, "Ready");
+    assert_eq!(ready.status, "False");
+    assert!(ready.message.contains("at most 63"), "{ready:?}");
 }

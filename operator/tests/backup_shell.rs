@@ -131,7 +131,9 @@ fn child(name: &str, created: &str) -> Value {
     json!({
         "apiVersion": "grape.io/v1alpha1", "kind": "GrapeBackup",
         "metadata": {"name": name, "namespace": "default", "creationTimestamp": created,
-            "labels": {"grape.io/scheduled-backup": "nightly"}},
+            "labels": {"grape.io/scheduled-backup": "nightly"},
+            "ownerReferences": [{"apiVersion": "grape.io/v1alpha1", "kind": "GrapeScheduledBackup",
+                "name": "nightly", "uid": "uid-s", "controller": true}]},
         "spec": {"cluster": "test", "destination": "s3://bucket/grape"},
         "status": {"phase": "Completed", "completionTime": created},
     })
@@ -158,9 +160,13 @@ async fn a_schedule_takes_its_run_once_and_deletes_what_is_past_retention() {
     let server = tokio::spawn(async move {
         // Two completed backups of earlier runs (made by an operator with keep 2, say): the
         // older goes (it has no data-plane id: nothing to delete on the nodes).
+        // One made by hand with the schedule's label, older still, is not the schedule's: kept.
+        let mut foreign = child("by-hand", "2026-11-01T02:00:00Z");
+        foreign["metadata"]["ownerReferences"] = json!([]);
         list_children(
             &mut handle,
             vec![
+                foreign,
                 child("nightly-old", "2026-11-29T02:00:00Z"),
                 child("nightly-new", "2026-11-30T02:00:00Z"),
             ],

@@ -449,6 +449,7 @@ impl Operator {
             let (next, events) = grape_operator::backup::controller::bootstrap_restore(
                 &self.cluster.spec,
                 &status,
+                &self.status,
                 &data_plane,
                 &order,
                 k8s_openapi::jiff::Timestamp::now(),
@@ -999,7 +1000,7 @@ async fn a_member_down_past_the_failover_timeout_is_replaced_by_a_spare_until_it
 
 /// A GrapeBackup of cluster `g` into `destination`, through the backup decisions and the
 /// operator's data-plane calls, to its end.
-async fn take_backup(op: &Operator, destination: &str) -> GrapeBackupStatus {
+async fn take_backup(op: &Operator, destination: &str, tag: &str) -> GrapeBackupStatus {
     let spec: GrapeBackupSpec =
         serde_json::from_value(json!({"cluster": "g", "destination": destination})).unwrap();
     let data_plane = DataPlane::new(
@@ -1012,12 +1013,15 @@ async fn take_backup(op: &Operator, destination: &str) -> GrapeBackupStatus {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let now = k8s_openapi::jiff::Timestamp::now();
-        let (step, next) = backup_decide::backup_step(&spec, &status, &ClusterView::Ready, now);
+        let view = ClusterView::Ready {
+            destinations: vec![destination.to_string()],
+        };
+        let (step, next) = backup_decide::backup_step(&spec, tag, &status, &view, now);
         status = match step {
             BackupStep::Ended => return status,
             BackupStep::Wait(_) => next,
             BackupStep::Start(request) => {
-                let outcome = data_plane.start_backup(&request, &pods).await;
+                let outcome = data_plane.start_backup_once(&request, &pods).await;
                 backup_decide::backup_started(&next, outcome, now).0
             }
             BackupStep::Follow(id) => {
@@ -1040,6 +1044,7 @@ async fn backups_the_operator_takes_are_kept_by_retention_and_bootstrap_a_new_cl
     // Three runs of a schedule, the last after the writers stopped.
     let mut children = Vec::new();
     let mut writers = Some(writers);
+    let started = Instant::now();
     for run in 0..3 {
         if run == 2
             && let Some(writers) = writers.take()
@@ -1047,7 +1052,8 @@ async fn backups_the_operator_takes_are_kept_by_retention_and_bootstrap_a_new_cl
             let acked = writers.stop().await;
             assert!(acked.len() > 50, "{} writes", acked.len());
         }
-        let status = take_backup(&op, &destination).await;
+        let tag = format!("GrapeBackup default/nightly-{run} uid-{run}");
+        let status = take_backup(&op, &destination, &tag).await;
         assert_eq!(
             status.phase.as_deref(),
             Some(backup_decide::COMPLETED),
@@ -1062,9 +1068,42 @@ async fn backups_the_operator_takes_are_kept_by_retention_and_bootstrap_a_new_cl
             created: k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + run).unwrap(),
             completed: status.completion_time.as_ref().map(|t| t.0),
             backup_id: Some(id),
+            destination: destination.clone(),
         });
+        // Its answer lost, a start is asked again: the backup with its tag is found, and no
+        // second one is taken.
+        let data_plane = DataPlane::new(
+            op.sim.endpoints.as_ref(),
+            Some(OPERATOR_KEY.into()),
+            dataplane::http_client(None),
+        );
+        let pods: Vec<String> = op.sim.pods.keys().map(|o| op.names.pod(*o)).collect();
+        let again = data_plane
+            .start_backup_once(
+                &grape_client::BackupRequest {
+                    destination: destination.clone(),
+                    collections: None,
+                    tag: Some(tag.clone()),
+                },
+                &pods,
+            )
+            .await
+            .unwrap();
+        assert_eq!(Some(again.id), status.backup_id);
     }
+    eprintln!(
+        "three backups taken: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let source_sums = op.clients()[0].checksum().await.unwrap().shards;
+
+    let data_plane = DataPlane::new(
+        op.sim.endpoints.as_ref(),
+        Some(OPERATOR_KEY.into()),
+        dataplane::http_client(None),
+    );
+    let pods: Vec<String> = op.sim.pods.keys().map(|o| op.names.pod(*o)).collect();
+    assert_eq!(data_plane.backups(&pods).await.unwrap().len(), 3);
 
     // Retention of two: the oldest goes, files first, through the data plane.
     let schedule: GrapeScheduledBackupSpec = serde_json::from_value(json!({
@@ -1081,21 +1120,21 @@ async fn backups_the_operator_takes_are_kept_by_retention_and_bootstrap_a_new_cl
         k8s_openapi::jiff::Timestamp::now(),
     );
     assert_eq!(plan.delete, vec![children[0].clone()]);
-    let data_plane = DataPlane::new(
-        op.sim.endpoints.as_ref(),
-        Some(OPERATOR_KEY.into()),
-        dataplane::http_client(None),
-    );
-    let pods: Vec<String> = op.sim.pods.keys().map(|o| op.names.pod(*o)).collect();
     let oldest = children[0].backup_id.clone().unwrap();
-    data_plane.delete_backup(&oldest, &pods).await.unwrap();
+    data_plane
+        .delete_backup(&oldest, &destination, &pods)
+        .await
+        .unwrap();
     assert!(!folder.path().join(&oldest).exists());
     for kept in &children[1..] {
         let id = kept.backup_id.as_ref().unwrap();
         assert!(folder.path().join(id).join("manifest.json").exists());
     }
     // Deleting again (a retry after a lost answer) is not an error.
-    data_plane.delete_backup(&oldest, &pods).await.unwrap();
+    data_plane
+        .delete_backup(&oldest, &destination, &pods)
+        .await
+        .unwrap();
 
     // A new cluster bootstraps from the destination: the newest backup, restored once the
     // pods are ready, then Running with the source's data.
@@ -1115,13 +1154,23 @@ async fn backups_the_operator_takes_are_kept_by_retention_and_bootstrap_a_new_cl
         if done {
             break;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(180),
-            "not restored: {:#?}",
-            restored.status
-        );
+        if start.elapsed() > Duration::from_secs(180) {
+            for (ordinal, pod) in &restored.sim.pods {
+                let log = pod.node.log_text();
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("restor") || l.contains("WARN") || l.contains("ERROR"))
+                    .collect();
+                eprintln!(
+                    "--- g-{ordinal}:\n{}",
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                );
+            }
+            panic!("not restored: {:#?}", restored.status);
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    eprintln!("restored: {:.1} s", start.elapsed().as_secs_f64());
     let restore = restored.status.restore.clone().unwrap();
     assert_eq!(
         restore.backup_id, children[2].backup_id,

@@ -221,7 +221,9 @@ fn backup_object(name: &str, created: &str) -> Value {
     json!({
         "apiVersion": "grape.io/v1alpha1", "kind": "GrapeBackup",
         "metadata": {"name": name, "namespace": "default", "creationTimestamp": created,
-            "labels": {"grape.io/scheduled-backup": "nightly"}},
+            "labels": {"grape.io/scheduled-backup": "nightly"},
+            "ownerReferences": [{"apiVersion": "grape.io/v1alpha1", "kind": "GrapeScheduledBackup",
+                "name": "nightly", "uid": "uid-s", "controller": true}]},
         "spec": {"cluster": "test", "destination": "s3://bucket/grape"},
         "status": {"phase": "Completed", "completionTime": created},
     })

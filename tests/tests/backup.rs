@@ -194,6 +194,7 @@ async fn a_backup_taken_while_writers_run_restores_into_three_and_one_node_clust
         .start_backup(&BackupRequest {
             destination: file_uri(backups.path()),
             collections: None,
+            tag: None,
         })
         .await
         .expect("the backup starts");
@@ -360,6 +361,7 @@ async fn backups_go_to_and_come_back_from_an_s3_compatible_server() {
         .start_backup(&BackupRequest {
             destination: destination.into(),
             collections: None,
+            tag: None,
         })
         .await
         .expect("the backup starts");
@@ -384,6 +386,7 @@ async fn backups_go_to_and_come_back_from_an_s3_compatible_server() {
         .start_backup(&BackupRequest {
             destination: "s3://no-such-bucket/x".into(),
             collections: None,
+            tag: None,
         })
         .await
         .expect_err("a backup into a missing bucket");
@@ -417,6 +420,7 @@ async fn backups_go_to_and_come_back_from_an_s3_compatible_server() {
         .start_backup(&BackupRequest {
             destination: destination.into(),
             collections: None,
+            tag: None,
         })
         .await
         .unwrap();
@@ -440,13 +444,16 @@ async fn backups_go_to_and_come_back_from_an_s3_compatible_server() {
     };
     let files = keys(info.id.clone()).await;
     assert!(files >= 2 + SHARDS as usize, "{files} objects listed");
-    let deleted = source_client.delete_backup(&info.id).await.unwrap();
+    let deleted = source_client.delete_backup(&info.id, None).await.unwrap();
     assert_eq!(deleted.objects_deleted, files as u64);
     assert_eq!(keys(info.id.clone()).await, 0);
     assert!(keys(second.id.clone()).await >= 2 + SHARDS as usize);
     let gone = source_client.backup(&info.id).await.unwrap_err();
     assert!(gone.to_string().contains("backup_not_found"), "{gone}");
-    let again = source_client.delete_backup(&info.id).await.unwrap_err();
+    let again = source_client
+        .delete_backup(&info.id, None)
+        .await
+        .unwrap_err();
     assert!(again.to_string().contains("backup_not_found"), "{again}");
     let fresh = GrapeNode::start(s3_options(&moto, &credentials)).await;
     let refused = fresh
@@ -478,6 +485,7 @@ async fn deleting_a_backup_removes_its_folder_and_record() {
     let request = BackupRequest {
         destination: file_uri(backups.path()),
         collections: None,
+        tag: None,
     };
     let first = client.start_backup(&request).await.unwrap();
     let first = wait_backup(&client, &first.id).await;
@@ -487,10 +495,21 @@ async fn deleting_a_backup_removes_its_folder_and_record() {
         wait_backup(&client, &second.id).await.state,
         BackupState::Done
     );
-    let deleted = client.delete_backup(&first.id).await.unwrap();
+    // Someone with write access to the shared folder planted links inside the backup: to a
+    // file and to a folder outside it. Deleting removes the links, never what they point to.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("precious"), "keep me").unwrap();
+    let data = backups.path().join(&first.id).join("data");
+    std::os::unix::fs::symlink(outside.path().join("precious"), data.join("x.records")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), data.join("folder")).unwrap();
+    let deleted = client.delete_backup(&first.id, None).await.unwrap();
     assert_eq!(deleted.id, first.id);
     assert!(deleted.objects_deleted >= 2 + SHARDS as u64, "{deleted:?}");
     assert!(!backups.path().join(&first.id).exists());
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("precious")).unwrap(),
+        "keep me"
+    );
     assert!(
         backups
             .path()
@@ -507,8 +526,45 @@ async fn deleting_a_backup_removes_its_folder_and_record() {
         .map(|b| b.id)
         .collect();
     assert_eq!(listed, vec![second.id.clone()]);
-    let again = client.delete_backup(&first.id).await.unwrap_err();
+    let again = client.delete_backup(&first.id, None).await.unwrap_err();
     assert!(again.to_string().contains("backup_not_found"), "{again}");
+
+    // A cluster with no record of a backup (another cluster took it, or the record was
+    // pruned) deletes it where it was written, if a Grape backup of that id is there.
+    let other = GrapeNode::start(options()).await;
+    let other = other.client();
+    let destination = file_uri(backups.path());
+    let unknown = other
+        .delete_backup(&second.id, None)
+        .await
+        .expect_err("no record, no destination");
+    assert!(
+        unknown.to_string().contains("backup_not_found"),
+        "{unknown}"
+    );
+    let stranger = backups.path().join("20261203T000000Z-beef");
+    std::fs::create_dir_all(&stranger).unwrap();
+    std::fs::write(stranger.join("notes.txt"), "not a backup").unwrap();
+    let refused = other
+        .delete_backup("20261203T000000Z-beef", Some(&destination))
+        .await
+        .expect_err("a folder that holds no backup");
+    assert!(
+        refused.to_string().contains("backup_not_found"),
+        "{refused}"
+    );
+    assert!(stranger.join("notes.txt").exists());
+    let deleted = other
+        .delete_backup(&second.id, Some(&destination))
+        .await
+        .unwrap();
+    assert!(deleted.objects_deleted >= 2 + SHARDS as u64, "{deleted:?}");
+    assert!(!backups.path().join(&second.id).exists());
+    // The cluster that took it still lists it, and deleting it there finishes quietly.
+    assert_eq!(client.backups().await.unwrap().backups.len(), 1);
+    let deleted = client.delete_backup(&second.id, None).await.unwrap();
+    assert_eq!(deleted.objects_deleted, 0);
+    assert!(client.backups().await.unwrap().backups.is_empty());
 }
 
 /// Copies a backup's folder to a new location.
@@ -561,6 +617,7 @@ async fn damaged_and_foreign_backups_are_refused_and_leave_nothing() {
         .start_backup(&BackupRequest {
             destination: file_uri(backups.path()),
             collections: Some(vec!["docs".into()]),
+            tag: None,
         })
         .await
         .unwrap();
@@ -709,6 +766,7 @@ async fn a_restore_killed_part_way_finishes_when_started_again() {
         .start_backup(&BackupRequest {
             destination: file_uri(backups.path()),
             collections: None,
+            tag: None,
         })
         .await
         .unwrap();

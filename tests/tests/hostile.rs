@@ -579,6 +579,18 @@ fn api_probes() -> Vec<Probe> {
         ("/admin/backups", json!({"destination": "file:///proc"})),
         (
             "/admin/backups",
+            json!({"destination": "file:///var", "tag": "a\u{0}b"}),
+        ),
+        (
+            "/admin/backups",
+            json!({"destination": "file:///var", "tag": "x".repeat(300)}),
+        ),
+        (
+            "/admin/backups",
+            json!({"destination": "file:///var", "tag": ""}),
+        ),
+        (
+            "/admin/backups",
             json!({"destination": "s3://Not_A_Bucket/x"}),
         ),
         ("/admin/backups", json!({"destination": "s3://bucket/../x"})),
@@ -634,6 +646,16 @@ fn api_probes() -> Vec<Probe> {
         (Method::DELETE, "/admin/backups/..%2F..%2Fetc", None),
         (Method::DELETE, "/admin/backups/%00", None),
         (
+            Method::DELETE,
+            "/admin/backups/..?destination=file:///etc",
+            None,
+        ),
+        (
+            Method::DELETE,
+            "/admin/backups/passwd?destination=file:///etc",
+            None,
+        ),
+        (
             Method::POST,
             "/admin/restore",
             Some(json!({"source": "file:///var", "backup_id": "no-such-backup"})),
@@ -651,6 +673,23 @@ fn api_probes() -> Vec<Probe> {
             Some(ADMIN),
             body.map(|b| serde_json::to_vec(&b).unwrap()),
             &[404],
+        ));
+    }
+    // Deleting a backup with a bad query: an unknown parameter, a relative or unsupported
+    // destination.
+    for path in [
+        "/admin/backups/20261203T000000Z-0000?dest=file:///tmp",
+        "/admin/backups/20261203T000000Z-0000?destination=backups",
+        "/admin/backups/20261203T000000Z-0000?destination=gopher://x",
+        "/admin/backups/20261203T000000Z-0000?destination=file:///..%2Fetc",
+    ] {
+        probes.push(probe(
+            format!("DELETE {path}"),
+            Method::DELETE,
+            path,
+            Some(ADMIN),
+            None,
+            BAD,
         ));
     }
     // Methods and routes that do not exist.

@@ -523,11 +523,25 @@ pub async fn get_backup(
     backup::get(&state.node, &id).map(Json)
 }
 
+/// `DELETE /admin/backups/{id}[?destination=URI]`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteBackupQuery {
+    destination: Option<String>,
+}
+
 pub async fn delete_backup(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    query: std::result::Result<
+        axum::extract::Query<DeleteBackupQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
 ) -> Result<Json<BackupDeleted>> {
-    backup::delete(&state.node, &id).await.map(Json)
+    let query = query.map_err(|e| Error::invalid(ErrorCode::InvalidRequest, e.body_text()))?;
+    backup::delete(&state.node, &id, query.destination.as_deref())
+        .await
+        .map(Json)
 }
 
 pub async fn start_restore(

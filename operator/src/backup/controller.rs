@@ -100,7 +100,9 @@ async fn view(
     let view = if access.pods.is_empty() {
         ClusterView::NotReady("no pod is ready".into())
     } else {
-        ClusterView::Ready
+        ClusterView::Ready {
+            destinations: cluster.spec.backup.destinations.clone(),
+        }
     };
     Ok((view, Some(access)))
 }
@@ -111,18 +113,24 @@ pub async fn reconcile_backup(
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     let status = backup.status.clone().unwrap_or_default();
-    let (step, _) =
-        decide::backup_step(&backup.spec, &status, &ClusterView::Ready, Timestamp::now());
-    if step == BackupStep::Ended {
+    if matches!(
+        status.phase.as_deref(),
+        Some(decide::COMPLETED) | Some(decide::FAILED)
+    ) {
         // Nothing is asked of the API server for a backup that ended.
         return Ok(Action::await_change());
     }
     let namespace = backup
         .namespace()
         .ok_or_else(|| Error::Invalid("GrapeBackup without a namespace".into()))?;
+    let tag = decide::backup_tag(
+        &namespace,
+        &backup.name_any(),
+        backup.metadata.uid.as_deref().unwrap_or_default(),
+    );
     let (cluster, access) = view(&ctx, &namespace, &backup.spec.cluster).await?;
     let now = Timestamp::now();
-    let (step, mut next) = decide::backup_step(&backup.spec, &status, &cluster, now);
+    let (step, mut next) = decide::backup_step(&backup.spec, &tag, &status, &cluster, now);
     let mut events = Vec::new();
     let requeue = match step {
         BackupStep::Ended => None,
@@ -132,7 +140,7 @@ pub async fn reconcile_backup(
                 Some(access) => {
                     access
                         .data_plane()
-                        .start_backup(&request, &access.pods)
+                        .start_backup_once(&request, &access.pods)
                         .await
                 }
                 None => Err(unreachable_cluster()),
@@ -187,6 +195,7 @@ fn unreachable_cluster() -> CallError {
 fn child(backup: &GrapeBackup) -> Child {
     let status = backup.status.clone().unwrap_or_default();
     Child {
+        destination: backup.spec.target.destination.clone(),
         name: backup.name_any(),
         phase: status.phase,
         created: backup
@@ -230,11 +239,27 @@ pub async fn reconcile_schedule(
         .ok_or_else(|| Error::Invalid("GrapeScheduledBackup without a namespace".into()))?;
     let name = schedule.name_any();
     let backups: Api<GrapeBackup> = Api::namespaced(ctx.client.clone(), &namespace);
-    let listed = backups
-        .list(&ListParams::default().labels(&format!("{}={name}", decide::SCHEDULE_LABEL)))
-        .await
-        .map_err(call_error)?;
-    let children: Vec<Child> = listed.items.iter().map(child).collect();
+    // Its own backups: labelled with its name and owned by it (a GrapeBackup someone made
+    // with the label is not its to delete). A name too long for a label is reported by the
+    // decisions, and nothing is listed.
+    let children: Vec<Child> = if name.chars().count() <= 63 {
+        let uid = schedule.metadata.uid.clone();
+        backups
+            .list(&ListParams::default().labels(&format!("{}={name}", decide::SCHEDULE_LABEL)))
+            .await
+            .map_err(call_error)?
+            .items
+            .iter()
+            .filter(|b| {
+                b.owner_references()
+                    .iter()
+                    .any(|r| Some(&r.uid) == uid.as_ref())
+            })
+            .map(child)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let status = schedule.status.clone().unwrap_or_default();
     let now = Timestamp::now();
     let created = schedule
@@ -270,7 +295,10 @@ pub async fn reconcile_schedule(
             let deleted = match (&old.backup_id, &reach) {
                 (None, _) => Ok(()),
                 (Some(id), Some(access)) => {
-                    access.data_plane().delete_backup(id, &access.pods).await
+                    access
+                        .data_plane()
+                        .delete_backup(id, &old.destination, &access.pods)
+                        .await
                 }
                 (Some(_), None) => Err(CallError {
                     status: None,
@@ -329,6 +357,7 @@ pub async fn reconcile_schedule(
 pub async fn bootstrap_restore(
     spec: &crate::crd::GrapeClusterSpec,
     planned: &crate::crd::GrapeClusterStatus,
+    previous: &crate::crd::GrapeClusterStatus,
     data_plane: &crate::dataplane::DataPlane<'_>,
     pods: &[String],
     now: Timestamp,
@@ -337,12 +366,18 @@ pub async fn bootstrap_restore(
         .restore
         .as_ref()
         .is_none_or(|r| r.phase != decide::COMPLETED);
-    let restores = if pending && planned.phase.as_deref() == Some("Running") {
+    let restores = if pending && !spec.paused && planned.phase.as_deref() == Some("Running") {
         data_plane.restores(pods).await.ok()
     } else {
         None
     };
-    let (step, mut status, mut events) = decide::bootstrap(spec, planned, restores.as_deref(), now);
+    let (step, mut status, mut events) = decide::bootstrap(
+        spec,
+        planned,
+        &previous.conditions,
+        restores.as_deref(),
+        now,
+    );
     if let decide::RestoreStep::Start(request) = step {
         let outcome = data_plane.start_restore(&request, pods).await;
         let (next, event) = decide::restore_started(&status, outcome, now);

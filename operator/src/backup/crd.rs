@@ -47,7 +47,8 @@ pub struct GrapeBackupSpec {
 pub struct BackupTarget {
     /// `s3://bucket/prefix` (credentials: the cluster's `backup.credentialsSecret`) or
     /// `file:///backups/...` (the cluster's `backup.volumeClaimName`, mounted at `/backups`).
-    /// Each backup goes into a folder named by its id under it.
+    /// Each backup goes into a folder named by its id under it. It must be one of the
+    /// cluster's `spec.backup.destinations`, or inside one.
     #[schemars(length(min = 6, max = 1024))]
     #[x_kube(validation = Rule::new("self.startsWith('s3://') || self.startsWith('file:///')").message("destination must be s3://bucket/prefix or file:///dir"))]
     pub destination: String,
@@ -142,8 +143,9 @@ pub struct GrapeScheduledBackupSpec {
     #[schemars(range(min = 1, max = 1000))]
     pub successful_backups_to_keep: i32,
     /// Failed backups kept (for their error); older ones are deleted with their partial files.
+    /// At least one, so that the last failure stays visible.
     #[serde(default = "default_keep_failed")]
-    #[schemars(range(min = 0, max = 100))]
+    #[schemars(range(min = 1, max = 100))]
     pub failed_backups_to_keep: i32,
     /// Take no new backups (retention still applies). A run missed while suspended is taken
     /// once when resumed.

@@ -32,10 +32,11 @@ pub struct CallError {
 }
 
 impl CallError {
-    /// Refused for good: the same request will be refused again (a 4xx other than "another
-    /// backup or restore is running" and "too many requests").
+    /// Refused for good: the same request will be refused again (a bad request, a collection
+    /// that does not exist). Others (another backup running, a key being rotated, too many
+    /// requests, a node down) may pass later.
     fn is_final(&self) -> bool {
-        matches!(self.status, Some(s) if (400..500).contains(&s) && s != 409 && s != 429)
+        matches!(self.status, Some(400 | 404 | 413 | 422))
     }
 }
 
@@ -45,7 +46,23 @@ pub enum ClusterView {
     Missing,
     /// It exists but cannot take a backup now (no pod ready, paused, ...).
     NotReady(String),
-    Ready,
+    /// It can take a backup, to the destinations its `spec.backup.destinations` allows.
+    Ready {
+        destinations: Vec<String>,
+    },
+}
+
+/// Whether `destination` is one of `allowed` or inside one (at a `/`).
+pub fn destination_allowed(destination: &str, allowed: &[String]) -> bool {
+    let destination = destination.trim_end_matches('/');
+    allowed.iter().any(|a| {
+        let a = a.trim_end_matches('/');
+        !a.is_empty()
+            && (destination == a
+                || destination
+                    .strip_prefix(a)
+                    .is_some_and(|rest| rest.starts_with('/')))
+    })
 }
 
 /// The next step for a GrapeBackup.
@@ -61,20 +78,28 @@ pub enum BackupStep {
     Follow(String),
 }
 
-fn request(target: &BackupTarget) -> BackupRequest {
+fn request(target: &BackupTarget, tag: &str) -> BackupRequest {
     BackupRequest {
         destination: target.destination.clone(),
         collections: target.collections.clone(),
+        tag: Some(tag.to_string()),
     }
+}
+
+/// The tag a GrapeBackup's data-plane backup carries: a lost answer is found by it.
+pub fn backup_tag(namespace: &str, name: &str, uid: &str) -> String {
+    format!("GrapeBackup {namespace}/{name} {uid}")
 }
 
 fn is_ended(phase: Option<&str>) -> bool {
     matches!(phase, Some(COMPLETED) | Some(FAILED))
 }
 
-/// The step for a GrapeBackup and the status to report while it is taken.
+/// The step for a GrapeBackup (whose data-plane backup carries `tag`) and the status to
+/// report while it is taken.
 pub fn backup_step(
     spec: &GrapeBackupSpec,
+    tag: &str,
     status: &GrapeBackupStatus,
     cluster: &ClusterView,
     now: Timestamp,
@@ -106,14 +131,32 @@ pub fn backup_step(
             let after = waiting(&mut next, message, 15);
             (BackupStep::Wait(after), next)
         }
-        ClusterView::Ready => {
+        ClusterView::Ready { destinations } => {
+            if !destination_allowed(&spec.target.destination, destinations) {
+                // Who may create a GrapeBackup must not choose where the data goes: the
+                // cluster's owner lists the places.
+                next.phase = Some(FAILED.into());
+                next.completion_time = Some(Time(now));
+                next.message = Some(format!(
+                    "{} is not among GrapeCluster {}'s spec.backup.destinations ({}): add it there first",
+                    spec.target.destination,
+                    spec.cluster,
+                    if destinations.is_empty() {
+                        "none".to_string()
+                    } else {
+                        destinations.join(", ")
+                    }
+                ));
+                with_backup_conditions(&mut next, now);
+                return (BackupStep::Ended, next);
+            }
             if let Some(left) =
                 backoff_left(status.attempts, status.last_attempt_time.as_ref(), now)
             {
                 with_backup_conditions(&mut next, now);
                 return (BackupStep::Wait(left), next);
             }
-            (BackupStep::Start(request(&spec.target)), next)
+            (BackupStep::Start(request(&spec.target, tag)), next)
         }
     }
 }
@@ -284,6 +327,9 @@ pub struct Child {
     pub created: Timestamp,
     pub completed: Option<Timestamp>,
     pub backup_id: Option<String>,
+    /// Where its files are (without the id): deleted there even when the cluster no longer
+    /// has a record of it.
+    pub destination: String,
 }
 
 /// What to do for a schedule now.
@@ -356,7 +402,16 @@ pub fn schedule(
     let mut create = None;
     let mut requeue = Duration::from_secs(300);
     let old = status.conditions.clone();
-    let ready = match parse_schedule(&spec.schedule) {
+    let valid = if name.chars().count() > 63 {
+        // Its backups carry its name in a label, at most 63 characters.
+        Err(format!(
+            "the schedule's name is {} characters long: at most 63",
+            name.chars().count()
+        ))
+    } else {
+        parse_schedule(&spec.schedule)
+    };
+    let ready = match valid {
         Err(message) => {
             next.next_schedule_time = None;
             make_condition(&old, "Ready", false, "InvalidSchedule", message, None, now)
@@ -503,11 +558,13 @@ pub enum RestoreStep {
 
 /// The bootstrap restore's step, the cluster status with it (phase `Restoring` and the
 /// `Restored` condition while it is not done) and Events. `planned` is what
-/// [`crate::decide::decide`] would report; `restores` what the data plane lists (None when no
-/// node answered).
+/// [`crate::decide::decide`] would report, `previous` the conditions last reported;
+/// `restores` what the data plane lists (None when no node answered, or when the cluster is
+/// paused: nothing is started then).
 pub fn bootstrap(
     spec: &GrapeClusterSpec,
     planned: &GrapeClusterStatus,
+    previous: &[Condition],
     restores: Option<&[RestoreInfo]>,
     now: Timestamp,
 ) -> (RestoreStep, GrapeClusterStatus, Vec<PlannedEvent>) {
@@ -611,9 +668,10 @@ pub fn bootstrap(
         FAILED => ("RestoreFailed", restore.message.clone().unwrap_or_default()),
         _ => ("Pending", restore.message.clone().unwrap_or_default()),
     };
-    let old = planned.conditions.clone();
+    // `planned` is rebuilt by the cluster's decisions, which know nothing of this condition:
+    // its transition time comes from the status last reported.
     let condition: Condition = make_condition(
-        &old,
+        previous,
         "Restored",
         done,
         reason,

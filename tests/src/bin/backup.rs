@@ -83,6 +83,7 @@ async fn run(args: Args) -> Result<(), String> {
             .start_backup(&BackupRequest {
                 destination: format!("file://{}", dir.path().display()),
                 collections: None,
+                tag: None,
             })
             .await
             .map_err(|e| e.to_string())?;

@@ -121,6 +121,14 @@ fn chosen(node: &Node, names: Option<&[String]>) -> Result<Vec<Collection>> {
 /// Starts a backup: checks the request and the destination (a small file is written there
 /// first), records the backup, and answers it while it runs in the background.
 pub async fn start(node: &Arc<Node>, request: BackupRequest) -> Result<BackupInfo> {
+    if let Some(tag) = &request.tag
+        && (tag.is_empty() || tag.chars().count() > 256 || tag.chars().any(char::is_control))
+    {
+        return Err(Error::invalid(
+            ErrorCode::InvalidRequest,
+            "tag must be 1 to 256 printable characters",
+        ));
+    }
     let location = Location::parse(&request.destination, node.config())?;
     let collections = chosen(node, request.collections.as_deref())?;
     if let Some(running) = node
@@ -151,14 +159,12 @@ pub async fn start(node: &Arc<Node>, request: BackupRequest) -> Result<BackupInf
         bytes: 0,
         documents: 0,
         error: None,
+        tag: request.tag.clone(),
     };
     let started = serde_json::to_vec_pretty(&info).unwrap_or_default();
     location
         .store
-        .put(
-            &location.path(&id, "started.json"),
-            PutPayload::from(started),
-        )
+        .put(&location.path(&id, STARTED), PutPayload::from(started))
         .await
         .map_err(|e| {
             let e = store_error(&format!("cannot write to {}", location.uri), e);
@@ -542,18 +548,42 @@ pub fn get(node: &Node, id: &str) -> Result<BackupInfo> {
     })
 }
 
-/// Deletes an ended backup: its files at its destination (the manifest first, so that a
-/// half-deleted backup is never taken for a complete one), then its record. Refused while it
-/// runs (unless its coordinator left the cluster) or while this cluster restores it. A
-/// deletion cut short is finished by deleting again.
-pub async fn delete(node: &Node, id: &str) -> Result<BackupDeleted> {
-    let info = get(node, id)?;
-    if info.state == BackupState::Running && node.members().contains(&info.coordinator) {
-        return Err(Error::conflict(
-            ErrorCode::BackupRunning,
-            format!("backup {id} is running; delete it once it has ended"),
-        ));
-    }
+/// Deletes a backup: its files at its destination (the manifest first, so that a
+/// half-deleted backup is never taken for a complete one; `started.json` last, so that a
+/// deletion cut short can be finished), then its record. Refused while it runs (unless its
+/// coordinator left the cluster) or while this cluster restores it. A backup the cluster no
+/// longer has a record of (the newest 100 are kept) is deleted at `destination`, when given,
+/// if a Grape backup of that id is there.
+pub async fn delete(node: &Node, id: &str, destination: Option<&str>) -> Result<BackupDeleted> {
+    let recorded = node.meta_read().backups.get(id).cloned();
+    let destination = match (&recorded, destination) {
+        (Some(info), _) => {
+            if info.state == BackupState::Running && node.members().contains(&info.coordinator) {
+                return Err(Error::conflict(
+                    ErrorCode::BackupRunning,
+                    format!("backup {id} is running; delete it once it has ended"),
+                ));
+            }
+            info.location
+                .strip_suffix(&format!("/{id}"))
+                .ok_or_else(|| {
+                    Error::Internal(format!(
+                        "backup {id}'s location {:?} does not end with its id",
+                        info.location
+                    ))
+                })?
+                .to_string()
+        }
+        (None, Some(destination)) => destination.to_string(),
+        (None, None) => {
+            return Err(Error::not_found(
+                ErrorCode::BackupNotFound,
+                format!(
+                    "no backup {id:?} is recorded (give ?destination= to delete its files where it was written)"
+                ),
+            ));
+        }
+    };
     if node
         .meta_read()
         .restores
@@ -565,26 +595,29 @@ pub async fn delete(node: &Node, id: &str) -> Result<BackupDeleted> {
             format!("backup {id} is being restored into this cluster; delete it once that ended"),
         ));
     }
-    let destination = info
-        .location
-        .strip_suffix(&format!("/{id}"))
-        .ok_or_else(|| {
-            Error::Internal(format!(
-                "backup {id}'s location {:?} does not end with its id",
-                info.location
-            ))
-        })?;
-    let location = Location::parse(destination, node.config())?;
-    let objects = delete_files(&location, id).await?;
-    if let Some(dir) = destination.strip_prefix("file://") {
-        // object_store deletes files; the backup's folders stay behind, empty.
-        let folder = std::path::Path::new(dir).join(id);
-        let _ = std::fs::remove_dir(folder.join("data"));
-        let _ = std::fs::remove_dir(&folder);
+    let location = Location::parse(&destination, node.config())?;
+    if recorded.is_none() {
+        marker(&location, id).await?;
     }
-    // Another deletion may have forgotten it meanwhile: the files are gone either way.
-    let _ = meta_command(node, MetaCommand::DeleteBackup { id: id.to_string() }).await?;
-    wait_applied(node, |state| !state.backups.contains_key(id)).await;
+    let objects = match destination.strip_prefix("file://") {
+        Some(dir) => {
+            let folder = std::path::Path::new(dir)
+                .canonicalize()
+                .map_err(|e| Error::invalid(ErrorCode::InvalidLocation, format!("{dir}: {e}")))?
+                .join(id);
+            blocking(move || delete_folder(&folder)).await?
+        }
+        None => delete_objects(&location, id).await?,
+    };
+    if recorded.is_some() {
+        match meta_command(node, MetaCommand::DeleteBackup { id: id.to_string() }).await? {
+            super::raft::meta_commands::MetaResponse::Invalid { message } => {
+                return Err(Error::conflict(ErrorCode::BackupRunning, message));
+            }
+            // Done, or forgotten meanwhile by another deletion: the files are gone either way.
+            _ => wait_applied(node, |state| !state.backups.contains_key(id)).await,
+        }
+    }
     tracing::info!(backup = %id, objects, "backup deleted");
     Ok(BackupDeleted {
         id: id.to_string(),
@@ -592,28 +625,70 @@ pub async fn delete(node: &Node, id: &str) -> Result<BackupDeleted> {
     })
 }
 
-/// Deletes every object of backup `id` at `location`, the manifest first; answers how many.
-async fn delete_files(location: &Location, id: &str) -> Result<u64> {
-    let what = format!("deleting backup {id} at {}", location.uri);
-    let manifest = location.path(id, MANIFEST);
-    let mut deleted = 0;
-    match location.store.delete(&manifest).await {
-        Ok(()) => deleted += 1,
-        Err(object_store::Error::NotFound { .. }) => {}
-        Err(e) => return Err(store_error(&what, e)),
+/// Checks that a Grape backup `id` is at `location` (its `started.json` names it), before
+/// deleting files the cluster has no record of.
+async fn marker(location: &Location, id: &str) -> Result<()> {
+    let well_formed = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let missing = || {
+        Error::not_found(
+            ErrorCode::BackupNotFound,
+            format!("no backup {id:?} at {}", location.uri),
+        )
+    };
+    if id.is_empty() || id.len() > 64 || !well_formed {
+        return Err(missing());
     }
+    // In a directory, the backup is a folder of its own (not a file, not a link).
+    if let Some(dir) = location.uri.strip_prefix("file://") {
+        let folder = std::path::Path::new(dir).join(id);
+        if !std::fs::symlink_metadata(&folder).is_ok_and(|m| m.file_type().is_dir()) {
+            return Err(missing());
+        }
+    }
+    let found = match location.store.get(&location.path(id, STARTED)).await {
+        Ok(found) => found,
+        Err(object_store::Error::NotFound { .. }) => return Err(missing()),
+        Err(e) => return Err(store_error(&format!("reading {}", location.uri), e)),
+    };
+    if found.meta.size > 1 << 20 {
+        return Err(missing());
+    }
+    let bytes = found
+        .bytes()
+        .await
+        .map_err(|e| store_error(&format!("reading {}", location.uri), e))?;
+    match serde_json::from_slice::<BackupInfo>(&bytes) {
+        Ok(info) if info.id == id => Ok(()),
+        _ => Err(missing()),
+    }
+}
+
+/// The file every backup writes first and a deletion removes last.
+const STARTED: &str = "started.json";
+
+/// Deletes backup `id`'s objects in a bucket: the manifest first, `started.json` last;
+/// answers how many.
+async fn delete_objects(location: &Location, id: &str) -> Result<u64> {
+    let what = format!("deleting backup {id} at {}", location.uri);
+    let first = location.path(id, MANIFEST);
+    let last = location.path(id, STARTED);
     let folder = location.prefix.clone().join(id);
     let mut listed = location.store.list(Some(&folder));
     let mut paths = Vec::new();
     while let Some(object) = futures::StreamExt::next(&mut listed).await {
         match object {
-            Ok(object) => paths.push(object.location),
-            Err(object_store::Error::NotFound { .. }) => {}
+            Ok(object) if object.location != first && object.location != last => {
+                paths.push(object.location)
+            }
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(store_error(&what, e)),
         }
     }
     drop(listed);
-    for path in paths {
+    let mut deleted = 0;
+    for path in std::iter::once(first).chain(paths).chain([last]) {
         match location.store.delete(&path).await {
             Ok(()) => deleted += 1,
             Err(object_store::Error::NotFound { .. }) => {}
@@ -621,6 +696,64 @@ async fn delete_files(location: &Location, id: &str) -> Result<u64> {
         }
     }
     Ok(deleted)
+}
+
+/// Deletes a backup's folder in a directory, the manifest first and `started.json` last,
+/// without following links: a link inside it is removed itself, never what it points to (a
+/// shared volume is writable by others). Answers how many files went.
+fn delete_folder(folder: &std::path::Path) -> Result<u64> {
+    let failed = |path: &std::path::Path, e: std::io::Error| {
+        Error::unavailable(
+            ErrorCode::Unavailable,
+            format!("deleting {}: {e}", path.display()),
+        )
+    };
+    let kind = match std::fs::symlink_metadata(folder) {
+        Ok(meta) => meta.file_type(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(failed(folder, e)),
+    };
+    if !kind.is_dir() {
+        // A link (or a file) where the folder should be: only it goes.
+        std::fs::remove_file(folder).map_err(|e| failed(folder, e))?;
+        return Ok(1);
+    }
+    fn remove(path: &std::path::Path, count: &mut u64) -> std::io::Result<()> {
+        match std::fs::remove_file(path) {
+            Ok(()) => {
+                *count += 1;
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+    fn empty(
+        dir: &std::path::Path,
+        skip: Option<&std::path::Path>,
+        count: &mut u64,
+    ) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if Some(path.as_path()) == skip {
+                continue;
+            }
+            if std::fs::symlink_metadata(&path)?.file_type().is_dir() {
+                empty(&path, None, count)?;
+                std::fs::remove_dir(&path)?;
+            } else {
+                remove(&path, count)?;
+            }
+        }
+        Ok(())
+    }
+    let mut count = 0;
+    let started = folder.join(STARTED);
+    remove(&folder.join(MANIFEST), &mut count).map_err(|e| failed(folder, e))?;
+    empty(folder, Some(&started), &mut count).map_err(|e| failed(folder, e))?;
+    remove(&started, &mut count).map_err(|e| failed(folder, e))?;
+    std::fs::remove_dir(folder).map_err(|e| failed(folder, e))?;
+    Ok(count)
 }
 
 /// At start: backups and restores this node was running when it stopped are recorded as

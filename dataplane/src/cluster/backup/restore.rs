@@ -340,6 +340,20 @@ pub async fn start(node: &Arc<Node>, request: RestoreRequest) -> Result<RestoreI
             format!("the restore of backup {id} is running on this node"),
         ));
     }
+    // Started twice through two nodes (a client that timed out and asked another): one runs.
+    if let Some(other) = node.meta_read().restores.get(&id).filter(|r| {
+        r.state == BackupState::Running
+            && r.coordinator != node.id()
+            && node.members().contains(&r.coordinator)
+    }) {
+        return Err(Error::conflict(
+            ErrorCode::BackupRunning,
+            format!(
+                "the restore of backup {id} is running on {}",
+                other.coordinator
+            ),
+        ));
+    }
     let manifest = read_manifest(&location, &id).await?;
     let targets = plan(node, &manifest, &request).await?;
     check_files(&location, &manifest, &targets).await?;

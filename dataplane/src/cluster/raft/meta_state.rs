@@ -305,9 +305,15 @@ impl MetaState {
             }
             MetaCommand::DeleteBackup { id } => match self.backups.get(&id) {
                 None => MetaResponse::NotFound,
-                Some(b) if b.state == BackupState::Running => MetaResponse::Invalid {
-                    message: format!("backup {id} is running; delete it once it has ended"),
-                },
+                // A running backup whose coordinator left the cluster never ends by itself.
+                Some(b)
+                    if b.state == BackupState::Running
+                        && self.members().contains(&b.coordinator) =>
+                {
+                    MetaResponse::Invalid {
+                        message: format!("backup {id} is running; delete it once it has ended"),
+                    }
+                }
                 Some(_) => {
                     self.backups.remove(&id);
                     MetaResponse::Done
@@ -529,16 +535,32 @@ mod tests {
             bytes: 0,
             documents: 0,
             error: None,
+            tag: None,
         };
         let delete = || MetaCommand::DeleteBackup {
             id: "20261203T000000Z-0001".into(),
         };
+        let members = |ids: &[&str]| {
+            super::super::types::StoredMembership::new(
+                None,
+                ids.iter()
+                    .map(|id| (id.to_string(), super::super::ids::NodeAddr::default()))
+                    .collect::<BTreeMap<NodeId, _>>()
+                    .into(),
+            )
+        };
+        state.applied.membership = members(&["a", "b"]);
         state.apply(&log_id, MetaCommand::PutBackup { info: info.clone() });
         assert!(matches!(
             state.apply(&log_id, delete()),
             MetaResponse::Invalid { .. }
         ));
         assert!(state.backups.contains_key(&info.id));
+        // Its coordinator left the cluster: it will never end, and may go.
+        state.applied.membership = members(&["b"]);
+        assert!(matches!(state.apply(&log_id, delete()), MetaResponse::Done));
+        state.applied.membership = members(&["a", "b"]);
+        state.apply(&log_id, MetaCommand::PutBackup { info: info.clone() });
         info.state = BackupState::Failed;
         state.apply(&log_id, MetaCommand::PutBackup { info: info.clone() });
         assert!(matches!(state.apply(&log_id, delete()), MetaResponse::Done));
