@@ -318,6 +318,11 @@ fn immediate_suspend_overlap_and_a_bad_schedule() {
     );
     assert_eq!(plan.create, None);
     assert_eq!(plan.status.last_schedule_time, Some(Time(at(300))));
+    let ready = condition(&plan.status.conditions, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "BackupOverdue")
+    );
     assert!(
         plan.events
             .iter()

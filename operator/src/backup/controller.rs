@@ -97,8 +97,13 @@ async fn view(
         return Ok((ClusterView::Missing, None));
     };
     let access = access(ctx, &cluster).await?;
-    let view = if access.pods.is_empty() {
-        ClusterView::NotReady("no pod is ready".into())
+    // A backup's cut needs every member to pause writes: none is started mid-roll.
+    let view = if (access.pods.len() as i32) < cluster.spec.replicas {
+        ClusterView::NotReady(format!(
+            "{} of {} pods are ready",
+            access.pods.len(),
+            cluster.spec.replicas
+        ))
     } else {
         ClusterView::Ready {
             destinations: cluster.spec.backup.destinations.clone(),

@@ -181,7 +181,7 @@ pub struct GrapeScheduledBackupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<String>,
     /// `Ready`: the schedule is valid and backups are being taken (False: `InvalidSchedule`,
-    /// `Suspended`, `LastBackupFailed`, `RetentionFailed`).
+    /// `Suspended`, `LastBackupFailed`, `BackupOverdue`).
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

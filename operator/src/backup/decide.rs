@@ -464,6 +464,14 @@ pub fn schedule(
                 .iter()
                 .filter(|c| is_ended(c.phase.as_deref()))
                 .max_by_key(|c| (c.created, c.name.clone()));
+            // A backup still going when a later run came due (stuck pending, say).
+            let overdue = children.iter().find(|c| {
+                !is_ended(c.phase.as_deref())
+                    && next
+                        .last_schedule_time
+                        .as_ref()
+                        .is_some_and(|t| t.0 > c.created)
+            });
             let when = next
                 .next_schedule_time
                 .as_ref()
@@ -475,6 +483,19 @@ pub fn schedule(
                     false,
                     "Suspended",
                     "suspended: no new backups are taken".into(),
+                    None,
+                    now,
+                )
+            } else if let Some(stuck) = overdue {
+                make_condition(
+                    &old,
+                    "Ready",
+                    false,
+                    "BackupOverdue",
+                    format!(
+                        "{} has not ended and a later run was due; runs are skipped until it does",
+                        stuck.name
+                    ),
                     None,
                     now,
                 )
