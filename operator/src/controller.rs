@@ -262,11 +262,7 @@ pub async fn access(ctx: &Context, cluster: &GrapeCluster) -> Result<Access, Err
     let names = Names::of(cluster);
     let client = &ctx.client;
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
-    let selector = resources::selector(&names)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = resources::selector_string(&names);
     let pods = pod_api
         .list(&ListParams::default().labels(&selector))
         .await?;
@@ -478,11 +474,7 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
     let statefulset = sts_api.get_opt(&names.statefulset()).await?;
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let selector = resources::selector(&names)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = resources::selector_string(&names);
     let pods = pod_api
         .list(&ListParams::default().labels(&selector))
         .await?;

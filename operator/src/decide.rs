@@ -1190,13 +1190,7 @@ pub fn decide(spec: &GrapeClusterSpec, names: &Names, observed: &Observed, now: 
             last_step,
             failover: failover.clone(),
             restore: observed.status.restore.clone(),
-            selector: Some(
-                crate::resources::selector(names)
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
+            selector: Some(crate::resources::selector_string(names)),
         },
         events,
         requeue,

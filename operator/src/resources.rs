@@ -175,6 +175,15 @@ pub fn selector(names: &Names) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// [`selector`] as a label selector string (`key=value,...`).
+pub fn selector_string(names: &Names) -> String {
+    selector(names)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 pub(crate) fn meta(cluster: &GrapeCluster, names: &Names, name: String) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
