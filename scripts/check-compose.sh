@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Static checks of the compose deployment: docker-compose config, nginx -t, promtool check
-# config/rules, the Grafana dashboard parses (that every query names a metric Grape exports is
+# config/rules and the alert rules' unit tests (promtool test rules), the Grafana dashboard parses (that every query names a metric Grape exports is
 # a test: tests/tests/monitoring_config.rs). Installs docker-compose, nginx-light and
 # prometheus (for promtool) when missing.
 set -euo pipefail
@@ -27,6 +27,25 @@ nginx -t -q -c "$work/nginx.conf" -g "pid $work/nginx.pid; error_log stderr;"
 
 promtool check config config/prometheus.yml
 promtool check rules config/grape_rules.yml
+# Every alert fires on its data after its `for`, not on healthy data, and has a unit test and
+# a runbook paragraph.
+(cd tests/monitoring && promtool test rules grape_rules_test.yml)
+# PyYAML: the venv scripts/check-k8s.sh makes, else the system's.
+py=python3
+[ -x .tools/venv/bin/python ] && py=.tools/venv/bin/python
+"$py" - <<'PY'
+import re, yaml
+rules = yaml.safe_load(open("config/grape_rules.yml"))
+alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+tests = yaml.safe_load(open("tests/monitoring/grape_rules_test.yml"))
+tested = {t["alertname"] for case in tests["tests"] for t in case.get("alert_rule_test", [])
+          if t.get("exp_alerts")}
+runbooks = set(re.findall(r"^## (Grape\w+)", open("docs/alerts.md").read(), re.M))
+missing = [(a, what) for a in sorted(alerts) for what, have in
+           (("a firing unit test", tested), ("a runbook in docs/alerts.md", runbooks)) if a not in have]
+assert not missing, missing
+print(f"alert rules: {len(alerts)} tested and documented")
+PY
 for dashboard in config/grafana/dashboards/*.json; do
   python3 -c "import json, sys; d = json.load(open(sys.argv[1])); assert d['panels'], 'no panels'" "$dashboard"
 done
