@@ -704,14 +704,7 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
             }
         }
     }
-    for event in &plan.events {
-        let type_ = if event.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
-        publish(ctx, cluster, type_, &event.reason, &event.note).await;
-    }
+    publish_planned(ctx, &cluster.object_ref(&()), plan.events.iter().cloned()).await;
 
     // Restore the bootstrap backup once every pod is ready.
     let mut requeue = plan.requeue;
@@ -726,14 +719,7 @@ async fn apply(cluster: &GrapeCluster, ctx: &Context) -> Result<Action, Error> {
         )
         .await;
         status = next;
-        for event in events {
-            let type_ = if event.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            };
-            publish(ctx, cluster, type_, &event.reason, &event.note).await;
-        }
+        publish_planned(ctx, &cluster.object_ref(&()), events).await;
         if status
             .restore
             .as_ref()
@@ -846,6 +832,22 @@ async fn publish(
     note: &str,
 ) {
     publish_about(ctx, &cluster.object_ref(&()), type_, reason, note).await
+}
+
+/// Publishes the decided Events about the object `reference` names.
+pub async fn publish_planned(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    events: impl IntoIterator<Item = decide::PlannedEvent>,
+) {
+    for event in events {
+        let type_ = if event.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish_about(ctx, reference, type_, &event.reason, &event.note).await;
+    }
 }
 
 /// Publishes an Event about the object `reference` names.

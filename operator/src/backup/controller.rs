@@ -4,14 +4,13 @@
 
 use super::crd::{GrapeBackup, GrapeBackupSpec, GrapeScheduledBackup};
 use super::decide::{self, BackupStep, CallError, Child, ClusterView};
-use crate::controller::{Context, Error, access, publish_about, status_patch};
+use crate::controller::{Context, Error, access, publish_planned, status_patch};
 use crate::crd::GrapeCluster;
 use crate::decide::PlannedEvent;
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
@@ -65,26 +64,6 @@ fn error_policy<K: kube::Resource<DynamicType = ()>>(
     Action::requeue(Duration::from_secs(30))
 }
 
-fn call_error(error: kube::Error) -> Error {
-    Error::Kube(error)
-}
-
-async fn publish_all<K: Resource<DynamicType = ()>>(
-    ctx: &Context,
-    object: &K,
-    events: impl IntoIterator<Item = PlannedEvent>,
-) {
-    let reference = object.object_ref(&());
-    for event in events {
-        let type_ = if event.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
-        publish_about(ctx, &reference, type_, &event.reason, &event.note).await;
-    }
-}
-
 /// What the backup controller sees of a cluster: whether it can take a backup, and how to
 /// reach it.
 async fn view(
@@ -93,7 +72,7 @@ async fn view(
     name: &str,
 ) -> Result<(ClusterView, Option<crate::controller::Access>), Error> {
     let clusters: Api<GrapeCluster> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(cluster) = clusters.get_opt(name).await.map_err(call_error)? else {
+    let Some(cluster) = clusters.get_opt(name).await? else {
         return Ok((ClusterView::Missing, None));
     };
     let access = access(ctx, &cluster).await?;
@@ -175,10 +154,9 @@ pub async fn reconcile_backup(
             &PatchParams::default(),
             &Patch::Merge(status_patch(&status, &next)),
         )
-        .await
-        .map_err(call_error)?;
+        .await?;
     }
-    publish_all(&ctx, backup.as_ref(), events).await;
+    publish_planned(&ctx, &backup.object_ref(&()), events).await;
     let ended = matches!(
         next.phase.as_deref(),
         Some(decide::COMPLETED) | Some(decide::FAILED)
@@ -251,8 +229,7 @@ pub async fn reconcile_schedule(
         let uid = schedule.metadata.uid.clone();
         backups
             .list(&ListParams::default().labels(&format!("{}={name}", decide::SCHEDULE_LABEL)))
-            .await
-            .map_err(call_error)?
+            .await?
             .items
             .iter()
             .filter(|b| {
@@ -286,7 +263,7 @@ pub async fn reconcile_schedule(
             }),
             // Made by an earlier try of this same run.
             Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(call_error(e)),
+            Err(e) => return Err(e.into()),
         }
     }
     if !plan.delete.is_empty() {
@@ -316,7 +293,7 @@ pub async fn reconcile_schedule(
                     match backups.delete(&old.name, &DeleteParams::default()).await {
                         Ok(_) => {}
                         Err(kube::Error::Api(e)) if e.code == 404 => {}
-                        Err(e) => return Err(call_error(e)),
+                        Err(e) => return Err(e.into()),
                     }
                     events.push(PlannedEvent {
                         warning: false,
@@ -349,10 +326,9 @@ pub async fn reconcile_schedule(
             &PatchParams::default(),
             &Patch::Merge(status_patch(&status, &plan.status)),
         )
-        .await
-        .map_err(call_error)?;
+        .await?;
     }
-    publish_all(&ctx, schedule.as_ref(), events).await;
+    publish_planned(&ctx, &schedule.object_ref(&()), events).await;
     Ok(Action::requeue(plan.requeue))
 }
 

@@ -80,6 +80,15 @@ pub fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
+/// Whether `id` has the shape of a backup id (it names a folder: nothing else may).
+pub(super) fn is_backup_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// A new backup id: its start time (ids sort by it) and a random suffix.
 fn new_id() -> String {
     format!(
@@ -628,16 +637,13 @@ pub async fn delete(node: &Node, id: &str, destination: Option<&str>) -> Result<
 /// Checks that a Grape backup `id` is at `location` (its `started.json` names it), before
 /// deleting files the cluster has no record of.
 async fn marker(location: &Location, id: &str) -> Result<()> {
-    let well_formed = id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     let missing = || {
         Error::not_found(
             ErrorCode::BackupNotFound,
             format!("no backup {id:?} at {}", location.uri),
         )
     };
-    if id.is_empty() || id.len() > 64 || !well_formed {
+    if !is_backup_id(id) {
         return Err(missing());
     }
     // In a directory, the backup is a folder of its own (not a file, not a link).

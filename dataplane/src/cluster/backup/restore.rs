@@ -91,10 +91,7 @@ pub async fn newest(location: &Location) -> Result<String> {
 
 /// Reads and checks a backup's manifest.
 pub async fn read_manifest(location: &Location, id: &str) -> Result<Manifest> {
-    let well_formed = id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if id.is_empty() || id.len() > 64 || !well_formed {
+    if !super::is_backup_id(id) {
         return Err(Error::invalid(
             ErrorCode::InvalidRequest,
             format!("{id:?} is not a backup id"),
