@@ -89,11 +89,12 @@ pub(super) fn is_backup_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// A new backup id: its start time (ids sort by it) and a random suffix.
+/// A new backup id: its start time to the millisecond (ids sort by it, also for backups
+/// taken within one second) and a random suffix.
 fn new_id() -> String {
     format!(
         "{}-{:04x}",
-        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ"),
         rand::random::<u16>()
     )
 }
@@ -800,5 +801,25 @@ pub async fn fail_interrupted(node: &Arc<Node>) {
             node.id()
         ));
         let _ = meta_command(node, MetaCommand::PutRestore { info }).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_taken_within_one_second_sort_in_the_order_they_were_made() {
+        // Restore without an id picks the greatest at the destination as the newest, so ids
+        // must sort by start time also when backups follow each other quickly.
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.push(new_id());
+            std::thread::sleep(std::time::Duration::from_millis(3));
+        }
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(sorted, ids);
+        assert!(ids.iter().all(|id| is_backup_id(id)), "{ids:?}");
     }
 }
