@@ -852,3 +852,26 @@ pub fn peer_headers(
         .map(|(n, v)| (n.to_string(), v))
         .collect()
 }
+
+/// The value of the sample `name` whose labels include every pair of `labels`, in a
+/// Prometheus text exposition (the first such sample).
+pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let rest = series.strip_prefix(name)?;
+        if !(rest.is_empty() || rest.starts_with('{')) {
+            return None;
+        }
+        labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.parse().ok())
+            .flatten()
+    })
+}
+
+/// [`metric_value`] read from a node's `/metrics` now (`None` if absent or unreachable).
+pub async fn node_metric(node: &GrapeNode, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let text = node.client().metrics_text().await.ok()?;
+    metric_value(&text, name, labels)
+}

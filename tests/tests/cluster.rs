@@ -7,7 +7,7 @@ use grape_client::{
     SearchRequest, TransferLeadershipRequest,
 };
 use grape_e2e::load::{self, DIMENSION, Writers, doc, urls_of};
-use grape_e2e::{Cluster, NodeOptions, vector};
+use grape_e2e::{Cluster, NodeOptions, node_metric, vector};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -734,4 +734,86 @@ async fn the_presence_check_reports_a_document_that_was_never_written() {
     fake.insert("never-written".to_string(), 1);
     let problem = load::check_all_present(&cluster, &fake).await.unwrap_err();
     assert!(problem.contains("never-written"), "{problem}");
+}
+
+/// Polls `name{labels}` on node `i` until `accept` holds, for up to `within`.
+async fn wait_metric(
+    cluster: &Cluster,
+    i: usize,
+    name: &str,
+    labels: &[(&str, &str)],
+    within: Duration,
+    accept: impl Fn(f64) -> bool,
+) -> f64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let value = node_metric(cluster.node(i), name, labels).await;
+        if let Some(value) = value.filter(|v| accept(*v)) {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node-{i} {name}{labels:?}: {value:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn raft_health_metrics_show_a_replica_behind_and_a_lost_quorum() {
+    let mut cluster = Cluster::start(3, options()).await;
+    let within = Duration::from_secs(30);
+    // Healthy: every node is in the meta group and both shard groups, each with a leader.
+    for i in 1..=3 {
+        let groups = node_metric(cluster.node(i), "grape_raft_groups", &[]).await;
+        assert_eq!(groups, Some(3.0), "node-{i}");
+        wait_metric(
+            &cluster,
+            i,
+            "grape_raft_groups_without_leader",
+            &[],
+            within,
+            |v| v == 0.0,
+        )
+        .await;
+    }
+    let leader = leader_of(&cluster, "default/0").await;
+    let lag = [("group", "default/0")];
+    let name = "grape_raft_replica_lag_entries";
+    wait_metric(&cluster, leader, name, &lag, within, |v| v == 0.0).await;
+    for i in (1..=3).filter(|i| *i != leader) {
+        let value = node_metric(cluster.node(i), name, &lag).await;
+        assert_eq!(value, None, "only the leader reports lag: node-{i}");
+    }
+
+    // A follower stops and writes go on: the leader reports it behind, until it returns.
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    cluster.node_mut(follower).kill9();
+    let client = cluster.node(leader).client();
+    let docs = client.default_collection();
+    for i in 0..40 {
+        docs.upsert(&doc(&format!("lag-{i}"), i)).await.unwrap();
+    }
+    let behind = wait_metric(&cluster, leader, name, &lag, within, |v| v > 0.0).await;
+    eprintln!("default/0 follower behind by {behind} entries");
+    cluster.node_mut(follower).restart().await;
+    wait_metric(&cluster, leader, name, &lag, within, |v| v == 0.0).await;
+
+    // Both other nodes stop: the survivor cannot reach a quorum in any group, also in the
+    // groups it led when they stopped.
+    let others: Vec<usize> = (1..=3).filter(|i| *i != leader).collect();
+    for i in &others {
+        cluster.node_mut(*i).kill9();
+    }
+    let without = "grape_raft_groups_without_leader";
+    wait_metric(&cluster, leader, without, &[], within, |v| v == 3.0).await;
+    for i in &others {
+        cluster.node_mut(*i).restart_unready().await;
+    }
+    for i in 1..=3 {
+        wait_metric(&cluster, i, without, &[], Duration::from_secs(60), |v| {
+            v == 0.0
+        })
+        .await;
+    }
 }

@@ -6,7 +6,7 @@ use grape_client::{
     RebalanceRequest, RemoveNodeRequest, RepairRequest, SearchRequest,
 };
 use grape_e2e::load::{self, DIMENSION, Operations, Writers, urls_of};
-use grape_e2e::{Cluster, NodeOptions, vector};
+use grape_e2e::{Cluster, NodeOptions, node_metric, vector};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,6 +77,12 @@ async fn settled_distribution(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `grape_operation_<figure>{kind="rebalance"}` on node `i`.
+async fn rebalance_metric(cluster: &Cluster, i: usize, figure: &str) -> Option<f64> {
+    let name = format!("grape_operation_{figure}");
+    node_metric(cluster.node(i), &name, &[("kind", "rebalance")]).await
 }
 
 async fn wait_ready(cluster: &Cluster) {
@@ -351,16 +357,21 @@ async fn a_rebalance_resumes_after_its_coordinator_is_killed() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let status = cluster.node(2).client().rebalance_status().await.unwrap();
-        let moving = status.operations[0]
-            .moves
-            .iter()
-            .any(|m| matches!(m.phase, MovePhase::CatchingUp | MovePhase::Promoting));
+        // Node 2 may not have applied the operation's start yet.
+        let moving = status.operations.first().is_some_and(|o| {
+            o.moves
+                .iter()
+                .any(|m| matches!(m.phase, MovePhase::CatchingUp | MovePhase::Promoting))
+        });
         if moving {
             break;
         }
         assert!(Instant::now() < deadline, "no move started: {status:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Every node exports the running operation (what the "operation stuck" alert watches).
+    assert_eq!(rebalance_metric(&cluster, 5, "running").await, Some(1.0));
+    assert!(rebalance_metric(&cluster, 1, "moves_total").await.unwrap() > 0.0);
     let coordinator = load::leader_of(&cluster, "meta").await.unwrap();
     cluster.node_mut(coordinator).kill9();
     *urls.lock().unwrap() = urls_of(&cluster);
@@ -373,6 +384,10 @@ async fn a_rebalance_resumes_after_its_coordinator_is_killed() {
         "{done:?}"
     );
     wait_ready(&cluster).await;
+    for i in 1..=5 {
+        let running = rebalance_metric(&cluster, i, "running").await;
+        assert_eq!(running, Some(0.0), "node-{i}");
+    }
     let spread = settled_distribution(&cluster, 24).await;
     // 24 replicas over 5 nodes.
     assert!(

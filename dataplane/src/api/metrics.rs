@@ -2,7 +2,9 @@
 //! Request metrics are counted as requests pass; node figures are read at scrape time.
 
 use crate::cluster::Node;
+use crate::cluster::elastic::operations;
 use crate::cluster::route::catalog;
+use crate::cluster::status;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -34,6 +36,13 @@ pub struct Metrics {
     raft_leadership_changes: IntCounter,
     leader_status: IntGauge,
     nodes_connected: IntGauge,
+    raft_groups: IntGauge,
+    raft_groups_without_leader: IntGauge,
+    raft_replica_lag: IntGaugeVec,
+    operation_running: IntGaugeVec,
+    operation_moves_total: IntGaugeVec,
+    operation_moves_done: IntGaugeVec,
+    operation_bytes_copied: IntGaugeVec,
     backups_started: IntCounter,
     backups_succeeded: IntCounter,
     backups_failed: IntCounter,
@@ -176,6 +185,39 @@ impl Metrics {
                 "grape_cluster_nodes_connected",
                 "Cluster members this node can reach, itself included",
             )?,
+            raft_groups: gauge(
+                "grape_raft_groups",
+                "Raft groups this node is a member of (the meta group and its replicas)",
+            )?,
+            raft_groups_without_leader: gauge(
+                "grape_raft_groups_without_leader",
+                "This node's Raft groups with no leader it knows of (an election, a lost quorum, or a stopped Raft)",
+            )?,
+            raft_replica_lag: gauge_vec(
+                "grape_raft_replica_lag_entries",
+                "On a group's leader: log entries its furthest-behind voter trails by, by group",
+                &["group"],
+            )?,
+            operation_running: gauge_vec(
+                "grape_operation_running",
+                "1 while a rebalance, drain or repair runs (any node), by kind",
+                &["kind"],
+            )?,
+            operation_moves_total: gauge_vec(
+                "grape_operation_moves_total",
+                "Replica moves of the running operation, by kind (0 when none runs)",
+                &["kind"],
+            )?,
+            operation_moves_done: gauge_vec(
+                "grape_operation_moves_done",
+                "Replica moves of the running operation that are done, by kind",
+                &["kind"],
+            )?,
+            operation_bytes_copied: gauge_vec(
+                "grape_operation_bytes_copied",
+                "Bytes the running operation's moves copied so far, by kind",
+                &["kind"],
+            )?,
             backups_started: counter(
                 "grape_backup_started_total",
                 "Backups this node started (as their coordinator)",
@@ -294,6 +336,34 @@ impl Metrics {
         );
         self.leader_status.set(i64::from(node.is_meta_leader()));
         self.nodes_connected.set(node.connected_nodes() as i64);
+        let raft = status::raft_health(node);
+        self.raft_groups.set(raft.groups as i64);
+        self.raft_groups_without_leader
+            .set(raft.without_leader as i64);
+        self.raft_replica_lag.reset();
+        for (group, lag) in raft.replica_lag {
+            self.raft_replica_lag
+                .with_label_values(&[&group])
+                .set(lag as i64);
+        }
+        // Every kind always has a series (0 when idle), so a rule can tell "idle" from "no data".
+        let running = operations::running_progress(node);
+        for kind in ["rebalance", "drain", "repair"] {
+            let progress = running.as_ref().filter(|p| p.kind == kind);
+            let figure = |f: fn(&operations::RunningProgress) -> u64| progress.map_or(0, f) as i64;
+            self.operation_running
+                .with_label_values(&[kind])
+                .set(i64::from(progress.is_some()));
+            self.operation_moves_total
+                .with_label_values(&[kind])
+                .set(figure(|p| p.moves_total as u64));
+            self.operation_moves_done
+                .with_label_values(&[kind])
+                .set(figure(|p| p.moves_done as u64));
+            self.operation_bytes_copied
+                .with_label_values(&[kind])
+                .set(figure(|p| p.bytes_copied));
+        }
         let counters = node.backup_counters();
         let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
         advance(&self.backups_started, load(&counters.started));

@@ -6,6 +6,7 @@ use super::node::Node;
 use super::raft::ids::{GroupId, META_GROUP, NodeId};
 use super::raft::meta_state::MetaState;
 use super::raft::rpc::{GroupStatus, NodeStatus, StatusRpc};
+use super::raft::types::RaftMetrics;
 use super::route::blocking;
 use crate::collection::parse_group;
 use crate::error::Result;
@@ -15,6 +16,7 @@ use grape_client::{
     GroupSummary, GroupSync, LeaderResponse, MemberStatus, RaftRole, ShardChecksum, ShardStats,
     SyncStatus,
 };
+use openraft::Instant as _;
 use openraft::type_config::async_runtime::WatchReceiver;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -286,4 +288,86 @@ pub fn display_group(group: &str) -> String {
         Some((collection, shard, _)) => format!("{collection}/{shard}"),
         None => group.to_string(),
     }
+}
+
+/// The health of this node's Raft groups (the meta group included), for metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RaftHealth {
+    /// Groups this node is a member of.
+    pub groups: usize,
+    /// Groups with no working leader this node knows of: an election under way, a lost
+    /// quorum (also seen from a leader no quorum acknowledged for [`QUORUM_LOST_AFTER`]), or
+    /// a Raft stopped by a failed log write.
+    pub without_leader: usize,
+    /// For each group this node leads (`collection/shard`, or `meta`): how many entries its
+    /// furthest-behind voter trails the leader's log.
+    pub replica_lag: Vec<(String, u64)>,
+}
+
+/// This node's Raft groups: how many, how many lack a leader, how far behind followers are.
+pub fn raft_health(node: &Node) -> RaftHealth {
+    let mut health = RaftHealth::default();
+    let mut visit = |group: &str, metrics: &RaftMetrics| {
+        health.groups += 1;
+        if metrics.current_leader.is_none()
+            || metrics.running_state.is_err()
+            || lost_quorum(node.id(), metrics)
+        {
+            health.without_leader += 1;
+        }
+        if let Some(lag) = voter_lag(node.id(), metrics) {
+            health.replica_lag.push((display_group(group), lag));
+        }
+    };
+    visit(META_GROUP, &node.meta_metrics());
+    for local in node.replicas().all() {
+        visit(&local.group, &local.raft.metrics().borrow_watched());
+    }
+    health
+}
+
+/// How long a leader may go without a quorum acknowledging it before its group counts as
+/// leaderless (heartbeats are acknowledged every `cluster.heartbeat_interval_ms`).
+pub const QUORUM_LOST_AFTER: Duration = Duration::from_secs(5);
+
+/// Whether this node leads the group but no quorum acknowledged it lately: a leader cut off
+/// from its followers keeps its role, and can commit nothing.
+fn lost_quorum(me: &str, metrics: &RaftMetrics) -> bool {
+    if metrics.current_leader.as_deref() != Some(me) {
+        return false;
+    }
+    let voters = metrics.membership_config.membership().voter_ids().count();
+    if voters <= 1 {
+        return false;
+    }
+    metrics
+        .last_quorum_acked
+        .as_ref()
+        .is_none_or(|acked| acked.elapsed() > QUORUM_LOST_AFTER)
+}
+
+/// On a group's leader: entries its furthest-behind voter trails the leader's log by (a
+/// voter the leader has matched nothing with trails it by the whole log). Learners catching
+/// up during a move are not counted: they are expected to trail.
+fn voter_lag(me: &str, metrics: &RaftMetrics) -> Option<u64> {
+    let replication = metrics.replication.as_ref()?;
+    if metrics.current_leader.as_deref() != Some(me) {
+        return None;
+    }
+    let last = metrics.last_log_index.unwrap_or(0);
+    let lag = metrics
+        .membership_config
+        .membership()
+        .voter_ids()
+        .filter(|voter| voter != me)
+        .map(|voter| {
+            let matched = replication
+                .get(&voter)
+                .and_then(|log| log.as_ref().map(|l| l.index()))
+                .unwrap_or(0);
+            last.saturating_sub(matched)
+        })
+        .max()
+        .unwrap_or(0);
+    Some(lag)
 }

@@ -70,3 +70,30 @@ pub fn operations_status(node: &Node, kinds: &[&str]) -> OperationsStatus {
         operations,
     }
 }
+
+/// The running operation's progress, for metrics: its kind, its moves, how many are done,
+/// and the bytes copied so far by all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningProgress {
+    pub kind: &'static str,
+    pub moves_total: usize,
+    pub moves_done: usize,
+    pub bytes_copied: u64,
+}
+
+/// The operation running now, if any.
+pub fn running_progress(node: &Node) -> Option<RunningProgress> {
+    let state = node.meta_read();
+    let operation = state.running_operation()?;
+    let moves: Vec<&MoveRecord> = operation
+        .moves
+        .iter()
+        .filter_map(|id| state.moves.get(id))
+        .collect();
+    Some(RunningProgress {
+        kind: operation.kind.name(),
+        moves_total: moves.len(),
+        moves_done: moves.iter().filter(|m| m.phase == MovePhase::Done).count(),
+        bytes_copied: moves.iter().map(|m| m.progress.bytes_copied).sum(),
+    })
+}
