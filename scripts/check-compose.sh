@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Static checks of the compose deployment: docker-compose config, nginx -t, promtool check
-# config/rules and the alert rules' unit tests (promtool test rules), the Grafana dashboard parses (that every query names a metric Grape exports is
-# a test: tests/tests/monitoring_config.rs). Installs docker-compose, nginx-light and
-# prometheus (for promtool) when missing.
+# config/rules and the alert rules' unit tests (promtool test rules), amtool check-config, the
+# Grafana dashboards parse (that every query names a metric Grape exports is a test:
+# tests/tests/monitoring_config.rs; that each returns data is tests/compose/run.sh).
+# Installs docker-compose, nginx-light, prometheus (promtool) and prometheus-alertmanager
+# (amtool) when missing; their services are not started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -27,6 +30,7 @@ nginx -t -q -c "$work/nginx.conf" -g "pid $work/nginx.pid; error_log stderr;"
 
 promtool check config config/prometheus.yml
 promtool check rules config/grape_rules.yml
+amtool check-config config/alertmanager.yml
 # Every alert fires on its data after its `for`, not on healthy data, and has a unit test and
 # a runbook paragraph.
 (cd tests/monitoring && promtool test rules grape_rules_test.yml)

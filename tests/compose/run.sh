@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The compose cluster on a real Docker daemon: builds the image (from binaries built here, on a
-# local Debian base: nothing is pulled), brings up the three nodes and nginx with
-# docker-compose.cluster.yml, loads documents through nginx, stops a node and checks that reads
-# and writes through nginx continue, restarts it and checks that it catches up.
+# The compose cluster on a real Docker daemon: builds the images (Grape from binaries built
+# here, nginx and the monitoring from Debian packages, all on a local Debian base: nothing is
+# pulled), brings up the three nodes, nginx, Prometheus, Alertmanager and the node and nginx
+# exporters with docker-compose.cluster.yml, loads documents through nginx, stops a node and
+# checks that reads and writes through nginx continue, restarts it and checks that it catches
+# up; backs up and restores; then checks the monitoring: every target up, every dashboard query
+# answered with data during a load run, and a stopped node's GrapeNodeDown reaching
+# Alertmanager within the rule's `for` and resolving when the node is back.
 # Needs root (dockerd). Installs docker.io, docker-compose and debootstrap when missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -36,6 +40,10 @@ cp target/release/grape target/release/grape-operator dist/
 docker build -q -t grape-vector-db:compose-test --target prebuilt \
   --build-arg RUNTIME_IMAGE=grape-base:bookworm . >/dev/null
 docker build -q -t grape-nginx:compose-test -f tests/compose/nginx.Dockerfile tests/compose >/dev/null
+for target in prometheus alertmanager node-exporter nginx-exporter; do
+  docker build -q -f docker/monitoring.Dockerfile --target "$target" \
+    --build-arg BASE_IMAGE=grape-base:bookworm -t "grape-$target:compose-test" docker >/dev/null
+done
 
 cleanup() {
   if [ "${KEEP_COMPOSE:-}" = "" ]; then
@@ -47,7 +55,9 @@ trap cleanup EXIT
 cleanup
 # The backups folder the nodes share (docs/compose.md#backups), writable by the image's user.
 rm -rf backups && mkdir -p backups && chown 10001:10001 backups
-"${compose[@]}" up -d --no-build grape-node-1 grape-node-2 grape-node-3 nginx
+# Everything but Grafana, whose image cannot be built from Debian's packages.
+"${compose[@]}" up -d --no-build grape-node-1 grape-node-2 grape-node-3 nginx \
+  prometheus alertmanager node-exporter nginx-exporter
 
 python3 - "$key" <<'PY'
 import json, sys, time, urllib.request, urllib.error, random
@@ -184,5 +194,125 @@ assert s == 200, f"/admin through nginx with the development user's basic auth: 
 s, headers = with_authorization(LB + "/admin/cluster/status", basic("admin", "not-the-password"))
 assert s == 401 and headers.get("WWW-Authenticate", "").startswith("Basic"), f"wrong password: {s} {dict(headers)}"
 print("ok: /admin through nginx takes a user's basic auth (200) and refuses a wrong password (401)")
+PY
+
+python3 - "$key" <<'PY'
+import json, math, random, subprocess, sys, threading, time, urllib.parse, urllib.request, urllib.error, glob
+
+KEY = sys.argv[1]
+LB = "http://127.0.0.1"
+PROM = "http://127.0.0.1:9090"
+AM = "http://127.0.0.1:9093"
+DIM = 1536
+
+def get(url, timeout=10):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return json.loads(r.read())
+    except Exception as e:
+        return {"error": str(e)}
+
+def call(method, url, body=None):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method=method,
+                                 headers={"X-API-Key": KEY, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except Exception:
+        return 0
+
+def wait(what, check, within):
+    start = time.time()
+    while time.time() - start < within:
+        if check():
+            took = time.time() - start
+            print(f"ok: {what} ({took:.0f} s)")
+            return took
+        time.sleep(1)
+    sys.exit(f"FAILED: {what} within {within}s")
+
+# Every target Prometheus scrapes is up: the three nodes, the node exporter and nginx's.
+def targets():
+    body = get(PROM + "/api/v1/targets")
+    return body.get("data", {}).get("activeTargets", [])
+def all_up():
+    found = targets()
+    return len(found) == 5 and all(t["health"] == "up" for t in found)
+wait("Prometheus scrapes 5 targets, all up", all_up, 120)
+print("   " + ", ".join(f'{t["labels"]["job"]}/{t["labels"]["instance"]}' for t in targets()))
+
+# A load run through nginx: writes and searches for as long as the dashboards are checked.
+stop = threading.Event()
+done = {"writes": 0, "searches": 0}
+def vector(seed):
+    rnd = random.Random(seed)
+    return [rnd.uniform(-1, 1) for _ in range(DIM)]
+def load():
+    i = 0
+    while not stop.is_set():
+        docs = [{"id": f"load-{i}-{j}", "vector": vector(i * 10 + j)} for j in range(10)]
+        if call("POST", LB + "/api/v1/documents/batch", {"documents": docs}) == 200:
+            done["writes"] += 1
+        for k in range(3):
+            if call("POST", LB + "/api/v1/search", {"vector": vector(i + k), "top_k": 5}) == 200:
+                done["searches"] += 1
+        i += 1
+        time.sleep(0.1)
+loader = threading.Thread(target=load, daemon=True)
+loader.start()
+time.sleep(30)
+
+# Every PromQL expression of every shipped dashboard answers with data from the real
+# Prometheus during the load (NaN counts as no data: a panel would show nothing useful).
+def answers(expr):
+    body = get(PROM + "/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    if body.get("status") != "success":
+        return None, body.get("error", body)
+    series = body["data"]["result"]
+    values = [float(s["value"][1]) for s in series]
+    return [v for v in values if not math.isnan(v)], None
+queries = []
+for path in sorted(glob.glob("config/grafana/dashboards/*.json")):
+    for panel in json.load(open(path))["panels"]:
+        for target in panel["targets"]:
+            queries.append((path.split("/")[-1], panel["title"], target["expr"]))
+empty = {}
+deadline = time.time() + 90
+while True:
+    empty = {}
+    for dashboard, title, expr in queries:
+        values, error = answers(expr)
+        if not values:
+            empty[(dashboard, title, expr)] = error or "no data"
+    if not empty or time.time() > deadline:
+        break
+    time.sleep(5)
+stop.set()
+loader.join()
+for (dashboard, title, expr), why in empty.items():
+    print(f"   NO DATA: {dashboard} / {title}: {expr}: {why}")
+assert not empty, f"{len(empty)} dashboard queries returned nothing"
+print(f"ok: all {len(queries)} dashboard queries returned data during a load run "
+      f"({done['writes']} batches written, {done['searches']} searches through nginx)")
+
+# A node stops: GrapeNodeDown reaches Alertmanager within its `for` (30 s), one scrape (5 s)
+# and one rule evaluation (5 s) of the stop, and resolves once the node is back.
+def node_down_alerts():
+    query = urllib.parse.urlencode({"filter": 'alertname="GrapeNodeDown"', "active": "true"})
+    body = get(AM + "/api/v2/alerts?" + query)
+    if not isinstance(body, list):
+        return None
+    now = time.time()
+    return [a["labels"].get("instance") for a in body if a["status"]["state"] == "active"]
+assert node_down_alerts() == [], f"GrapeNodeDown already active: {node_down_alerts()}"
+subprocess.run(["docker", "stop", "grape-node-3"], check=True, stdout=subprocess.DEVNULL)
+took = wait("GrapeNodeDown for grape-node-3 active in Alertmanager",
+            lambda: node_down_alerts() == ["grape-node-3:9091"], 30 + 5 + 5 + 20)
+assert took <= 30 + 5 + 5 + 5, f"GrapeNodeDown took {took:.0f} s to reach Alertmanager"
+subprocess.run(["docker", "start", "grape-node-3"], check=True, stdout=subprocess.DEVNULL)
+wait("GrapeNodeDown resolved in Alertmanager after grape-node-3 returned",
+     lambda: node_down_alerts() == [], 60)
 PY
 echo "compose cluster: OK"
