@@ -35,6 +35,29 @@ fi
 "$helm" template grape-operator "$chart" --namespace grape-system --set watchNamespace=vectors,replicaCount=2 > "$out/chart-ns.yaml"
 validate "$out/chart.yaml" "$out/chart-ns.yaml"
 
+# The chart's optional PrometheusRule and dashboard ConfigMap carry the compose deployment's
+# rules and dashboard: the copies in files/ (a chart cannot read outside itself) stay equal,
+# and what renders is exactly them.
+cmp config/grape_rules.yml "$chart/files/grape_rules.yml"
+cmp config/grafana/dashboards/grape-cluster.json "$chart/files/grape-cluster.json"
+"$helm" lint "$chart" --set monitoring.prometheusRule.enabled=true,monitoring.grafanaDashboard.enabled=true
+"$helm" template grape-operator "$chart" --namespace grape-system \
+  --set monitoring.prometheusRule.enabled=true,monitoring.grafanaDashboard.enabled=true \
+  --set monitoring.prometheusRule.labels.release=prom,monitoring.grafanaDashboard.namespace=grafana \
+  > "$out/chart-monitoring.yaml"
+"$tools/venv/bin/python" - "$out/chart-monitoring.yaml" "$out/dashboard.yaml" <<'PY'
+import json, sys, yaml
+docs = {d["kind"]: d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] in ("PrometheusRule", "ConfigMap")}
+rule, dashboard = docs["PrometheusRule"], docs["ConfigMap"]
+assert rule["spec"]["groups"] == yaml.safe_load(open("config/grape_rules.yml"))["groups"], "PrometheusRule differs from config/grape_rules.yml"
+assert rule["metadata"]["labels"]["release"] == "prom", rule["metadata"]
+assert dashboard["metadata"]["namespace"] == "grafana" and dashboard["metadata"]["labels"]["grafana_dashboard"] == "1", dashboard["metadata"]
+shipped = json.load(open("config/grafana/dashboards/grape-cluster.json"))
+assert json.loads(dashboard["data"]["grape-cluster.json"]) == shipped, "dashboard ConfigMap differs"
+yaml.safe_dump(dashboard, open(sys.argv[2], "w"))
+PY
+validate "$out/dashboard.yaml"
+
 "$tools/kubectl" kustomize manifests > "$out/kustomize.yaml"
 validate "$out/kustomize.yaml"
 

@@ -831,7 +831,19 @@ pub fn desired(
             "metadata": serde_json::to_value(&m).unwrap_or_default(),
             "spec": {
                 "selector": {"matchLabels": selector(&names)},
-                "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}],
+                // job="grape-cluster", as the compose deployment's scrape job: the alerting
+                // rules (config/grape_rules.yml, the chart's PrometheusRule) match it. The
+                // default would be the Service's name, different for every cluster.
+                "endpoints": [{
+                    "port": "metrics",
+                    "path": "/metrics",
+                    "interval": "15s",
+                    "relabelings": [{
+                        "action": "replace",
+                        "targetLabel": "job",
+                        "replacement": "grape-cluster",
+                    }],
+                }],
             },
         })
     });

@@ -346,7 +346,18 @@ fn full_spec_renders_resources_security_placement_and_monitoring() {
 
     let monitor = d.service_monitor.expect("ServiceMonitor asked for");
     assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
-    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], "metrics");
+    // The shipped alerting rules match job="grape-cluster".
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/grape_rules.yml"),
+    )
+    .unwrap();
+    assert!(rules.contains(r#"up{job="grape-cluster"}"#));
+    assert_eq!(
+        endpoint["relabelings"][0],
+        json!({"action": "replace", "targetLabel": "job", "replacement": "grape-cluster"})
+    );
     assert_eq!(monitor["metadata"]["ownerReferences"][0]["name"], "vectors");
 }
 
