@@ -796,6 +796,11 @@ async fn raft_health_metrics_show_a_replica_behind_and_a_lost_quorum() {
     }
     let behind = wait_metric(&cluster, leader, name, &lag, within, |v| v > 0.0).await;
     eprintln!("default/0 follower behind by {behind} entries");
+    // The leader counts one of three members unreachable (GrapeMemberUnreachable).
+    let members = node_metric(cluster.node(leader), "grape_cluster_members", &[]).await;
+    assert_eq!(members, Some(3.0));
+    let connected = "grape_cluster_nodes_connected";
+    wait_metric(&cluster, leader, connected, &[], within, |v| v == 2.0).await;
     cluster.node_mut(follower).restart().await;
     wait_metric(&cluster, leader, name, &lag, within, |v| v == 0.0).await;
 

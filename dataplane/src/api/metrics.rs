@@ -36,13 +36,14 @@ pub struct Metrics {
     raft_leadership_changes: IntCounter,
     leader_status: IntGauge,
     nodes_connected: IntGauge,
+    members: IntGauge,
     raft_groups: IntGauge,
     raft_groups_without_leader: IntGauge,
     raft_replica_lag: IntGaugeVec,
     operation_running: IntGaugeVec,
-    operation_moves_total: IntGaugeVec,
+    operation_moves: IntGaugeVec,
     operation_moves_done: IntGaugeVec,
-    operation_bytes_copied: IntGaugeVec,
+    operation_copied_bytes: IntGaugeVec,
     backups_started: IntCounter,
     backups_succeeded: IntCounter,
     backups_failed: IntCounter,
@@ -53,6 +54,9 @@ pub struct Metrics {
     backup_last_success: IntGauge,
     backup_last_duration: prometheus::Gauge,
     backup_last_bytes: IntGauge,
+    /// One render at a time: a render resets the labelled gauges before it fills them, and a
+    /// concurrent scrape (an HA pair of Prometheus servers) must not see them empty.
+    rendering: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -185,6 +189,10 @@ impl Metrics {
                 "grape_cluster_nodes_connected",
                 "Cluster members this node can reach, itself included",
             )?,
+            members: gauge(
+                "grape_cluster_members",
+                "Voting members of the cluster, as this node knows them (compare grape_cluster_nodes_connected)",
+            )?,
             raft_groups: gauge(
                 "grape_raft_groups",
                 "Raft groups this node is a member of (the meta group and its replicas)",
@@ -203,8 +211,8 @@ impl Metrics {
                 "1 while a rebalance, drain or repair runs (any node), by kind",
                 &["kind"],
             )?,
-            operation_moves_total: gauge_vec(
-                "grape_operation_moves_total",
+            operation_moves: gauge_vec(
+                "grape_operation_moves",
                 "Replica moves of the running operation, by kind (0 when none runs)",
                 &["kind"],
             )?,
@@ -213,8 +221,8 @@ impl Metrics {
                 "Replica moves of the running operation that are done, by kind",
                 &["kind"],
             )?,
-            operation_bytes_copied: gauge_vec(
-                "grape_operation_bytes_copied",
+            operation_copied_bytes: gauge_vec(
+                "grape_operation_copied_bytes",
                 "Bytes the running operation's moves copied so far, by kind",
                 &["kind"],
             )?,
@@ -260,6 +268,7 @@ impl Metrics {
                 "Bytes the cluster's newest successful backup wrote",
             )?,
             registry,
+            rendering: std::sync::Mutex::new(()),
         };
         #[cfg(target_os = "linux")]
         metrics.registry.register(Box::new(
@@ -288,6 +297,10 @@ impl Metrics {
 
     /// Reads the node's figures and renders every metric as Prometheus text.
     pub fn render(&self, node: &Node) -> String {
+        let _rendering = self
+            .rendering
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.documents.reset();
         self.index_pending.reset();
         self.failed_shards.reset();
@@ -336,6 +349,7 @@ impl Metrics {
         );
         self.leader_status.set(i64::from(node.is_meta_leader()));
         self.nodes_connected.set(node.connected_nodes() as i64);
+        self.members.set(node.members().len() as i64);
         let raft = status::raft_health(node);
         self.raft_groups.set(raft.groups as i64);
         self.raft_groups_without_leader
@@ -354,13 +368,13 @@ impl Metrics {
             self.operation_running
                 .with_label_values(&[kind])
                 .set(i64::from(progress.is_some()));
-            self.operation_moves_total
+            self.operation_moves
                 .with_label_values(&[kind])
                 .set(figure(|p| p.moves_total as u64));
             self.operation_moves_done
                 .with_label_values(&[kind])
                 .set(figure(|p| p.moves_done as u64));
-            self.operation_bytes_copied
+            self.operation_copied_bytes
                 .with_label_values(&[kind])
                 .set(figure(|p| p.bytes_copied));
         }

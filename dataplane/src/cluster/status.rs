@@ -296,7 +296,7 @@ pub struct RaftHealth {
     /// Groups this node is a member of.
     pub groups: usize,
     /// Groups with no working leader this node knows of: an election under way, a lost
-    /// quorum (also seen from a leader no quorum acknowledged for [`QUORUM_LOST_AFTER`]), or
+    /// quorum (also seen from a leader no quorum acknowledged for [`quorum_lost_after`]), or
     /// a Raft stopped by a failed log write.
     pub without_leader: usize,
     /// For each group this node leads (`collection/shard`, or `meta`): how many entries its
@@ -307,11 +307,12 @@ pub struct RaftHealth {
 /// This node's Raft groups: how many, how many lack a leader, how far behind followers are.
 pub fn raft_health(node: &Node) -> RaftHealth {
     let mut health = RaftHealth::default();
+    let after = quorum_lost_after(node);
     let mut visit = |group: &str, metrics: &RaftMetrics| {
         health.groups += 1;
         if metrics.current_leader.is_none()
             || metrics.running_state.is_err()
-            || lost_quorum(node.id(), metrics)
+            || lost_quorum(node.id(), metrics, after)
         {
             health.without_leader += 1;
         }
@@ -327,12 +328,15 @@ pub fn raft_health(node: &Node) -> RaftHealth {
 }
 
 /// How long a leader may go without a quorum acknowledging it before its group counts as
-/// leaderless (heartbeats are acknowledged every `cluster.heartbeat_interval_ms`).
-pub const QUORUM_LOST_AFTER: Duration = Duration::from_secs(5);
+/// leaderless: 5 s, or ten heartbeats when `cluster.heartbeat_interval_ms` is longer.
+pub fn quorum_lost_after(node: &Node) -> Duration {
+    let heartbeats = Duration::from_millis(node.config().cluster.heartbeat_interval_ms * 10);
+    heartbeats.max(Duration::from_secs(5))
+}
 
-/// Whether this node leads the group but no quorum acknowledged it lately: a leader cut off
-/// from its followers keeps its role, and can commit nothing.
-fn lost_quorum(me: &str, metrics: &RaftMetrics) -> bool {
+/// Whether this node leads the group but no quorum acknowledged it for `after`: a leader cut
+/// off from its followers keeps its role, and can commit nothing.
+fn lost_quorum(me: &str, metrics: &RaftMetrics, after: Duration) -> bool {
     if metrics.current_leader.as_deref() != Some(me) {
         return false;
     }
@@ -343,12 +347,14 @@ fn lost_quorum(me: &str, metrics: &RaftMetrics) -> bool {
     metrics
         .last_quorum_acked
         .as_ref()
-        .is_none_or(|acked| acked.elapsed() > QUORUM_LOST_AFTER)
+        .is_none_or(|acked| acked.elapsed() > after)
 }
 
-/// On a group's leader: entries its furthest-behind voter trails the leader's log by (a
-/// voter the leader has matched nothing with trails it by the whole log). Learners catching
-/// up during a move are not counted: they are expected to trail.
+/// On a group's leader: entries its furthest-behind voter trails the leader's log by. A voter
+/// the leader has not matched yet (a new leader, or a voter down since it took over) is left
+/// out rather than counted as the whole log: its state is unknown, and a down voter shows as
+/// a node down. Learners catching up during a move are not counted: they are expected to
+/// trail.
 fn voter_lag(me: &str, metrics: &RaftMetrics) -> Option<u64> {
     let replication = metrics.replication.as_ref()?;
     if metrics.current_leader.as_deref() != Some(me) {
@@ -360,12 +366,9 @@ fn voter_lag(me: &str, metrics: &RaftMetrics) -> Option<u64> {
         .membership()
         .voter_ids()
         .filter(|voter| voter != me)
-        .map(|voter| {
-            let matched = replication
-                .get(&voter)
-                .and_then(|log| log.as_ref().map(|l| l.index()))
-                .unwrap_or(0);
-            last.saturating_sub(matched)
+        .filter_map(|voter| {
+            let matched = replication.get(&voter)?.as_ref()?.index();
+            Some(last.saturating_sub(matched))
         })
         .max()
         .unwrap_or(0);
