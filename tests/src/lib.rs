@@ -875,3 +875,27 @@ pub async fn node_metric(node: &GrapeNode, name: &str, labels: &[(&str, &str)]) 
     let text = node.client().metrics_text().await.ok()?;
     metric_value(&text, name, labels)
 }
+
+/// Polls `name{labels}` on `node` until `accept` holds, for up to `within`; panics with the
+/// last value read otherwise.
+pub async fn wait_metric(
+    node: &GrapeNode,
+    name: &str,
+    labels: &[(&str, &str)],
+    within: Duration,
+    accept: impl Fn(f64) -> bool,
+) -> f64 {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let value = node_metric(node, name, labels).await;
+        if let Some(value) = value.filter(|v| accept(*v)) {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} {name}{labels:?}: {value:?}",
+            node.url
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

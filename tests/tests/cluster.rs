@@ -7,7 +7,7 @@ use grape_client::{
     SearchRequest, TransferLeadershipRequest,
 };
 use grape_e2e::load::{self, DIMENSION, Writers, doc, urls_of};
-use grape_e2e::{Cluster, NodeOptions, node_metric, vector};
+use grape_e2e::{Cluster, NodeOptions, node_metric, vector, wait_metric};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -736,29 +736,6 @@ async fn the_presence_check_reports_a_document_that_was_never_written() {
     assert!(problem.contains("never-written"), "{problem}");
 }
 
-/// Polls `name{labels}` on node `i` until `accept` holds, for up to `within`.
-async fn wait_metric(
-    cluster: &Cluster,
-    i: usize,
-    name: &str,
-    labels: &[(&str, &str)],
-    within: Duration,
-    accept: impl Fn(f64) -> bool,
-) -> f64 {
-    let deadline = Instant::now() + within;
-    loop {
-        let value = node_metric(cluster.node(i), name, labels).await;
-        if let Some(value) = value.filter(|v| accept(*v)) {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node-{i} {name}{labels:?}: {value:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn raft_health_metrics_show_a_replica_behind_and_a_lost_quorum() {
     let mut cluster = Cluster::start(3, options()).await;
@@ -768,8 +745,7 @@ async fn raft_health_metrics_show_a_replica_behind_and_a_lost_quorum() {
         let groups = node_metric(cluster.node(i), "grape_raft_groups", &[]).await;
         assert_eq!(groups, Some(3.0), "node-{i}");
         wait_metric(
-            &cluster,
-            i,
+            cluster.node(i),
             "grape_raft_groups_without_leader",
             &[],
             within,
@@ -780,7 +756,7 @@ async fn raft_health_metrics_show_a_replica_behind_and_a_lost_quorum() {
     let leader = leader_of(&cluster, "default/0").await;
     let lag = [("group", "default/0")];
     let name = "grape_raft_replica_lag_entries";
-    wait_metric(&cluster, leader, name, &lag, within, |v| v == 0.0).await;
+    wait_metric(cluster.node(leader), name, &lag, within, |v| v == 0.0).await;
     for i in (1..=3).filter(|i| *i != leader) {
         let value = node_metric(cluster.node(i), name, &lag).await;
         assert_eq!(value, None, "only the leader reports lag: node-{i}");
@@ -794,15 +770,15 @@ async fn raft_health_metrics_show_a_replica_behind_and_a_lost_quorum() {
     for i in 0..40 {
         docs.upsert(&doc(&format!("lag-{i}"), i)).await.unwrap();
     }
-    let behind = wait_metric(&cluster, leader, name, &lag, within, |v| v > 0.0).await;
+    let behind = wait_metric(cluster.node(leader), name, &lag, within, |v| v > 0.0).await;
     eprintln!("default/0 follower behind by {behind} entries");
     // The leader counts one of three members unreachable (GrapeMemberUnreachable).
     let members = node_metric(cluster.node(leader), "grape_cluster_members", &[]).await;
     assert_eq!(members, Some(3.0));
     let connected = "grape_cluster_nodes_connected";
-    wait_metric(&cluster, leader, connected, &[], within, |v| v == 2.0).await;
+    wait_metric(cluster.node(leader), connected, &[], within, |v| v == 2.0).await;
     cluster.node_mut(follower).restart().await;
-    wait_metric(&cluster, leader, name, &lag, within, |v| v == 0.0).await;
+    wait_metric(cluster.node(leader), name, &lag, within, |v| v == 0.0).await;
 
     // Both other nodes stop: the survivor cannot reach a quorum in any group, also in the
     // groups it led when they stopped.
@@ -811,14 +787,18 @@ async fn raft_health_metrics_show_a_replica_behind_and_a_lost_quorum() {
         cluster.node_mut(*i).kill9();
     }
     let without = "grape_raft_groups_without_leader";
-    wait_metric(&cluster, leader, without, &[], within, |v| v == 3.0).await;
+    wait_metric(cluster.node(leader), without, &[], within, |v| v == 3.0).await;
     for i in &others {
         cluster.node_mut(*i).restart_unready().await;
     }
     for i in 1..=3 {
-        wait_metric(&cluster, i, without, &[], Duration::from_secs(60), |v| {
-            v == 0.0
-        })
+        wait_metric(
+            cluster.node(i),
+            without,
+            &[],
+            Duration::from_secs(60),
+            |v| v == 0.0,
+        )
         .await;
     }
 }

@@ -6,7 +6,7 @@ use grape_client::{
     RebalanceRequest, RemoveNodeRequest, RepairRequest, SearchRequest,
 };
 use grape_e2e::load::{self, DIMENSION, Operations, Writers, urls_of};
-use grape_e2e::{Cluster, NodeOptions, node_metric, vector};
+use grape_e2e::{Cluster, NodeOptions, node_metric, vector, wait_metric};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,12 +77,6 @@ async fn settled_distribution(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// `grape_operation_<figure>{kind="rebalance"}` on node `i`.
-async fn rebalance_metric(cluster: &Cluster, i: usize, figure: &str) -> Option<f64> {
-    let name = format!("grape_operation_{figure}");
-    node_metric(cluster.node(i), &name, &[("kind", "rebalance")]).await
 }
 
 async fn wait_ready(cluster: &Cluster) {
@@ -371,15 +365,12 @@ async fn a_rebalance_resumes_after_its_coordinator_is_killed() {
     }
     // Every node exports the running operation (what the "operation stuck" alert watches).
     // Polled: node 5 may apply the start later than node 2.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while rebalance_metric(&cluster, 5, "running").await != Some(1.0) {
-        assert!(
-            Instant::now() < deadline,
-            "node-5 does not report the rebalance"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(rebalance_metric(&cluster, 5, "moves").await.unwrap() > 0.0);
+    let rebalance = [("kind", "rebalance")];
+    let running = "grape_operation_running";
+    let ten_s = Duration::from_secs(10);
+    wait_metric(cluster.node(5), running, &rebalance, ten_s, |v| v == 1.0).await;
+    let moves = node_metric(cluster.node(5), "grape_operation_moves", &rebalance).await;
+    assert!(moves.unwrap() > 0.0);
     let coordinator = load::leader_of(&cluster, "meta").await.unwrap();
     cluster.node_mut(coordinator).kill9();
     *urls.lock().unwrap() = urls_of(&cluster);
@@ -392,15 +383,8 @@ async fn a_rebalance_resumes_after_its_coordinator_is_killed() {
         "{done:?}"
     );
     wait_ready(&cluster).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
     for i in 1..=5 {
-        while rebalance_metric(&cluster, i, "running").await != Some(0.0) {
-            assert!(
-                Instant::now() < deadline,
-                "node-{i} still reports a rebalance"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_metric(cluster.node(i), running, &rebalance, ten_s, |v| v == 0.0).await;
     }
     let spread = settled_distribution(&cluster, 24).await;
     // 24 replicas over 5 nodes.

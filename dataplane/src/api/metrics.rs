@@ -363,20 +363,23 @@ impl Metrics {
         // Every kind always has a series (0 when idle), so a rule can tell "idle" from "no data".
         let running = operations::running_progress(node);
         for kind in ["rebalance", "drain", "repair"] {
-            let progress = running.as_ref().filter(|p| p.kind == kind);
-            let figure = |f: fn(&operations::RunningProgress) -> u64| progress.map_or(0, f) as i64;
-            self.operation_running
-                .with_label_values(&[kind])
-                .set(i64::from(progress.is_some()));
-            self.operation_moves
-                .with_label_values(&[kind])
-                .set(figure(|p| p.moves_total as u64));
+            let (on, moves, done, bytes) = match running.as_ref().filter(|p| p.kind == kind) {
+                Some(p) => (
+                    1,
+                    p.moves_total as i64,
+                    p.moves_done as i64,
+                    p.bytes_copied as i64,
+                ),
+                None => (0, 0, 0, 0),
+            };
+            self.operation_running.with_label_values(&[kind]).set(on);
+            self.operation_moves.with_label_values(&[kind]).set(moves);
             self.operation_moves_done
                 .with_label_values(&[kind])
-                .set(figure(|p| p.moves_done as u64));
+                .set(done);
             self.operation_copied_bytes
                 .with_label_values(&[kind])
-                .set(figure(|p| p.bytes_copied));
+                .set(bytes);
         }
         let counters = node.backup_counters();
         let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);

@@ -395,19 +395,12 @@ impl Node {
 
     /// The leader of a group as this node knows it (groups it holds, and the meta group).
     pub fn leader_of(&self, group: &str) -> Option<NodeId> {
-        // A Raft that stopped (a failed log write) still names the leader it last knew.
-        let known = |m: &RaftMetrics| {
-            m.running_state
-                .is_ok()
-                .then(|| m.current_leader.clone())
-                .flatten()
-        };
         if group == META_GROUP {
-            return known(&self.meta.metrics().borrow_watched());
+            return known_leader(&self.meta.metrics().borrow_watched());
         }
         self.replicas
             .get(group)
-            .and_then(|g| known(&g.raft.metrics().borrow_watched()))
+            .and_then(|g| known_leader(&g.raft.metrics().borrow_watched()))
     }
 
     /// Whether `node` answered a call recently (this node always does).
@@ -630,4 +623,14 @@ fn raft_settings(config: &Config) -> Result<openraft::Config> {
     settings
         .validate()
         .map_err(|e| Error::invalid(ErrorCode::InvalidConfig, format!("cluster timing: {e}")))
+}
+
+/// The leader a group's Raft names, unless that Raft stopped (a failed log write): a stopped
+/// Raft still names the leader it last knew.
+pub fn known_leader(metrics: &RaftMetrics) -> Option<NodeId> {
+    metrics
+        .running_state
+        .is_ok()
+        .then(|| metrics.current_leader.clone())
+        .flatten()
 }

@@ -2,7 +2,7 @@
 //! built from every member's report (`/admin/cluster/status`, `consensus`, `sync-status`,
 //! `leader`, `election-history`, `/admin/stats/shards`, `/admin/checksum`).
 
-use super::node::Node;
+use super::node::{Node, known_leader};
 use super::raft::ids::{GroupId, META_GROUP, NodeId};
 use super::raft::meta_state::MetaState;
 use super::raft::rpc::{GroupStatus, NodeStatus, StatusRpc};
@@ -310,10 +310,7 @@ pub fn raft_health(node: &Node) -> RaftHealth {
     let after = quorum_lost_after(node);
     let mut visit = |group: &str, metrics: &RaftMetrics| {
         health.groups += 1;
-        if metrics.current_leader.is_none()
-            || metrics.running_state.is_err()
-            || lost_quorum(node.id(), metrics, after)
-        {
+        if known_leader(metrics).is_none() || lost_quorum(node.id(), metrics, after) {
             health.without_leader += 1;
         }
         if let Some(lag) = voter_lag(node.id(), metrics) {

@@ -1,7 +1,8 @@
 //! The status of rebalances, drains and repairs, from the meta state.
 
 use crate::cluster::node::Node;
-use crate::cluster::raft::meta_commands::{MovePhase, MoveRecord};
+use crate::cluster::raft::meta_commands::{MovePhase, MoveRecord, Operation};
+use crate::cluster::raft::meta_state::MetaState;
 use crate::cluster::status::display_group;
 use grape_client::{MoveStatus, OperationStatus, OperationsStatus};
 
@@ -15,11 +16,7 @@ pub fn operations_status(node: &Node, kinds: &[&str]) -> OperationsStatus {
         .rev()
         .filter(|o| kinds.contains(&o.kind.name()))
         .map(|o| {
-            let moves: Vec<&MoveRecord> = o
-                .moves
-                .iter()
-                .filter_map(|id| state.moves.get(id))
-                .collect();
+            let moves = moves_of(&state, o);
             let open = || moves.iter().filter(|m| m.phase != MovePhase::Done);
             OperationStatus {
                 operation: o.id,
@@ -85,15 +82,20 @@ pub struct RunningProgress {
 pub fn running_progress(node: &Node) -> Option<RunningProgress> {
     let state = node.meta_read();
     let operation = state.running_operation()?;
-    let moves: Vec<&MoveRecord> = operation
-        .moves
-        .iter()
-        .filter_map(|id| state.moves.get(id))
-        .collect();
+    let moves = moves_of(&state, operation);
     Some(RunningProgress {
         kind: operation.kind.name(),
         moves_total: moves.len(),
         moves_done: moves.iter().filter(|m| m.phase == MovePhase::Done).count(),
         bytes_copied: moves.iter().map(|m| m.progress.bytes_copied).sum(),
     })
+}
+
+/// The move records of `operation`.
+fn moves_of<'a>(state: &'a MetaState, operation: &Operation) -> Vec<&'a MoveRecord> {
+    operation
+        .moves
+        .iter()
+        .filter_map(|id| state.moves.get(id))
+        .collect()
 }
